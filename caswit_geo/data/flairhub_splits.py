@@ -1,0 +1,77 @@
+"""FLAIR-HUB splits: the published split GeoPackage or plain CSV/TXT lists of patch ids.
+
+The GeoPackage ``GLOBAL_ALL_MTD/GLOBAL_ALL_MTD_SPLIT.gpkg`` has one row per
+patch, a ``patch_id`` column and one column per split scheme whose values
+are ``train``, ``valid`` and ``test``. The scheme used by the CASWiT paper is
+called ``split_flairhub`` there; that column name is not confirmed on the
+published file, so it is a setting and a missing column is reported with
+the list of the columns that exist.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pyogrio
+
+from ..errors import DatasetError
+from .flairhub_index import patch_id_from_path
+
+SPLIT_GPKG = Path("GLOBAL_ALL_MTD") / "GLOBAL_ALL_MTD_SPLIT.gpkg"
+DEFAULT_SPLIT_COLUMN = "split_flairhub"
+# split name given by the user -> value in the GeoPackage
+SPLIT_VALUES = {"train": "train", "val": "valid", "valid": "valid", "validation": "valid", "test": "test"}
+_HEADER_WORDS = {"patch_id", "id", "patch", "name", "patch_name"}
+
+
+def is_list_file(split: str | Path) -> bool:
+    """True when ``split`` names a CSV/TXT list rather than a split name."""
+    return Path(split).suffix.lower() in (".csv", ".txt") or (str(split) not in SPLIT_VALUES and Path(split).is_file())
+
+
+def read_id_list(path: str | Path) -> list[str]:
+    """Patch ids from a CSV (first column, optional header) or a TXT list (one per line).
+
+    Entries may also be file names or paths of either modality
+    (``.../D012-2019_AERIAL_RGBI_AF-S1-27_5-10.tif``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: split list not found")
+    ids: list[str] = []
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        rows = csv.reader(f) if path.suffix.lower() == ".csv" else ([line] for line in f)
+        for n, row in enumerate(rows):
+            cell = row[0].strip() if row else ""
+            if not cell or cell.startswith("#") or (n == 0 and cell.lower() in _HEADER_WORDS):
+                continue
+            ids.append(patch_id_from_path(cell) or cell)
+    if not ids:
+        raise DatasetError(f"{path}: the split list holds no patch id")
+    return ids
+
+
+def read_split_table(root: Path, split: str, column: str = DEFAULT_SPLIT_COLUMN) -> list[str]:
+    """Patch ids of ``split`` (train | val | test) in ``column`` of the split GeoPackage."""
+    value = SPLIT_VALUES.get(split)
+    if value is None:
+        raise DatasetError(f"unknown split {split!r}: use train, val, test, all, or a .csv/.txt list of patch ids")
+    gpkg = root / SPLIT_GPKG
+    if not gpkg.is_file():
+        raise DatasetError(f"{gpkg}: split table not found (or give a .csv/.txt list of patch ids as the split)")
+    try:
+        fields = list(pyogrio.read_info(gpkg)["fields"])
+    except Exception as exc:  # pyogrio raises several DataSourceError types
+        raise DatasetError(f"{gpkg}: cannot read the split table ({str(exc).splitlines()[0]})") from None
+    if column not in fields:
+        raise DatasetError(f"{gpkg}: no split column {column!r}; available columns: {', '.join(fields)}")
+    if "patch_id" not in fields:
+        raise DatasetError(f"{gpkg}: no 'patch_id' column; available columns: {', '.join(fields)}")
+    table = pyogrio.read_dataframe(gpkg, columns=["patch_id", column], read_geometry=False)
+    values = table[column].astype(str).str.strip().str.lower()
+    ids = table.loc[values == value, "patch_id"].astype(str).tolist()
+    if not ids:
+        found = sorted(set(values))
+        raise DatasetError(f"{gpkg}: column {column!r} has no {value!r} rows (values found: {', '.join(found)})")
+    return ids

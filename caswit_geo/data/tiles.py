@@ -1,0 +1,139 @@
+"""The user's own data: orthophotos (any size, any CRS) and label rasters.
+
+Layout::
+
+    <root>/classes.json         {"classes": [{"id": 0, "name": "building", "color": [r, g, b]}, ...],
+                                 optional "weights": [...], "bands": [1, 2, 3], "scale": 255}
+    <root>/images/<name>.tif    imagery, mosaics included
+    <root>/labels/<name>.tif    same size, transform and CRS; uint8 class ids, 255 = ignore
+    <root>/splits/{train,val,test}.txt   one image name (file stem) per line
+
+Without a ``splits`` folder every image belongs to every split (with a
+warning). Without labels (``labels=False``, pretraining) ``classes.json``
+and ``labels/`` are optional.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ConfigError, DatasetError
+from ..spec import ClassTable, InputSpec
+from .rasters import ImagePair, RasterTileDataset
+
+RASTER_SUFFIXES = (".tif", ".tiff")
+SPLIT_ALIASES = {"val": ("val", "valid", "validation"), "valid": ("val", "valid", "validation")}
+
+
+@dataclass(frozen=True)
+class TilesMeta:
+    """What ``classes.json`` says: class table, and the imagery's bands and scale if given."""
+
+    classes: ClassTable
+    bands: tuple[int, ...] | None = None
+    scale: float | None = None
+
+
+def read_classes_json(path: str | Path) -> TilesMeta:
+    """Parse a ``classes.json`` file (format in the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: class file not found")
+    try:
+        data = json.loads(path.read_text())
+        classes = ClassTable.from_dict({"classes": data["classes"], "weights": data.get("weights")})
+        bands = tuple(int(b) for b in data["bands"]) if data.get("bands") is not None else None
+        scale = float(data["scale"]) if data.get("scale") is not None else None
+    except ValueError as exc:
+        raise DatasetError(f"{path}: not valid JSON or bad values ({exc})") from None
+    except (KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: expected {{'classes': [{{'id', 'name', 'color'}}, ...]}} ({exc!r} missing or wrong)") from None
+    except ConfigError as exc:
+        raise DatasetError(f"{path}: {exc}") from None
+    if len(classes) == 0:
+        raise DatasetError(f"{path}: no class defined")
+    return TilesMeta(classes, bands, scale)
+
+
+def load_tiles_meta(root: str | Path) -> TilesMeta:
+    """``<root>/classes.json`` (what the train engine needs to build an InputSpec and model)."""
+    return read_classes_json(Path(root) / "classes.json")
+
+
+def _find_raster(folder: Path, name: str) -> Path | None:
+    for suffix in RASTER_SUFFIXES:
+        path = folder / f"{name}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def split_names(root: Path, split: str | None) -> list[str]:
+    """Image names of ``split`` (None/"all" or no splits folder: every image)."""
+    image_dir = root / "images"
+    if not image_dir.is_dir():
+        raise DatasetError(f"{image_dir}: images folder not found")
+    every = sorted(p.stem for p in image_dir.iterdir() if p.suffix.lower() in RASTER_SUFFIXES and p.is_file())
+    if not every:
+        raise DatasetError(f"{image_dir}: no .tif image")
+    if split is None or split == "all":
+        return every
+    split_dir = root / "splits"
+    if not split_dir.is_dir():
+        warnings.warn(f"{root}: no splits folder, every image is used for the {split!r} split", stacklevel=3)
+        return every
+    for name in SPLIT_ALIASES.get(split, (split,)):
+        split_file = split_dir / f"{name}.txt"
+        if split_file.is_file():
+            break
+    else:
+        raise DatasetError(f"{split_dir / f'{split}.txt'}: split list not found")
+    names = [line.strip() for line in split_file.read_text(encoding="utf-8-sig").splitlines()]
+    names = list(dict.fromkeys(n for n in names if n and not n.startswith("#")))
+    if not names:
+        raise DatasetError(f"{split_file}: empty split list")
+    for name in names:
+        if _find_raster(image_dir, name) is None:
+            raise DatasetError(f"{split_file}: image {name!r} not found in {image_dir}")
+    return names
+
+
+def build_tiles(
+    root: str | Path,
+    split: str | None,
+    input_spec: InputSpec,
+    *,
+    labels: bool = True,
+    random_crops: bool = False,
+    crops_per_image: int | None = None,
+    transform: Callable[[dict], dict] | None = None,
+) -> RasterTileDataset:
+    """The images of ``split`` as T x T tiles with context (grid, or random crops)."""
+    root = Path(root)
+    if (root / "classes.json").is_file() or labels:
+        meta = load_tiles_meta(root)
+        if meta.bands is not None and tuple(meta.bands) != tuple(input_spec.bands):
+            warnings.warn(
+                f"{root / 'classes.json'}: bands {list(meta.bands)} differ from the model's {list(input_spec.bands)}; "
+                "using the model's",
+                stacklevel=2,
+            )
+        classes = meta.classes
+    else:
+        classes = ClassTable()  # unlabelled imagery: no class table needed
+    pairs = []
+    for name in split_names(root, split):
+        image = _find_raster(root / "images", name)
+        label = None
+        if labels:
+            label = _find_raster(root / "labels", name)
+            if label is None:
+                raise DatasetError(f"{root / 'labels' / (name + '.tif')}: label raster of image {name!r} not found")
+        pairs.append(ImagePair(name, image, label))
+    return RasterTileDataset(
+        pairs, classes, input_spec, random_crops=random_crops, crops_per_image=crops_per_image, transform=transform
+    )

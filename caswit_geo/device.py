@@ -1,0 +1,40 @@
+"""Device selection with a clean CPU fallback, and mixed precision on CUDA."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+
+from .errors import ConfigError
+
+
+def select_device(spec: str = "auto") -> torch.device:
+    """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            warnings.warn(f"--device {spec}: CUDA is not available, using the CPU", stacklevel=2)
+            return torch.device("cpu")
+        dev = torch.device(spec)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
+        return dev
+    raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the GPU supports it (no loss scaling needed), else fp16."""
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast_context(device: torch.device, enabled: bool = True):
+    """Mixed precision on CUDA; a no-op context on the CPU."""
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=amp_dtype(device))
+    return contextlib.nullcontext()

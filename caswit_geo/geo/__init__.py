@@ -1,0 +1,1 @@
+"""Geospatial pieces: tile grids and context windows (pure), raster IO, vectors."""

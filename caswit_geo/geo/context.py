@@ -1,0 +1,98 @@
+"""HR tiles and LR context read from a raster (DESIGN.md section 1).
+
+The LR input of a tile is its ``k``-times larger centred window, resampled
+to the tile size: area average for imagery, nearest for labels. Pixels
+outside the raster are 0 (black) for imagery and 255 (ignore) for labels.
+Reads never use ``boundless=True`` (slow, fill bugs): the part of the window
+inside the raster is read and pasted onto a constant canvas.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from ..spec import IGNORE_INDEX
+from .grid import clip_window, context_window
+
+
+def read_canvas(
+    src: rasterio.io.DatasetReader,
+    window: Window,
+    bands: tuple[int, ...] | list[int],
+    fill: int = 0,
+    with_mask: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Read ``window`` (may extend past the raster) as a (C, h, w) array.
+
+    Outside pixels are ``fill``. With ``with_mask`` also returns the (h, w)
+    bool validity mask: inside the raster and valid in the GDAL dataset mask
+    (nodata value, alpha band or internal mask combined).
+    """
+    h, w = int(window.height), int(window.width)
+    out = np.full((len(bands), h, w), fill, dtype=src.dtypes[bands[0] - 1])
+    valid = np.zeros((h, w), dtype=bool)
+    inside = clip_window(window, src.width, src.height)
+    if inside.width > 0 and inside.height > 0:
+        r0 = int(inside.row_off - window.row_off)
+        c0 = int(inside.col_off - window.col_off)
+        sl = (slice(r0, r0 + int(inside.height)), slice(c0, c0 + int(inside.width)))
+        out[(slice(None), *sl)] = src.read(list(bands), window=inside)
+        if with_mask:
+            valid[sl] = src.dataset_mask(window=inside) > 0
+    return (out, valid) if with_mask else out
+
+
+def area_downsample(x: np.ndarray, factor: int) -> np.ndarray:
+    """(C, kH, kW) -> (C, H, W) float32 mean over k x k blocks (GDAL 'average')."""
+    if factor == 1:
+        return x.astype(np.float32)
+    c, h, w = x.shape
+    if h % factor or w % factor:
+        raise ValueError(f"{h}x{w} is not a multiple of the factor {factor}")
+    blocks = x.reshape(c, h // factor, factor, w // factor, factor)
+    return blocks.mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
+
+
+def nearest_downsample(y: np.ndarray, factor: int) -> np.ndarray:
+    """(..., kH, kW) -> (..., H, W): the pixel under each output pixel's centre (GDAL 'nearest')."""
+    off = factor // 2
+    return y[..., off::factor, off::factor]
+
+
+def read_tile_and_context(
+    src: rasterio.io.DatasetReader,
+    window: Window,
+    bands: tuple[int, ...] | list[int],
+    factor: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """HR tile (C, T, T) raw values, LR context (C, T, T) float32, HR validity (T, T).
+
+    Nodata pixels are set to 0 in both, so the model sees them as black.
+    Reads the kT window once and cuts the tile from its centre.
+    """
+    ctx = context_window(window, factor)
+    canvas, valid = read_canvas(src, ctx, bands, fill=0, with_mask=True)
+    canvas[:, ~valid] = 0
+    t_h, t_w = int(window.height), int(window.width)
+    r0, c0 = int(window.row_off - ctx.row_off), int(window.col_off - ctx.col_off)
+    hr = canvas[:, r0 : r0 + t_h, c0 : c0 + t_w].copy()
+    hr_valid = valid[r0 : r0 + t_h, c0 : c0 + t_w].copy()
+    return hr, area_downsample(canvas, factor), hr_valid
+
+
+def read_label_and_context(
+    src: rasterio.io.DatasetReader,
+    window: Window,
+    factor: int,
+    band: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """HR labels (T, T) and LR labels (T, T) uint8, 255 outside the raster and at label nodata."""
+    ctx = context_window(window, factor)
+    canvas, valid = read_canvas(src, ctx, [band], fill=IGNORE_INDEX, with_mask=True)
+    canvas = canvas[0].astype(np.uint8)
+    canvas[~valid] = IGNORE_INDEX
+    r0, c0 = int(window.row_off - ctx.row_off), int(window.col_off - ctx.col_off)
+    hr = canvas[r0 : r0 + int(window.height), c0 : c0 + int(window.width)].copy()
+    return hr, np.ascontiguousarray(nearest_downsample(canvas, factor))

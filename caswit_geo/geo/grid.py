@@ -1,0 +1,103 @@
+"""Tile grids and context windows: pure window arithmetic, no files.
+
+Units are pixels of the raster being tiled. Windows are rasterio's
+:class:`~rasterio.windows.Window` (col_off, row_off, width, height) and may
+extend past the raster: edge tiles are padded and their output cropped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+from rasterio.windows import Window
+
+from ..errors import ConfigError
+
+
+def tile_offsets(length: int, tile: int, stride: int) -> list[int]:
+    """Offsets of the tiles covering ``[0, length)``.
+
+    ``max(1, ceil((length - tile) / stride) + 1)`` tiles: the last one may
+    run past the end (it is padded), a raster smaller than one tile gets one.
+    """
+    if length < 1 or tile < 1 or not 1 <= stride <= tile:
+        raise ConfigError(f"bad tiling: length={length}, tile={tile}, stride={stride}")
+    n = 1 if length <= tile else math.ceil((length - tile) / stride) + 1
+    return [i * stride for i in range(n)]
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """A grid of ``tile x tile`` windows over a ``width x height`` raster.
+
+    ``overlap`` pixels are shared between neighbouring tiles (stride =
+    tile - overlap); 0 is the paper's protocol. Overlap helps at tile borders,
+    where a tile's receptive field is cut off.
+    """
+
+    width: int
+    height: int
+    tile: int
+    overlap: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.overlap < self.tile:
+            raise ConfigError(f"overlap must be in [0, {self.tile}), got {self.overlap}")
+
+    @property
+    def stride(self) -> int:
+        return self.tile - self.overlap
+
+    @property
+    def col_offsets(self) -> list[int]:
+        return tile_offsets(self.width, self.tile, self.stride)
+
+    @property
+    def row_offsets(self) -> list[int]:
+        return tile_offsets(self.height, self.tile, self.stride)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols) of tiles."""
+        return len(self.row_offsets), len(self.col_offsets)
+
+    def __len__(self) -> int:
+        rows, cols = self.shape
+        return rows * cols
+
+    def windows(self) -> Iterator[tuple[int, int, Window]]:
+        """(row index, col index, window) in row-major order."""
+        for i, row in enumerate(self.row_offsets):
+            for j, col in enumerate(self.col_offsets):
+                yield i, j, Window(col, row, self.tile, self.tile)
+
+    def valid(self, window: Window) -> Window:
+        """The part of ``window`` inside the raster."""
+        return clip_window(window, self.width, self.height)
+
+
+def clip_window(window: Window, width: int, height: int) -> Window:
+    """Intersection of ``window`` with ``[0, width) x [0, height)`` (may be empty)."""
+    c0 = max(int(window.col_off), 0)
+    r0 = max(int(window.row_off), 0)
+    c1 = min(int(window.col_off + window.width), width)
+    r1 = min(int(window.row_off + window.height), height)
+    return Window(c0, r0, max(c1 - c0, 0), max(r1 - r0, 0))
+
+
+def context_window(window: Window, factor: int) -> Window:
+    """The ``factor``-times larger window centred on ``window`` (the LR field of view).
+
+    For a T x T tile and factor k this is the kT x kT window starting
+    (k-1)T/2 pixels up and left of the tile, so the tile is its central
+    T/k x T/k part once resampled to T x T.
+    """
+    if factor < 1:
+        raise ConfigError(f"context factor must be >= 1, got {factor}")
+    w, h = int(window.width), int(window.height)
+    if ((factor - 1) * w) % 2 or ((factor - 1) * h) % 2:
+        raise ConfigError(f"a {w}x{h} tile has no centred x{factor} context window (use an even tile size)")
+    dc, dr = (factor - 1) * w // 2, (factor - 1) * h // 2
+    return Window(int(window.col_off) - dc, int(window.row_off) - dr, factor * w, factor * h)

@@ -1,0 +1,52 @@
+"""Named model configs: a plain dict of factories that only fill arguments.
+
+``caswit-*`` are dual-branch with fusion after all four stages (the paper's
+main configuration); ``swin-*-upernet`` are their single-stream baselines
+(fusion none, no LR encoder). ``nano`` is a miniature for tests and demos.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..errors import ConfigError
+from .caswit import CaswitConfig
+
+# Swin variants: timm model name, tile size, decoder width, stochastic depth.
+# base/large use window 12, as the FLAIR-HUB Swin-B baseline.
+SWIN_VARIANTS: dict[str, dict] = {
+    "nano": dict(
+        backbone="swin_tiny_patch4_window7_224",
+        # 12-24-48-96 channels, one block per stage, window 4: a few hundred
+        # thousand parameters, 128 px tiles in a fraction of a second on a CPU.
+        arch_overrides=dict(embed_dim=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window_size=4),
+        img_size=128,
+        decoder_channels=24,
+        drop_path_rate=0.0,
+    ),
+    "tiny": dict(backbone="swin_tiny_patch4_window7_224", decoder_channels=512, drop_path_rate=0.2),
+    "small": dict(backbone="swin_small_patch4_window7_224", decoder_channels=512, drop_path_rate=0.3),
+    "base": dict(backbone="swin_base_patch4_window12_384", decoder_channels=512, drop_path_rate=0.3),
+    "large": dict(backbone="swin_large_patch4_window12_384", decoder_channels=512, drop_path_rate=0.3),
+}
+
+
+def _named() -> dict[str, CaswitConfig]:
+    out = {}
+    for variant, kw in SWIN_VARIANTS.items():
+        out[f"caswit-{variant}"] = CaswitConfig(name=f"caswit-{variant}", fusion_stages="all", **kw)
+        out[f"swin-{variant}-upernet"] = CaswitConfig(name=f"swin-{variant}-upernet", fusion_stages="none", **kw)
+    return out
+
+
+MODEL_CONFIGS: dict[str, CaswitConfig] = _named()
+
+
+def get_config(name: str, **overrides) -> CaswitConfig:
+    """The named config with ``overrides`` applied (e.g. num_classes, img_size, fusion_stages, gate)."""
+    if name not in MODEL_CONFIGS:
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(MODEL_CONFIGS)}")
+    try:
+        return replace(MODEL_CONFIGS[name], **overrides)
+    except TypeError as e:
+        raise ConfigError(f"bad override for {name}: {e}") from None

@@ -1,0 +1,146 @@
+"""Checkpoints: round trip, metadata, bad files, no pickled code."""
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import caswit_geo
+from caswit_geo.checkpoint import load_weights_file, read_meta
+from caswit_geo.errors import CheckpointError
+from caswit_geo.spec import ClassInfo, ClassTable, InputSpec
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return caswit_geo.build_model("caswit-nano", num_classes=3).eval()
+
+
+CLASSES = ClassTable([ClassInfo(0, "water", (0, 0, 255)), ClassInfo(1, "forest", (0, 128, 0)),
+                      ClassInfo(2, "building", (200, 0, 0))])
+SPEC = InputSpec(bands=(3, 2, 1), scale=65535.0, tile_size=128, context_factor=2, gsd=0.5)
+
+
+def test_round_trip_identical_outputs_and_metadata(tmp_path, model):
+    path = caswit_geo.save_checkpoint(model, tmp_path / "m.safetensors", classes=CLASSES, input_spec=SPEC,
+                                      epochs=3, dataset="unit")
+    loaded, meta = caswit_geo.load_checkpoint(path)
+    assert not loaded.training
+    x, y = torch.randn(2, 3, 128, 128), torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(model(x, y), loaded(x, y))
+    assert meta.name == "caswit-nano" and meta.kind == "segmentation"
+    assert meta.classes.names == ["water", "forest", "building"]
+    assert meta.classes.classes[2].color == (200, 0, 0)
+    assert meta.input_spec == SPEC
+    assert meta.metadata == {"epochs": 3, "dataset": "unit"}
+    assert meta.provenance["caswit_geo"] == caswit_geo.__version__
+    assert read_meta(path).input_spec.bands == (3, 2, 1)
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left
+
+
+def test_training_checkpoint_keeps_aux_head(tmp_path, model):
+    path = caswit_geo.save_checkpoint(model, tmp_path / "t.safetensors", include_aux=True)
+    loaded, meta = caswit_geo.load_checkpoint(path, train=True)
+    assert loaded.training and loaded.aux_head is not None
+    torch.testing.assert_close(loaded.aux_head.classifier.weight, model.aux_head.classifier.weight)
+
+
+def test_truncated_checkpoint(tmp_path, model):
+    path = caswit_geo.save_checkpoint(model, tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"m\.safetensors.*(truncated|corrupt)"):
+        caswit_geo.load_checkpoint(path)
+
+
+def test_garbage_and_missing_files(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(os.urandom(300))
+    with pytest.raises(CheckpointError, match="junk.safetensors"):
+        caswit_geo.load_checkpoint(junk)
+    with pytest.raises(CheckpointError, match="no such"):
+        caswit_geo.load_checkpoint(tmp_path / "absent.safetensors")
+
+
+def test_safetensors_without_metadata(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(CheckpointError, match="not a caswit-geo checkpoint"):
+        caswit_geo.load_checkpoint(path)
+
+
+def test_weights_that_do_not_match_the_config(tmp_path, model):
+    path = caswit_geo.save_checkpoint(model, tmp_path / "m.safetensors")
+    other = caswit_geo.build_model("caswit-nano", num_classes=5)
+    big = caswit_geo.save_checkpoint(other, tmp_path / "o.safetensors")
+    # weights of a 5-class model under the 3-class header
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        header = f.metadata()
+    with safe_open(str(big), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(tmp_path / "mix.safetensors"), metadata=header)
+    with pytest.raises(CheckpointError, match="shapes do not match"):
+        caswit_geo.load_checkpoint(tmp_path / "mix.safetensors")
+    # a tensor missing
+    del tensors["decoder.classifier.bias"]
+    save_file(tensors, str(tmp_path / "miss.safetensors"), metadata=header)
+    with pytest.raises(CheckpointError, match="missing 1"):
+        caswit_geo.load_checkpoint(tmp_path / "miss.safetensors")
+
+
+def test_newer_format_is_refused(tmp_path, model):
+    path = caswit_geo.save_checkpoint(model, tmp_path / "m.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        header = json.loads(f.metadata()["caswit_geo"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    header["format_version"] = 99
+    save_file(tensors, str(tmp_path / "new.safetensors"), metadata={"caswit_geo": json.dumps(header)})
+    with pytest.raises(CheckpointError, match="newer"):
+        caswit_geo.load_checkpoint(tmp_path / "new.safetensors")
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _RunsCode(str(marker))}, f)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="evil.pth.*refused"):
+        load_weights_file(path)
+    assert not marker.exists()
+
+
+def test_plain_pt_state_dict_is_read(tmp_path):
+    path = tmp_path / "ok.pth"
+    torch.save({"model": {"w": torch.arange(3.0)}}, path)
+    assert torch.equal(load_weights_file(path)["w"], torch.arange(3.0))
+    (tmp_path / "bad.pth").write_bytes(pickle.dumps([1, 2, 3]))
+    with pytest.raises(CheckpointError, match="bad.pth"):
+        load_weights_file(tmp_path / "bad.pth")
+
+
+def test_pretrain_checkpoint_round_trip(tmp_path):
+    from caswit_geo.model.simmim import CaswitSimMIM
+
+    pre = CaswitSimMIM(caswit_geo.model.get_config("caswit-nano", num_classes=1))
+    path = caswit_geo.save_checkpoint(pre, tmp_path / "pre.safetensors")
+    loaded, meta = caswit_geo.load_checkpoint(path)
+    assert meta.kind == "simmim" and isinstance(loaded, CaswitSimMIM)
+    torch.testing.assert_close(loaded.hr_mask_token, pre.hr_mask_token)
