@@ -1,0 +1,30 @@
+"""``caswit-geo explain``: cross-attention maps of one pixel, as a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..engine.explain import ExplainConfig, explain
+from . import app
+
+
+@app.command(name="explain")
+def explain_cmd(
+    image: Path = typer.Argument(..., help="Orthophoto (any GDAL raster)."),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG to write."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Checkpoint file or registry name."),
+    row: Optional[int] = typer.Option(None, help="Pixel row (default: raster centre)."),
+    col: Optional[int] = typer.Option(None, help="Pixel column."),
+    x: Optional[float] = typer.Option(None, help="Point X in the raster's CRS (instead of row/col)."),
+    y: Optional[float] = typer.Option(None, help="Point Y in the raster's CRS."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing PNG."),
+) -> None:
+    """Draw the HR->LR cross-attention of one pixel at every fused stage over the LR context."""
+    res = explain(ExplainConfig(image=image, out=out, weights=weights, row=row, col=col, x=x, y=y,
+                                overwrite=overwrite))
+    stages = ", ".join(str(s) for s in res.attention)
+    typer.echo(f"{res.out}: pixel (row {res.pixel[0]}, col {res.pixel[1]}), stages {stages}, "
+               f"predicted class {res.predicted_class}")

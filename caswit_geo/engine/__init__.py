@@ -1,0 +1,1 @@
+"""Engines: plain functions that take a config and return results."""

@@ -1,0 +1,153 @@
+"""Cross-attention maps of one pixel at each fused stage (the paper's Fig. 6).
+
+The HR token containing the chosen pixel is the query; its attention
+weights over the LR tokens (mean over heads) are drawn on the LR context
+image, one panel per fused stage, with the queried pixel as a white dot.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.windows import Window
+
+from ..checkpoint import load_checkpoint
+from ..errors import ConfigError, InputError, OutputError
+from ..geo.context import read_tile_and_context
+from ..weights import resolve_weights
+
+
+@dataclass
+class ExplainConfig:
+    image: Path
+    out: Path
+    weights: str | Path | None = None
+    row: int | None = None  # pixel of the raster (row, col), or
+    col: int | None = None
+    x: float | None = None  # a point in the raster's CRS
+    y: float | None = None
+    overwrite: bool = False
+    dpi: int = 100
+
+
+@dataclass
+class ExplainResult:
+    out: Path
+    pixel: tuple[int, int]  # (row, col) in the raster
+    tile: Window
+    attention: dict[int, np.ndarray] = field(default_factory=dict)  # stage -> (h_s, w_s) weights, sum 1
+    predicted_class: int = -1
+
+
+def display_rgb(raw: np.ndarray, scale: float) -> np.ndarray:
+    """(C, H, W) raw values -> (H, W, 3) float in [0, 1] with a 2-98 % stretch for display."""
+    rgb = raw[:3] if raw.shape[0] >= 3 else np.repeat(raw[:1], 3, axis=0)
+    rgb = rgb.astype(np.float32) / scale
+    lo, hi = np.percentile(rgb, 2), np.percentile(rgb, 98)
+    return np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1).transpose(1, 2, 0)
+
+
+def _check_out(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: exists (use --overwrite to replace it)")
+    if not path.parent.is_dir():
+        raise OutputError(f"{path.parent}: output folder does not exist")
+
+
+def _save_figure(fig, path: Path, dpi: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def explain(config: ExplainConfig) -> ExplainResult:
+    out = Path(config.out)
+    _check_out(out, config.overwrite)
+    model, meta = load_checkpoint(resolve_weights(config.weights))
+    if meta.kind != "segmentation" or not model.config.fusion_stages:
+        raise ConfigError(f"{meta.name}: a single-stream model has no cross-attention to show")
+    spec = meta.input_spec
+    T, k = spec.tile_size, spec.context_factor
+    try:
+        src = rasterio.open(config.image)
+    except rasterio.errors.RasterioIOError as e:
+        raise InputError(f"{config.image}: cannot open as a raster ({e})") from None
+    with src:
+        if src.count < max(spec.bands):
+            raise InputError(f"{config.image}: has {src.count} bands, the model reads bands {list(spec.bands)}")
+        if config.x is not None and config.y is not None:
+            row, col = src.index(config.x, config.y)
+        elif config.row is not None and config.col is not None:
+            row, col = config.row, config.col
+        else:
+            row, col = src.height // 2, src.width // 2
+        if not (0 <= row < src.height and 0 <= col < src.width):
+            raise InputError(f"{config.image}: pixel ({row}, {col}) is outside the {src.height}x{src.width} raster")
+        tile = Window(col // T * T, row // T * T, T, T)
+        hr_raw, lr_raw, _ = read_tile_and_context(src, tile, spec.bands, k)
+    hr = torch.from_numpy(spec.normalize(hr_raw))[None]
+    lr = torch.from_numpy(spec.normalize(lr_raw))[None]
+
+    inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = [
+        block.register_forward_hook(lambda m, a, o, s=int(s): inputs.__setitem__(s, (a[0], a[1])))
+        for s, block in model.backbone.fusion.items()
+    ]
+    with torch.inference_mode():
+        logits = model(hr, lr)
+    for h in hooks:
+        h.remove()
+    r_in, c_in = row - int(tile.row_off), col - int(tile.col_off)
+    result = ExplainResult(out, (row, col), tile, predicted_class=int(logits[0, :, r_in, c_in].argmax()))
+    for s, (x_hr, x_lr) in sorted(inputs.items()):
+        _, H, W, _ = x_hr.shape  # (1, H_s, W_s, C)
+        q = torch.tensor([(r_in * H // T) * W + (c_in * W // T)])
+        w = model.backbone.fusion[str(s)].attention_weights(x_hr, x_lr, q)  # (1, heads, 1, L_lr)
+        result.attention[s] = w[0, :, 0].mean(0).reshape(x_lr.shape[1], x_lr.shape[2]).numpy()
+
+    _draw(result, display_rgb(hr_raw, spec.scale), display_rgb(lr_raw, spec.scale), T, k,
+          meta.classes.names[result.predicted_class], config.dpi)
+    return result
+
+
+def _draw(result: ExplainResult, hr_rgb, lr_rgb, T: int, k: int, class_name: str, dpi: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    r_in, c_in = result.pixel[0] - int(result.tile.row_off), result.pixel[1] - int(result.tile.col_off)
+    # the HR tile is the central T/k x T/k square of the LR image
+    off = (k - 1) * T / 2 / k
+    lr_r, lr_c = off + r_in / k, off + c_in / k
+    n = 2 + len(result.attention)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6), constrained_layout=True)
+    axes[0].imshow(hr_rgb)
+    axes[0].plot(c_in, r_in, "o", color="white", markeredgecolor="black", markersize=7)
+    axes[0].set_title(f"HR tile: {class_name}")
+    axes[1].imshow(lr_rgb)
+    axes[1].add_patch(Rectangle((off - 0.5, off - 0.5), T / k, T / k, fill=False, edgecolor="yellow", lw=1.5))
+    axes[1].plot(lr_c, lr_r, "o", color="white", markeredgecolor="black", markersize=7)
+    axes[1].set_title(f"LR context (x{k})")
+    grey = lr_rgb.mean(axis=2)
+    for ax, (s, att) in zip(axes[2:], sorted(result.attention.items())):
+        ax.imshow(grey, cmap="gray")
+        h, w = att.shape
+        ax.imshow(att, cmap="inferno", alpha=0.6, extent=(-0.5, T - 0.5, T - 0.5, -0.5), interpolation="nearest")
+        ax.plot(lr_c, lr_r, "o", color="white", markeredgecolor="black", markersize=7)
+        ax.set_title(f"stage {s} ({h}x{w} LR tokens)")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"cross-attention of pixel (row {result.pixel[0]}, col {result.pixel[1]})")
+    _save_figure(fig, result.out, dpi)
+    plt.close(fig)
