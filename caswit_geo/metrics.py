@@ -135,10 +135,26 @@ def boundary_dilation(height: int, width: int, ratio: float = 0.02) -> int:
     return max(1, int(round(ratio * math.sqrt(height**2 + width**2))))
 
 
-def _window_extreme(x: np.ndarray, d: int, axis: int, fn) -> np.ndarray:
-    """Running ``fn`` (np.min / np.max) over 2d+1 pixels along ``axis``; shrinks that axis by 2d."""
-    win = np.lib.stride_tricks.sliding_window_view(x, 2 * d + 1, axis=axis)
-    return fn(win, axis=-1)
+def _running_max(x: np.ndarray, window: int, axis: int) -> np.ndarray:
+    """Max over every run of ``window`` values along ``axis`` (that axis shrinks by window - 1).
+
+    Doubling: after j steps ``m[i]`` is the max of ``x[i : i + 2**j]``; two
+    overlapping power-of-two runs then cover any window. O(log window)
+    whole-array operations instead of O(window).
+    """
+
+    def cut(a: np.ndarray, start: int, stop: int) -> np.ndarray:
+        index = [slice(None)] * a.ndim
+        index[axis] = slice(start, stop)
+        return a[tuple(index)]
+
+    m, span = x, 1
+    while span * 2 <= window:
+        n = m.shape[axis]
+        m = np.maximum(cut(m, 0, n - span), cut(m, span, n))
+        span *= 2
+    out_len = x.shape[axis] - window + 1
+    return np.maximum(cut(m, 0, out_len), cut(m, window - span, window - span + out_len))
 
 
 def boundary_band(labels: np.ndarray, d: int) -> np.ndarray:
@@ -153,12 +169,13 @@ def boundary_band(labels: np.ndarray, d: int) -> np.ndarray:
     once: band of c = band & (labels == c).
     """
     x = labels.astype(np.int16)
-    # Outside the image: -1 for the max filter and 256 for the min filter, both differ from every label.
+    w = 2 * d + 1
+    # Outside the image: 256 for the max filter and -1 for the min filter, both differ from every label.
     pad = [(0, 0)] * (x.ndim - 2) + [(d, d), (d, d)]
     hi = np.pad(x, pad, constant_values=256)
-    lo = np.pad(x, pad, constant_values=-1)
-    wmax = _window_extreme(_window_extreme(hi, d, -1, np.max), d, -2, np.max)
-    wmin = _window_extreme(_window_extreme(lo, d, -1, np.min), d, -2, np.min)
+    lo = np.pad(-x, pad, constant_values=1)  # min filter = -max of the negated labels
+    wmax = _running_max(_running_max(hi, w, -1), w, -2)
+    wmin = -_running_max(_running_max(lo, w, -1), w, -2)
     return (wmax != x) | (wmin != x)
 
 

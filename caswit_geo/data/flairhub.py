@@ -108,6 +108,9 @@ class FlairHubDataset(CaswitDataset):
     def patch(self, index: int) -> Patch:
         return self.index.patches[self.selection[index]]
 
+    def image_ids(self) -> list[str]:
+        return [self.index.patches[i].patch_id for i in self.selection]
+
     def georef(self, index: int) -> SampleGeo:
         p = self.patch(index)
         crs = self._handles.get(p.image).crs

@@ -121,6 +121,9 @@ class RasterTileDataset(CaswitDataset):
             col = int(torch.randint(0, max(p.width - tile, 0) + 1, ()).item())
         return Window(col, row, tile, tile)
 
+    def image_ids(self) -> list[str]:
+        return [p.name for p in self.images]
+
     def georef(self, index: int) -> SampleGeo:
         n, row, col = (int(v) for v in self._tiles[index])
         p = self.images[n]

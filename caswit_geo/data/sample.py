@@ -74,7 +74,8 @@ class CaswitDataset(torch.utils.data.Dataset):
     """Base of the three datasets: ``classes``, ``input_spec``, ``labelled``, ``georef(i)``.
 
     Subclasses implement ``__len__``, ``read(i)`` -> (hr, lr, label, lr_label, id)
-    raw arrays, and ``georef(i)``. ``transform`` (e.g. :class:`~caswit_geo.data.augment.Augment`)
+    raw arrays, ``georef(i)`` and ``image_ids()``. Samples of one image are
+    contiguous, so predictions can be assembled image after image. ``transform`` (e.g. :class:`~caswit_geo.data.augment.Augment`)
     is applied to the finished sample dict.
     """
 
@@ -87,6 +88,10 @@ class CaswitDataset(torch.utils.data.Dataset):
         raise NotImplementedError
 
     def georef(self, index: int) -> SampleGeo:
+        raise NotImplementedError
+
+    def image_ids(self) -> list[str]:
+        """The ``SampleGeo.image_id`` values, in sample order, each once."""
         raise NotImplementedError
 
     def __getitem__(self, index: int) -> dict:

@@ -114,6 +114,8 @@ def build_tiles(
 ) -> RasterTileDataset:
     """The images of ``split`` as T x T tiles with context (grid, or random crops)."""
     root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder not found")
     if (root / "classes.json").is_file() or labels:
         meta = load_tiles_meta(root)
         if meta.bands is not None and tuple(meta.bands) != tuple(input_spec.bands):

@@ -1,0 +1,82 @@
+"""``caswit-geo eval``: score a checkpoint on a dataset split, or a class raster against a reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..engine.evaluate import EvalConfig, EvalResult, evaluate, evaluate_rasters
+from ..errors import ConfigError
+from . import app
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def print_result(result: EvalResult, console: Console | None = None) -> None:
+    """Per-class IoU/F1/bIoU table, then mIoU, mF1, OA and mBIoU (in %)."""
+    console = console or Console()
+    table = Table(title=f"eval ({result.protocol} protocol)")
+    for col in ("id", "class", "IoU", "F1", "bIoU", "GT pixels"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for r in result.per_class:
+        table.add_row(str(r["id"]), r["name"], _pct(r["iou"]), _pct(r["f1"]), _pct(r["biou"]), f"{r['gt_pixels']:,}")
+    m = result.metrics
+    table.add_section()
+    table.add_row("", "mean", _pct(m["mIoU"]), _pct(m["mF1"]), _pct(m["mBIoU"]), "")
+    console.print(table)
+    console.print(f"mIoU {_pct(m['mIoU'])}  mF1 {_pct(m['mF1'])}  OA {_pct(m['OA'])}  mBIoU {_pct(m['mBIoU'])}")
+    for kind, path in result.files.items():
+        console.print(f"{kind}: {path}")
+
+
+@app.command(name="eval")
+def eval_cmd(
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="flairhub | urur | tiles (with --pred/--ref: flairhub | urur protocol)."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Dataset root folder."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Checkpoint file or registry name."),
+    split: str = typer.Option("test", "--split", help="train | val | test (flairhub also: a .csv/.txt list of patch ids)."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Tiles per batch."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+    workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
+    split_column: str = typer.Option("split_flairhub", "--split-column", help="FLAIR-HUB split GeoPackage column."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="Report folder (default ./eval-<dataset>-<split>; --pred/--ref: none)."),
+    save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Folder for the predicted class rasters."),
+    pred: Optional[Path] = typer.Option(None, "--pred", help="Class raster to score (instead of running a model)."),
+    ref: Optional[Path] = typer.Option(None, "--ref", help="Reference label raster for --pred."),
+    classes: Optional[Path] = typer.Option(None, "--classes", help="classes.json for --pred/--ref."),
+    tile_size: int = typer.Option(512, "--tile-size", help="--pred/--ref: window size (px) for reading and bIoU."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing report and prediction files."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Score a model on a dataset split (mIoU, mF1, OA, mBIoU), or compare --pred with --ref."""
+    if pred is not None or ref is not None:
+        if pred is None or ref is None:
+            raise ConfigError("--pred and --ref go together")
+        for flag, value in (("--root", root), ("--weights", weights), ("--save-predictions", save_predictions)):
+            if value is not None:
+                raise ConfigError(f"{flag} does not apply to --pred/--ref")
+        if classes is not None and dataset is not None:
+            raise ConfigError("give --classes or --dataset with --pred/--ref, not both")
+        result = evaluate_rasters(
+            pred, ref, classes=classes, dataset=dataset, out_dir=out_dir, overwrite=overwrite,
+            tile_size=tile_size, progress=progress,
+        )
+    else:
+        if dataset is None or root is None:
+            raise ConfigError("--dataset and --root are required (or --pred and --ref)")
+        if classes is not None:
+            raise ConfigError("--classes only applies to --pred/--ref (a dataset brings its classes)")
+        result = evaluate(
+            EvalConfig(
+                dataset=dataset, root=root, weights=weights, split=split, batch_size=batch_size, device=device,
+                workers=workers, split_column=split_column, out_dir=out_dir, save_predictions=save_predictions,
+                overwrite=overwrite, progress=progress,
+            )
+        )
+    print_result(result)
