@@ -1,0 +1,83 @@
+"""``caswit-geo pretrain``: SimMIM pretraining on unlabelled orthophotos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from ..engine.pretrain import PretrainConfig, PretrainResult, pretrain
+from . import app
+from . import run_options as opt
+
+
+def print_result(result: PretrainResult, console: Console | None = None) -> None:
+    console = console or Console()
+    if not result.completed:
+        last = result.history[-1]["epoch"] if result.history else 0
+        console.print(f"stopped after epoch {last}; continue with: caswit-geo pretrain --resume {result.run_dir}")
+    if result.history:
+        console.print(f"final reconstruction loss: {result.history[-1]['train_loss']:.4f}")
+    if result.figure is not None:
+        console.print(f"reconstructions: {result.figure}")
+    console.print(f"pretrained checkpoint: {result.checkpoint}  (caswit-geo train --init {result.checkpoint} ...)")
+
+
+@app.command(name="pretrain")
+def pretrain_cmd(
+    images: Optional[List[Path]] = typer.Option(
+        None, "--images", "-i", help="GeoTIFF file or folder of them (searched recursively); repeatable."
+    ),
+    config: Optional[Path] = opt.CONFIG,
+    model: Optional[str] = opt.MODEL,
+    fusion_stages: Optional[str] = opt.FUSION_STAGES,
+    gate: Optional[bool] = opt.GATE,
+    tile_size: Optional[int] = opt.TILE_SIZE,
+    context_factor: Optional[int] = opt.CONTEXT_FACTOR,
+    bands: Optional[str] = opt.BANDS,
+    scale: Optional[float] = opt.SCALE,
+    mean: Optional[str] = opt.MEAN,
+    std: Optional[str] = opt.STD,
+    mask_patch_size: Optional[int] = typer.Option(None, "--mask-patch-size", help="Masked HR cell side in px. (default: 32)"),
+    mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio", help="Fraction of HR cells masked. (default: 0.75)"),
+    lr_mask_ratio: Optional[float] = typer.Option(
+        None, "--lr-mask-ratio", help="Side of the centred LR mask / LR side. (default: 0.5)"
+    ),
+    random_crops: Optional[bool] = typer.Option(
+        None, "--random-crops/--grid-crops", help="Random tile positions or the fixed grid. (default: random)"
+    ),
+    crops_per_image: Optional[int] = typer.Option(None, "--crops-per-image", help="Random tiles per image and epoch."),
+    figure_samples: Optional[int] = typer.Option(None, "--figure-samples", help="Rows of reconstructions.png. (default: 4)"),
+    backbone_weights: Optional[Path] = opt.BACKBONE_WEIGHTS,
+    epochs: Optional[int] = opt.EPOCHS,
+    batch_size: Optional[int] = opt.BATCH_SIZE,
+    lr: Optional[float] = opt.LR,
+    min_lr: Optional[float] = opt.MIN_LR,
+    weight_decay: Optional[float] = opt.WEIGHT_DECAY,
+    warmup_epochs: Optional[float] = opt.WARMUP_EPOCHS,
+    clip_grad: Optional[float] = opt.CLIP_GRAD,
+    amp: Optional[bool] = opt.AMP,
+    grad_checkpointing: Optional[bool] = opt.GRAD_CHECKPOINTING,
+    device: Optional[str] = opt.DEVICE,
+    workers: Optional[int] = opt.WORKERS,
+    seed: Optional[int] = opt.SEED,
+    out: Optional[Path] = opt.OUT,
+    overwrite: Optional[bool] = opt.OVERWRITE,
+    resume: Optional[Path] = opt.RESUME,
+    stop_after: Optional[int] = opt.STOP_AFTER,
+    progress: Optional[bool] = opt.PROGRESS,
+) -> None:
+    """Pretrain both encoders and the fusion blocks by masked image modelling (SimMIM).
+
+    Defaults: caswit-tiny, 100 epochs, lr 1e-4, weight decay 0.05, warmup a
+    tenth of the epochs, HR mask 75 % of 32 px cells, centred LR mask of half
+    the side. The run's last.safetensors is the input of train --init.
+    """
+    given = dict(locals())
+    given.pop("config")
+    given["images"] = list(images) if images else None
+    for key, kind in (("bands", int), ("mean", float), ("std", float)):
+        given[key] = opt.parse_list(given[key], kind, "--" + key)
+    print_result(pretrain(opt.build_config(PretrainConfig, "pretrain", config, given)))

@@ -1,0 +1,331 @@
+"""The epoch loop shared by ``train`` and ``pretrain``.
+
+A run reads top to bottom like nanoGPT's train.py: settle the run
+directory (new, or resumed from ``config.json``), build the optimiser,
+scaler, schedule and loaders around the task's model (:func:`build_loop`),
+then :func:`fit`: train an epoch (MAE's train_one_epoch: averaged loss,
+stop on a non-finite one), let the task validate, and on the master
+process write the epoch's checkpoint, training state, logs and curves.
+Only the loss of a batch, the validation and the extra per-epoch files
+differ between tasks; they come in as functions.
+
+Exact resume: the shuffle order is a function of (seed, epoch)
+(DistributedSampler), the schedule of the iteration count, and the RNG
+states of every rank are saved at the end of each epoch and restored
+before the next, so on the CPU a resumed run ends with the same weights as
+an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from tqdm.auto import tqdm
+
+from ..checkpoint import read_checkpoint, save_checkpoint
+from ..device import amp_dtype, autocast_context
+from ..errors import CaswitError, CheckpointError, ConfigError
+from .config import RunConfig, resolved_for_resume
+from .curves import plot_curves
+from .distributed import DistEnv, all_reduce_sum, broadcast_buffers, broadcast_object, gather_objects, wrap_model
+from .optim import CosineSchedule, build_optimizer
+from .rundir import (
+    CONFIG,
+    CURVES,
+    LAST_STATE,
+    LAST_WEIGHTS,
+    check_resumable,
+    check_run_dir,
+    default_run_dir,
+    prepare_run_dir,
+    read_json,
+    write_json,
+    write_logs,
+)
+from .runstate import load_state, rng_state, save_state, seed_everything, set_rng_state
+
+STATE_FORMAT = "caswit-geo-train-state"
+
+
+def open_run(config: RunConfig, command: str, env: DistEnv) -> tuple[RunConfig, Path, bool]:
+    """``(settings, run directory, resuming)``; checks the directory, creates nothing.
+
+    With ``resume`` the settings are the run's own ``config.json`` (only
+    device, workers, stop_after and progress may change); otherwise ``out``
+    (default ``runs/<command>-<time>``, chosen once on rank 0) must be new or
+    empty, unless ``overwrite``.
+    """
+    if config.resume is not None:
+        run_dir = check_resumable(Path(config.resume))
+        saved = read_json(run_dir / CONFIG)
+        config = resolved_for_resume(saved, config, type(config), str(run_dir / CONFIG))
+        return dataclasses.replace(config, out=run_dir), run_dir, True
+    run_dir = Path(config.out) if config.out is not None else broadcast_object(default_run_dir(command), env)
+    if env.is_master:
+        check_run_dir(run_dir, overwrite=config.overwrite)
+    return dataclasses.replace(config, out=run_dir), run_dir, False
+
+
+def start_run(config: RunConfig, run_dir: Path, resuming: bool, env: DistEnv) -> None:
+    """Create the run directory and write ``config.json`` (master, new runs only)."""
+    if env.is_master and not resuming:
+        prepare_run_dir(run_dir, overwrite=config.overwrite)
+        write_json(run_dir / CONFIG, config.to_dict(absolute_paths=True))
+
+
+@dataclass
+class Start:
+    """Where :func:`fit` begins: the next epoch, iteration count, history, RNG to restore."""
+
+    epoch: int = 1
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    rng: dict | None = None
+
+
+@dataclass
+class Loop:
+    """What the epoch loop iterates with."""
+
+    model: nn.Module  # the bare model: checkpoints and validation
+    ddp_model: nn.Module  # what the training step calls (the DDP wrapper, or the model)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    schedule: CosineSchedule
+    loader: DataLoader
+    sampler: DistributedSampler
+    env: DistEnv
+    amp: bool
+    clip_grad: float | None
+    progress: bool
+
+
+def train_loader(dataset: Dataset, env: DistEnv, batch_size: int, workers: int, seed: int):
+    """Shuffled loader of this rank's share; full batches only (BatchNorm needs more than one tile)."""
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=seed)
+    if len(sampler) < batch_size:
+        raise ConfigError(
+            f"--batch-size {batch_size}: only {len(dataset)} training tiles for {env.world_size} process(es), "
+            "not one full batch each"
+        )
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=env.device.type == "cuda",
+        drop_last=True,
+    )
+    return loader, sampler
+
+
+def eval_loader(dataset: Dataset, env: DistEnv, batch_size: int, workers: int) -> DataLoader:
+    """Every ``world_size``-th sample from ``rank``: each sample is seen once (no padding)."""
+    shard = Subset(dataset, range(env.rank, len(dataset), env.world_size))
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=env.device.type == "cuda")
+
+
+def build_loop(
+    model: nn.Module,
+    dataset: Dataset,
+    config: RunConfig,
+    env: DistEnv,
+    run_dir: Path,
+    resuming: bool,
+    find_unused_parameters: bool = False,
+) -> tuple[Loop, Start]:
+    """Optimiser, scaler, schedule, loader and DDP around ``model``; the resume point."""
+    if config.grad_checkpointing:
+        model.backbone.set_grad_checkpointing(True)  # CASWiT and SimMIM: both Swin encoders
+    model.to(env.device)
+    optimizer = build_optimizer(model, config.lr, config.weight_decay)
+    scaler = None
+    if env.device.type == "cuda" and config.amp and amp_dtype(env.device) == torch.float16:
+        scaler = torch.amp.GradScaler("cuda")  # bf16 needs no loss scaling
+    loader, sampler = train_loader(dataset, env, config.batch_size, config.workers, config.seed)
+    steps = len(loader)
+    if config.epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {config.epochs}")
+    if config.warmup_epochs < 0:
+        raise ConfigError(f"--warmup-epochs must be >= 0, got {config.warmup_epochs}")
+    schedule = CosineSchedule(config.lr, config.min_lr, config.epochs * steps, round(config.warmup_epochs * steps))
+    start = resume_point(run_dir, model, optimizer, scaler, env, steps) if resuming else Start()
+    ddp_model = wrap_model(model, env, find_unused_parameters)
+    loop = Loop(model, ddp_model, optimizer, scaler, schedule, loader, sampler, env, config.amp,
+                config.clip_grad, config.progress)
+    return loop, start
+
+
+def resume_point(
+    run_dir: Path, model: nn.Module, optimizer, scaler, env: DistEnv, steps_per_epoch: int
+) -> Start:
+    """Load ``last.safetensors`` into ``model`` and ``last.pt`` into the optimiser and scaler."""
+    state = load_state(run_dir / LAST_STATE)
+    tensors, header = read_checkpoint(run_dir / LAST_WEIGHTS)
+    if header["metadata"].get("epoch") != state["epoch"]:
+        raise CheckpointError(
+            f"{run_dir}: {LAST_WEIGHTS} (epoch {header['metadata'].get('epoch')}) and {LAST_STATE} "
+            f"(epoch {state['epoch']}) disagree; the run was interrupted while saving"
+        )
+    expected = model.state_dict()
+    if set(expected) != set(tensors) or any(expected[k].shape != tensors[k].shape for k in expected):
+        raise CheckpointError(f"{run_dir / LAST_WEIGHTS}: weights do not fit the model of {run_dir / CONFIG}")
+    model.load_state_dict(tensors, strict=True)
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    rng = None
+    if state["world_size"] == env.world_size:
+        rng = state["rng"][env.rank]
+    else:
+        warnings.warn(
+            f"{run_dir}: saved with {state['world_size']} process(es), resumed with {env.world_size}: "
+            "the data order and random draws differ from an uninterrupted run",
+            stacklevel=2,
+        )
+    if state.get("steps_per_epoch") != steps_per_epoch:
+        warnings.warn(
+            f"{run_dir}: {steps_per_epoch} iterations per epoch now, {state.get('steps_per_epoch')} before: "
+            "the learning-rate schedule is stretched",
+            stacklevel=2,
+        )
+    return Start(state["epoch"] + 1, state["step"], list(state["history"]), rng)
+
+
+def train_one_epoch(
+    loop: Loop, compute_loss: Callable[[nn.Module, dict], torch.Tensor], epoch: int, epochs: int, step: int
+) -> tuple[dict, int]:
+    """One pass over the loader; returns ``({"train_loss", "lr"}, next iteration)``."""
+    loop.ddp_model.train()
+    sums = torch.zeros(2, dtype=torch.float64)  # loss sum, batches
+    lr = loop.schedule.lr(step)
+    show = loop.progress and loop.env.is_master
+    bar = tqdm(loop.loader, desc=f"epoch {epoch}/{epochs}", disable=not show, leave=False, dynamic_ncols=True)
+    for batch in bar:
+        lr = loop.schedule.apply(loop.optimizer, step)
+        with autocast_context(loop.env.device, loop.amp):
+            loss = compute_loss(loop.ddp_model, batch)
+        value = loss.detach().float().item()
+        if value != value or value in (float("inf"), float("-inf")):
+            raise CaswitError(
+                f"training loss is {value} at epoch {epoch}, iteration {step + 1}: lower --lr, set --clip-grad, "
+                "or try --no-amp"
+            )
+        loop.optimizer.zero_grad(set_to_none=True)
+        if loop.scaler is not None:
+            loop.scaler.scale(loss).backward()
+            loop.scaler.unscale_(loop.optimizer)  # clip true gradients; a no-op cost without clipping
+        else:
+            loss.backward()
+        if loop.clip_grad:
+            torch.nn.utils.clip_grad_norm_(loop.model.parameters(), loop.clip_grad)
+        if loop.scaler is not None:
+            loop.scaler.step(loop.optimizer)
+            loop.scaler.update()
+        else:
+            loop.optimizer.step()
+        step += 1
+        sums += torch.tensor([value, 1.0], dtype=torch.float64)
+        bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+    bar.close()
+    total = all_reduce_sum(sums, loop.env)
+    return {"train_loss": float(total[0] / total[1].clamp_min(1)), "lr": lr}, step
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    completed: bool  # False when stopped early by stop_after
+
+
+def fit(
+    loop: Loop,
+    start: Start,
+    compute_loss: Callable[[nn.Module, dict], torch.Tensor],
+    *,
+    epochs: int,
+    run_dir: Path,
+    checkpoint_args: dict,
+    evaluate: Callable[[int], dict] | None = None,
+    end_epoch: Callable[[int, list[dict]], None] | None = None,
+    stop_after: int | None = None,
+    title: str = "",
+) -> FitResult:
+    """Epochs ``start.epoch..epochs``; returns the full history (earlier epochs included).
+
+    ``evaluate(epoch)`` runs on every rank and returns columns for the log
+    (e.g. ``val_miou``); ``end_epoch(epoch, history)`` runs on the master only,
+    after ``last.safetensors`` is written (e.g. best checkpoint, figures).
+    ``checkpoint_args``: ``classes``, ``input_spec`` and metadata for
+    :func:`~caswit_geo.checkpoint.save_checkpoint`.
+    """
+    env = loop.env
+    history = list(start.history)
+    step = start.step
+    if start.rng is not None:
+        set_rng_state(start.rng)
+    for epoch in range(start.epoch, epochs + 1):
+        t0 = time.perf_counter()
+        loop.sampler.set_epoch(epoch)
+        row = {"epoch": epoch}
+        stats, step = train_one_epoch(loop, compute_loss, epoch, epochs, step)
+        row.update(stats)
+        broadcast_buffers(loop.model, env)
+        if evaluate is not None:
+            row.update(evaluate(epoch))
+        row["time_s"] = round(time.perf_counter() - t0, 3)
+        history.append(row)
+        rngs = gather_objects(rng_state(), env)
+        if env.is_master:
+            save_checkpoint(loop.model, run_dir / LAST_WEIGHTS, include_aux=True, epoch=epoch, **checkpoint_args)
+            if end_epoch is not None:
+                end_epoch(epoch, history)
+            save_state(run_dir / LAST_STATE, {
+                "format": STATE_FORMAT,
+                "epoch": epoch,
+                "step": step,
+                "steps_per_epoch": len(loop.loader),
+                "world_size": env.world_size,
+                "optimizer": loop.optimizer.state_dict(),
+                "scaler": loop.scaler.state_dict() if loop.scaler is not None else {},
+                "rng": rngs,
+                "history": history,
+            })
+            write_logs(run_dir, history)
+            plot_curves(history, run_dir / CURVES, title)
+            tqdm.write(_epoch_line(row, epochs))
+            # whatever the files and figures drew, the next epoch starts from the saved RNG state
+            set_rng_state(rngs[env.rank])
+        if stop_after is not None and epoch >= stop_after and epoch < epochs:
+            return FitResult(history, completed=False)
+    return FitResult(history, completed=True)
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}"]
+    for key, label, fmt in (("train_loss", "loss", ".4f"), ("val_loss", "val loss", ".4f"), ("val_miou", "mIoU", ".4f"),
+                            ("val_mf1", "mF1", ".4f"), ("val_oa", "OA", ".4f"), ("lr", "lr", ".2e"), ("time_s", "", ".1f")):
+        if row.get(key) is not None:
+            parts.append(f"{label} {row[key]:{fmt}}" if label else f"{row[key]:{fmt}} s")
+    return "  ".join(parts)
+
+
+def training_metadata(config: RunConfig, env: DistEnv) -> dict:
+    """The run's settings as recorded in its checkpoints."""
+    return {**config.to_dict(), "world_size": env.world_size, "global_batch_size": config.batch_size * env.world_size}
+
+
+def seed_run(config: RunConfig, env: DistEnv) -> None:
+    """Seed this rank: different augmentations and crops per rank, same weights (DDP broadcasts rank 0's)."""
+    seed_everything(config.seed + env.rank)

@@ -1,0 +1,302 @@
+"""train engine: run directory, checkpoints, metrics, exact resume, schedule, config files."""
+
+import csv
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+
+import caswit_geo
+from caswit_geo.checkpoint import read_checkpoint, read_meta
+from caswit_geo.cli import main
+from caswit_geo.engine.config import load_config_file, make_config
+from caswit_geo.engine.optim import CosineSchedule, build_optimizer
+from caswit_geo.engine.runstate import load_state, rng_state, save_state, set_rng_state
+from caswit_geo.engine.train import TrainConfig, best_row, train
+from caswit_geo.errors import ConfigError, OutputError
+
+SIZE = 128
+CLASSES = 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny models: one intra-op thread is fastest, and immune to busy neighbours on a 2-core runner."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def stripes(size: int = SIZE) -> np.ndarray:
+    """Labels 0 | 1 on the left/right, class 2 below."""
+    label = np.zeros((size, size), np.uint8)
+    label[:, size // 3 :] = 1
+    label[size // 2 :, :] = 2
+    return label
+
+
+def make_tiles_root(root: Path, labels: dict[str, np.ndarray], val: tuple[str, ...] = ("a",), seed: int = 0) -> Path:
+    """A ``tiles`` dataset: 3-band uint8 GeoTIFFs (EPSG:2154, 0.2 m) whose colours follow the labels."""
+    root = Path(root)
+    for sub in ("images", "labels", "splits"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i, (name, label) in enumerate(labels.items()):
+        h, w = label.shape
+        image = np.stack([label * 80 + 20, 200 - label * 60, label * 30 + 50]).astype(np.float32)
+        image = np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
+        profile = dict(driver="GTiff", width=w, height=h, crs="EPSG:2154",
+                       transform=from_origin(650000 + 1000 * i, 6860000, 0.2, 0.2))
+        with rasterio.open(root / "images" / f"{name}.tif", "w", count=3, dtype="uint8", **profile) as dst:
+            dst.write(image)
+        with rasterio.open(root / "labels" / f"{name}.tif", "w", count=1, dtype="uint8", **profile) as dst:
+            dst.write(label[None])
+    classes = [{"id": k, "name": f"class {k}", "color": [60 * k, 120, 200 - 50 * k]} for k in range(CLASSES)]
+    (root / "classes.json").write_text(json.dumps({"classes": classes}))
+    (root / "splits" / "train.txt").write_text("\n".join(labels))
+    (root / "splits" / "val.txt").write_text("\n".join(val))
+    return root
+
+
+def nano_config(root: Path, out: Path, **kw) -> TrainConfig:
+    settings = dict(model="caswit-nano", dataset="tiles", root=root, out=out, epochs=1, batch_size=2, workers=0,
+                    crops_per_image=2, progress=False)
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+def brute_force_miou(checkpoint: Path, root: Path, split: str) -> float:
+    """mIoU of a checkpoint on a split: per-pixel loops with np.add.at, classes absent from both skipped."""
+    from caswit_geo.data import build_dataset
+
+    model, meta = caswit_geo.load_checkpoint(checkpoint)
+    dataset = build_dataset("tiles", root, split, meta.input_spec)
+    cm = np.zeros((CLASSES, CLASSES), np.int64)
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            s = dataset[i]
+            pred = model(s["hr"][None], s["lr"][None])[0].argmax(0).numpy().ravel()
+            gt = s["label"].numpy().ravel()
+            keep = gt != 255
+            np.add.at(cm, (gt[keep], pred[keep]), 1)
+    ious = []
+    for c in range(CLASSES):
+        tp, fn, fp = cm[c, c], cm[c].sum() - cm[c, c], cm[:, c].sum() - cm[c, c]
+        if tp + fn + fp:
+            ious.append(tp / (tp + fn + fp))
+    return float(np.mean(ious))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return make_tiles_root(tmp_path_factory.mktemp("data"), {"a": stripes(), "b": stripes()[::-1].copy()})
+
+
+@pytest.fixture(scope="module")
+def run(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    return train(nano_config(data_root, out, epochs=2, command="caswit-geo train --test")), out
+
+
+def test_run_directory_files_and_logs(run):
+    result, out = run
+    assert result.completed and result.run_dir == out
+    for name in ("config.json", "last.safetensors", "last.pt", "best.safetensors", "log.csv", "log.json", "curves.png"):
+        assert (out / name).is_file(), name
+    rows = json.loads((out / "log.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("train_loss", "lr", "val_loss", "val_miou", "val_mf1", "val_oa", "time_s"):
+        assert all(isinstance(r[key], float) for r in rows), key
+    with open(out / "log.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in csv_rows] == [1, 2]
+    assert float(csv_rows[1]["val_miou"]) == pytest.approx(rows[1]["val_miou"])
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the cosine ends at 1e-6 after the last iteration: per-iteration steps, not per epoch
+    assert rows[1]["lr"] < rows[0]["lr"] < 6e-5
+
+
+def test_best_checkpoint_is_inference_only_with_training_metadata(run, data_root):
+    result, out = run
+    model, meta = caswit_geo.load_checkpoint(out / "best.safetensors")
+    assert model.aux_head is None and meta.config["aux_head"] is False
+    tensors, _ = read_checkpoint(out / "last.safetensors")
+    assert any(k.startswith("aux_head.") for k in tensors)  # the training checkpoint keeps it
+    md = meta.metadata
+    assert md["training"]["dataset"] == "tiles" and md["training"]["epochs"] == 2
+    assert md["training"]["lr"] == 6e-5 and md["training"]["seed"] == 0
+    assert md["training"]["command"] == "caswit-geo train --test"
+    best = best_row(result.history)
+    assert md["best_epoch"] == best["epoch"] == result.best_epoch
+    assert md["val_metrics"]["mIoU"] == best["val_miou"]
+    spec = meta.input_spec
+    assert (spec.tile_size, spec.context_factor, spec.gsd, spec.scale) == (128, 2, pytest.approx(0.2), 255.0)
+    assert [c.name for c in meta.classes.classes] == ["class 0", "class 1", "class 2"]
+
+
+def test_validation_miou_matches_brute_force(run, data_root):
+    result, out = run
+    best = best_row(result.history)
+    assert brute_force_miou(out / "best.safetensors", data_root, "val") == pytest.approx(best["val_miou"], abs=1e-9)
+
+
+def test_training_state_is_plain_and_loads_weights_only(run):
+    _, out = run
+    state = torch.load(out / "last.pt", weights_only=True)
+    # 2 images x 2 crops, batches of 2: 2 iterations per epoch
+    assert state["epoch"] == 2 and state["steps_per_epoch"] == 2 and state["step"] == 4
+    assert state["world_size"] == 1
+    assert set(state["rng"][0]) == {"torch", "cuda", "numpy", "python"}
+    assert state["optimizer"]["state"]  # AdamW moments
+    assert [r["epoch"] for r in state["history"]] == [1, 2]
+
+
+def test_non_empty_run_dir_is_refused(run, data_root, capsys):
+    _, out = run
+    before = (out / "last.safetensors").read_bytes()
+    with pytest.raises(OutputError, match="--overwrite"):
+        train(nano_config(data_root, out))
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--dataset", "tiles", "--root", str(data_root), "--out", str(out)])
+    assert e.value.code == 1
+    assert "run directory is not empty" in capsys.readouterr().err
+    assert (out / "last.safetensors").read_bytes() == before
+
+
+def test_resume_continues_exactly(data_root, tmp_path):
+    # dropout, random crops and augmentation all draw random numbers
+    base = nano_config(data_root, None, epochs=3, augment=True, warmup_epochs=0.5, crops_per_image=1,
+                       grad_checkpointing=True)
+    straight = train(replace(base, out=tmp_path / "straight"))
+    assert all(layer.grad_checkpointing for layer in straight.model.backbone.hr_encoder.layers)
+    first = train(replace(base, out=tmp_path / "resumed", stop_after=2))
+    assert not first.completed and [r["epoch"] for r in first.history] == [1, 2]
+    resumed = train(TrainConfig(resume=tmp_path / "resumed", workers=0, progress=False))
+    assert resumed.completed
+    a, _ = read_checkpoint(tmp_path / "straight" / "last.safetensors")
+    b, _ = read_checkpoint(tmp_path / "resumed" / "last.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = load_state(tmp_path / "straight" / "last.pt"), load_state(tmp_path / "resumed" / "last.pt")
+    for k, v in sa["optimizer"]["state"].items():
+        assert all(torch.equal(v[n], sb["optimizer"]["state"][k][n]) for n in v)
+    drop = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h]  # noqa: E731
+    assert drop(straight.history) == drop(resumed.history)
+
+
+def test_class_weights_come_from_the_class_table(tmp_path, monkeypatch):
+    import caswit_geo.engine.train as engine
+
+    root = make_tiles_root(tmp_path / "data", {"a": stripes()})
+    table = json.loads((root / "classes.json").read_text())
+    (root / "classes.json").write_text(json.dumps({**table, "weights": [1.0, 2.0, 0.0]}))
+    seen = []
+
+    class Recording(engine.CaswitLoss):
+        def forward(self, *args):
+            seen.append(self.class_weights.tolist())
+            return super().forward(*args)
+
+    monkeypatch.setattr(engine, "CaswitLoss", Recording)
+    result = train(nano_config(root, tmp_path / "run", alpha=0.0, val_split="none"))
+    assert seen and seen[0] == [1.0, 2.0, 0.0]
+    # alpha 0: no auxiliary head is built, and without validation the best epoch is the last
+    assert result.model.aux_head is None and result.best_epoch == 1 and result.best_metrics == {}
+
+
+def test_resume_refuses_setting_changes_and_missing_runs(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        train(TrainConfig(resume=tmp_path / "nothing"))
+    with pytest.raises(ConfigError, match="--batch-size 1"):
+        train(TrainConfig(dataset="tiles", root=tmp_path, batch_size=1, out=tmp_path / "r"))
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--resume", str(tmp_path), "--lr", "0.1"])
+    assert e.value.code == 1
+
+
+@pytest.mark.parametrize(
+    "step,expected",
+    [
+        (0, 1.0),  # warmup: (step + 1) / 4 of the base rate
+        (3, 4.0),
+        (4, 4.0),  # cosine starts at the base rate
+        (9, 0.5 * (4.0 - 0.5) * (1 + math.cos(math.pi * 5 / 6)) + 0.5),
+        (10, 0.5),  # the end: min_lr
+        (12, 0.5),
+    ],
+)
+def test_cosine_schedule_with_warmup(step, expected):
+    schedule = CosineSchedule(base_lr=4.0, min_lr=0.5, total_steps=10, warmup_steps=4)
+    assert schedule.lr(step) == pytest.approx(expected)
+
+
+def test_schedule_sets_every_group_and_no_decay_on_norms_biases_tables():
+    model = caswit_geo.build_model("caswit-nano", num_classes=3)
+    opt = build_optimizer(model, 1e-3, 0.01)
+    decay, no_decay = opt.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = [names[id(p)] for p in no_decay["params"]]
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert any("relative_position_bias_table" in n for n in no_decay_names)
+    assert any(n.endswith(".bias") for n in no_decay_names) and any("norm" in n for n in no_decay_names)
+    assert all(p.ndim > 1 for p in decay["params"])
+    CosineSchedule(1e-3, 0.0, 10).apply(opt, 5)
+    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(5e-4)] * 2
+
+
+def test_config_file_layers(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('model = "caswit-nano"\nepochs = 7\nbands = [1, 2, 3]\n[train]\nlr = 1e-4\nfusion-stages = 4\n')
+    values = load_config_file(toml, section="train")
+    cfg = make_config(TrainConfig, values, {"lr": 3e-4, "epochs": None}, source=str(toml))
+    assert cfg.lr == 3e-4 and cfg.fusion_stages == "4" and cfg.epochs == 20  # only the [train] table is read
+    js = tmp_path / "run.json"
+    js.write_text(json.dumps({"model": "caswit-nano", "epochs": 7, "bands": [1, 2, 3], "root": "data", "val_split": "none"}))
+    cfg = make_config(TrainConfig, load_config_file(js), {"epochs": 3})
+    assert (cfg.model, cfg.epochs, cfg.bands, cfg.root, cfg.val_split) == ("caswit-nano", 3, (1, 2, 3), Path("data"), "none")
+    with pytest.raises(ConfigError, match="unknown setting 'learning_rate'"):
+        make_config(TrainConfig, {"learning_rate": 1.0}, source="run.json")
+    with pytest.raises(ConfigError, match="epochs must be a whole number"):
+        make_config(TrainConfig, {"epochs": 2.5})
+    # the resolved config of a run is itself a valid config file
+    saved = make_config(TrainConfig, json.loads(json.dumps(cfg.to_dict())))
+    assert saved == cfg
+
+
+def test_cli_reads_a_config_file_and_records_the_command(run, data_root, tmp_path, capsys):
+    from caswit_geo.cli.run_options import build_config
+
+    _, out = run
+    toml = tmp_path / "train.toml"
+    toml.write_text(f'dataset = "tiles"\nroot = "{data_root}"\nmodel = "caswit-nano"\nout = "{out}"\n')
+    with pytest.raises(SystemExit) as e:  # reaches the engine: the run directory is taken
+        main(["train", "--config", str(toml)])
+    assert e.value.code == 1 and "--out" in capsys.readouterr().err
+    cfg = build_config(TrainConfig, "train", toml, {"epochs": 3, "bands": [1, 2, 3], "gate": False, "lr": None})
+    assert (cfg.dataset, cfg.root, cfg.epochs, cfg.bands, cfg.gate, cfg.lr) == ("tiles", data_root, 3, (1, 2, 3), False, 6e-5)
+    assert cfg.command == f"caswit-geo train --config {toml} --epochs 3 --bands 1,2,3 --no-gate"
+    saved = json.loads((out / "config.json").read_text())
+    assert Path(saved["root"]).is_absolute()  # resumable from any working directory
+
+
+def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
+    import random
+
+    save_state(tmp_path / "s.pt", {"epoch": 1, "rng": rng_state()})
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(load_state(tmp_path / "s.pt")["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+
+
+def test_checkpoint_stays_loadable_by_info(run):
+    _, out = run
+    meta = read_meta(out / "best.safetensors")
+    assert meta.kind == "segmentation" and meta.model_config.name == "caswit-nano"
