@@ -31,13 +31,14 @@ class SyntheticConfig:
         crs: a projected CRS (EPSG code, WKT or PROJ string).
         origin: upper-left corner (x, y) of the first mosaic, CRS units;
             mosaics are laid out on a grid 1 km apart so none overlap.
-        parcel_min, parcel_max: side range of the land parcels, px. Parks are
-            urban parcels less their streets: keeping their short side under
-            the 256 px context window (k = 2, T = 128) is what lets the
-            context decide them.
+        parcel_min, parcel_max: side range of the land parcels, px.
+        park_max_width: only town blocks whose short side is at most this
+            many px become parks. Then the 256 px context window (k = 2,
+            T = 128) of any tile lying inside a park reaches at least ~25 px
+            into the built blocks across the street.
         urban_share: target share of parcels inside towns, per mosaic.
-        park_share: share of urban parcels that are parks.
-        meadow_share: share of rural parcels that are meadows.
+        park_share: chance that an eligible town block is a park.
+        meadow_share: chance that a rural parcel away from towns is a meadow.
         rule_distance: width D of the ring around a grass patch read by the
             park/meadow rule, px.
         rule_min_building_fraction: building share of that ring from which
@@ -48,31 +49,32 @@ class SyntheticConfig:
     seed: int = 0
     size: int = 1024
     train: int = 8
-    val: int = 2
-    test: int = 2
+    val: int = 4
+    test: int = 4
     gsd: float = 0.5
     crs: str = "EPSG:2154"
     origin: tuple[float, float] = (650000.0, 6860000.0)
     parcel_min: int = 140
     parcel_max: int = 300
+    park_max_width: int = 210
     urban_share: float = 0.45
-    park_share: float = 0.35
-    meadow_share: float = 0.35
+    park_share: float = 0.8
+    meadow_share: float = 0.5
     rule_distance: int = 48
-    rule_min_building_fraction: float = 0.10
+    rule_min_building_fraction: float = 0.08
     noise: float = 0.02
 
     def __post_init__(self) -> None:
         self.origin = (float(self.origin[0]), float(self.origin[1]))
         if self.size < 256:
-            raise ConfigError(f"size must be at least 256 px, got {self.size}")
+            raise ConfigError(f"--size must be at least 256 px, got {self.size}")
         if self.size > 16384:
-            raise ConfigError(f"size must be at most 16384 px (one mosaic is held in memory), got {self.size}")
+            raise ConfigError(f"--size must be at most 16384 px (a mosaic is generated in memory), got {self.size}")
         for split in SPLITS:
             if getattr(self, split) < 0:
                 raise ConfigError(f"--{split} must be >= 0, got {getattr(self, split)}")
         if self.gsd <= 0:
-            raise ConfigError(f"gsd must be positive, got {self.gsd}")
+            raise ConfigError(f"--gsd must be positive, got {self.gsd}")
         if self.parcel_min < 32 or self.parcel_max < 2 * self.parcel_min:
             raise ConfigError(
                 f"parcel sizes need parcel_min >= 32 and parcel_max >= 2 * parcel_min, "

@@ -2,21 +2,22 @@
 
 The mosaic is cut into rectangular land parcels (guillotine splits, sides in
 ``[parcel_min, parcel_max]`` px). Parcels nearest to one or two random town
-centres are urban, up to ``urban_share`` of the area; the others are rural.
+centres are urban, about ``urban_share`` of the area; the others are rural.
 
-- Urban parcels are city blocks ringed by 12 px streets with dashed centre
-  lines: *built* blocks (paved ground, buildings along the block edges, set
-  back 3-7 px from the street, sometimes a large courtyard building) or
-  grass blocks (``park_share`` of them).
-- Rural parcels are cropland (striped fields), forest, lakes in grass, or
-  grass (``meadow_share``). Some rural parcel edges carry an 8 px country
-  road or a 5 px hedge; some crop and grass parcels hold a farmyard
-  (paved, 1-3 buildings).
-- Every grass parcel, urban or rural, gets the same decorations drawn from
-  the same distribution: a pond (30 %) and clumps of trees (Poisson, mean 0.8),
+- Urban parcels are city blocks ringed by 10-12 px streets: *built* blocks
+  (paved ground, buildings along the block edges set back 3-7 px from the
+  street, sometimes a large courtyard building) or grass blocks (parks,
+  see :func:`choose_kinds`).
+- Rural parcels are cropland (furrowed fields), forest, lakes in grass, or
+  grass (meadows). 30 % of rural parcel edges carry an 8-12 px road, 25 % a
+  5 px hedge; 15 % of crop and meadow parcels hold a farmyard (paved, 1-3
+  buildings). Roads from 10 px wide have a dashed centre line, in town and
+  country alike, so a road in a tile does not tell the two apart.
+- Every grass parcel, urban or rural, gets decorations from one
+  distribution: a pond (20 %) and clumps of trees (Poisson, mean 0.5),
   kept 16 px from the parcel edge so the grass stays one patch.
-- A river (40 % of mosaics, 10-22 px wide) crosses the mosaic; roads cross it
-  on bridges, buildings are never placed on it.
+- A river (half of the mosaics, 10-22 px wide) crosses the mosaic; roads
+  cross it on bridges, buildings are never placed on it.
 
 Grass is then named park or meadow by the rule in :mod:`.rule` alone.
 """
@@ -32,8 +33,8 @@ from .config import SyntheticConfig
 from .rule import name_grass
 from .textures import value_noise
 
-STREET_WIDTH = 12  # px; 6 m at 0.5 m
-ROAD_WIDTH = 8
+STREET_WIDTH = 12  # px, 6 m at 0.5 m: the widest road, what blocks are set back from
+ROAD_WIDTHS = (8, 10, 12)  # country roads take any, town streets the two widest
 HEDGE_WIDTH = 5
 DECORATION_MARGIN = 16  # px between a pond or tree clump and its parcel edge
 GRASS = MEADOW  # grass before the rule names it
@@ -129,6 +130,52 @@ def choose_towns(rects: list[Rect], size: int, share: float, rng: np.random.Gene
     return urban
 
 
+def neighbours(rects: list[Rect]) -> list[list[int]]:
+    """Indexes of the parcels sharing a stretch of edge with each parcel."""
+    out: list[list[int]] = [[] for _ in rects]
+    for i, a in enumerate(rects):
+        for j in range(i + 1, len(rects)):
+            b = rects[j]
+            rows = min(a.r1, b.r1) - max(a.r0, b.r0)
+            cols = min(a.c1, b.c1) - max(a.c0, b.c0)
+            if (rows > 0 and cols == 0) or (cols > 0 and rows == 0):
+                out[i].append(j)
+                out[j].append(i)
+    return out
+
+
+def choose_kinds(rects: list[Rect], urban: np.ndarray, config: SyntheticConfig, rng: np.random.Generator) -> list[str]:
+    """Parcel kinds, kept clear of the rule's threshold.
+
+    A park is a town block whose short side is at most ``park_max_width``,
+    with two thirds or more of its neighbours in town and none a park; a
+    rural grass parcel (meadow or lake) never borders a town. So parks are
+    ringed by built blocks that a tile's context window reaches, and meadows
+    by countryside. The rule still decides every label; this only makes
+    most patches clear-cut cases.
+    """
+    near = neighbours(rects)
+    kinds = [""] * len(rects)
+    for i in rng.permutation(len(rects)):  # random order, so no corner of the town is favoured
+        if urban[i]:
+            town = sum(bool(urban[j]) for j in near[i])
+            free = (
+                3 * town >= 2 * len(near[i])
+                and not any(kinds[j] == "park" for j in near[i])
+                and min(rects[i].height, rects[i].width) <= config.park_max_width
+            )
+            kinds[i] = "park" if free and rng.random() < config.park_share else "built"
+        else:
+            by_town = any(urban[j] for j in near[i])
+            if not by_town and rng.random() < config.meadow_share:
+                kinds[i] = "meadow"
+            else:
+                kinds[i] = str(rng.choice(["crop", "forest", "lake"], p=[0.45, 0.25, 0.3]))
+                if by_town and kinds[i] == "lake":  # lakes lie in grass
+                    kinds[i] = "crop"
+    return kinds
+
+
 def blob(rect: Rect, centre: tuple[float, float], radii: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
     """Bool mask over ``rect``: an ellipse with a wavy edge (lakes, ponds, tree clumps)."""
     rows = np.arange(rect.r0, rect.r1, dtype=np.float32)[:, None] + 0.5
@@ -143,18 +190,19 @@ def _decorate_grass(labels: np.ndarray, rect: Rect, rng: np.random.Generator) ->
     room = rect.inset(DECORATION_MARGIN)
     if room.height < 24 or room.width < 24:
         return
-    n_ponds = int(rng.random() < 0.3)
-    n_clumps = int(rng.poisson(0.8))
+    n_ponds = int(rng.random() < 0.2)
+    n_clumps = int(rng.poisson(0.5))
     for cls, count, rmin, rmax in ((WATER, n_ponds, 12, 30), (TREES, n_clumps, 8, 26)):
         for _ in range(count):
             ry = min(rng.uniform(rmin, rmax), room.height / 2)
             rx = min(rng.uniform(rmin, rmax), room.width / 2)
             cy = rng.uniform(room.r0 + ry, room.r1 - ry)
             cx = rng.uniform(room.c0 + rx, room.c1 - rx)
-            # the wobble may push the edge out by 35 %: clip to the room
-            sub = Rect(room.r0, room.c0, room.r1, room.c1)
-            mask = blob(sub, (cy, cx), (ry / 1.35, rx / 1.35), rng)
-            labels[sub.slices][mask] = cls
+            # shrunk by 1.35 so that the wobble (up to 35 %) stays in the room
+            mask = blob(room, (cy, cx), (ry / 1.35, rx / 1.35), rng)
+            view = labels[room.slices]
+            if (view[mask] == GRASS).all():  # never over a farmyard
+                view[mask] = cls
 
 
 def _farmyard(rect: Rect, rng: np.random.Generator) -> Rect | None:
@@ -237,13 +285,26 @@ def _band(edge: tuple[str, int, int, int], width: int, extend: int) -> tuple[sli
     return (across, along) if axis == "row" else (along, across)
 
 
+def _road(labels: np.ndarray, markings: np.ndarray, edge: tuple[str, int, int, int], width: int) -> None:
+    """A road centred on a parcel edge; from 10 px on, a dashed centre line (town or country alike)."""
+    labels[_band(edge, width, width // 2)] = ROAD
+    if width < 10:
+        return
+    axis, pos, a, b = edge
+    dashes = (np.arange(a, b) // 8) % 2 == 0  # 4 m dashes, 4 m gaps
+    dashes[:STREET_WIDTH] = dashes[-STREET_WIDTH:] = False  # none across crossings
+    line = markings[pos - 1 : pos + 1, a:b] if axis == "row" else markings[a:b, pos - 1 : pos + 1].T
+    line[:, dashes] = True
+
+
 def _river(labels: np.ndarray, rng: np.random.Generator) -> None:
     size = labels.shape[0]
     t = np.arange(size, dtype=np.float64) + 0.5
     centre = rng.uniform(0.25, 0.75) * size
     for _ in range(2):  # two meanders of different wavelengths
         wavelength = rng.uniform(0.6, 1.6) * size
-        centre = centre + rng.uniform(0.03, 0.08) * size * np.sin(2 * np.pi * t / wavelength + rng.uniform(0, 2 * np.pi))
+        amplitude, phase = rng.uniform(0.03, 0.08) * size, rng.uniform(0, 2 * np.pi)
+        centre = centre + amplitude * np.sin(2 * np.pi * t / wavelength + phase)
     half = rng.uniform(5, 11)
     across = np.arange(size, dtype=np.float64)[:, None] + 0.5
     water = np.abs(across - centre[None, :]) < half  # (across, along)
@@ -257,26 +318,15 @@ def make_layout(config: SyntheticConfig, rng: np.random.Generator) -> Layout:
     markings = np.zeros((size, size), bool)
     rects = split_parcels(Rect(0, 0, size, size), config.parcel_min, config.parcel_max, rng)
     urban = choose_towns(rects, size, config.urban_share, rng)
+    kinds = choose_kinds(rects, urban, config, rng)
     parcels, fields, yards = [], [], []
-    for rect, is_urban in zip(rects, urban):
-        if is_urban:
-            kind = "park" if rng.random() < config.park_share else "built"
-        elif rng.random() < config.meadow_share:
-            kind = "meadow"
-        else:
-            kind = str(rng.choice(["crop", "forest", "lake"], p=[0.6, 0.3, 0.1]))
+    for rect, is_urban, kind in zip(rects, urban, kinds):
         parcels.append(Parcel(rect, bool(is_urban), kind))
         view = labels[rect.slices]
         if kind == "built":
             view[:] = PAVED
         elif kind in ("park", "meadow", "lake"):
             view[:] = GRASS
-            if kind == "lake":
-                ry, rx = rng.uniform(0.25, 0.42) * rect.height, rng.uniform(0.25, 0.42) * rect.width
-                centre = ((rect.r0 + rect.r1) / 2, (rect.c0 + rect.c1) / 2)
-                view[blob(rect, centre, (ry, rx), rng)] = WATER
-            else:
-                _decorate_grass(labels, rect, rng)
         elif kind == "forest":
             view[:] = TREES
         else:
@@ -287,8 +337,14 @@ def make_layout(config: SyntheticConfig, rng: np.random.Generator) -> Layout:
             if yard is not None:
                 labels[yard.slices] = PAVED
                 yards.append(yard)
+        if kind == "lake":
+            ry, rx = rng.uniform(0.25, 0.42) * rect.height, rng.uniform(0.25, 0.42) * rect.width
+            centre = ((rect.r0 + rect.r1) / 2, (rect.c0 + rect.c1) / 2)
+            view[blob(rect, centre, (ry, rx), rng)] = WATER
+        elif kind in ("park", "meadow"):
+            _decorate_grass(labels, rect, rng)
 
-    if rng.random() < 0.4:
+    if rng.random() < 0.5:
         _river(labels, rng)
 
     # rural roads and hedges first: where a rural parcel meets a town, the street wins
@@ -297,21 +353,15 @@ def make_layout(config: SyntheticConfig, rng: np.random.Generator) -> Layout:
             continue
         for edge in _edges(parcel.rect, size):
             u = rng.random()
-            if u < 0.2:
-                labels[_band(edge, ROAD_WIDTH, ROAD_WIDTH // 2)] = ROAD
-            elif u < 0.45:
+            if u < 0.3:
+                _road(labels, markings, edge, int(rng.choice(ROAD_WIDTHS)))
+            elif u < 0.55:
                 band = labels[_band(edge, HEDGE_WIDTH, 0)]
                 band[band != WATER] = TREES
     for parcel in parcels:
-        if not parcel.urban:
-            continue
-        for edge in _edges(parcel.rect, size):
-            labels[_band(edge, STREET_WIDTH, STREET_WIDTH // 2)] = ROAD
-            axis, pos, a, b = edge
-            dashes = (np.arange(a, b) // 8) % 2 == 0  # 4 m dashes, 4 m gaps
-            dashes[: STREET_WIDTH] = dashes[-STREET_WIDTH:] = False  # none across crossings
-            line = markings[pos - 1 : pos + 1, a:b] if axis == "row" else markings[a:b, pos - 1 : pos + 1].T
-            line[:, dashes] = True
+        if parcel.urban:
+            for edge in _edges(parcel.rect, size):
+                _road(labels, markings, edge, int(rng.choice(ROAD_WIDTHS[1:])))
 
     roofs: list[Roof] = []
     for parcel in parcels:

@@ -1,10 +1,11 @@
 """The park / meadow rule: a grass patch is named by its surroundings only.
 
 A grass patch is a 4-connected component of grass pixels (park or meadow).
-Its ring is every pixel of the mosaic within Chebyshev distance ``D`` of the
+Its ring is every pixel of the mosaic within Chebyshev distance D of the
 patch that is not in the patch (holes such as ponds included). The patch is
-a *park* when buildings cover at least ``f`` of its ring, a *meadow*
-otherwise. The grass pixels themselves never enter the decision.
+a park when buildings cover at least a fraction f of its ring, a meadow
+otherwise (also when the ring is empty). The grass pixels themselves never
+enter the decision.
 """
 
 from __future__ import annotations

@@ -55,26 +55,30 @@ def tree_crowns(shape: tuple[int, int], cell: int, rng: np.random.Generator) -> 
     shadows).
     """
     h, w = shape
-    gh, gw = h // cell + 3, w // cell + 3
+    gh, gw = -(-h // cell) + 2, -(-w // cell) + 2  # lattice cells plus a ring of padding
     jy = rng.uniform(0.15, 0.85, size=(gh, gw)).astype(np.float32)
     jx = rng.uniform(0.15, 0.85, size=(gh, gw)).astype(np.float32)
-    radius = (rng.uniform(0.55, 0.85, size=(gh, gw)) * cell).astype(np.float32)
-    py = np.arange(h, dtype=np.float32)[:, None] + 0.5  # (H, 1)
-    px = np.arange(w, dtype=np.float32)[None, :] + 0.5  # (1, W)
-    cy = np.arange(h) // cell + 1  # lattice row of each pixel, +1 for the padding row
-    cx = np.arange(w) // cell + 1
-    cover = np.zeros((h, w), np.float32)
-    shade = np.ones((h, w), np.float32)
+    inv_r = 1.0 / (rng.uniform(0.55, 0.85, size=(gh, gw)) * cell).astype(np.float32)
+    # pixel centre relative to its cell's corner, in px: (cell, 1) and (1, cell) tiled over the frame
+    fy = np.tile(np.arange(cell, dtype=np.float32) + 0.5, gh - 2)[:, None]
+    fx = np.tile(np.arange(cell, dtype=np.float32) + 0.5, gw - 2)[None, :]
+
+    def up(a: np.ndarray) -> np.ndarray:  # (cells) -> (cells * cell) px, nearest
+        return np.repeat(np.repeat(a, cell, axis=0), cell, axis=1)
+
+    cover = np.zeros(((gh - 2) * cell, (gw - 2) * cell), np.float32)
+    shade = np.ones_like(cover)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
-            gy, gx = (cy + dy)[:, None], (cx + dx)[None, :]
-            r = radius[gy, gx]  # (H, W)
-            oy = (py - (gy - 1 + jy[gy, gx]) * cell) / r
-            ox = (px - (gx - 1 + jx[gy, gx]) * cell) / r
+            sel = (slice(1 + dy, gh - 1 + dy), slice(1 + dx, gw - 1 + dx))
+            ir = up(inv_r[sel])
+            oy = (fy - (dy + up(jy[sel])) * cell) * ir  # offset from the crown centre, in radii
+            ox = (fx - (dx + up(jx[sel])) * cell) * ir
             v = 1.0 - (oy * oy + ox * ox)
             better = v > cover
-            cover = np.where(better, v, cover)
-            shade = np.where(better, 1.0 - 0.35 * (oy + ox), shade)
+            cover[better] = v[better]
+            shade[better] = 1.0 - 0.35 * (oy[better] + ox[better])
+    cover, shade = cover[:h, :w], shade[:h, :w]
     return np.clip(cover, 0.0, 1.0), shade
 
 

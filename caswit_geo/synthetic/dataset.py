@@ -1,0 +1,203 @@
+"""Write synthetic mosaics as a ``tiles`` data set (or one standalone sample).
+
+Layout written under ``root``::
+
+    classes.json              classes (id, name, colour), bands [1, 2, 3], scale 255
+    images/<name>.tif         RGB uint8 GeoTIFF, 256 px tiles, DEFLATE + predictor 2
+    labels/<name>.tif         same grid, uint8 class ids, nodata 255, palette, class names
+    splits/{train,val,test}.txt   one image name (file stem) per line
+    synthetic.json            the generator settings and class pixel counts (provenance)
+
+Names are ``<split>_<index:03d>``. Every mosaic has its own footprint: the
+first at ``config.origin``, the next ones on a grid of whole kilometres, so
+none overlap. The set is built in a hidden sibling folder and moved into
+place at the end: an interrupted run leaves ``root`` as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.transform import Affine
+from tqdm import tqdm
+
+from ..errors import OutputError
+from .classes import CONTEXT_CLASSES, synthetic_classes
+from .config import SPLITS, SyntheticConfig
+from .rule import __doc__ as RULE_TEXT
+from .scene import generate_scene, scene_rng
+
+LAYOUT_ENTRIES = ("classes.json", "images", "labels", "splits", "synthetic.json")
+BLOCK = 256
+
+
+@dataclass
+class DatasetSummary:
+    """What :func:`generate_dataset` wrote."""
+
+    root: Path
+    names: dict[str, list[str]]  # split -> image names
+    class_names: list[str]
+    class_pixels: list[int]  # per class id, all splits together
+    seconds: float
+    split_class_pixels: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def class_frequencies(self) -> list[float]:
+        total = max(sum(self.class_pixels), 1)
+        return [n / total for n in self.class_pixels]
+
+
+def mosaic_transform(config: SyntheticConfig, split: str, index: int) -> Affine:
+    """North-up transform of mosaic ``index`` of ``split``: a row of mosaics per split."""
+    pitch = 1000.0 * np.ceil((config.size * config.gsd + 1000.0) / 1000.0)  # m, whole km
+    x0 = config.origin[0] + index * pitch
+    y0 = config.origin[1] - SPLITS.index(split) * pitch
+    return Affine(config.gsd, 0.0, x0, 0.0, -config.gsd, y0)
+
+
+def _profile(config: SyntheticConfig, transform: Affine, count: int) -> dict:
+    block = min(BLOCK, config.size // 16 * 16)
+    return dict(
+        driver="GTiff", width=config.size, height=config.size, count=count, dtype="uint8",
+        crs=config.projected_crs(), transform=transform, tiled=True, blockxsize=block,
+        blockysize=block, compress="deflate",
+    )
+
+
+def write_image(path: Path, image: np.ndarray, config: SyntheticConfig, transform: Affine) -> None:
+    """(3, H, W) uint8 -> RGB GeoTIFF."""
+    profile = _profile(config, transform, 3)
+    with rasterio.open(path, "w", **profile, predictor=2, photometric="RGB", interleave="pixel") as dst:
+        dst.write(image)
+        for band, name in enumerate(("red", "green", "blue"), start=1):
+            dst.set_band_description(band, name)
+
+
+def write_labels(path: Path, labels: np.ndarray, config: SyntheticConfig, transform: Affine) -> None:
+    """(H, W) uint8 class ids -> single-band GeoTIFF with palette and class names."""
+    table = synthetic_classes()
+    with rasterio.open(path, "w", **_profile(config, transform, 1), nodata=255) as dst:
+        dst.write(labels, 1)
+        dst.write_colormap(1, table.colormap())
+        dst.set_band_description(1, "class")
+        dst.update_tags(CLASS_NAMES=json.dumps(table.names))
+
+
+def classes_json() -> str:
+    """``classes.json`` text, one class per line; no ``weights``: every class is trained."""
+    lines = [json.dumps(c) for c in synthetic_classes().to_dict()["classes"]]
+    body = ",\n    ".join(lines)
+    return f'{{\n  "classes": [\n    {body}\n  ],\n  "bands": [1, 2, 3],\n  "scale": 255\n}}\n'
+
+
+def _prepare_root(root: Path, overwrite: bool) -> None:
+    if root.exists() and not root.is_dir():
+        raise OutputError(f"{root}: exists and is not a folder")
+    if root.exists() and any(root.iterdir()) and not overwrite:
+        raise OutputError(f"{root}: folder exists and is not empty (use --overwrite to replace the data set in it)")
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{root.parent}: cannot create folder: {e.strerror}") from None
+
+
+def _move_into_place(staging: Path, root: Path) -> None:
+    """Replace the layout entries of ``root`` by those of ``staging``; other files stay."""
+    root.mkdir(exist_ok=True)
+    for entry in LAYOUT_ENTRIES:
+        old = root / entry
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
+        (staging / entry).rename(old)
+    staging.rmdir()
+
+
+def generate_dataset(
+    config: SyntheticConfig,
+    root: str | Path,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> DatasetSummary:
+    """Generate ``config.train/val/test`` mosaics under ``root`` in the ``tiles`` layout.
+
+    Raises OutputError if ``root`` holds anything and ``overwrite`` is False;
+    with ``overwrite`` only the layout's own entries are replaced.
+    """
+    start = time.perf_counter()
+    root = Path(root)
+    _prepare_root(root, overwrite)
+    table = synthetic_classes()
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    except OSError as e:
+        raise OutputError(f"{root.parent}: cannot write: {e.strerror}") from None
+    try:
+        for sub in ("images", "labels", "splits"):
+            (staging / sub).mkdir()
+        names: dict[str, list[str]] = {}
+        split_pixels: dict[str, list[int]] = {}
+        jobs = [(split, i) for split in SPLITS for i in range(config.count(split))]
+        for split, i in tqdm(jobs, desc="mosaics", unit="mosaic", disable=not progress):
+            image, labels = generate_scene(config, scene_rng(config, split, i))
+            name = f"{split}_{i:03d}"
+            transform = mosaic_transform(config, split, i)
+            write_image(staging / "images" / f"{name}.tif", image, config, transform)
+            write_labels(staging / "labels" / f"{name}.tif", labels, config, transform)
+            names.setdefault(split, []).append(name)
+            counts = np.bincount(labels.ravel(), minlength=len(table))[: len(table)]
+            split_pixels[split] = [a + int(b) for a, b in zip(split_pixels.get(split, [0] * len(table)), counts)]
+        for split in SPLITS:
+            (staging / "splits" / f"{split}.txt").write_text("".join(f"{n}\n" for n in names.get(split, [])))
+        (staging / "classes.json").write_text(classes_json())
+        pixels = [sum(p[k] for p in split_pixels.values()) for k in range(len(table))]
+        provenance = {
+            "generator": "caswit_geo.synthetic",
+            "config": config.to_dict(),
+            "context_classes": list(CONTEXT_CLASSES),
+            "context_rule": " ".join(RULE_TEXT.split()),
+            "class_pixels": {split: dict(zip(table.names, p)) for split, p in split_pixels.items()},
+        }
+        (staging / "synthetic.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        _move_into_place(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return DatasetSummary(root, {s: names.get(s, []) for s in SPLITS}, table.names, pixels,
+                          time.perf_counter() - start, split_pixels)
+
+
+def write_sample_mosaic(
+    path: str | Path,
+    config: SyntheticConfig | None = None,
+    labels_path: str | Path | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write one standalone synthetic orthophoto (e.g. ``examples/sample_ortho.tif``).
+
+    It is mosaic 0 of the test split of ``config`` (default settings if
+    None); ``labels_path`` also writes its reference labels.
+    """
+    config = config or SyntheticConfig()
+    path = Path(path)
+    targets = [path] + ([Path(labels_path)] if labels_path is not None else [])
+    for target in targets:
+        if target.exists() and not overwrite:
+            raise OutputError(f"{target}: file exists (use --overwrite to replace it)")
+        if not target.parent.is_dir():
+            raise OutputError(f"{target.parent}: folder does not exist")
+    image, labels = generate_scene(config, scene_rng(config, "test", 0))
+    transform = mosaic_transform(config, "test", 0)
+    write_image(path, image, config, transform)
+    if labels_path is not None:
+        write_labels(Path(labels_path), labels, config, transform)
+    return path
