@@ -11,7 +11,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..build import build_model
 from ..checkpoint import read_meta
 from ..errors import ConfigError
 from ..model.caswit import CASWiT

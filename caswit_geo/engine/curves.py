@@ -7,12 +7,13 @@ switch, no display needed, nothing left open between epochs.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from ..atomic import save_figure
 
 # (column, label) per panel; panels whose columns are all absent are left out.
 PANELS = (
@@ -56,15 +57,3 @@ def plot_curves(history: list[dict], path: str | Path, title: str = "") -> Path 
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
-
-
-def save_figure(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
-    """PNG written to a temporary name, then renamed: a viewer never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

@@ -12,11 +12,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path, save_figure, write_text
 from ..metrics import Scores
 from ..spec import ClassTable
 
@@ -46,26 +46,18 @@ def per_class_rows(scores: Scores, classes: ClassTable) -> list[dict]:
     return rows
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, report: dict) -> Path:
-    _atomic_text(path, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    write_text(path, json.dumps(report, indent=2, allow_nan=False) + "\n")
     return path
 
 
 def write_confusion_csv(path: Path, matrix: np.ndarray, classes: ClassTable) -> Path:
     names = [classes.names[i] if i < len(classes) else f"class_{i}" for i in range(matrix.shape[0])]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["ground_truth \\ prediction", *names])
         for name, row in zip(names, matrix):
             w.writerow([name, *(int(v) for v in row)])
-    os.replace(tmp, path)
     return path
 
 
@@ -95,11 +87,8 @@ def plot_confusion(path: Path, matrix: np.ndarray, classes: ClassTable, ids: tup
                     ax.text(c, r, f"{norm[r, c]:.2f}", ha="center", va="center", fontsize=6,
                             color="white" if norm[r, c] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        save_figure(fig, path, dpi=120)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path

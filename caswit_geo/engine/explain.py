@@ -7,7 +7,6 @@ image, one panel per fused stage, with the queried pixel as a white dot.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
+from ..atomic import save_figure
 from ..checkpoint import load_checkpoint
 from ..errors import ConfigError, InputError, OutputError
 from ..geo.context import read_tile_and_context
@@ -57,15 +57,6 @@ def _check_out(path: Path, overwrite: bool) -> None:
         raise OutputError(f"{path}: exists (use --overwrite to replace it)")
     if not path.parent.is_dir():
         raise OutputError(f"{path.parent}: output folder does not exist")
-
-
-def _save_figure(fig, path: Path, dpi: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def explain(config: ExplainConfig) -> ExplainResult:
@@ -119,10 +110,7 @@ def explain(config: ExplainConfig) -> ExplainResult:
 
 
 def _draw(result: ExplainResult, hr_rgb, lr_rgb, T: int, k: int, class_name: str, dpi: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     r_in, c_in = result.pixel[0] - int(result.tile.row_off), result.pixel[1] - int(result.tile.col_off)
@@ -130,7 +118,8 @@ def _draw(result: ExplainResult, hr_rgb, lr_rgb, T: int, k: int, class_name: str
     off = (k - 1) * T / 2 / k
     lr_r, lr_c = off + r_in / k, off + c_in / k
     n = 2 + len(result.attention)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.6), constrained_layout=True)
+    fig = Figure(figsize=(3.2 * n, 3.6), layout="constrained")
+    axes = fig.subplots(1, n)
     axes[0].imshow(hr_rgb)
     axes[0].plot(c_in, r_in, "o", color="white", markeredgecolor="black", markersize=7)
     axes[0].set_title(f"HR tile: {class_name}")
@@ -149,5 +138,4 @@ def _draw(result: ExplainResult, hr_rgb, lr_rgb, T: int, k: int, class_name: str
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"cross-attention of pixel (row {result.pixel[0]}, col {result.pixel[1]})")
-    _save_figure(fig, result.out, dpi)
-    plt.close(fig)
+    save_figure(fig, result.out, dpi)

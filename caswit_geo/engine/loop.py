@@ -147,7 +147,7 @@ def build_loop(
 ) -> tuple[Loop, Start]:
     """Optimiser, scaler, schedule, loader and DDP around ``model``; the resume point."""
     if config.grad_checkpointing:
-        model.backbone.set_grad_checkpointing(True)  # CASWiT and SimMIM: both Swin encoders
+        model.set_grad_checkpointing(True)  # both Swin encoders
     model.to(env.device)
     optimizer = build_optimizer(model, config.lr, config.weight_decay)
     scaler = None

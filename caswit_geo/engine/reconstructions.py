@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from ..model.simmim import PATCH_SIZE
 from ..spec import InputSpec
-from .curves import save_figure
+from ..atomic import save_figure
 
 COLUMNS = ("HR tile", "HR, random mask", "LR context, centred mask", "reconstruction")
 MASK_GREY = 0.5

@@ -19,9 +19,9 @@ import datetime as _dt
 import io
 import json
 import math
-import os
 from pathlib import Path
 
+from ..atomic import write_text
 from ..errors import ConfigError, OutputError
 
 CONFIG = "config.json"
@@ -73,7 +73,7 @@ def check_resumable(run_dir: Path) -> Path:
 
 
 def write_json(path: Path, data) -> None:
-    _atomic_write(path, json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
+    write_text(path, json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
 
 
 def read_json(path: Path):
@@ -93,17 +93,8 @@ def write_logs(run_dir: Path, history: list[dict]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
-    _atomic_write(run_dir / LOG_CSV, buf.getvalue())
+    write_text(run_dir / LOG_CSV, buf.getvalue())
 
 
 def _finite(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -101,6 +101,9 @@ class CaswitSimMIM(nn.Module):
             nn.PixelShuffle(ENCODER_STRIDE),
         )
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+
     @staticmethod
     def apply_mask(x: torch.Tensor, mask: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
         # x: (B, G, G, D), mask: (B, G, G) 1 = masked -> masked tokens become `token`
