@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 
 import torch
@@ -38,3 +39,19 @@ def autocast_context(device: torch.device, enabled: bool = True):
     if device.type == "cuda" and enabled:
         return torch.autocast("cuda", dtype=amp_dtype(device))
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def cpu_threads(device: torch.device, workers: int):
+    """On the CPU, leave a core to each data-loading worker while the body runs.
+
+    An OpenMP pool with more threads than free cores spins at its barriers and
+    can run several times slower than a smaller pool.
+    """
+    before = torch.get_num_threads()
+    if device.type == "cpu" and workers:
+        torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - workers)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

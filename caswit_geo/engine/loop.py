@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from ..checkpoint import read_checkpoint, save_checkpoint
-from ..device import amp_dtype, autocast_context
+from ..device import amp_dtype, autocast_context, cpu_threads
 from ..errors import CaswitError, CheckpointError, ConfigError
 from .config import RunConfig, resolved_for_resume
 from .curves import plot_curves
@@ -270,46 +270,47 @@ def fit(
     ``checkpoint_args``: ``classes``, ``input_spec`` and metadata for
     :func:`~caswit_geo.checkpoint.save_checkpoint`.
     """
-    env = loop.env
-    history = list(start.history)
-    step = start.step
-    if start.rng is not None:
-        set_rng_state(start.rng)
-    for epoch in range(start.epoch, epochs + 1):
-        t0 = time.perf_counter()
-        loop.sampler.set_epoch(epoch)
-        row = {"epoch": epoch}
-        stats, step = train_one_epoch(loop, compute_loss, epoch, epochs, step)
-        row.update(stats)
-        broadcast_buffers(loop.model, env)
-        if evaluate is not None:
-            row.update(evaluate(epoch))
-        row["time_s"] = round(time.perf_counter() - t0, 3)
-        history.append(row)
-        rngs = gather_objects(rng_state(), env)
-        if env.is_master:
-            save_checkpoint(loop.model, run_dir / LAST_WEIGHTS, include_aux=True, epoch=epoch, **checkpoint_args)
-            if end_epoch is not None:
-                end_epoch(epoch, history)
-            save_state(run_dir / LAST_STATE, {
-                "format": STATE_FORMAT,
-                "epoch": epoch,
-                "step": step,
-                "steps_per_epoch": len(loop.loader),
-                "world_size": env.world_size,
-                "optimizer": loop.optimizer.state_dict(),
-                "scaler": loop.scaler.state_dict() if loop.scaler is not None else {},
-                "rng": rngs,
-                "history": history,
-            })
-            write_logs(run_dir, history)
-            plot_curves(history, run_dir / CURVES, title)
-            tqdm.write(_epoch_line(row, epochs))
-            # whatever the files and figures drew, the next epoch starts from the saved RNG state
-            set_rng_state(rngs[env.rank])
-        if stop_after is not None and epoch >= stop_after and epoch < epochs:
-            return FitResult(history, completed=False)
-    return FitResult(history, completed=True)
+    with cpu_threads(loop.env.device, loop.loader.num_workers):
+        env = loop.env
+        history = list(start.history)
+        step = start.step
+        if start.rng is not None:
+            set_rng_state(start.rng)
+        for epoch in range(start.epoch, epochs + 1):
+            t0 = time.perf_counter()
+            loop.sampler.set_epoch(epoch)
+            row = {"epoch": epoch}
+            stats, step = train_one_epoch(loop, compute_loss, epoch, epochs, step)
+            row.update(stats)
+            broadcast_buffers(loop.model, env)
+            if evaluate is not None:
+                row.update(evaluate(epoch))
+            row["time_s"] = round(time.perf_counter() - t0, 3)
+            history.append(row)
+            rngs = gather_objects(rng_state(), env)
+            if env.is_master:
+                save_checkpoint(loop.model, run_dir / LAST_WEIGHTS, include_aux=True, epoch=epoch, **checkpoint_args)
+                if end_epoch is not None:
+                    end_epoch(epoch, history)
+                save_state(run_dir / LAST_STATE, {
+                    "format": STATE_FORMAT,
+                    "epoch": epoch,
+                    "step": step,
+                    "steps_per_epoch": len(loop.loader),
+                    "world_size": env.world_size,
+                    "optimizer": loop.optimizer.state_dict(),
+                    "scaler": loop.scaler.state_dict() if loop.scaler is not None else {},
+                    "rng": rngs,
+                    "history": history,
+                })
+                write_logs(run_dir, history)
+                plot_curves(history, run_dir / CURVES, title)
+                tqdm.write(_epoch_line(row, epochs))
+                # whatever the files and figures drew, the next epoch starts from the saved RNG state
+                set_rng_state(rngs[env.rank])
+            if stop_after is not None and epoch >= stop_after and epoch < epochs:
+                return FitResult(history, completed=False)
+        return FitResult(history, completed=True)
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
