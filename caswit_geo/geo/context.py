@@ -15,6 +15,7 @@ from rasterio.windows import Window
 
 from ..spec import IGNORE_INDEX
 from .grid import clip_window, context_window
+from .io import MaskRule, valid_mask
 
 
 def read_canvas(
@@ -23,12 +24,14 @@ def read_canvas(
     bands: tuple[int, ...] | list[int],
     fill: int = 0,
     with_mask: bool = False,
+    mask: MaskRule | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Read ``window`` (may extend past the raster) as a (C, h, w) array.
 
     Outside pixels are ``fill``. With ``with_mask`` also returns the (h, w)
     bool validity mask: inside the raster and valid in the GDAL dataset mask
-    (nodata value, alpha band or internal mask combined).
+    (nodata value, alpha band or internal mask; see :func:`.io.valid_mask`;
+    ``mask``: the dataset's rule, when the caller keeps it).
     """
     h, w = int(window.height), int(window.width)
     out = np.full((len(bands), h, w), fill, dtype=src.dtypes[bands[0] - 1])
@@ -38,9 +41,10 @@ def read_canvas(
         r0 = int(inside.row_off - window.row_off)
         c0 = int(inside.col_off - window.col_off)
         sl = (slice(r0, r0 + int(inside.height)), slice(c0, c0 + int(inside.width)))
-        out[(slice(None), *sl)] = src.read(list(bands), window=inside)
+        part = src.read(list(bands), window=inside)
+        out[(slice(None), *sl)] = part
         if with_mask:
-            valid[sl] = src.dataset_mask(window=inside) > 0
+            valid[sl] = valid_mask(src, inside, bands, data=part, rule=mask)
     return (out, valid) if with_mask else out
 
 
@@ -66,6 +70,7 @@ def read_tile_and_context(
     window: Window,
     bands: tuple[int, ...] | list[int],
     factor: int,
+    mask: MaskRule | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """HR tile (C, T, T) raw values, LR context (C, T, T) float32, HR validity (T, T).
 
@@ -73,8 +78,9 @@ def read_tile_and_context(
     Reads the kT window once and cuts the tile from its centre.
     """
     ctx = context_window(window, factor)
-    canvas, valid = read_canvas(src, ctx, bands, fill=0, with_mask=True)
-    canvas[:, ~valid] = 0
+    canvas, valid = read_canvas(src, ctx, bands, fill=0, with_mask=True, mask=mask)
+    if not valid.all():
+        canvas[:, ~valid] = 0
     t_h, t_w = int(window.height), int(window.width)
     r0, c0 = int(window.row_off - ctx.row_off), int(window.col_off - ctx.col_off)
     hr = canvas[:, r0 : r0 + t_h, c0 : c0 + t_w].copy()

@@ -101,3 +101,35 @@ def context_window(window: Window, factor: int) -> Window:
         raise ConfigError(f"a {w}x{h} tile has no centred x{factor} context window (use an even tile size)")
     dc, dr = (factor - 1) * w // 2, (factor - 1) * h // 2
     return Window(int(window.col_off) - dc, int(window.row_off) - dr, factor * w, factor * h)
+
+
+def strips(width: int, strip_width: int | None) -> list[tuple[int, int]]:
+    """Column ranges ``[x0, x1)`` of vertical strips of ``strip_width`` pixels covering ``[0, width)``.
+
+    ``None`` (or a width >= the raster's) gives one strip. Processing a
+    raster strip by strip keeps per-row buffers at the strip's width, not
+    the raster's, so memory does not grow with the raster.
+    """
+    if strip_width is None or strip_width >= width:
+        return [(0, width)]
+    if strip_width < 1:
+        raise ConfigError(f"strip width must be >= 1, got {strip_width}")
+    return [(x0, min(x0 + strip_width, width)) for x0 in range(0, width, strip_width)]
+
+
+def plan_tiles(grid: TileGrid, strip_width: int | None = None) -> list[tuple[int, Window]]:
+    """(strip index, tile window) in processing order: strip by strip, then row-major.
+
+    A strip takes every tile whose columns intersect it, so with overlap a
+    tile straddling two strips is listed (and predicted) in both; without
+    overlap and a strip width that is a multiple of the tile size, every
+    tile is listed once. Within a strip all tiles of a row come before the
+    next row, so rows above the current tile row are final.
+    """
+    plan = []
+    cols = grid.col_offsets
+    for s, (x0, x1) in enumerate(strips(grid.width, strip_width)):
+        strip_cols = [c for c in cols if c < x1 and c + grid.tile > x0]
+        for row in grid.row_offsets:
+            plan.extend((s, Window(c, row, grid.tile, grid.tile)) for c in strip_cols)
+    return plan

@@ -1,0 +1,183 @@
+"""Model inputs of the tiles of a prediction plan, read in DataLoader workers.
+
+Each worker opens its own rasterio handles (the mosaic and the LR pre-pass
+raster) the first time it reads; handles never cross processes. A tile
+whose HR window holds no valid pixel is returned empty and skipped by the
+model. Values are normalised here (with the checkpoint's statistics, never
+per tile) so the main process only moves tensors and runs the model.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
+from torch.utils.data import Dataset
+
+from ..geo.context import read_canvas, read_tile_and_context
+from ..geo.io import MaskRule, mask_rule
+from ..geo.lowres import ChunkReader, LowResRaster
+from ..spec import InputSpec
+
+
+@dataclass
+class TileBatch:
+    """A batch of plan positions; ``hr``/``lr``/``valid`` only for the tiles to run."""
+
+    index: torch.Tensor  # (B,) plan positions
+    run: torch.Tensor  # (B,) bool: tile has valid pixels
+    hr: torch.Tensor  # (N, C, T, T) float32, N = run.sum()
+    lr: torch.Tensor | None  # (N, C, T, T) float32, None for single-stream models
+    valid: torch.Tensor  # (N, T, T) bool
+
+    def pin_memory(self) -> "TileBatch":
+        return TileBatch(
+            self.index,
+            self.run,
+            self.hr.pin_memory(),
+            None if self.lr is None else self.lr.pin_memory(),
+            self.valid.pin_memory(),
+        )
+
+
+class PredictTiles(Dataset):
+    """Tile ``i`` of ``windows``: HR tile, LR context, HR validity.
+
+    Args:
+        source: what ``rasterio.open`` accepts (path or VRT XML).
+        windows: tile windows in raster pixels (may extend past the raster).
+        spec: bands and normalisation of the checkpoint.
+        context: "prepass" (read from ``lowres``), "direct" (kT window per
+            tile) or "none" (single-stream model).
+        lowres: the pre-pass raster when ``context == "prepass"``.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        windows: list[Window],
+        spec: InputSpec,
+        context: str,
+        lowres: LowResRaster | None = None,
+    ) -> None:
+        if context not in ("prepass", "direct", "none"):
+            raise ValueError(f"unknown context mode {context!r}")
+        if context == "prepass" and lowres is None:
+            raise ValueError("context 'prepass' needs the pre-pass raster")
+        self.source, self.windows, self.spec = source, windows, spec
+        self.context, self.lowres = context, lowres
+        self.chunks = ChunkReader()  # the pre-pass chunks this process has open
+        self._handles: tuple[int, rasterio.io.DatasetReader, MaskRule] | None = None
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def _open(self) -> tuple[rasterio.io.DatasetReader, MaskRule]:
+        # (re)open in each process: a GDAL handle must not be shared across a fork
+        if self._handles is None or self._handles[0] != os.getpid():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                src = rasterio.open(self.source)
+            self._handles = (os.getpid(), src, mask_rule(src, self.spec.bands))
+        return self._handles[1], self._handles[2]
+
+    def close(self) -> None:
+        if self._handles is not None and self._handles[0] == os.getpid():
+            self._handles[1].close()
+        self._handles = None
+        self.chunks.close()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handles"] = None
+        return state
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Raw HR (C, T, T), LR (C, T, T) float32 or None, validity (T, T); nodata pixels are 0."""
+        src, rule = self._open()
+        window, bands, k = self.windows[i], self.spec.bands, self.spec.context_factor
+        if self.context == "direct":
+            return read_tile_and_context(src, window, bands, k, mask=rule)
+        hr, valid = read_canvas(src, window, bands, fill=0, with_mask=True, mask=rule)
+        if not valid.any():
+            return hr, None, valid
+        hr[:, ~valid] = 0
+        lr = self.lowres.read(self.chunks, window) if self.context == "prepass" else None
+        return hr, lr, valid
+
+    def __getitem__(self, i: int):
+        hr, lr, valid = self.read(i)
+        if not valid.any():
+            return i, None, None, None
+        x_hr = torch.from_numpy(self.spec.normalize(hr))
+        x_lr = None if lr is None or self.context == "none" else torch.from_numpy(self.spec.normalize(lr))
+        return i, x_hr, x_lr, torch.from_numpy(valid)
+
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """A batch (the DataLoader asks for whole batches): adjacent tiles of a row share one read."""
+        if self.context == "direct":
+            return [self[i] for i in indices]
+        out = []
+        for run in self._runs(indices):
+            out.extend(self._read_run(run))
+        return out
+
+    def _runs(self, indices: list[int]) -> list[list[int]]:
+        """Split ``indices`` into runs of tiles on one row at a constant column step <= T."""
+        runs: list[list[int]] = []
+        for i in indices:
+            w = self.windows[i]
+            if runs:
+                run = runs[-1]
+                prev = self.windows[run[-1]]
+                step = int(w.col_off - prev.col_off)
+                first_step = int(prev.col_off - self.windows[run[-2]].col_off) if len(run) > 1 else step
+                if w.row_off == prev.row_off and 0 < step <= w.width and step == first_step:
+                    run.append(i)
+                    continue
+            runs.append([i])
+        return runs
+
+    def _read_run(self, run: list[int]) -> list:
+        src, rule = self._open()
+        windows = [self.windows[i] for i in run]
+        t, k, bands = int(windows[0].width), self.spec.context_factor, self.spec.bands
+        c0, row = int(windows[0].col_off), int(windows[0].row_off)
+        span = int(windows[-1].col_off) - c0 + t
+        hr, valid = read_canvas(src, Window(c0, row, span, t), bands, fill=0, with_mask=True, mask=rule)
+        if not valid.any():
+            return [(i, None, None, None) for i in run]
+        if not valid.all():
+            hr[:, ~valid] = 0
+        x_hr = self.spec.normalize(hr)  # (C, T, span)
+        x_lr = None
+        if self.context == "prepass":
+            lwin = Window(c0 // k, row // k, (span - t) // k + t, t)
+            x_lr = self.spec.normalize(self.lowres.read_window(self.chunks, lwin))  # (C, T, span')
+        items = []
+        for i, w in zip(run, windows):
+            off = int(w.col_off) - c0
+            v = valid[:, off : off + t]
+            if not v.any():
+                items.append((i, None, None, None))
+                continue
+            lr = None if x_lr is None else torch.from_numpy(x_lr[:, :, off // k : off // k + t].copy())
+            items.append((i, torch.from_numpy(x_hr[:, :, off : off + t].copy()), lr, torch.from_numpy(v.copy())))
+        return items
+
+
+def collate_tiles(items) -> TileBatch:
+    run = [hr is not None for _, hr, _, _ in items]
+    kept = [it for it, r in zip(items, run) if r]
+    hr = torch.stack([it[1] for it in kept]) if kept else torch.empty(0)
+    has_lr = bool(kept) and kept[0][2] is not None
+    lr = torch.stack([it[2] for it in kept]) if has_lr else None
+    valid = torch.stack([it[3] for it in kept]) if kept else torch.empty(0, dtype=torch.bool)
+    return TileBatch(torch.tensor([it[0] for it in items]), torch.tensor(run), hr, lr, valid)

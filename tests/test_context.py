@@ -1,0 +1,248 @@
+"""HR tile + LR context construction (DESIGN.md section 1) against independent references.
+
+References: a brute-force construction on an in-memory array (zero-padded
+canvas, k x k mean), and GDAL's own average resampling of the same window
+(rasterio ``out_shape`` + ``Resampling.average``) on a zero-padded float
+copy of the raster. The LR pre-pass must equal the per-tile construction
+bit for bit.
+"""
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from caswit_geo.geo.context import area_downsample, read_canvas, read_label_and_context, read_tile_and_context
+from caswit_geo.geo.grid import TileGrid, context_window
+from caswit_geo.geo.lowres import (
+    ChunkReader,
+    LowResBuilder,
+    build_lowres,
+    chunk_order,
+    plan_lowres,
+    prepass_supported,
+    sum_dtype,
+)
+
+RES = 0.2
+ORIGIN = (600_000.0, 6_800_000.0)
+
+
+def write_raster(path, data, nodata=None, dtype=None):
+    c, h, w = data.shape
+    with rasterio.open(
+        path, "w", driver="GTiff", width=w, height=h, count=c, dtype=dtype or data.dtype,
+        crs="EPSG:2154", transform=Affine(RES, 0, ORIGIN[0], 0, -RES, ORIGIN[1]), nodata=nodata,
+    ) as dst:
+        dst.write(data)
+    return path
+
+
+def brute_force(data, valid, window, factor):
+    """HR tile, LR context and HR validity straight from the definition, on arrays."""
+    c, h, w = data.shape
+    ctx = context_window(window, factor)
+    pad = int(max(ctx.width, ctx.height)) + 1
+    canvas = np.zeros((c, h + 2 * pad, w + 2 * pad), np.float64)
+    canvas[:, pad : pad + h, pad : pad + w] = np.where(valid, data, 0)
+    vcanvas = np.zeros((h + 2 * pad, w + 2 * pad), bool)
+    vcanvas[pad : pad + h, pad : pad + w] = valid
+    r0, c0 = int(ctx.row_off) + pad, int(ctx.col_off) + pad
+    big = canvas[:, r0 : r0 + int(ctx.height), c0 : c0 + int(ctx.width)]
+    t = int(window.width)
+    lr = np.zeros((c, t, t))
+    for i in range(t):
+        for j in range(t):
+            lr[:, i, j] = big[:, i * factor : (i + 1) * factor, j * factor : (j + 1) * factor].mean(axis=(1, 2))
+    tr, tc = int(window.row_off) + pad, int(window.col_off) + pad
+    hr = canvas[:, tr : tr + t, tc : tc + t]
+    return hr, lr.astype(np.float32), vcanvas[tr : tr + t, tc : tc + t]
+
+
+SIZES = [(1, 1), (1, 70), (70, 1), (20, 33), (70, 45), (97, 130)]  # (height, width): smaller than a tile,
+# not a multiple of it, 1-pixel-wide edges
+
+
+@pytest.mark.parametrize("height, width", SIZES)
+@pytest.mark.parametrize("factor", [2, 3])
+def test_tile_and_context_match_brute_force(tmp_path, height, width, factor):
+    tile = 32
+    rng = np.random.default_rng(height * 1000 + width)
+    data = rng.integers(1, 256, (3, height, width)).astype(np.uint8)
+    data[:, : height // 3, : width // 4] = 0  # a nodata corner
+    path = write_raster(tmp_path / "a.tif", data, nodata=0)
+    valid = (data != 0).any(axis=0)
+    grid = TileGrid(width, height, tile)
+    with rasterio.open(path) as src:
+        for _, _, window in grid.windows():
+            hr, lr, hr_valid = read_tile_and_context(src, window, [1, 2, 3], factor)
+            ref_hr, ref_lr, ref_valid = brute_force(data, valid, window, factor)
+            assert hr.shape == lr.shape == (3, tile, tile)
+            np.testing.assert_array_equal(hr, ref_hr)
+            np.testing.assert_array_equal(hr_valid, ref_valid)
+            np.testing.assert_allclose(lr, ref_lr, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_lr_context_equals_gdal_average(tmp_path, factor):
+    """Our canvas + k x k mean against GDAL's average resampling of the same window."""
+    height, width, tile = 75, 61, 32
+    rng = np.random.default_rng(factor)
+    data = rng.integers(0, 256, (3, height, width)).astype(np.uint8)
+    path = write_raster(tmp_path / "a.tif", data)
+    # independent path: a float copy padded with black, read by GDAL with out_shape + average
+    pad = factor * tile
+    padded = np.zeros((3, height + 2 * pad, width + 2 * pad), np.float32)
+    padded[:, pad : pad + height, pad : pad + width] = data
+    with rasterio.open(
+        tmp_path / "padded.tif", "w", driver="GTiff", width=padded.shape[2], height=padded.shape[1], count=3,
+        dtype="float32", crs="EPSG:2154",
+        transform=Affine(RES, 0, ORIGIN[0] - pad * RES, 0, -RES, ORIGIN[1] + pad * RES),
+    ) as dst:
+        dst.write(padded)
+    with rasterio.open(path) as src, rasterio.open(tmp_path / "padded.tif") as ref:
+        for _, _, window in TileGrid(width, height, tile).windows():
+            _, lr, _ = read_tile_and_context(src, window, [1, 2, 3], factor)
+            ctx = context_window(window, factor)
+            gdal = ref.read(
+                [1, 2, 3],
+                window=Window(ctx.col_off + pad, ctx.row_off + pad, ctx.width, ctx.height),
+                out_shape=(3, tile, tile),
+                resampling=Resampling.average,
+            )
+            np.testing.assert_allclose(lr, gdal, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "height, width, tile, overlap, factor, dtype, nodata",
+    [
+        (1, 1, 32, 0, 2, "uint8", None),
+        (70, 1, 32, 0, 2, "uint8", 0),
+        (97, 130, 32, 0, 2, "uint8", 0),
+        (97, 130, 32, 8, 2, "uint16", None),
+        (80, 70, 48, 0, 3, "uint16", 0),
+        (64, 100, 32, 0, 4, "uint8", None),
+    ],
+)
+def test_prepass_equals_per_tile_context(tmp_path, height, width, tile, overlap, factor, dtype, nodata):
+    rng = np.random.default_rng(7)
+    vmax = 256 if dtype == "uint8" else 65536
+    data = rng.integers(0, vmax, (3, height, width)).astype(dtype)
+    data[:, : height // 2, : width // 3] = 0
+    path = write_raster(tmp_path / "a.tif", data, nodata=nodata)
+    grid = TileGrid(width, height, tile, overlap)
+    assert prepass_supported(tile, grid.stride, factor)
+    reader = ChunkReader()
+    with rasterio.open(path) as src:
+        # small chunks: tiles read across chunk borders
+        lowres = build_lowres(src, [1, 2, 3], grid, factor, tmp_path / "lr", chunk=(16, 32))
+        assert lowres.dtype == sum_dtype(dtype, factor).name
+        for _, _, window in grid.windows():
+            _, expected, _ = read_tile_and_context(src, window, [1, 2, 3], factor)
+            got = lowres.read(reader, window)
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, expected)
+    reader.close()
+
+
+def test_prepass_grid_origin_is_context_origin_of_first_tile(tmp_path):
+    data = np.ones((1, 40, 40), np.uint8)
+    path = write_raster(tmp_path / "a.tif", data)
+    with rasterio.open(path) as src:
+        lowres = build_lowres(src, [1], TileGrid(40, 40, 32), 2, tmp_path / "lr")
+    assert lowres.chunk_grid == (1, 1)
+    with rasterio.open(lowres.chunk_path(0, 0)) as lsrc:
+        # origin shifted by -(k-1)T/2 = -16 px, pixels k times larger
+        assert lsrc.transform.c == pytest.approx(ORIGIN[0] - 16 * RES)
+        assert lsrc.transform.f == pytest.approx(ORIGIN[1] + 16 * RES)
+        assert lsrc.transform.a == pytest.approx(2 * RES)
+        sums = lsrc.read(1)
+    # LR pixel i covers source pixels [-16 + 2i, -16 + 2i + 2): raster pixels 0..39 are LR pixels 8..27
+    assert sums[8, 8] == 4 and sums[27, 27] == 4  # inside: 2x2 sums of ones
+    assert sums[7, 8] == 0 and sums[8, 7] == 0 and sums[28, 27] == 0 and sums[0, 0] == 0  # outside: black
+
+
+def test_prepass_not_supported_when_stride_not_multiple_of_factor():
+    assert not prepass_supported(48, 48, 5)
+    assert not prepass_supported(32, 31, 2)
+    assert prepass_supported(48, 48, 3)
+    with pytest.raises(ValueError):
+        plan_lowres(_FakeSrc(), [1], TileGrid(100, 100, 32, 1), 2, "unused")
+
+
+class _FakeSrc:
+    dtypes = ("uint8",)
+    transform = Affine.identity()
+    crs = None
+
+
+def test_background_builder_feeds_waiting_readers(tmp_path):
+    """Chunks come from a thread in plan order; a reader blocks until its chunks exist."""
+    data = np.random.default_rng(3).integers(0, 256, (3, 90, 200)).astype(np.uint8)
+    path = write_raster(tmp_path / "a.tif", data)
+    grid = TileGrid(200, 90, 32)
+    with rasterio.open(path) as src:
+        lowres = plan_lowres(src, [1, 2, 3], grid, 2, tmp_path / "lr", chunk=(16, 32))
+        windows = [w for _, _, w in grid.windows()]
+        order = chunk_order(lowres, windows)
+        assert set(order) == {(i, j) for i in range(lowres.chunk_grid[0]) for j in range(lowres.chunk_grid[1])}
+        assert order[: len(lowres.chunks_for(windows[0]))] == lowres.chunks_for(windows[0])
+        builder = LowResBuilder(str(path), [1, 2, 3], lowres, order)
+        reader = ChunkReader()
+        builder.start()
+        for w in windows:
+            _, expected, _ = read_tile_and_context(src, w, [1, 2, 3], 2)
+            np.testing.assert_array_equal(lowres.read(reader, w), expected)
+        builder.join()
+        reader.close()
+    assert builder.error is None
+    assert not list((tmp_path / "lr").glob(".*"))  # chunks appear only complete (renamed)
+
+
+def test_failed_builder_stops_waiting_readers(tmp_path):
+    data = np.zeros((3, 40, 40), np.uint8)
+    path = write_raster(tmp_path / "a.tif", data)
+    with rasterio.open(path) as src:
+        lowres = plan_lowres(src, [1, 2, 3], TileGrid(40, 40, 32), 2, tmp_path / "lr")
+    builder = LowResBuilder(str(tmp_path / "missing.tif"), [1, 2, 3], lowres, [(0, 0)])
+    builder.start()
+    builder.join()
+    assert builder.error is not None
+    with pytest.raises(RuntimeError, match="pre-pass failed"):
+        lowres.read(ChunkReader(), Window(0, 0, 32, 32))
+
+
+def test_read_canvas_pastes_inside_part_on_constant_canvas(tmp_path):
+    data = np.arange(1, 13, dtype=np.uint8).reshape(1, 3, 4)
+    path = write_raster(tmp_path / "a.tif", data, nodata=5)
+    with rasterio.open(path) as src:
+        out, valid = read_canvas(src, Window(-1, -2, 6, 6), [1], fill=9, with_mask=True)
+    expected = np.full((6, 6), 9, np.uint8)
+    expected[2:5, 1:5] = data[0]
+    np.testing.assert_array_equal(out[0], expected)
+    assert valid.sum() == 11 and not valid[2 + 1, 1 + 0]  # value 5 (row 1, col 0) is nodata
+
+
+def test_area_downsample_is_block_mean():
+    x = np.arange(2 * 6 * 4, dtype=np.uint8).reshape(2, 6, 4)
+    got = area_downsample(x, 2)
+    ref = np.array([[[x[c, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean() for j in range(2)] for i in range(3)]
+                    for c in range(2)])
+    np.testing.assert_allclose(got, ref)
+
+
+def test_label_context_is_nearest_and_ignore_outside(tmp_path):
+    labels = np.random.default_rng(0).integers(0, 5, (1, 50, 45)).astype(np.uint8)
+    path = write_raster(tmp_path / "y.tif", labels)
+    with rasterio.open(path) as src:
+        window = Window(32, 32, 32, 32)
+        hr, lr = read_label_and_context(src, window, 2)
+    np.testing.assert_array_equal(hr[:18, :13], labels[0, 32:50, 32:45])
+    assert (hr[18:] == 255).all() and (hr[:, 13:] == 255).all()
+    # LR pixel (i, j) is the label under the centre of the 2x2 block: source (16 + 2i + 1, 16 + 2j + 1)
+    for i, j in [(0, 0), (5, 7), (16, 13)]:
+        r, c = 16 + 2 * i + 1, 16 + 2 * j + 1
+        expected = labels[0, r, c] if r < 50 and c < 45 else 255
+        assert lr[i, j] == expected
