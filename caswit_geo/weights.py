@@ -61,7 +61,9 @@ def resolve_weights(value: str | Path | None, verify: bool = True) -> Path:
             raise CheckpointError(f"{path}: checksum differs from the registry (corrupt or replaced file)")
         return path
     path = Path(value)
+    if path.is_dir():
+        raise CheckpointError(f"--weights {path}: is a folder, expected a checkpoint file")
     if not path.is_file():
         known = ", ".join(reg["models"]) or "none"
-        raise CheckpointError(f"{path}: no such weights file (registered names: {known})")
+        raise CheckpointError(f"--weights {path}: no such file (registered names: {known})")
     return path

@@ -301,7 +301,7 @@ def _cli(argv, capsys):
     "missing_weights", "invalid_weights", "no_default_weights", "exists",
 ])
 def test_bad_inputs_give_one_line_and_no_file(tmp_path, weights, capsys, monkeypatch, case):
-    monkeypatch.setattr(predict_module, "registry_candidates", lambda: [tmp_path / "none" / "registry.json"])
+    monkeypatch.setenv("CASWIT_GEO_WEIGHTS_DIR", str(tmp_path / "none"))
     good = write(tmp_path / "good.tif", image(40, 40))
     inp, out, w = str(good), str(tmp_path / "out.tif"), ["--weights", str(weights)]
     expected = {
@@ -350,11 +350,19 @@ def test_bad_inputs_give_one_line_and_no_file(tmp_path, weights, capsys, monkeyp
 
 
 def test_default_weights_from_registry(tmp_path, weights, monkeypatch):
+    from caswit_geo.weights import resolve_weights, sha256
+
     reg = tmp_path / "weights" / "registry.json"
     reg.parent.mkdir()
-    reg.write_text('{"default": "nano", "weights": {"nano": {"path": "%s"}}}' % weights)
-    monkeypatch.setattr(predict_module, "registry_candidates", lambda: [reg])
-    assert predict_module.default_weights() == weights
+    monkeypatch.setenv("CASWIT_GEO_WEIGHTS_DIR", str(reg.parent))
+    reg.write_text('{"default": "nano", "models": {"nano": {"file": "%s", "sha256": "%s"}}}'
+                   % (weights, sha256(weights)))
+    assert resolve_weights(None) == weights
+    assert resolve_weights("nano") == weights  # a registry name works as --weights too
+    assert resolve_weights(str(weights)) == weights
+    reg.write_text('{"default": "nano", "models": {"nano": {"file": "%s", "sha256": "00"}}}' % weights)
+    with pytest.raises(caswit_geo.errors.CheckpointError, match="checksum"):
+        resolve_weights(None)
 
 
 # -- interruption and overwrite ----------------------------------------------------------------------
@@ -466,10 +474,11 @@ def test_batched_reads_equal_tile_reads(tmp_path):
 def test_preview_png(tmp_path, weights):
     import matplotlib.image as mpimg
 
-    from caswit_geo.engine.predict import write_preview
+    from caswit_geo.preview import _decimated_shape
 
     write(tmp_path / "in.tif", image(100, 300))
-    run(weights, [tmp_path / "in.tif"], tmp_path / "out.tif")
-    png = write_preview(tmp_path / "out.tif", tmp_path / "look.png", max_side=150, image=tmp_path / "in.tif")
-    pic = mpimg.imread(png)
-    assert pic.shape[:2] == (50, 300)  # image and map side by side, longest side 150 each
+    res = run(weights, [tmp_path / "in.tif"], tmp_path / "out.tif", preview=tmp_path / "look.png")
+    assert res.preview == tmp_path / "look.png"
+    pic = mpimg.imread(res.preview)
+    assert pic.shape[1] > pic.shape[0] > 100 and pic[..., :3].std() > 0.05  # screen-sized, not blank
+    assert _decimated_shape(30000, 10000, 720) == (240, 720)  # a large mosaic is read decimated

@@ -40,8 +40,8 @@ def predict(
         ..., metavar="INPUT...", help="Raster(s): files, a folder, a glob or a VRT, read as one mosaic."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Class raster (.tif), or a folder for one output per input."),
-    weights: Optional[Path] = typer.Option(
-        None, "--weights", "-w", help="Checkpoint (.safetensors); default: weights/registry.json."
+    weights: Optional[str] = typer.Option(
+        None, "--weights", "-w", help="Checkpoint file or registry name; default: weights/registry.json."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Tiles per forward pass."),
@@ -57,6 +57,9 @@ def predict(
     ),
     min_area: Optional[float] = typer.Option(None, "--min-area", help="Merge regions smaller than this (m2) first."),
     simplify: Optional[float] = typer.Option(None, "--simplify", help="Simplify polygons (tolerance in m)."),
+    preview: Optional[Path] = typer.Option(
+        None, "--preview", help="Also write a quick-look PNG: input beside the coloured classes, with a legend."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Predict a land-cover map of an orthophoto mosaic (HR tiles + LR context)."""
@@ -74,6 +77,7 @@ def predict(
         vector=vector,
         min_area=min_area,
         simplify=simplify,
+        preview=preview,
         progress=not quiet,
     )
     try:
@@ -107,5 +111,7 @@ def print_summary(result: PredictResult, console: Console) -> None:
     console.print(table)
     for path in result.outputs + result.confidence_outputs:
         console.print(f"wrote {path}")
+    if result.preview is not None:
+        console.print(f"wrote {result.preview}")
     if result.vector is not None:
         console.print(f"wrote {result.vector} ({result.vector_features:,} polygons, {result.vector_seconds:.1f} s)")

@@ -11,6 +11,7 @@ brings; the other classes show it costs nothing where the HR tile decides.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -95,7 +96,7 @@ def run_ablation(config: AblationConfig) -> AblationResult:
     for label, model, stages, gate in VARIANTS:
         if config.variants and label not in config.variants:
             continue
-        run_dir = out / label.replace(" ", "-").replace("(", "").replace(")", "").replace("+", "gate")
+        run_dir = out / re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
         t0 = time.perf_counter()
         res = train(
             TrainConfig(

@@ -33,7 +33,6 @@ import numpy as np
 import rasterio
 import torch
 from affine import Affine
-from rasterio.enums import Resampling
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -58,7 +57,9 @@ from ..geo.io import (
 )
 from ..geo.lowres import LowResBuilder, chunk_order, plan_lowres, prepass_supported
 from ..geo.vectorize import VectorResult, vector_format, vectorize
+from ..preview import write_preview
 from ..spec import ClassTable, InputSpec
+from ..weights import resolve_weights
 from .tile_sink import SinkThread, TileSink
 from .tile_source import PredictTiles, TileBatch, collate_tiles
 
@@ -94,6 +95,7 @@ class PredictConfig:
     vector: str | Path | None = None
     min_area: float | None = None
     simplify: float | None = None
+    preview: str | Path | None = None  # quick-look PNG: input RGB beside the classes, with a legend
     amp: bool = True
     progress: bool = True
     lr_prepass: bool = True
@@ -118,6 +120,7 @@ class PredictResult:
     height: int
     device: str
     context: str  # "prepass", "direct" or "none"
+    preview: Path | None = None
     vector_features: int = 0
     vector_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
@@ -126,61 +129,6 @@ class PredictResult:
     @property
     def tiles_skipped(self) -> int:
         return self.tiles - self.tiles_run
-
-
-# ---------------------------------------------------------------------------
-# Weights
-# ---------------------------------------------------------------------------
-
-
-def registry_candidates() -> list[Path]:
-    """Where the default-weights registry is looked for (first existing wins)."""
-    pkg = Path(__file__).resolve().parents[1]
-    return [pkg.parent / "weights" / "registry.json", pkg / "weights" / "registry.json"]
-
-
-def default_weights() -> Path:
-    """The default entry of ``weights/registry.json``.
-
-    Accepted forms: ``{"default": "file.safetensors"}``, or ``{"default":
-    "name", "weights"|"models": {"name": {"path"|"file": "..."}}}`` (also a
-    list of entries with a ``name``). Paths are relative to the registry.
-    """
-    registry = next((p for p in registry_candidates() if p.is_file()), None)
-    if registry is None:
-        raise CheckpointError("no default weights: pass --weights PATH")
-    try:
-        data = json.loads(registry.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{registry}: unreadable weights registry ({e})") from None
-    default = data.get("default") if isinstance(data, dict) else None
-    if not default:
-        raise CheckpointError("no default weights: pass --weights PATH")
-    entries = data.get("weights", data.get("models", {}))
-    if isinstance(entries, list):
-        entries = {e.get("name"): e for e in entries if isinstance(e, dict)}
-    entry = entries.get(default) if isinstance(entries, dict) else None
-    if isinstance(entry, dict):
-        rel = entry.get("path") or entry.get("file")
-    elif isinstance(entry, str):
-        rel = entry
-    else:
-        rel = default
-    path = (registry.parent / str(rel)).resolve()
-    if not path.is_file():
-        raise CheckpointError(f"default weights {path} (from {registry}) are missing: pass --weights PATH")
-    return path
-
-
-def resolve_weights(weights: str | Path | None) -> Path:
-    if weights is None or str(weights) == "":
-        return default_weights()
-    path = Path(weights)
-    if not path.exists():
-        raise CheckpointError(f"--weights {path}: no such file")
-    if path.is_dir():
-        raise CheckpointError(f"--weights {path}: is a folder, expected a checkpoint file")
-    return path
 
 
 # ---------------------------------------------------------------------------
@@ -230,13 +178,15 @@ def plan_outputs(config: PredictConfig, inputs: list[Path]) -> OutputPlan:
     vector = Path(config.vector) if config.vector else None
     if vector is not None:
         vector_format(vector)
-    for path, option in [(p, "--out") for p in classes] + [(p, "--confidence") for p in confidence] + (
-        [(vector, "--vector")] if vector else []
-    ):
+    preview = Path(config.preview) if config.preview else None
+    if preview is not None and preview.suffix.lower() != ".png":
+        raise OutputError(f"--preview {preview}: expected a .png file")
+    extra = ([(vector, "--vector")] if vector else []) + ([(preview, "--preview")] if preview else [])
+    for path, option in [(p, "--out") for p in classes] + [(p, "--confidence") for p in confidence] + extra:
         check_output_path(path, config.overwrite, option)
-    everything = [p.resolve() for p in classes + confidence + ([vector] if vector else [])]
+    everything = [p.resolve() for p in classes + confidence + [p for p, _ in extra]]
     if len(set(everything)) != len(everything):
-        raise OutputError("two outputs have the same path (--out, --confidence, --vector)")
+        raise OutputError("two outputs have the same path (--out, --confidence, --vector, --preview)")
     clash = set(everything) & {p.resolve() for p in inputs}
     if clash:
         raise OutputError(f"{next(iter(clash))}: an output would replace an input")
@@ -640,6 +590,10 @@ def predict(config: PredictConfig) -> PredictResult:
             if dataset is not None:
                 dataset.close()
 
+    if config.preview:
+        # the class raster is complete and has overviews: the quick-look reads a screenful
+        image = str(inputs[0]) if plan.per_file else mosaic.source
+        write_preview(plan.classes[0], config.preview, classes, image=image, bands=spec.bands[:3])
     pixels = sink.pixels
     areas = sink.areas
     names = classes.names
@@ -658,6 +612,7 @@ def predict(config: PredictConfig) -> PredictResult:
         height=mosaic.height,
         device=str(device),
         context=context,
+        preview=Path(config.preview) if config.preview else None,
         vector_features=vector_result.features if vector_result else 0,
         vector_seconds=vector_result.seconds if vector_result else 0.0,
         warnings=notes,
@@ -706,43 +661,3 @@ def _split_per_file(
         copy_window_masked(mosaic_path, window, writer, mask_source, mosaic.bands)
         writer.finish()
     return out
-
-
-# ---------------------------------------------------------------------------
-# Quick look
-# ---------------------------------------------------------------------------
-
-
-def write_preview(class_raster: str | Path, png: str | Path, max_side: int = 1024,
-                  image: str | Path | None = None, bands: Sequence[int] = (1, 2, 3), scale: float = 255.0) -> Path:
-    """A PNG quick-look of a class raster (colour table applied; nodata transparent).
-
-    With ``image`` the (decimated) imagery is drawn on the left of the map.
-    Reads decimated (the class raster's overviews), so any size is cheap.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    with rasterio.open(class_raster) as src:
-        f = max(src.width, src.height) / max_side
-        shape = (max(1, round(src.height / max(f, 1))), max(1, round(src.width / max(f, 1))))
-        cls = src.read(1, out_shape=shape, resampling=Resampling.nearest)
-        cmap = src.colormap(1)
-    lut = np.zeros((256, 4), np.uint8)
-    for value, rgba in cmap.items():
-        lut[value] = rgba
-    lut[NODATA] = (0, 0, 0, 0)
-    rgba = lut[cls]
-    panels = [rgba]
-    if image is not None:
-        with rasterio.open(image) as src:
-            img = src.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.average)
-        img = np.clip(img.astype(np.float32) / scale * 255, 0, 255).astype(np.uint8).transpose(1, 2, 0)
-        if img.shape[2] == 1:
-            img = np.repeat(img, 3, axis=2)
-        img = np.concatenate([img[..., :3], np.full((*shape, 1), 255, np.uint8)], axis=2)
-        panels = [img, rgba]
-    plt.imsave(png, np.concatenate(panels, axis=1))
-    return Path(png)
