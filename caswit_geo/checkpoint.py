@@ -119,6 +119,9 @@ def save_checkpoint(
     try:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         save_file(tensors, str(tmp), metadata={HEADER_KEY: json.dumps(header, default=_json_default)})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # a plain file, readable like any other the user writes
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
