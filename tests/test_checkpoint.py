@@ -127,6 +127,7 @@ def test_pickle_that_would_run_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_plain_pt_state_dict_is_read(tmp_path):
     path = tmp_path / "ok.pth"
     torch.save({"model": {"w": torch.arange(3.0)}}, path)
