@@ -55,8 +55,13 @@ def area_downsample(x: np.ndarray, factor: int) -> np.ndarray:
     c, h, w = x.shape
     if h % factor or w % factor:
         raise ValueError(f"{h}x{w} is not a multiple of the factor {factor}")
-    blocks = x.reshape(c, h // factor, factor, w // factor, factor)
-    return blocks.mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
+    # Summing the k*k strided views is several times faster than a reshaped mean and
+    # exact for 8/16-bit values (sums stay below 2**24), so the result is the same.
+    acc = np.zeros((c, h // factor, w // factor), np.float32)
+    for i in range(factor):
+        for j in range(factor):
+            acc += x[:, i::factor, j::factor]
+    return acc / np.float32(factor * factor)
 
 
 def nearest_downsample(y: np.ndarray, factor: int) -> np.ndarray:
