@@ -26,6 +26,7 @@ from . import __version__
 from .errors import CheckpointError
 from .model.caswit import CASWiT, CaswitConfig
 from .model.simmim import CaswitSimMIM
+from .model.transfer import check_state_fits, transfer_backbone
 from .spec import ClassTable, InputSpec
 
 FORMAT = "caswit-geo"
@@ -223,21 +224,7 @@ def load_checkpoint(
     except Exception as e:
         raise CheckpointError(f"{path}: invalid model config ({e})") from None
     model = KINDS[meta.kind](config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: weights do not match the {meta.name} config "
-            f"(missing {len(missing)}: {missing[:3]}, unexpected {len(unexpected)}: {unexpected[:3]})"
-        )
-    bad = [k for k in expected if expected[k].shape != tensors[k].shape]
-    if bad:
-        k = bad[0]
-        raise CheckpointError(
-            f"{path}: {len(bad)} weight shapes do not match the config, e.g. {k}: "
-            f"{tuple(tensors[k].shape)} vs {tuple(expected[k].shape)}"
-        )
+    check_state_fits(model.state_dict(), tensors, str(path), f"weights do not match the {meta.name} config")
     model.load_state_dict(tensors, strict=True)
     model.to(device)
     model.train(train)
@@ -251,7 +238,5 @@ def load_pretrained_backbone(model: CASWiT, path: str | Path):
     of the same architecture; returns a :class:`TransferReport` saying what
     was loaded, and refuses any mismatch.
     """
-    from .model.transfer import transfer_backbone
-
     tensors, header = read_checkpoint(path)
     return transfer_backbone(model, tensors, source=str(path))

@@ -32,27 +32,36 @@ class TransferReport:
         )
 
 
+def check_state_fits(
+    expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], source: str, what: str, hint: str = ""
+) -> None:
+    """Raise a one-line CheckpointError unless ``given`` has exactly the names and shapes of ``expected``."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: {what} (missing {len(missing)}: {missing[:3]}, "
+            f"unexpected {len(unexpected)}: {unexpected[:3]}){hint}"
+        )
+    bad = [k for k in expected if expected[k].shape != given[k].shape]
+    if bad:
+        k = bad[0]
+        raise CheckpointError(
+            f"{source}: {what}: {len(bad)} tensor shapes do not match, e.g. {k}: "
+            f"{tuple(given[k].shape)} vs {tuple(expected[k].shape)}{hint}"
+        )
+
+
 def transfer_backbone(model: CASWiT, state: dict[str, torch.Tensor], source: str = "checkpoint") -> TransferReport:
     """Copy ``backbone.*`` tensors of a SimMIM state dict into ``model.backbone``."""
     backbone = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
     skipped = sorted(k for k in state if not k.startswith(PREFIX))
     if not backbone:
         raise CheckpointError(f"{source}: no pretrained backbone tensors (is it a pretrain checkpoint?)")
-    target = model.backbone.state_dict()
-    missing = sorted(set(target) - set(backbone))
-    unexpected = sorted(set(backbone) - set(target))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source}: pretrained backbone does not fit {model.config.name} "
-            f"(missing {len(missing)}: {missing[:3]}, unexpected {len(unexpected)}: {unexpected[:3]}); "
-            "pretrain and train with the same model, tile size and fusion stages"
-        )
-    bad = [k for k in target if target[k].shape != backbone[k].shape]
-    if bad:
-        k = bad[0]
-        raise CheckpointError(
-            f"{source}: {len(bad)} tensor shapes differ, e.g. {k}: {tuple(backbone[k].shape)} vs {tuple(target[k].shape)}"
-        )
+    check_state_fits(
+        model.backbone.state_dict(), backbone, source, f"pretrained backbone does not fit {model.config.name}",
+        hint="; pretrain and train with the same model, tile size and fusion stages",
+    )
     model.backbone.load_state_dict(backbone, strict=True)
     count = lambda p: sum(k.startswith(p) for k in backbone)  # noqa: E731
     return TransferReport(count("hr_encoder."), count("lr_encoder."), count("fusion."), skipped)
