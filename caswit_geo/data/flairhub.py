@@ -21,10 +21,16 @@ from rasterio.windows import Window
 from ..errors import ConfigError, DatasetError
 from ..geo.context import area_downsample, nearest_downsample
 from ..geo.grid import context_window
+from ..geo.handles import RasterHandles
 from ..spec import IGNORE_INDEX, InputSpec, flairhub_classes
 from .flairhub_index import Patch, PatchIndex, build_index, context_reach
-from .flairhub_splits import DEFAULT_SPLIT_COLUMN, is_list_file, read_id_list, read_split_table
-from .handles import RasterHandles
+from .flairhub_splits import (
+    DEFAULT_SPLIT_COLUMN,
+    is_list_file,
+    read_id_list,
+    read_split_table,
+)
+from .handles import open_raster
 from .sample import CaswitDataset, SampleGeo, check_label_values
 
 
@@ -77,7 +83,7 @@ class FlairHubDataset(CaswitDataset):
         self.transform = transform
         self.index = build_index(self.root, cache_dir)
         self.selection = select_patches(self.index, self.root, split, split_column)
-        self._handles = RasterHandles()
+        self._handles = RasterHandles(opener=open_raster)
 
         first = self.index.patches[self.selection[0]]
         max_band = max(self.input_spec.bands)

@@ -23,8 +23,9 @@ from rasterio.windows import Window
 from ..errors import DatasetError
 from ..geo.context import read_label_and_context, read_tile_and_context
 from ..geo.grid import TileGrid
+from ..geo.handles import RasterHandles
 from ..spec import IGNORE_INDEX, ClassTable, InputSpec
-from .handles import RasterHandles, open_raster
+from .handles import open_raster
 from .sample import CaswitDataset, SampleGeo, check_label_values
 
 
@@ -105,7 +106,7 @@ class RasterTileDataset(CaswitDataset):
             else:
                 rows += [(n, int(w.row_off), int(w.col_off)) for _, _, w in TileGrid(p.width, p.height, tile).windows()]
         self._tiles = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
-        self._handles = RasterHandles()
+        self._handles = RasterHandles(opener=open_raster)
 
     def __len__(self) -> int:
         return len(self._tiles)

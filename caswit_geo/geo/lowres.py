@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -38,6 +37,7 @@ from rasterio.windows import Window
 
 from .context import read_canvas
 from .grid import TileGrid
+from .handles import RasterHandles
 from .io import MaskRule, mask_rule
 
 FAILED = "FAILED"  # marker file: the builder stopped, readers must not wait
@@ -266,37 +266,20 @@ class ChunkReader:
     """Per-process open chunk files (a few, least recently used closed), waiting for unwritten ones."""
 
     def __init__(self, max_open: int = 8, poll: float = 0.005) -> None:
-        self.max_open, self.poll = max_open, poll
-        self._pid = os.getpid()
-        self._open: OrderedDict[Path, rasterio.io.DatasetReader] = OrderedDict()
+        self.poll = poll
+        self._handles = RasterHandles(max_open)
 
     def get(self, lowres: LowResRaster, bi: int, bj: int) -> rasterio.io.DatasetReader:
-        if os.getpid() != self._pid:  # forked: the parent's handles are not ours
-            self._open, self._pid = OrderedDict(), os.getpid()
         path = lowres.chunk_path(bi, bj)
-        ds = self._open.get(path)
-        if ds is not None:
-            self._open.move_to_end(path)
-            return ds
-        while not path.exists():
+        while not path.exists():  # the pre-pass thread has not written it yet
             failed = Path(lowres.folder) / FAILED
             if failed.exists():
                 raise RuntimeError(f"the LR pre-pass failed: {failed.read_text()}")
             time.sleep(self.poll)
-        ds = rasterio.open(path)
-        self._open[path] = ds
-        while len(self._open) > self.max_open:
-            self._open.popitem(last=False)[1].close()
-        return ds
+        return self._handles.get(path)
 
     def close(self) -> None:
-        if os.getpid() == self._pid:
-            for ds in self._open.values():
-                ds.close()
-        self._open = OrderedDict()
-
-    def __getstate__(self) -> dict:
-        return {"max_open": self.max_open, "poll": self.poll}
+        self._handles.close()
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
