@@ -12,18 +12,20 @@ from pathlib import Path
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-from ..errors import DatasetError
+from ..errors import CaswitError, DatasetError
 
 
-def open_raster(path: str | Path) -> rasterio.io.DatasetReader:
-    """Open ``path`` for reading; a missing or unreadable file is a DatasetError naming it."""
+def open_raster(
+    path: str | Path, error: type[CaswitError] = DatasetError, role: str = "file"
+) -> rasterio.io.DatasetReader:
+    """Open ``path`` for reading; a missing or unreadable file raises ``error`` naming it."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
+        raise error(f"{path}: {role} not found")
     try:
         with warnings.catch_warnings():
-            # PNG datasets (URUR) carry no georeferencing; that is expected.
+            # PNG datasets (URUR) and plain class rasters may carry no georeferencing
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path)
     except RasterioIOError as exc:
-        raise DatasetError(f"{path}: not a readable raster ({str(exc).splitlines()[0]})") from None
+        raise error(f"{path}: not a readable raster ({str(exc).splitlines()[0]})") from None

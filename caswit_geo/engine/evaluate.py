@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint
 from ..data import build_dataset
 from ..data.flairhub_splits import DEFAULT_SPLIT_COLUMN
+from ..data.handles import open_raster
 from ..data.sample import CaswitDataset
 from ..data.tiles import read_classes_json
 from ..device import autocast_context, cpu_threads, select_device
@@ -262,15 +262,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
 
 
 def _open_input(path: Path, role: str) -> rasterio.io.DatasetReader:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: {role} raster not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            src = rasterio.open(path)
-    except RasterioIOError as exc:
-        raise InputError(f"{path}: not a readable raster ({str(exc).splitlines()[0]})") from None
+    src = open_raster(path, InputError, f"{role} raster")
     if src.count != 1:
         src.close()
         raise InputError(f"{path}: a class raster has 1 band, found {src.count}")
