@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import __version__
+from .atomic import atomic_path, usual_permissions
 from .errors import CheckpointError
 from .model.caswit import CASWiT, CaswitConfig
 from .model.simmim import CaswitSimMIM
@@ -116,16 +116,10 @@ def save_checkpoint(
         },
     }
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={HEADER_KEY: json.dumps(header, default=_json_default)})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # a plain file, readable like any other the user writes
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        usual_permissions(tmp)
     return path
 
 

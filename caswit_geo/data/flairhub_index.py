@@ -33,6 +33,7 @@ from pathlib import Path
 
 from affine import Affine
 
+from ..atomic import write_text
 from ..errors import DatasetError
 from .handles import open_raster
 
@@ -138,9 +139,7 @@ def _write_cache(path: Path, root: Path, entries: dict[str, list]) -> None:
     data = {"version": INDEX_VERSION, "modality": IMAGE_MODALITY, "root": str(root.resolve()), "entries": entries}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, separators=(",", ":")))
-        os.replace(tmp, path)
+        write_text(path, json.dumps(data, separators=(",", ":")))
     except OSError as exc:
         warnings.warn(f"{path}: cannot write the FLAIR-HUB index cache ({exc})", stacklevel=3)
 

@@ -10,7 +10,6 @@ DataLoader workers' seeds all draw from them.
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
 from ..errors import CheckpointError
 
 
@@ -58,14 +58,9 @@ def set_rng_state(state: dict) -> None:
 
 def save_state(path: str | Path, state: dict) -> Path:
     """Write ``state`` atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def load_state(path: str | Path) -> dict:

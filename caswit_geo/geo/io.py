@@ -37,6 +37,7 @@ from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
+from ..atomic import usual_permissions
 from ..errors import InputError, OutputError
 from ..spec import IGNORE_INDEX, ClassTable
 
@@ -511,14 +512,8 @@ def temp_path_for(path: str | Path, suffix: str | None = None) -> Path:
     suffix = path.suffix if suffix is None else suffix
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".part{suffix}")
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+    usual_permissions(tmp)  # mkstemp makes 0600
     return Path(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def commit_file(tmp: str | Path, path: str | Path) -> None:
