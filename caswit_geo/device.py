@@ -41,17 +41,30 @@ def autocast_context(device: torch.device, enabled: bool = True):
     return contextlib.nullcontext()
 
 
-@contextlib.contextmanager
-def cpu_threads(device: torch.device, workers: int):
-    """On the CPU, leave a core to each data-loading worker while the body runs.
+class CpuThreads:
+    """Context: torch CPU threads that leave a core to each data-loading worker (and to other
+    busy threads, see :meth:`update`): an oversubscribed OpenMP pool spins at its barriers and
+    can run several times slower. Restores the previous count on exit; does nothing on GPUs."""
 
-    An OpenMP pool with more threads than free cores spins at its barriers and
-    can run several times slower than a smaller pool.
-    """
-    before = torch.get_num_threads()
-    if device.type == "cpu" and workers:
-        torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - workers)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    def __init__(self, device: torch.device, workers: int) -> None:
+        self.active = device.type == "cpu"
+        self.before = torch.get_num_threads()
+        self.workers = workers
+        self.current = self.before
+
+    def update(self, busy_threads: int = 0) -> None:
+        """Leave a core to each worker and to ``busy_threads`` other busy threads of this process."""
+        if not self.active:
+            return
+        want = max(1, min(self.before, (os.cpu_count() or 1) - self.workers - busy_threads))
+        if want != self.current:
+            torch.set_num_threads(want)
+            self.current = want
+
+    def __enter__(self) -> "CpuThreads":
+        self.update()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.active and self.current != self.before:
+            torch.set_num_threads(self.before)

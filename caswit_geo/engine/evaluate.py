@@ -33,7 +33,7 @@ from ..data.flairhub_splits import DEFAULT_SPLIT_COLUMN
 from ..data.handles import open_raster
 from ..data.sample import CaswitDataset
 from ..data.tiles import read_classes_json
-from ..device import autocast_context, cpu_threads, select_device
+from ..device import CpuThreads, autocast_context, select_device
 from ..errors import CheckpointError, ConfigError, InputError, OutputError
 from ..geo.grid import TileGrid, clip_window
 from ..geo.io import AtomicRasterWriter, class_description
@@ -210,7 +210,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
     saver = PredictionSaver(config.save_predictions, dataset, classes, config.overwrite) if config.save_predictions else None
     seen = 0
     try:
-        with torch.inference_mode(), cpu_threads(device, config.workers):
+        with torch.inference_mode(), CpuThreads(device, config.workers):
             for batch in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not config.progress):
                 hr = batch["hr"].to(device, non_blocking=True)  # (B, C, T, T)
                 lr = batch["lr"].to(device, non_blocking=True)

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from ..checkpoint import read_checkpoint, save_checkpoint
-from ..device import amp_dtype, autocast_context, cpu_threads
+from ..device import CpuThreads, amp_dtype, autocast_context
 from ..errors import CaswitError, CheckpointError, ConfigError
 from .config import RunConfig, resolved_for_resume
 from .curves import plot_curves
@@ -270,7 +270,7 @@ def fit(
     ``checkpoint_args``: ``classes``, ``input_spec`` and metadata for
     :func:`~caswit_geo.checkpoint.save_checkpoint`.
     """
-    with cpu_threads(loop.env.device, loop.loader.num_workers):
+    with CpuThreads(loop.env.device, loop.loader.num_workers):
         env = loop.env
         history = list(start.history)
         step = start.step

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint
-from ..device import autocast_context, select_device
+from ..device import CpuThreads, autocast_context, select_device
 from ..errors import CheckpointError, ConfigError, OutputError
 from ..geo.area import row_areas_m2, unit_to_m
 from ..geo.grid import TileGrid, plan_tiles, strips
@@ -299,33 +299,6 @@ def _workers(n: int | None, device: torch.device | None = None) -> int:
     return max(0, min(4, cpus - 1))
 
 
-class CpuThreads:
-    """Torch CPU threads that leave a core to each reader process and to the LR pre-pass thread
-    while it runs: an oversubscribed OpenMP pool spins and can run several times slower.
-    Restores the previous count on exit; does nothing on GPUs."""
-
-    def __init__(self, device: torch.device, workers: int) -> None:
-        self.active = device.type == "cpu"
-        self.before = torch.get_num_threads()
-        self.workers = workers
-        self.current = self.before
-
-    def update(self, prepass_running: bool) -> None:
-        if not self.active:
-            return
-        want = max(1, min(self.before, (os.cpu_count() or 1) - self.workers - int(prepass_running)))
-        if want != self.current:
-            torch.set_num_threads(want)
-            self.current = want
-
-    def __enter__(self) -> "CpuThreads":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.active and self.current != self.before:
-            torch.set_num_threads(self.before)
-
-
 def make_loader(dataset: PredictTiles, config: PredictConfig, device: torch.device) -> tuple[DataLoader, int]:
     workers = _workers(config.workers, device)
     loader = DataLoader(
@@ -366,7 +339,7 @@ def _run_tiles(
         with CpuThreads(device, workers) as threads:
             for batch in batches:
                 batch: TileBatch
-                threads.update(builder is not None and builder.is_alive())
+                threads.update(int(builder is not None and builder.is_alive()))
                 results: list = [None] * len(batch.index)  # None: all nodata, not run
                 if len(batch.hr):
                     t0 = time.perf_counter()
