@@ -11,7 +11,7 @@ from .model.configs import get_config
 def build_model(
     name: str, num_classes: int, *, backbone_weights: str | Path | None = None, **overrides
 ) -> CASWiT:
-    """Build the named model (``caswit-info --list`` shows names) for ``num_classes``.
+    """Build the named model (``caswit-geo info --list`` shows names) for ``num_classes``.
 
     ``overrides`` are :class:`~caswit_geo.model.CaswitConfig` fields, e.g.
     ``img_size=256``, ``fusion_stages="4"``, ``gate=True``, ``alpha=0``.

@@ -17,8 +17,9 @@ from rasterio.windows import Window
 
 from ..atomic import save_figure
 from ..checkpoint import load_checkpoint
-from ..errors import ConfigError, InputError, OutputError
+from ..errors import ConfigError, InputError
 from ..geo.context import read_tile_and_context
+from ..geo.io import check_output_path
 from ..weights import resolve_weights
 
 
@@ -52,16 +53,9 @@ def display_rgb(raw: np.ndarray, scale: float) -> np.ndarray:
     return np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1).transpose(1, 2, 0)
 
 
-def _check_out(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path}: exists (use --overwrite to replace it)")
-    if not path.parent.is_dir():
-        raise OutputError(f"{path.parent}: output folder does not exist")
-
-
 def explain(config: ExplainConfig) -> ExplainResult:
     out = Path(config.out)
-    _check_out(out, config.overwrite)
+    check_output_path(out, config.overwrite, "--out")
     model, meta = load_checkpoint(resolve_weights(config.weights))
     if meta.kind != "segmentation" or not model.config.fusion_stages:
         raise ConfigError(f"{meta.name}: a single-stream model has no cross-attention to show")
