@@ -1,0 +1,203 @@
+"""The outputs of one command: checked and claimed at start, committed together at the end.
+
+Every command that writes files goes through an :class:`OutputSet`:
+
+1. ``add`` each destination when the command starts, before any work: it
+   must not be a folder (unless declared one), must not exist unless
+   ``--overwrite``, must never be one of the command's inputs (not even with
+   ``--overwrite``), its folder must be writable, and no other live run may
+   hold it (a claim, see ``claims.py``);
+2. write each output to ``temp(dest)``, a hidden name beside it;
+3. ``commit()`` renames them all into place at the end: new files with a
+   no-replace rename (a destination that appeared meanwhile is never
+   replaced), replaced ones only after every new file is ready, so that the
+   outputs appear together or not at all; on any failure, or when the
+   command stops early (error, Ctrl-C, SIGTERM), ``abort()`` removes the
+   temporaries and the claims and leaves the destinations as they were.
+
+Litter of a killed run (kill -9, power loss) is removed by the next run that
+writes in the same folder (``atomic.sweep_stale``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from . import atomic, claims
+from .errors import OutputError
+
+
+@dataclass
+class _Dest:
+    path: Path
+    option: str
+    folder: bool
+    claim: Path | None = None
+    temp: Path | None = None
+    backup: Path | None = None
+    committed: bool = False
+
+
+def _key(path: Path) -> Path:
+    return Path(os.path.abspath(path))
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class OutputSet:
+    """Destinations of one command (see the module docstring).
+
+    Args:
+        overwrite: existing destinations may be replaced (``--overwrite``).
+        inputs: files (or folders) the command reads; no output may replace
+            one, and a folder output may not contain one.
+    """
+
+    def __init__(self, *, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> None:
+        self.overwrite = overwrite
+        self.inputs = [Path(p) for p in inputs]
+        self._input_ids: set[tuple[int, int]] | None = None
+        self.dests: dict[Path, _Dest] = {}
+        self.folders: list[Path] = []  # folders whose liveness lock we hold
+        self.closed = False
+
+    # -- start: checks and claims --------------------------------------------
+
+    def add(self, dest: str | Path, option: str = "--out", *, folder: bool = False, claim: bool = True) -> Path:
+        """Check and claim ``dest`` (see the module docstring); returns it as a Path.
+
+        ``folder``: the output is a folder written as a whole (staged, then
+        renamed). ``claim=False`` for files inside a folder already claimed.
+        """
+        dest = Path(dest)
+        key = _key(dest)
+        if key in self.dests:
+            raise OutputError(f"{option} {dest}: named twice among the outputs")
+        if dest.is_dir() and not folder:
+            raise OutputError(f"{option} {dest}: is a folder")
+        if dest.exists() and folder and not dest.is_dir():
+            raise OutputError(f"{option} {dest}: exists and is not a folder")
+        self._check_not_input(dest, option, folder)
+        if dest.exists() and not self.overwrite:
+            raise OutputError(f"{option} {dest}: exists (pass --overwrite to replace it)")
+        parent = key.parent
+        if not parent.is_dir():
+            raise OutputError(f"{option}: folder {dest.parent} does not exist")
+        self._hold(parent, option)
+        entry = _Dest(dest, option, folder)
+        if claim:
+            entry.claim = claims.take(dest, option)
+        self.dests[key] = entry
+        return dest
+
+    def _hold(self, folder: Path, option: str) -> None:
+        if folder in self.folders:
+            return
+        try:
+            atomic.hold_folder(folder)
+        except OSError as e:
+            raise OutputError(f"{option}: cannot write in {folder} ({e.strerror or e})") from None
+        self.folders.append(folder)
+
+    def _check_not_input(self, dest: Path, option: str, folder: bool) -> None:
+        if not dest.exists() or not self.inputs:
+            return
+        if self._input_ids is None:
+            self._input_ids = {i for i in map(_file_id, self.inputs) if i is not None}
+        targets = [dest]
+        if folder:  # replacing a folder replaces everything in it
+            top = _key(dest).resolve()
+            targets += [p for p in self.inputs if top in _key(p).resolve().parents]
+        for target in targets:
+            if _file_id(target) in self._input_ids or (folder and target is not dest):
+                name = target if target is dest else f"{dest} (it holds the input {target})"
+                raise OutputError(f"{option} {name}: an output may never replace an input, even with --overwrite")
+
+    # -- work: temporaries -----------------------------------------------------
+
+    def temp(self, dest: str | Path, suffix: str | None = None) -> Path:
+        """The temporary path to write ``dest`` to (a file, or a folder the caller creates)."""
+        entry = self.dests.get(_key(Path(dest)))
+        if entry is None:
+            raise KeyError(f"{dest} is not among the outputs")
+        if entry.temp is None:
+            entry.temp = atomic.temp_path(_key(entry.path), suffix)
+        return entry.temp
+
+    # -- end: commit or abort ---------------------------------------------------
+
+    def commit(self) -> list[Path]:
+        """Rename every written temporary onto its destination, all or nothing; returns the destinations."""
+        ready = [d for d in self.dests.values() if d.temp is not None and os.path.lexists(d.temp)]
+        try:
+            for d in ready:  # move replaced outputs aside first: nothing is lost if a rename fails
+                if self.overwrite and os.path.lexists(d.path):
+                    d.backup = atomic.temp_path(_key(d.path), ".old")
+                    os.rename(d.path, d.backup)
+            for d in ready:
+                try:
+                    atomic.rename_noreplace(d.temp, d.path)
+                except FileExistsError:
+                    raise OutputError(
+                        f"{d.option} {d.path}: appeared while this run worked; not replaced (pass --overwrite)"
+                    ) from None
+                except OSError as e:
+                    if e.errno == errno.ENOSPC:
+                        raise OutputError(f"no space left on {d.path.parent}") from None
+                    raise
+                d.committed = True
+        except BaseException:
+            self._roll_back(ready)
+            self.abort()
+            raise
+        for d in ready:
+            if d.backup is not None:
+                atomic.remove_path(d.backup)
+        self._release()
+        return [d.path for d in ready]
+
+    def _roll_back(self, ready: list[_Dest]) -> None:
+        for d in ready:
+            if d.committed:
+                with contextlib.suppress(OSError):
+                    os.rename(d.path, d.temp)
+                d.committed = False
+            if d.backup is not None and os.path.lexists(d.backup):
+                with contextlib.suppress(OSError):
+                    os.rename(d.backup, d.path)
+                d.backup = None
+
+    def abort(self) -> None:
+        """Remove every temporary and claim; the destinations stay as they were."""
+        for d in self.dests.values():
+            if d.temp is not None and not d.committed:
+                atomic.remove_path(d.temp)
+        self._release()
+
+    def _release(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for d in self.dests.values():
+            if d.claim is not None:
+                claims.release(d.claim)
+        for folder in self.folders:
+            atomic.release_folder(folder)
+
+    def __enter__(self) -> "OutputSet":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.closed:
+            self.abort()

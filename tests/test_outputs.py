@@ -1,0 +1,209 @@
+"""Output sets, claims and stale litter: outputs appear together or not at all, inputs are never replaced."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from caswit_geo import atomic, claims
+from caswit_geo.errors import OutputError
+from caswit_geo.outputs import OutputSet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def listing(folder):
+    return sorted(p.name for p in Path(folder).iterdir())
+
+
+def test_outputs_appear_together_and_leave_nothing_else(tmp_path):
+    with OutputSet() as outs:
+        a = outs.add(tmp_path / "a.tif")
+        b = outs.add(tmp_path / "b.json", "--report")
+        outs.temp(a).write_bytes(b"A")
+        outs.temp(b).write_text("B")
+        hidden = [n for n in listing(tmp_path) if n.startswith(".")]
+        assert any(n.endswith(".lock") for n in hidden) and any(n.endswith(".caswit-claim") for n in hidden)
+        assert not a.exists() and not b.exists()  # nothing at the destination before the commit
+        assert outs.commit() == [a, b]
+    assert listing(tmp_path) == ["a.tif", "b.json"]
+    assert a.read_bytes() == b"A" and b.read_text() == "B"
+
+
+def test_error_inside_the_set_leaves_the_folder_as_it_was(tmp_path):
+    (tmp_path / "keep.tif").write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with OutputSet(overwrite=True) as outs:
+            dest = outs.add(tmp_path / "keep.tif")
+            outs.temp(dest).write_bytes(b"new")
+            raise RuntimeError("model failed")
+    assert listing(tmp_path) == ["keep.tif"] and (tmp_path / "keep.tif").read_bytes() == b"old"
+
+
+def test_existing_destination_needs_overwrite(tmp_path):
+    (tmp_path / "out.tif").write_bytes(b"old")
+    with pytest.raises(OutputError, match=r"--out .*out.tif: exists \(pass --overwrite"):
+        OutputSet().add(tmp_path / "out.tif")
+    with OutputSet(overwrite=True) as outs:
+        d = outs.add(tmp_path / "out.tif")
+        outs.temp(d).write_bytes(b"new")
+        outs.commit()
+    assert (tmp_path / "out.tif").read_bytes() == b"new"
+    assert listing(tmp_path) == ["out.tif"]
+
+
+@pytest.mark.parametrize("alias", ["same", "symlink", "hardlink", "dotdot"])
+def test_an_output_never_replaces_an_input_even_with_overwrite(tmp_path, alias):
+    image = tmp_path / "images" / "tile.tif"
+    image.parent.mkdir()
+    image.write_bytes(b"ortho")
+    dest = {
+        "same": image,
+        "symlink": tmp_path / "link.tif",
+        "hardlink": tmp_path / "hard.tif",
+        "dotdot": tmp_path / "images" / ".." / "images" / "tile.tif",
+    }[alias]
+    if alias == "symlink":
+        dest.symlink_to(image)
+    if alias == "hardlink":
+        os.link(image, dest)
+    with pytest.raises(OutputError, match="never replace an input"):
+        OutputSet(overwrite=True, inputs=[image]).add(dest, "--save-predictions")
+    assert image.read_bytes() == b"ortho"
+
+
+def test_a_folder_output_holding_an_input_is_refused(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.tif").write_bytes(b"x")
+    with pytest.raises(OutputError, match="holds the input"):
+        OutputSet(overwrite=True, inputs=[images / "a.tif"]).add(images, "--save-predictions", folder=True)
+
+
+def test_folder_outputs_are_staged_and_renamed(tmp_path):
+    (tmp_path / "preds").mkdir()
+    (tmp_path / "preds" / "old.tif").write_bytes(b"old")
+    with OutputSet(overwrite=True) as outs:
+        d = outs.add(tmp_path / "preds", folder=True)
+        stage = outs.temp(d, "")
+        stage.mkdir()
+        (stage / "new.tif").write_bytes(b"new")
+        outs.commit()
+    assert listing(tmp_path / "preds") == ["new.tif"] and listing(tmp_path) == ["preds"]
+
+
+def test_a_destination_that_appears_meanwhile_is_not_replaced(tmp_path):
+    with OutputSet() as outs:
+        d = outs.add(tmp_path / "out.tif")
+        outs.temp(d).write_bytes(b"mine")
+        (tmp_path / "out.tif").write_bytes(b"someone else's")  # e.g. written by another tool
+        with pytest.raises(OutputError, match="appeared while this run worked"):
+            outs.commit()
+    assert (tmp_path / "out.tif").read_bytes() == b"someone else's"
+    assert listing(tmp_path) == ["out.tif"]
+
+
+def test_a_failed_rename_rolls_back_every_output(tmp_path, monkeypatch):
+    for name in ("a.tif", "b.tif"):
+        (tmp_path / name).write_bytes(b"old " + name.encode())
+    real = atomic.rename_noreplace
+    calls = []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(5, "Input/output error")
+        real(src, dst)
+
+    monkeypatch.setattr(atomic, "rename_noreplace", flaky)
+    with OutputSet(overwrite=True) as outs:
+        for name in ("a.tif", "b.tif"):
+            d = outs.add(tmp_path / name)
+            outs.temp(d).write_bytes(b"new")
+        with pytest.raises(OSError):
+            outs.commit()
+    assert listing(tmp_path) == ["a.tif", "b.tif"]
+    assert (tmp_path / "a.tif").read_bytes() == b"old a.tif" and (tmp_path / "b.tif").read_bytes() == b"old b.tif"
+
+
+def test_rename_noreplace_refuses_files_and_folders(tmp_path):
+    (tmp_path / "src").write_text("s")
+    (tmp_path / "dst").write_text("d")
+    with pytest.raises(FileExistsError):
+        atomic.rename_noreplace(tmp_path / "src", tmp_path / "dst")
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "d2").mkdir()  # rename(2) would replace an empty folder
+    with pytest.raises(FileExistsError):
+        atomic.rename_noreplace(tmp_path / "d1", tmp_path / "d2")
+    atomic.rename_noreplace(tmp_path / "src", tmp_path / "new")
+    assert (tmp_path / "new").read_text() == "s" and not (tmp_path / "src").exists()
+
+
+def test_atomic_write_leaves_no_lock_or_temporary(tmp_path):
+    atomic.write_text(tmp_path / "x.json", "{}")
+    assert listing(tmp_path) == ["x.json"]
+
+
+# -- another process: claims and the litter of a killed run ------------------------------------
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from caswit_geo.outputs import OutputSet
+    outs = OutputSet()
+    dest = outs.add(Path(sys.argv[1]))
+    outs.temp(dest).write_bytes(b"half a raster")
+    print("ready", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+@pytest.fixture
+def holder(tmp_path):
+    dest = tmp_path / "map.tif"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(dest)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "ready"
+    yield proc, dest
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_live_claim_stops_a_second_run_and_names_the_owner(holder):
+    proc, dest = holder
+    with pytest.raises(OutputError, match=rf"another run is writing it \(caswit-geo pid {proc.pid} on "):
+        OutputSet().add(dest)
+    with pytest.raises(OutputError, match="another run is writing it"):
+        OutputSet(overwrite=True).add(dest)  # --overwrite does not take a live run's output
+
+
+def test_the_litter_of_a_killed_run_is_removed_by_the_next_one(holder):
+    proc, dest = holder
+    litter = [n for n in listing(dest.parent) if n.startswith(".")]
+    assert len(litter) == 3  # its lock, its claim, its temporary raster
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with OutputSet() as outs:  # the owner is provably dead: its claim is taken over, its files swept
+        d = outs.add(dest)
+        dead = [n for n in litter if not n.endswith(".caswit-claim")]
+        assert not any(n in listing(dest.parent) for n in dead)
+        assert claims.read_owner(claims.claim_path(dest)) == atomic.process_token()
+        outs.temp(d).write_bytes(b"complete")
+        outs.commit()
+    assert listing(dest.parent) == ["map.tif"]
+
+
+def test_sweep_never_touches_a_live_run(holder):
+    proc, dest = holder
+    before = listing(dest.parent)
+    assert atomic.sweep_stale(dest.parent) == []
+    assert listing(dest.parent) == before
+    assert claims.read_owner(claims.claim_path(dest)) is not None
