@@ -7,8 +7,8 @@ with the same budget, then scored on the test split:
 variant                        fusion stages   gate   alpha
 =============================  ==============  =====  =====
 single stream (no context)     none            -      0
-all stages + gate, alpha 0     all             on     0
-all stages, alpha 0            all             off    0
+all stages + gate              all             on     0
+all stages                     all             off    0
 stage 1 only                   1               off    0.5
 stage 4 only                   4               off    0.5
 all stages (CASWiT)            all             off    0.5
@@ -55,8 +55,8 @@ class Variant:
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("single-stream", "single stream (no context)", "swin-nano-upernet", None, None, 0.0),
-    Variant("all-gate-a0", "all stages + gate, alpha 0", "caswit-nano", "all", True, 0.0),
-    Variant("all-a0", "all stages, alpha 0", "caswit-nano", "all", False, 0.0),
+    Variant("all-gate-a0", "all stages + gate", "caswit-nano", "all", True, 0.0),
+    Variant("all-a0", "all stages", "caswit-nano", "all", False, 0.0),
     Variant("stage1", "stage 1 only", "caswit-nano", "1", False, 0.5),
     Variant("stage4", "stage 4 only", "caswit-nano", "4", False, 0.5),
     Variant("all", "all stages (CASWiT)", "caswit-nano", "all", False, 0.5),
@@ -230,7 +230,8 @@ def run_ablation(config: AblationConfig, report: Callable[[str], None] | None = 
             run = _train_and_score(config, v, seed, data, out / v.key / f"seed-{seed}")
             runs.append(run)
             if report is not None:
-                report(f"[{len(runs)}/{total}] {v.label}, seed {seed}: mIoU {100 * run.metrics['mIoU']:.1f} "
+                report(f"[{len(runs)}/{total}] {v.label}, alpha {v.alpha:g}, seed {seed}: "
+                       f"mIoU {100 * run.metrics['mIoU']:.1f} "
                        f"({run.train_seconds:.0f} s)")
     result = AblationResult(aggregate(runs, variants), runs,
                             config={k: str(v) for k, v in asdict(config).items()})
@@ -296,7 +297,7 @@ def plot_ablation(result: AblationResult, path: Path) -> Path:
         ax.set_title(col)
         ax.set_xlim(0, 100)
         ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(ys, [f"{r.label} (α {r.alpha:g})" for r in rows])
+    axes[0].set_yticks(ys, [f"{r.label}, α {r.alpha:g}" for r in rows])
     seeds = rows[0].seeds if rows else []
     fig.suptitle(f"Context ablation, test split, {len(seeds)} seed(s): mean"
                  + (" ± std (ddof 1), dots = seeds" if len(seeds) > 1 else ""))
