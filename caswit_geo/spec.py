@@ -128,14 +128,17 @@ class ClassTable:
         return cls([ClassInfo(i, f"class_{i}", tuple(int(v) for v in colors[i])) for i in range(num_classes)])
 
 
+# The 19 COSIA classes of FLAIR-HUB: names and colours of IGN's QGIS style
+# flair-hub-qgis-style-cosia-num.qml (DATASETS.md). IGN's training config
+# calls class 18 'undefined'; the style, which is what users see in QGIS,
+# calls it 'other'. 16, 17 and 18 share one dark grey there.
 _FLAIR_CLASSES = [
-    ("building", (219, 14, 154)), ("greenhouse", (58, 180, 236)), ("swimming pool", (62, 230, 235)),
-    ("impervious surface", (248, 12, 0)), ("pervious surface", (169, 113, 1)), ("bare soil", (102, 0, 51)),
-    ("water", (21, 83, 174)), ("snow", (255, 255, 255)), ("herbaceous vegetation", (138, 179, 160)),
-    ("agricultural land", (255, 243, 191)), ("plowed land", (228, 223, 124)), ("vineyard", (140, 62, 255)),
-    ("deciduous", (70, 228, 131)), ("coniferous", (25, 74, 38)), ("brushwood", (243, 166, 13)),
-    ("clear cut", (102, 0, 204)), ("ligneous", (255, 255, 128)), ("mixed", (102, 102, 0)),
-    ("undefined", (0, 0, 0)),
+    ("building", "#ce7079"), ("greenhouse", "#b9e2d4"), ("swimming pool", "#62d0ff"),
+    ("impervious surface", "#a6aab7"), ("pervious surface", "#987752"), ("bare soil", "#bbb096"),
+    ("water", "#3375a1"), ("snow", "#e9effe"), ("herbaceous vegetation", "#8cd76a"),
+    ("agricultural land", "#decf55"), ("plowed land", "#d0a349"), ("vineyard", "#b08290"),
+    ("deciduous", "#4c9129"), ("coniferous", "#126421"), ("brushwood", "#b5c335"),
+    ("clear cut", "#e48e4d"), ("ligneous", "#222222"), ("mixed", "#222222"), ("other", "#222222"),
 ]
 
 _URUR_CLASSES = [
@@ -144,9 +147,14 @@ _URUR_CLASSES = [
 ]
 
 
+def _hex_rgb(color: str) -> tuple[int, int, int]:
+    """``"#ce7079"`` -> ``(206, 112, 121)``."""
+    return tuple(int(color[i : i + 2], 16) for i in (1, 3, 5))
+
+
 def flairhub_classes() -> ClassTable:
-    """The 19 COSIA classes (0-based); 15..18 get loss weight 0 as in IGN's code."""
-    classes = [ClassInfo(i, n, c) for i, (n, c) in enumerate(_FLAIR_CLASSES)]
+    """The 19 COSIA classes (0-based, official names and colours); 15..18 get loss weight 0 as in IGN's code."""
+    classes = [ClassInfo(i, n, _hex_rgb(c)) for i, (n, c) in enumerate(_FLAIR_CLASSES)]
     return ClassTable(classes, [1.0] * 15 + [0.0] * 4)
 
 

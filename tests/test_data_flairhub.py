@@ -226,7 +226,10 @@ def test_split_lists(tree, tmp_path):
     assert sorted(ds.patch(i).patch_id for i in range(len(ds))) == sorted([pid(*PATCHES[5]), pid(*PATCHES[2])])
     bad = tmp_path / "bad.txt"
     bad.write_text("D999-2020_ZZ-S1-1_0-0\n")
-    with pytest.raises(DatasetError, match="none of the 1 patches"):
+    with pytest.raises(DatasetError, match="1 of the 1 patches it lists are not in"):
+        build_dataset("flairhub", root, bad, spec(), allow_missing=True)  # nothing left to run on
+    bad.write_text(f"{ids[0]}\nD999-2020_ZZ-S1-1_0-0\n")
+    with pytest.raises(DatasetError, match=r"bad.txt: 1 of the 2 patches .* \(no image or no label file: D999-2020_ZZ-S1-1_0-0\); use --allow-missing"):
         build_dataset("flairhub", root, bad, spec())
 
 
@@ -236,7 +239,8 @@ def test_errors(tree, tmp_path):
         build_dataset("flairhub", root, "all", InputSpec(tile_size=64))
     with pytest.raises(DatasetError, match="no FLAIR-HUB aerial patches"):
         build_dataset("flairhub", tmp_path, "all", spec())
-    with pytest.raises(DatasetError, match="split table not found"):
+    with pytest.raises(DatasetError, match=r"no split file for 'test': no \*_TEST.csv in or under the root and no "
+                                           "GLOBAL_ALL_MTD"):
         empty = tmp_path / "tree"
         make_one(empty, 0, 0)
         build_dataset("flairhub", empty, "test", spec())

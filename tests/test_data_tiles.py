@@ -145,8 +145,13 @@ def test_label_mismatch(tmp_path, change, message):
 def test_bad_files(tmp_path):
     make_root(tmp_path)
     (tmp_path / "splits" / "val.txt").write_text("north\nmissing\n")
-    with pytest.raises(DatasetError, match="val.txt: image 'missing' not found"):
+    with pytest.raises(DatasetError, match=r"val.txt: 1 of the 2 images it lists are not in .*images \(missing\); "
+                                           "use --allow-missing"):
         build_dataset("tiles", tmp_path, "val", spec())
+    with pytest.warns(UserWarning, match="1 of the 2 images"):
+        ds = build_dataset("tiles", tmp_path, "val", spec(), allow_missing=True)
+    assert ds.image_ids() == ["north"]
+    assert (ds.coverage.requested, ds.coverage.used, ds.coverage.missing) == (2, 1, ("missing",))
     w, h, crs, transform = IMAGES["south"]
     write(tmp_path / "labels" / "south.tif", np.full((1, h, w), 7, np.uint8), crs, transform)
     ds = build_dataset("tiles", tmp_path, "test", spec())

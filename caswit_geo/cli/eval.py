@@ -45,6 +45,9 @@ def eval_cmd(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
     workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
     split_column: str = typer.Option("split_flairhub", "--split-column", help="FLAIR-HUB split GeoPackage column."),
+    allow_missing: bool = typer.Option(
+        False, "--allow-missing", help="Score the patches found when the split lists missing ones (else an error)."
+    ),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="Report folder (default ./eval-<dataset>-<split>; --pred/--ref: none)."),
     save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Folder for the predicted class rasters."),
     pred: Optional[Path] = typer.Option(None, "--pred", help="Class raster to score (instead of running a model)."),
@@ -76,7 +79,7 @@ def eval_cmd(
             EvalConfig(
                 dataset=dataset, root=root, weights=weights, split=split, batch_size=batch_size, device=device,
                 workers=workers, split_column=split_column, out_dir=out_dir, save_predictions=save_predictions,
-                overwrite=overwrite, progress=progress,
+                overwrite=overwrite, progress=progress, allow_missing=allow_missing,
             )
         )
     print_result(result)

@@ -44,6 +44,9 @@ def train_cmd(
     train_split: Optional[str] = typer.Option(None, "--train-split", help="Training split. (default: train)"),
     val_split: Optional[str] = typer.Option(None, "--val-split", help="Validation split, or 'none'. (default: val)"),
     split_column: Optional[str] = typer.Option(None, "--split-column", help="FLAIR-HUB split GeoPackage column."),
+    allow_missing: Optional[bool] = typer.Option(
+        None, "--allow-missing", help="Run on the patches found when a split lists missing ones (else an error)."
+    ),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Flips, rot90 and colour jitter. (default: off)"),
     random_crops: Optional[bool] = typer.Option(
         None, "--random-crops/--grid-crops", help="urur/tiles: random tile positions or the fixed grid. (default: random)"

@@ -57,6 +57,7 @@ def build_dataset(
     transform: Callable[[dict], dict] | None = None,
     split_column: str = DEFAULT_SPLIT_COLUMN,
     cache_dir: str | Path | None = None,
+    allow_missing: bool = False,
 ) -> CaswitDataset:
     """Build one split of a dataset.
 
@@ -64,7 +65,8 @@ def build_dataset(
         name: "flairhub" | "urur" | "tiles".
         root: dataset root folder (layouts: ``flairhub.py``, ``urur.py``, ``tiles.py``).
         split: "train" | "val" | "test"; "all" or None = everything (flairhub, tiles);
-            flairhub also takes a path to a .csv/.txt list of patch ids.
+            flairhub: the official ``*_TRAIN/_VALID/_TEST.csv`` under ``root`` (any case,
+            "valid" too), else the split GeoPackage; or a path to a split CSV or .txt list.
         input_spec: bands, scaling, normalisation, tile size T and context factor k
             (from the checkpoint when evaluating). FLAIR-HUB needs T = patch size.
         labels: False for unlabelled imagery (pretraining): label tensors all 255.
@@ -75,10 +77,13 @@ def build_dataset(
         transform: applied to every finished sample dict, e.g. ``Augment(input_spec)``.
         split_column: flairhub: split scheme column of the split GeoPackage.
         cache_dir: flairhub: where the patch index is cached (default beside the data).
+        allow_missing: flairhub/tiles: a split listing patches or images that are not on
+            disk runs on the rest with a warning (``dataset.coverage``) instead of failing.
     """
     if name == "flairhub":
         return FlairHubDataset(
-            root, split, input_spec, labels=labels, split_column=split_column, transform=transform, cache_dir=cache_dir
+            root, split, input_spec, labels=labels, split_column=split_column, transform=transform,
+            cache_dir=cache_dir, allow_missing=allow_missing,
         )
     if name == "urur":
         if split is None or split == "all":
@@ -91,5 +96,6 @@ def build_dataset(
         return build_tiles(
             root, None if split is None else str(split), input_spec, labels=labels,
             random_crops=random_crops, crops_per_image=crops_per_image, transform=transform,
+            allow_missing=allow_missing,
         )
     raise ConfigError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")

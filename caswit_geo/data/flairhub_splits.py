@@ -1,4 +1,13 @@
-"""FLAIR-HUB splits: the published split GeoPackage or plain CSV/TXT lists of patch ids.
+"""FLAIR-HUB splits: which patches a ``--split`` names, and where their files are.
+
+In this order (:func:`resolve_split`):
+
+1. a path: an official split CSV (``patch_id`` + one path per modality,
+   :mod:`.flairhub_csv`) or a plain CSV/TXT list of patch ids;
+2. a split name, ``train``, ``val`` (``valid``, ``validation``) or ``test`` in
+   any case: the official ``*_TRAIN.csv`` / ``*_VALID.csv`` / ``*_TEST.csv`` in
+   or under the root, as IGN's own code selects splits;
+3. failing that, the split GeoPackage (a fallback: IGN's code reads none).
 
 The GeoPackage ``GLOBAL_ALL_MTD/GLOBAL_ALL_MTD_SPLIT.gpkg`` has one row per
 patch, a ``patch_id`` column and one column per split scheme whose values
@@ -11,11 +20,13 @@ the list of the columns that exist.
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyogrio
 
 from ..errors import DatasetError
+from .flairhub_csv import SplitRow, find_split_csv, is_split_csv, read_split_csv, split_suffix
 from .flairhub_index import patch_id_from_path
 
 SPLIT_GPKG = Path("GLOBAL_ALL_MTD") / "GLOBAL_ALL_MTD_SPLIT.gpkg"
@@ -26,8 +37,49 @@ _HEADER_WORDS = {"patch_id", "id", "patch", "name", "patch_name"}
 
 
 def is_list_file(split: str | Path) -> bool:
-    """True when ``split`` names a CSV/TXT list rather than a split name."""
-    return Path(split).suffix.lower() in (".csv", ".txt") or (str(split) not in SPLIT_VALUES and Path(split).is_file())
+    """True when ``split`` names a CSV/TXT file rather than a split name."""
+    return Path(split).suffix.lower() in (".csv", ".txt") or (
+        str(split).lower() not in SPLIT_VALUES and Path(split).is_file()
+    )
+
+
+@dataclass(frozen=True)
+class SplitRequest:
+    """The patches a split asks for.
+
+    ``ids`` None = every patch of the tree; ``rows``: the files an official
+    split CSV names for them (None for the GeoPackage and plain lists, whose
+    patches are looked up in the root's tree).
+    """
+
+    source: str  # what the split came from, for messages and reports
+    ids: list[str] | None
+    rows: list[SplitRow] | None = None
+
+
+def resolve_split(root: Path, split: str | Path | None, split_column: str = DEFAULT_SPLIT_COLUMN) -> SplitRequest:
+    """What ``split`` means under ``root`` (see the module docstring for the order)."""
+    if split is None or str(split).lower() == "all":
+        return SplitRequest(f"{root} (split 'all')", None)
+    if is_list_file(split):
+        if is_split_csv(split):
+            rows = read_split_csv(split, root)
+            return SplitRequest(str(split), [r.patch_id for r in rows], rows)
+        return SplitRequest(str(split), read_id_list(split))
+    if split_suffix(str(split)) is None:
+        raise DatasetError(f"unknown split {str(split)!r}: use train, val, test, all, or a split CSV path")
+    found = find_split_csv(root, str(split))
+    if found is not None:
+        rows = read_split_csv(found, root)
+        return SplitRequest(str(found), [r.patch_id for r in rows], rows)
+    if not (root / SPLIT_GPKG).is_file():
+        suffix = split_suffix(str(split)).upper()
+        raise DatasetError(
+            f"{root}: no split file for {str(split)!r}: no *{suffix[:-4]}.csv in or under the root and no {SPLIT_GPKG} "
+            "(give a split CSV path as --split)"
+        )
+    return SplitRequest(f"{root / SPLIT_GPKG} column {split_column!r}, {SPLIT_VALUES[str(split).lower()]!r}",
+                        read_split_table(root, str(split), split_column))
 
 
 def read_id_list(path: str | Path) -> list[str]:
@@ -54,7 +106,7 @@ def read_id_list(path: str | Path) -> list[str]:
 
 def read_split_table(root: Path, split: str, column: str = DEFAULT_SPLIT_COLUMN) -> list[str]:
     """Patch ids of ``split`` (train | val | test) in ``column`` of the split GeoPackage."""
-    value = SPLIT_VALUES.get(split)
+    value = SPLIT_VALUES.get(split.lower())
     if value is None:
         raise DatasetError(f"unknown split {split!r}: use train, val, test, all, or a .csv/.txt list of patch ids")
     gpkg = root / SPLIT_GPKG

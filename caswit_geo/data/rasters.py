@@ -3,7 +3,8 @@
 Every image is cut on a :class:`~caswit_geo.geo.grid.TileGrid` of stride T
 (the paper's protocol, no overlap); each tile gets its context from the same
 image with the rules of ``predict`` (``geo/context.py``: black imagery and
-255 labels outside the image, image nodata black). For training,
+255 labels outside the image, image nodata black, HR and LR labels 255
+wherever the image is nodata). For training,
 ``random_crops`` draws each tile's position uniformly instead (the tile
 inside the image when the image is at least T wide and high).
 """
@@ -21,7 +22,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from ..errors import DatasetError
-from ..geo.context import read_label_and_context, read_tile_and_context
+from ..geo.context import read_label_and_context, read_tile_context_valid
 from ..geo.grid import TileGrid
 from ..geo.handles import RasterHandles
 from ..spec import IGNORE_INDEX, ClassTable, InputSpec
@@ -136,12 +137,15 @@ class RasterTileDataset(CaswitDataset):
         p = self.images[n]
         window = self.window(index)
         k = self.input_spec.context_factor
-        hr, lr, hr_valid = read_tile_and_context(self._handles.get(p.image), window, self.input_spec.bands, k)
+        hr, lr, hr_valid, lr_valid = read_tile_context_valid(self._handles.get(p.image), window, self.input_spec.bands, k)
         label = lr_label = None
         if p.label is not None:
             label, lr_label = read_label_and_context(self._handles.get(p.label), window, k)
             check_label_values(lr_label, len(self.classes), p.label)
             check_label_values(label, len(self.classes), p.label)
-            label[~hr_valid] = IGNORE_INDEX  # no prediction is made where the image is nodata
+            # no prediction is made where the image is nodata; LR pixels that are (partly) padding or
+            # nodata are black, so their labels would teach the LR head to read black as a class
+            label[~hr_valid] = IGNORE_INDEX
+            lr_label[~lr_valid] = IGNORE_INDEX
         sample_id = f"{p.name}/r{int(window.row_off)}_c{int(window.col_off)}"
         return hr, lr, label, lr_label, sample_id

@@ -26,6 +26,7 @@ from rasterio.windows import Window
 
 from ..errors import DatasetError
 from ..spec import IGNORE_INDEX, ClassTable, InputSpec
+from .coverage import SplitCoverage
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ class CaswitDataset(torch.utils.data.Dataset):
     """Base of the three datasets: ``classes``, ``input_spec``, ``labelled``, ``georef(i)``.
 
     Subclasses implement ``__len__``, ``read(i)`` -> (hr, lr, label, lr_label, id)
-    raw arrays, ``georef(i)`` and ``image_ids()``. Samples of one image are
+    raw arrays, ``georef(i)`` and ``image_ids()``, and set ``coverage`` when
+    they read a split list. Samples of one image are
     contiguous, so predictions can be assembled image after image. ``transform`` (e.g. :class:`~caswit_geo.data.augment.Augment`)
     is applied to the finished sample dict.
     """
@@ -83,6 +85,7 @@ class CaswitDataset(torch.utils.data.Dataset):
     input_spec: InputSpec
     labelled: bool
     transform: Callable[[dict], dict] | None
+    coverage: SplitCoverage | None = None  # how much of the requested split is on disk (None = not tracked)
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, str]:
         raise NotImplementedError

@@ -9,7 +9,8 @@ Layout::
     <root>/splits/{train,val,test}.txt   one image name (file stem) per line
 
 Without a ``splits`` folder every image belongs to every split (with a
-warning). Without labels (``labels=False``, pretraining) ``classes.json``
+warning). A split list naming images that are not in ``images/`` is an
+error, or with ``allow_missing`` a warning (``dataset.coverage`` records it). Without labels (``labels=False``, pretraining) ``classes.json``
 and ``labels/`` are optional.
 """
 
@@ -23,6 +24,7 @@ from typing import Callable
 
 from ..errors import ConfigError, DatasetError
 from ..spec import ClassTable, InputSpec
+from .coverage import SplitCoverage, check_coverage
 from .rasters import ImagePair, RasterTileDataset
 
 RASTER_SUFFIXES = (".tif", ".tiff")
@@ -72,8 +74,8 @@ def _find_raster(folder: Path, name: str) -> Path | None:
     return None
 
 
-def split_names(root: Path, split: str | None) -> list[str]:
-    """Image names of ``split`` (None/"all" or no splits folder: every image)."""
+def split_names(root: Path, split: str | None, allow_missing: bool = False) -> tuple[list[str], SplitCoverage]:
+    """Image names of ``split`` (None/"all" or no splits folder: every image), and the split's coverage."""
     image_dir = root / "images"
     if not image_dir.is_dir():
         raise DatasetError(f"{image_dir}: images folder not found")
@@ -81,11 +83,11 @@ def split_names(root: Path, split: str | None) -> list[str]:
     if not every:
         raise DatasetError(f"{image_dir}: no .tif image")
     if split is None or split == "all":
-        return every
+        return every, SplitCoverage(str(image_dir), len(every), len(every))
     split_dir = root / "splits"
     if not split_dir.is_dir():
         warnings.warn(f"{root}: no splits folder, every image is used for the {split!r} split", stacklevel=3)
-        return every
+        return every, SplitCoverage(str(image_dir), len(every), len(every))
     for name in SPLIT_ALIASES.get(split, (split,)):
         split_file = split_dir / f"{name}.txt"
         if split_file.is_file():
@@ -96,10 +98,10 @@ def split_names(root: Path, split: str | None) -> list[str]:
     names = list(dict.fromkeys(n for n in names if n and not n.startswith("#")))
     if not names:
         raise DatasetError(f"{split_file}: empty split list")
-    for name in names:
-        if _find_raster(image_dir, name) is None:
-            raise DatasetError(f"{split_file}: image {name!r} not found in {image_dir}")
-    return names
+    missing = [name for name in names if _find_raster(image_dir, name) is None]
+    coverage = check_coverage(str(split_file), names, missing, allow_missing=allow_missing, where=str(image_dir),
+                              what="images")
+    return [name for name in names if name not in set(missing)], coverage
 
 
 def build_tiles(
@@ -111,6 +113,7 @@ def build_tiles(
     random_crops: bool = False,
     crops_per_image: int | None = None,
     transform: Callable[[dict], dict] | None = None,
+    allow_missing: bool = False,
 ) -> RasterTileDataset:
     """The images of ``split`` as T x T tiles with context (grid, or random crops)."""
     root = Path(root)
@@ -128,7 +131,8 @@ def build_tiles(
     else:
         classes = ClassTable()  # unlabelled imagery: no class table needed
     pairs = []
-    for name in split_names(root, split):
+    names, coverage = split_names(root, split, allow_missing)
+    for name in names:
         image = _find_raster(root / "images", name)
         label = None
         if labels:
@@ -136,6 +140,8 @@ def build_tiles(
             if label is None:
                 raise DatasetError(f"{root / 'labels' / (name + '.tif')}: label raster of image {name!r} not found")
         pairs.append(ImagePair(name, image, label))
-    return RasterTileDataset(
+    dataset = RasterTileDataset(
         pairs, classes, input_spec, random_crops=random_crops, crops_per_image=crops_per_image, transform=transform
     )
+    dataset.coverage = coverage
+    return dataset

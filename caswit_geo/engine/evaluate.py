@@ -63,6 +63,7 @@ class EvalConfig:
     amp: bool = True  # mixed precision on CUDA (no effect on the CPU)
     progress: bool = True
     cache_dir: Path | None = None  # flairhub patch-index cache
+    allow_missing: bool = False  # score the patches found when the split lists missing ones (recorded in the report)
 
 
 @dataclass
@@ -104,6 +105,16 @@ def _write_reports(paths: dict[str, Path], report: dict, matrix: np.ndarray, cla
         plot_confusion(paths["png"], matrix, classes, protocol.eval_ids, f"confusion ({protocol.name}), rows normalised")
     except OSError as exc:
         raise OutputError(f"{paths['json'].parent}: cannot write the report ({exc})") from None
+
+
+def split_record(dataset: CaswitDataset) -> dict:
+    """``{"split_coverage": {...}}``: how many patches/images the split requested and how many were scored."""
+    if dataset.coverage is None:
+        return {}
+    record = dataset.coverage.to_dict()
+    return {"split_coverage": {"source": record["source"], "requested": record["requested"],
+                               "evaluated": record["used"], "missing": record["missing"],
+                               "missing_ids": record["missing_ids"]}}
 
 
 def _summary(scores: Scores) -> dict[str, float | None]:
@@ -189,7 +200,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
     spec = meta.input_spec
     dataset = build_dataset(
         config.dataset, config.root, config.split, spec, labels=True,
-        split_column=config.split_column, cache_dir=config.cache_dir,
+        split_column=config.split_column, cache_dir=config.cache_dir, allow_missing=config.allow_missing,
     )
     classes = dataset.classes
     num_model = model.config.num_classes
@@ -244,6 +255,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
         "context_factor": spec.context_factor,
         "bands": list(spec.bands),
         "samples": seen,
+        **split_record(dataset),
         "evaluated_pixels": int(scores.gt_pixels.sum()),
         "boundary": {"scope": "per T x T prediction", "dilation_px": boundary_dilation(spec.tile_size, spec.tile_size)},
         "metrics": _summary(scores),

@@ -47,6 +47,7 @@ class TrainConfig(RunConfig):
     train_split: str = "train"
     val_split: str | None = "val"  # None or "none" = no validation (best = last epoch)
     split_column: str | None = None  # flairhub: split scheme column of the split GeoPackage
+    allow_missing: bool = False  # train/validate on what is found when a split lists missing patches (logged)
     alpha: float | None = None  # weight of the LR loss; None = the model's (0.5)
     augment: bool = False  # the paper trains without augmentation
     random_crops: bool = True  # urur/tiles: random tile positions each epoch (else the fixed grid)
@@ -106,7 +107,10 @@ def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
 
     protocol = protocol_for(config.dataset, classes)
     val_loader = eval_loader(val_set, env, config.batch_size, config.workers) if val_set is not None else None
-    training = training_metadata(config, env)
+    splits = split_coverage(train_set, val_set)
+    training = {**training_metadata(config, env), "splits": splits}
+    if env.is_master and splits:
+        tqdm.write(coverage_line(splits))
 
     def compute_loss(net: nn.Module, batch: dict) -> torch.Tensor:
         hr, lr, label, lr_label = (batch[k].to(env.device, non_blocking=True) for k in ("hr", "lr", "label", "lr_label"))
@@ -206,6 +210,7 @@ def _datasets(config: TrainConfig, tile: int):
         scale = 255.0  # FLAIR-HUB and URUR are 8-bit RGB(I)
     spec = run_input_spec(config, tile, bands, scale)
     common = dict(split_column=config.split_column) if config.split_column else {}
+    common["allow_missing"] = config.allow_missing
     transform = Augment(spec) if config.augment else None
     train_set = build_dataset(config.dataset, root, config.train_split, spec, random_crops=config.random_crops,
                               crops_per_image=config.crops_per_image, transform=transform, **common)
@@ -217,6 +222,26 @@ def _datasets(config: TrainConfig, tile: int):
     if len(classes) == 0:
         raise ConfigError(f"--root {root}: no class table")
     return train_set, val_set, with_gsd(spec, train_set), classes
+
+
+def split_coverage(train_set, val_set) -> dict:
+    """``{"train": {...}, "val": {...}}``: patches (images) each split requested and used."""
+    out = {}
+    for name, dataset in (("train", train_set), ("val", val_set)):
+        if dataset is not None and dataset.coverage is not None:
+            out[name] = dataset.coverage.to_dict()
+    return out
+
+
+def coverage_line(splits: dict) -> str:
+    """``data: train 150 of 150 requested, val 48 of 50 (2 missing: ...)``."""
+    parts = []
+    for name, c in splits.items():
+        text = f"{name} {c['used']} of {c['requested']} requested ({c['source']})"
+        if c["missing"]:
+            text += f", {c['missing']} missing: {', '.join(c['missing_ids'][:3])}{', ...' if c['missing'] > 3 else ''}"
+        parts.append(text)
+    return "data: " + "; ".join(parts)
 
 
 def _check_init_input(path: Path, spec: InputSpec) -> None:

@@ -70,6 +70,33 @@ def nearest_downsample(y: np.ndarray, factor: int) -> np.ndarray:
     return y[..., off::factor, off::factor]
 
 
+def lowres_valid(valid: np.ndarray, factor: int) -> np.ndarray:
+    """(kH, kW) bool -> (H, W) bool: True where the whole k x k block is valid.
+
+    An LR pixel made partly of padding or nodata is black in part, so its
+    label is not trusted (255).
+    """
+    if factor == 1:
+        return valid.copy()
+    h, w = valid.shape
+    if h % factor or w % factor:
+        raise ValueError(f"{h}x{w} is not a multiple of the factor {factor}")
+    return valid.reshape(h // factor, factor, w // factor, factor).all(axis=(1, 3))
+
+
+def _tile_and_canvas(src, window: Window, bands, factor: int, mask: MaskRule | None):
+    """(HR tile, kT context canvas with nodata set to 0, canvas validity, HR validity)."""
+    ctx = context_window(window, factor)
+    canvas, valid = read_canvas(src, ctx, bands, fill=0, with_mask=True, mask=mask)
+    if not valid.all():
+        canvas[:, ~valid] = 0
+    t_h, t_w = int(window.height), int(window.width)
+    r0, c0 = int(window.row_off - ctx.row_off), int(window.col_off - ctx.col_off)
+    hr = canvas[:, r0 : r0 + t_h, c0 : c0 + t_w].copy()
+    hr_valid = valid[r0 : r0 + t_h, c0 : c0 + t_w].copy()
+    return hr, canvas, valid, hr_valid
+
+
 def read_tile_and_context(
     src: rasterio.io.DatasetReader,
     window: Window,
@@ -82,15 +109,20 @@ def read_tile_and_context(
     Nodata pixels are set to 0 in both, so the model sees them as black.
     Reads the kT window once and cuts the tile from its centre.
     """
-    ctx = context_window(window, factor)
-    canvas, valid = read_canvas(src, ctx, bands, fill=0, with_mask=True, mask=mask)
-    if not valid.all():
-        canvas[:, ~valid] = 0
-    t_h, t_w = int(window.height), int(window.width)
-    r0, c0 = int(window.row_off - ctx.row_off), int(window.col_off - ctx.col_off)
-    hr = canvas[:, r0 : r0 + t_h, c0 : c0 + t_w].copy()
-    hr_valid = valid[r0 : r0 + t_h, c0 : c0 + t_w].copy()
+    hr, canvas, _, hr_valid = _tile_and_canvas(src, window, bands, factor, mask)
     return hr, area_downsample(canvas, factor), hr_valid
+
+
+def read_tile_context_valid(
+    src: rasterio.io.DatasetReader,
+    window: Window,
+    bands: tuple[int, ...] | list[int],
+    factor: int,
+    mask: MaskRule | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`read_tile_and_context` plus the LR validity (T, T) (:func:`lowres_valid`), for LR labels."""
+    hr, canvas, valid, hr_valid = _tile_and_canvas(src, window, bands, factor, mask)
+    return hr, area_downsample(canvas, factor), hr_valid, lowres_valid(valid, factor)
 
 
 def read_label_and_context(
