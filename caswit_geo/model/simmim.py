@@ -115,7 +115,7 @@ class CaswitSimMIM(nn.Module):
         x = self.apply_mask(x, hr_mask, self.hr_mask_token)
         y = self.apply_mask(y, lr_mask, self.lr_mask_token)
         # the LR branch runs up to the last fused stage: nothing reads the rest
-        hr_feats, _ = self.backbone.forward_stages(x, y, lr_stages=max(self.config.fusion_stages))
+        hr_feats, _ = self.backbone.forward_stages(x, y, lr_stages=max(self.config.fusion_stages), lr_features=False)
         return self.head(hr_feats[-1])  # (B, C_in, T, T)
 
     @staticmethod
