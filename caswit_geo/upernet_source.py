@@ -216,7 +216,12 @@ def _numbers(value, n: int, where: str) -> tuple[float, ...]:
 
 
 def _read_mmseg(path: Path) -> UperNetSource:
-    obj = torch_load(_bounded(path))
+    try:
+        obj = torch_load(_bounded(path))
+    except CheckpointError as e:  # mmsegmentation 1.x also pickles its training state
+        raise CheckpointError(
+            f"{e}; keep only the weights, e.g. torch.save({{'state_dict': ckpt['state_dict']}}, 'upernet.pth')"
+        ) from None
     state = _state_of(obj, path)
     if _format_of(state, path) != "mmseg":
         raise CheckpointError(f"{path}: tensor names are not those of mmsegmentation's UPerNet-Swin")

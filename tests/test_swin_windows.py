@@ -129,3 +129,24 @@ def test_named_models_are_new_and_stored_configs_without_the_fields_are_legacy()
     assert CaswitConfig.from_dict(cfg.to_dict()) == cfg  # a config that has them keeps them
     with pytest.raises(caswit_geo.errors.ConfigError, match="swin_windows"):
         CaswitConfig(swin_windows="roll")
+
+
+def test_runs_continued_from_older_checkpoints_keep_their_behaviour(tmp_path):
+    from pathlib import Path
+
+    from test_train import make_tiles_root, nano_config, stripes
+
+    from caswit_geo.checkpoint import stored_behaviour
+    from caswit_geo.engine.train import train
+    from caswit_geo.model.simmim import CaswitSimMIM
+
+    shipped = Path(__file__).resolve().parents[1] / "weights" / "caswit-nano-synthetic.safetensors"
+    assert stored_behaviour(shipped) == {"swin_windows": "shift-then-pad", "stage_norms": False}
+
+    # a SimMIM checkpoint of the older behaviour initialises a model of the same behaviour
+    old = caswit_geo.model.get_config("caswit-nano", num_classes=1, swin_windows="shift-then-pad", stage_norms=False)
+    pretrained = caswit_geo.save_checkpoint(CaswitSimMIM(old), tmp_path / "old-ssl.safetensors")
+    root = make_tiles_root(tmp_path / "data", {"a": stripes(), "b": stripes()[::-1].copy()})
+    result = train(nano_config(root, tmp_path / "run", init=pretrained))
+    assert result.model.config.swin_windows == "shift-then-pad" and not result.model.config.stage_norms
+    assert result.init_report.startswith("loaded")

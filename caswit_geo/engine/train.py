@@ -89,35 +89,7 @@ def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
         )
     seed_run(config, env)
     train_set, val_set, spec, classes = _datasets(config, config.resolved_tile_size())
-    overrides = config.model_overrides(spec.in_chans)
-    if config.alpha is not None:
-        overrides["alpha"] = config.alpha
-        if config.alpha == 0:
-            overrides["aux_head"] = False  # an untrained head would only cost time (and confuse DDP)
-    init = None if config.init is None else Path(config.init)
-    init = init / LAST_WEIGHTS if init is not None and init.is_dir() else init
-    upernet = None
-    if resuming:  # a run started by an older version goes on with the model it started with
-        overrides.update(stored_behaviour(run_dir / LAST_WEIGHTS))
-    elif init is not None:  # the pretrained encoders keep the window layout and stage norms they learnt with
-        overrides.update(stored_behaviour(init))
-    elif config.init_upernet is not None:
-        upernet = read_upernet(config.init_upernet)
-        overrides["decoder_channels"] = upernet.decoder_channels
-        check_upernet_fits(upernet, get_config(config.model, **overrides), "--init-upernet")
-    model = build_model(config.model, num_classes=len(classes), backbone_weights=config.backbone_weights, **overrides)
-    init_report = None
-    if init is not None and not resuming:
-        init_report = str(load_pretrained_backbone(model, init))
-        _check_init_input(f"--init {init}", read_meta(init).input_spec, spec)
-        if env.is_master:
-            tqdm.write(f"--init {init}: {init_report}")
-    if upernet is not None:
-        init_report = str(transfer_upernet(model, upernet.state, upernet.format, str(upernet.path)))
-        _check_init_input(f"--init-upernet {upernet.path}", upernet.input_spec(spec.tile_size), spec)
-        if env.is_master:
-            tqdm.write(f"--init-upernet {upernet.path}: {init_report}")
-        del upernet  # the source tensors are in the model now
+    model, init_report = _initial_model(config, run_dir, resuming, spec, len(classes), env)
     loss_fn = CaswitLoss(alpha=model.config.alpha, class_weights=classes.weights).to(env.device)
     start_run(config, run_dir, resuming, env)
     # without the auxiliary head, LR stages after the last fused one never run and the LR stage
@@ -168,6 +140,46 @@ def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
         model=model,
         init_report=init_report,
     )
+
+
+def _initial_model(
+    config: TrainConfig, run_dir: Path, resuming: bool, spec: InputSpec, num_classes: int, env: DistEnv
+) -> tuple[nn.Module, str | None]:
+    """The run's model and, for a new run with ``--init`` or ``--init-upernet``, what was loaded into it.
+
+    A resumed run, or one initialised from a caswit-geo checkpoint, keeps the
+    Swin window layout and stage norms of that checkpoint (older ones predate them).
+    """
+    overrides = config.model_overrides(spec.in_chans)
+    if config.alpha is not None:
+        overrides["alpha"] = config.alpha
+        if config.alpha == 0:
+            overrides["aux_head"] = False  # an untrained head would only cost time (and confuse DDP)
+    init = None if config.init is None else Path(config.init)
+    init = init / LAST_WEIGHTS if init is not None and init.is_dir() else init
+    upernet = None
+    if resuming:
+        overrides.update(stored_behaviour(run_dir / LAST_WEIGHTS))
+    elif init is not None:
+        overrides.update(stored_behaviour(init))
+    elif config.init_upernet is not None:
+        upernet = read_upernet(config.init_upernet)
+        overrides["decoder_channels"] = upernet.decoder_channels
+        check_upernet_fits(upernet, get_config(config.model, **overrides), "--init-upernet")
+    model = build_model(config.model, num_classes=num_classes, backbone_weights=config.backbone_weights, **overrides)
+    if resuming or (init is None and upernet is None):
+        return model, None
+    if init is not None:
+        option = f"--init {init}"
+        report = str(load_pretrained_backbone(model, init))
+        _check_init_input(option, read_meta(init).input_spec, spec)
+    else:
+        option = f"--init-upernet {upernet.path}"
+        report = str(transfer_upernet(model, upernet.state, upernet.format, str(upernet.path)))
+        _check_init_input(option, upernet.input_spec(spec.tile_size), spec)
+    if env.is_master:
+        tqdm.write(f"{option}: {report}")
+    return model, report
 
 
 @torch.no_grad()

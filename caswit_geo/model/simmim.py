@@ -7,7 +7,8 @@ k = 2 and ratio 0.5 it is the HR tile's footprint in the LR image, so the
 HR content cannot simply be copied across scales. Masked tokens are replaced
 right after patch embedding by a learnable mask token per branch; fusion
 stays active. A 1x1 conv to ``C_in * 32^2`` channels and PixelShuffle(32)
-reconstruct the HR tile from the last fused stage; the loss is L1 on the
+reconstruct the HR tile from the last fused stage (through its stage norm,
+when the model has them: the other stage norms get no gradient here); the loss is L1 on the
 normalised pixels of masked HR cells only.
 
 Mask convention (as MAE): 1 is masked (replaced), 0 is kept.
