@@ -138,19 +138,25 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: no such weights file")
     if path.suffix == ".safetensors":
         return read_checkpoint(path, require_header=False)[0]
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise CheckpointError(f"{path}: refused to load, the file holds more than tensors ({first[:160]})") from None
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({type(e).__name__})") from None
+    obj = torch_load(path)
     for key in ("state_dict", "model"):  # common wrappers of training scripts
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: holds no state dict of tensors")
     return obj
+
+
+def torch_load(path: str | Path):
+    """The content of a ``.pt``/``.pth`` file read with ``weights_only=True``: tensors and plain
+    Python values only; a file that would run code when unpickled is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        raise CheckpointError(f"{path}: refused to load, the file holds more than tensors ({first[:160]})") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({type(e).__name__})") from None
 
 
 def read_checkpoint(path: str | Path, require_header: bool = True) -> tuple[dict[str, torch.Tensor], dict | None]:
@@ -186,6 +192,21 @@ def read_checkpoint(path: str | Path, require_header: bool = True) -> tuple[dict
 def read_meta(path: str | Path) -> CheckpointMeta:
     """Metadata only (no model built)."""
     return _meta(read_checkpoint(path)[1], Path(path))
+
+
+def stored_behaviour(path: str | Path) -> dict:
+    """The model config fields a model built to continue the checkpoint at ``path`` must share.
+
+    Fields added after a checkpoint was made (see ``LEGACY_DEFAULTS`` in
+    ``model/caswit.py``) read as the values it was trained with, so that a
+    resumed or initialised run keeps them.
+    """
+    try:
+        return read_meta(path).model_config.behaviour()
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{path}: invalid model config ({e})") from None
 
 
 def _meta(header: dict, path: Path) -> CheckpointMeta:

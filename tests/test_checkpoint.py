@@ -145,3 +145,41 @@ def test_pretrain_checkpoint_round_trip(tmp_path):
     loaded, meta = caswit_geo.load_checkpoint(path)
     assert meta.kind == "simmim" and isinstance(loaded, CaswitSimMIM)
     torch.testing.assert_close(loaded.hr_mask_token, pre.hr_mask_token)
+
+
+def test_checkpoint_made_before_the_swin_fields_keeps_its_behaviour():
+    # The shipped demo weights predate swin_windows / stage_norms: they must run as they were trained,
+    # i.e. exactly as stock timm Swin stages (timm's window layout, no stage norms) + fusion + UPerNet.
+    import timm
+    import torch.nn.functional as F
+    from pathlib import Path
+
+    from caswit_geo.checkpoint import read_checkpoint
+    from caswit_geo.model.swin_windows import PadThenShiftBlock
+
+    path = Path(__file__).resolve().parents[1] / "weights" / "caswit-nano-synthetic.safetensors"
+    _, header = read_checkpoint(path)
+    assert "swin_windows" not in header["config"] and "stage_norms" not in header["config"]
+    model, meta = caswit_geo.load_checkpoint(path)
+    cfg = model.config
+    assert cfg.swin_windows == "shift-then-pad" and cfg.stage_norms is False
+    assert not any(isinstance(m, PadThenShiftBlock) for m in model.modules())
+
+    def stock(encoder):
+        swin = timm.create_model(cfg.backbone, pretrained=False, num_classes=0, img_size=cfg.img_size,
+                                 **cfg.arch_overrides)
+        missing, unexpected = swin.load_state_dict(encoder.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("norm.") for k in missing)
+        return swin.eval()
+
+    hr_swin, lr_swin = stock(model.backbone.hr_encoder), stock(model.backbone.lr_encoder)
+    torch.manual_seed(0)
+    hr, lr = torch.randn(2, 3, 128, 128), torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        x, y, feats = hr_swin.patch_embed(hr), lr_swin.patch_embed(lr), []
+        for i in range(4):
+            x, y = hr_swin.layers[i](x), lr_swin.layers[i](y)
+            x = model.backbone.fusion[str(i + 1)](x, y)
+            feats.append(x.permute(0, 3, 1, 2))
+        expected = F.interpolate(model.decoder(feats), size=(128, 128), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(model(hr, lr), expected, rtol=0, atol=1e-6)

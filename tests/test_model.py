@@ -125,8 +125,8 @@ def test_named_configs_exist():
         assert MODEL_CONFIGS[f"swin-{variant}-upernet"].fusion_stages == ()
 
 
-# timm's own encoders (without their classifier norm, which CASWiT drops) and
-# the per-encoder sizes DESIGN.md gives, in millions.
+# timm's own encoders (without their classifier norm, which CASWiT drops, plus
+# one LayerNorm per stage output) and the per-encoder sizes DESIGN.md gives, in millions.
 @pytest.mark.parametrize(
     "variant,expected_m,window",
     [("tiny", 27.5, 7), ("small", 48.8, 7), ("base", 86.9, 12), ("large", 195.2, 12)],
@@ -137,7 +137,8 @@ def test_encoder_parameter_counts_match_timm(variant, expected_m, window):
         ours = CASWiT(cfg).parameter_counts()
         ref = timm.create_model(cfg.backbone, pretrained=False, num_classes=0, img_size=512)
     ref_count = sum(p.numel() for p in ref.parameters()) - sum(p.numel() for p in ref.norm.parameters())
-    assert ours["hr_encoder"] == ours["lr_encoder"] == ref_count
+    stage_norms = sum(2 * info["num_chs"] for info in ref.feature_info)
+    assert ours["hr_encoder"] == ours["lr_encoder"] == ref_count + stage_norms
     assert round(ref_count / 1e6, 1) == pytest.approx(expected_m, abs=0.11)
     assert ref.layers[0].blocks[0].window_size == (window, window)
     single = CASWiT(MODEL_CONFIGS[f"swin-{variant}-upernet"]) if variant == "tiny" else None
@@ -166,3 +167,26 @@ def test_missing_backbone_weights_is_a_clear_error(tmp_path):
 
     with pytest.raises(CheckpointError, match="not found"):
         caswit_geo.build_model("caswit-nano", 3, backbone_weights=tmp_path / "none.pth")
+
+
+def test_stage_norms_sit_between_the_branches_and_the_heads(inputs):
+    # decoder reads LN_s(H~_s) (after fusion), the aux head LN_s(X^LR_s); stage s+1 and fusion take the un-normed features
+    hr, lr, _ = inputs
+    model = caswit_geo.build_model("caswit-nano", num_classes=3).train()  # train mode: the aux head runs
+    b = model.backbone
+    fused, lr_out, next_in, heads = {}, {}, {}, {}
+    for s in range(4):
+        b.fusion[str(s + 1)].register_forward_hook(lambda m, a, o, s=s: fused.__setitem__(s, o))
+        b.lr_encoder.layers[s].register_forward_hook(lambda m, a, o, s=s: lr_out.__setitem__(s, o))
+        b.hr_encoder.layers[s].register_forward_pre_hook(lambda m, a, s=s: next_in.__setitem__(s, a[0]))
+    model.decoder.register_forward_pre_hook(lambda m, a: heads.__setitem__("hr", a[0]))
+    model.aux_head.register_forward_pre_hook(lambda m, a: heads.__setitem__("lr", a[0]))
+    with torch.no_grad():
+        model(hr, lr)
+    for s in range(4):
+        expected = b.hr_encoder.stage_norms[s](fused[s]).permute(0, 3, 1, 2)
+        torch.testing.assert_close(heads["hr"][s], expected)
+        torch.testing.assert_close(heads["lr"][s], b.lr_encoder.stage_norms[s](lr_out[s]).permute(0, 3, 1, 2))
+        if s < 3:
+            assert torch.equal(next_in[s + 1], fused[s])
+    assert not torch.allclose(heads["hr"][0], fused[0].permute(0, 3, 1, 2))  # the norm does act

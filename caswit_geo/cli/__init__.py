@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # Each command registers itself on `app` when imported.
-for _name in ("info", "predict", "eval", "train", "pretrain", "synth", "explain"):
+for _name in ("info", "predict", "eval", "train", "pretrain", "synth", "explain", "convert"):
     try:
         importlib.import_module(f"{__name__}.{_name}")
     except ModuleNotFoundError as _e:

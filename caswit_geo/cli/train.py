@@ -53,6 +53,10 @@ def train_cmd(
     ),
     crops_per_image: Optional[int] = typer.Option(None, "--crops-per-image", help="Random tiles per image and epoch."),
     init: Optional[Path] = typer.Option(None, "--init", help="Pretrained checkpoint (caswit-geo pretrain) for encoders and fusion."),
+    init_upernet: Optional[Path] = typer.Option(
+        None, "--init-upernet",
+        help="UPerNet-Swin (transformers folder or mmsegmentation .pth) for both encoders and the decoder.",
+    ),
     backbone_weights: Optional[Path] = opt.BACKBONE_WEIGHTS,
     epochs: Optional[int] = opt.EPOCHS,
     batch_size: Optional[int] = opt.BATCH_SIZE,

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoint import stored_behaviour
 from ..data import ImagePair, RasterTileDataset
 from ..errors import ConfigError, InputError
 from ..model.configs import get_config
@@ -106,7 +107,10 @@ def _pretrain(config: PretrainConfig, env: DistEnv) -> PretrainResult:
     check_samples(dataset, spec, f"--images {files[0]}")
     spec = with_gsd(spec, dataset)
 
-    model_config = get_config(config.model, num_classes=1, **config.model_overrides(spec.in_chans))
+    overrides = config.model_overrides(spec.in_chans)
+    if resuming:  # a run started by an older version goes on with the model it started with
+        overrides.update(stored_behaviour(run_dir / LAST_WEIGHTS))
+    model_config = get_config(config.model, num_classes=1, **overrides)
     if not model_config.dual:
         raise ConfigError(f"--model {config.model}: SimMIM pretraining needs a dual-branch model (fusion stages not none)")
     try:
@@ -115,9 +119,10 @@ def _pretrain(config: PretrainConfig, env: DistEnv) -> PretrainResult:
         raise ConfigError(f"--mask-patch-size / --lr-mask-ratio: {e}") from None
     model = CaswitSimMIM(model_config, config.backbone_weights)
     start_run(config, run_dir, resuming, env)
-    # LR stages after the last fused one never run: DDP must not wait for their gradients
-    loop, start = build_loop(model, dataset, config, env, run_dir, resuming,
-                             find_unused_parameters=max(model_config.fusion_stages) < 4)
+    # LR stages after the last fused one never run, and the reconstruction reads no stage
+    # norm but the last HR one: DDP must not wait for their gradients
+    unused = max(model_config.fusion_stages) < 4 or model_config.stage_norms
+    loop, start = build_loop(model, dataset, config, env, run_dir, resuming, find_unused_parameters=unused)
 
     def compute_loss(net: nn.Module, batch: dict) -> torch.Tensor:
         hr, lr = batch["hr"].to(env.device, non_blocking=True), batch["lr"].to(env.device, non_blocking=True)

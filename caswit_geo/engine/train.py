@@ -22,14 +22,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..build import build_model
-from ..checkpoint import load_pretrained_backbone, read_meta, save_checkpoint
+from ..checkpoint import load_pretrained_backbone, read_meta, save_checkpoint, stored_behaviour
 from ..data import Augment, build_dataset, load_tiles_meta
 from ..device import autocast_context
 from ..errors import ConfigError
 from ..metrics import ConfusionMatrix, protocol_for
+from ..model.configs import get_config
 from ..model.loss import CaswitLoss, cross_entropy
+from ..model.transfer import transfer_upernet
 from ..spec import ClassTable, InputSpec
+from ..upernet_source import read_upernet
 from .config import RunConfig
+from .convert import check_upernet_fits
 from .distributed import DistEnv, all_reduce_sum, process_group
 from .inputs import check_samples, run_input_spec, scale_for, with_gsd
 from .loop import build_loop, eval_loader, fit, open_run, seed_run, start_run, training_metadata
@@ -53,6 +57,7 @@ class TrainConfig(RunConfig):
     random_crops: bool = True  # urur/tiles: random tile positions each epoch (else the fixed grid)
     crops_per_image: int | None = None  # urur/tiles with random crops; None = the image's grid tile count
     init: Path | None = None  # SimMIM checkpoint (pretrain), or its run directory, for encoders and fusion
+    init_upernet: Path | None = None  # UPerNet-Swin (transformers folder, mmsegmentation .pth): encoders, decoder
 
 
 @dataclass
@@ -85,24 +90,13 @@ def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
         )
     seed_run(config, env)
     train_set, val_set, spec, classes = _datasets(config, config.resolved_tile_size())
-    overrides = config.model_overrides(spec.in_chans)
-    if config.alpha is not None:
-        overrides["alpha"] = config.alpha
-        if config.alpha == 0:
-            overrides["aux_head"] = False  # an untrained head would only cost time (and confuse DDP)
-    model = build_model(config.model, num_classes=len(classes), backbone_weights=config.backbone_weights, **overrides)
-    init_report = None
-    if config.init is not None and not resuming:
-        init = Path(config.init) / LAST_WEIGHTS if Path(config.init).is_dir() else Path(config.init)
-        init_report = str(load_pretrained_backbone(model, init))
-        _check_init_input(init, spec)
-        if env.is_master:
-            tqdm.write(f"--init {init}: {init_report}")
+    model, init_report = _initial_model(config, run_dir, resuming, spec, len(classes), env)
     loss_fn = CaswitLoss(alpha=model.config.alpha, class_weights=classes.weights).to(env.device)
     start_run(config, run_dir, resuming, env)
-    # without the auxiliary head, LR stages after the last fused one never run: DDP must not wait for them
+    # without the auxiliary head, LR stages after the last fused one never run and the LR stage
+    # norms are never read: DDP must not wait for them
     cfg = model.config
-    unused = cfg.dual and model.aux_head is None and max(cfg.fusion_stages) < 4
+    unused = cfg.dual and model.aux_head is None and (max(cfg.fusion_stages) < 4 or cfg.stage_norms)
     loop, start = build_loop(model, train_set, config, env, run_dir, resuming, find_unused_parameters=unused)
 
     protocol = protocol_for(config.dataset, classes)
@@ -152,6 +146,46 @@ def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
     )
 
 
+def _initial_model(
+    config: TrainConfig, run_dir: Path, resuming: bool, spec: InputSpec, num_classes: int, env: DistEnv
+) -> tuple[nn.Module, str | None]:
+    """The run's model and, for a new run with ``--init`` or ``--init-upernet``, what was loaded into it.
+
+    A resumed run, or one initialised from a caswit-geo checkpoint, keeps the
+    Swin window layout and stage norms of that checkpoint (older ones predate them).
+    """
+    overrides = config.model_overrides(spec.in_chans)
+    if config.alpha is not None:
+        overrides["alpha"] = config.alpha
+        if config.alpha == 0:
+            overrides["aux_head"] = False  # an untrained head would only cost time (and confuse DDP)
+    init = None if config.init is None else Path(config.init)
+    init = init / LAST_WEIGHTS if init is not None and init.is_dir() else init
+    upernet = None
+    if resuming:
+        overrides.update(stored_behaviour(run_dir / LAST_WEIGHTS))
+    elif init is not None:
+        overrides.update(stored_behaviour(init))
+    elif config.init_upernet is not None:
+        upernet = read_upernet(config.init_upernet)
+        overrides["decoder_channels"] = upernet.decoder_channels
+        check_upernet_fits(upernet, get_config(config.model, **overrides), "--init-upernet")
+    model = build_model(config.model, num_classes=num_classes, backbone_weights=config.backbone_weights, **overrides)
+    if resuming or (init is None and upernet is None):
+        return model, None
+    if init is not None:
+        option = f"--init {init}"
+        report = str(load_pretrained_backbone(model, init))
+        _check_init_input(option, read_meta(init).input_spec, spec)
+    else:
+        option = f"--init-upernet {upernet.path}"
+        report = str(transfer_upernet(model, upernet.state, upernet.format, str(upernet.path)))
+        _check_init_input(option, upernet.input_spec(spec.tile_size), spec)
+    if env.is_master:
+        tqdm.write(f"{option}: {report}")
+    return model, report
+
+
 @torch.no_grad()
 def validate(
     model: nn.Module, loader, class_weights: torch.Tensor | None, cm, env: DistEnv, amp: bool = True
@@ -188,6 +222,8 @@ def _val_metrics(row: dict) -> dict:
 def _check(config: TrainConfig) -> None:
     if config.dataset is None or config.root is None:
         raise ConfigError("--dataset and --root are required (or --resume RUN_DIR)")
+    if config.init is not None and config.init_upernet is not None:
+        raise ConfigError("--init and --init-upernet: give one of them")
     if config.dataset not in DATASETS:
         raise ConfigError(f"--dataset must be one of {', '.join(DATASETS)}, got {config.dataset!r}")
     if not Path(config.root).is_dir():
@@ -244,15 +280,14 @@ def coverage_line(splits: dict) -> str:
     return "data: " + "; ".join(parts)
 
 
-def _check_init_input(path: Path, spec: InputSpec) -> None:
-    """Warn when pretraining saw differently normalised imagery than this run."""
-    meta = read_meta(path)
-    theirs = meta.input_spec
-    if (tuple(theirs.bands), theirs.scale, tuple(theirs.mean), tuple(theirs.std)) != (
-        tuple(spec.bands), spec.scale, tuple(spec.mean), tuple(spec.std)
-    ):
+def _check_init_input(option: str, theirs: InputSpec, spec: InputSpec) -> None:
+    """Warn when the initial weights saw differently normalised imagery than this run."""
+    def normalised(s: InputSpec) -> tuple:  # what the network sees of a raw value: (x / scale - mean) / std
+        return tuple(s.bands), tuple(round(m * s.scale, 4) for m in s.mean), tuple(round(d * s.scale, 4) for d in s.std)
+
+    if normalised(theirs) != normalised(spec):
         warnings.warn(
-            f"--init {path}: pretrained on bands {list(theirs.bands)}, scale {theirs.scale}, mean {list(theirs.mean)}, "
+            f"{option}: trained on bands {list(theirs.bands)}, scale {theirs.scale}, mean {list(theirs.mean)}, "
             f"std {list(theirs.std)}; this run uses {list(spec.bands)}, {spec.scale}, {list(spec.mean)}, {list(spec.std)}",
             stacklevel=3,
         )

@@ -7,6 +7,12 @@ tokens; its output replaces the HR features (input of HR stage s+1 and the
 decoder's stage-s feature). The LR stream is never modified. A UPerNet
 decodes the fused HR features; an auxiliary UPerNet on the LR features is
 trained only and never runs at inference.
+
+With stage norms (as UPerNet-Swin), each head reads its branch's stage
+features through that branch's LayerNorm: the HR decoder gets
+``LN_s(H~_s)``, after fusion, and the auxiliary head ``LN_s(X^LR_s)``,
+while the next stage and the fusion blocks take the features before the
+norm. Without fusion the model is exactly UPerNet-Swin.
 """
 
 from __future__ import annotations
@@ -20,10 +26,14 @@ from torch import nn
 
 from ..errors import ConfigError
 from .decoder import UPerNetDecoder
-from .encoder import SwinEncoder
+from .encoder import WINDOW_LAYOUTS, SwinEncoder
 from .fusion import FusionBlock
 
 STAGES = (1, 2, 3, 4)
+
+# Config fields added after checkpoints were first made: a stored config
+# without them was trained with these values and keeps them (CaswitConfig.from_dict).
+LEGACY_DEFAULTS = {"swin_windows": "shift-then-pad", "stage_norms": False}
 
 
 def parse_fusion_stages(value: str | int | list | tuple | None) -> tuple[int, ...]:
@@ -66,9 +76,19 @@ class CaswitConfig:
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.2
     dropout: float = 0.1
+    # Swin shifted windows: "pad-then-shift" lays them out on the grid padded to whole
+    # windows, at every stage, as the original Swin segmentation code, mmsegmentation and
+    # transformers do; "shift-then-pad" is timm 1.0's layout, where the top rows of a
+    # grid the window does not divide share windows with its bottom rows (older checkpoints).
+    swin_windows: str = "pad-then-shift"
+    stage_norms: bool = True  # LayerNorm on each stage output a decoder reads (UPerNet-Swin); older checkpoints: False
 
     def __post_init__(self) -> None:
         self.fusion_stages = parse_fusion_stages(self.fusion_stages)
+        if self.swin_windows not in WINDOW_LAYOUTS:
+            raise ConfigError(f"swin_windows must be one of {', '.join(WINDOW_LAYOUTS)}, got {self.swin_windows!r}")
+        if not isinstance(self.stage_norms, bool):
+            raise ConfigError(f"stage_norms must be true or false, got {self.stage_norms!r}")
         if self.num_classes < 1:
             raise ConfigError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.img_size % 32:
@@ -86,11 +106,16 @@ class CaswitConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CaswitConfig":
+        """A stored config; keys it lacks that were added later get their legacy values."""
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**{**LEGACY_DEFAULTS, **d})
+
+    def behaviour(self) -> dict:
+        """The fields of :data:`LEGACY_DEFAULTS`: what a model built to continue this one must share."""
+        return {k: getattr(self, k) for k in LEGACY_DEFAULTS}
 
 
 class CaswitBackbone(nn.Module):
@@ -106,6 +131,8 @@ class CaswitBackbone(nn.Module):
             drop_path_rate=config.drop_path_rate,
             weights=backbone_weights,
             arch_overrides=config.arch_overrides,
+            windows=config.swin_windows,
+            stage_norms=config.stage_norms,
         )
         self.hr_encoder = SwinEncoder(**enc)
         self.lr_encoder = SwinEncoder(**enc) if config.dual else None
@@ -133,28 +160,32 @@ class CaswitBackbone(nn.Module):
         return x, y
 
     def forward_stages(
-        self, x: torch.Tensor, y: torch.Tensor | None, lr_stages: int = 4
+        self, x: torch.Tensor, y: torch.Tensor | None, lr_stages: int = 4, lr_features: bool = True
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Run the four stages with fusion; returns NCHW HR features and NCHW LR features.
+        """Run the four stages with fusion; returns the NCHW HR and LR features the heads read.
 
         ``lr_stages``: how many LR stages to run (fusion needs up to the last
-        fused stage; the auxiliary head needs all four).
+        fused stage; the auxiliary head needs all four). ``lr_features``:
+        return the LR features too (only the auxiliary head reads them). With
+        stage norms the returned features are layer-normed; the stages and
+        fusion blocks work on the features before the norm.
         """
         hr_feats, lr_feats = [], []
         for i in range(4):
             x = self.hr_encoder.stage(i, x)  # (B, H_s, W_s, C_s)
             if y is not None and i < lr_stages:
                 y = self.lr_encoder.stage(i, y)
-                lr_feats.append(y.permute(0, 3, 1, 2))
+                if lr_features:
+                    lr_feats.append(self.lr_encoder.feature(i, y))  # (B, C_s, H_s, W_s)
             fusion = self.fusion[str(i + 1)] if str(i + 1) in self.fusion else None
             if fusion is not None:
                 x = fusion(x, y)  # H~_s replaces the HR features
-            hr_feats.append(x.permute(0, 3, 1, 2))
+            hr_feats.append(self.hr_encoder.feature(i, x))  # LN_s(H~_s): (B, C_s, H_s, W_s)
         return hr_feats, lr_feats
 
-    def forward(self, hr: torch.Tensor, lr: torch.Tensor | None, lr_stages: int = 4):
+    def forward(self, hr: torch.Tensor, lr: torch.Tensor | None, lr_stages: int = 4, lr_features: bool = True):
         x, y = self.embed(hr, lr)
-        return self.forward_stages(x, y, lr_stages)
+        return self.forward_stages(x, y, lr_stages, lr_features)
 
 
 class CASWiT(nn.Module):
@@ -185,7 +216,7 @@ class CASWiT(nn.Module):
             raise ValueError(f"{self.config.name} needs an LR context input")
         run_aux = self.training and self.aux_head is not None
         lr_stages = 4 if run_aux else max(self.config.fusion_stages, default=0)
-        return self.backbone(hr, lr if self.config.dual else None, lr_stages)
+        return self.backbone(hr, lr if self.config.dual else None, lr_stages, lr_features=run_aux)
 
     def forward_head(self, feats: list[torch.Tensor], head: nn.Module, size: tuple[int, int]) -> torch.Tensor:
         logits = head(feats)  # (B, K, T/4, T/4)

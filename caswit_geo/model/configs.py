@@ -7,7 +7,11 @@ main configuration); ``swin-*-upernet`` are their single-stream baselines
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
+
+import timm
+import torch
 
 from ..errors import ConfigError
 from .caswit import CaswitConfig
@@ -50,3 +54,28 @@ def get_config(name: str, **overrides) -> CaswitConfig:
         return replace(MODEL_CONFIGS[name], **overrides)
     except TypeError as e:
         raise ConfigError(f"bad override for {name}: {e}") from None
+
+
+def swin_arch(config: CaswitConfig) -> tuple[int, tuple[int, ...], tuple[int, ...], int]:
+    """``(embed_dim, depths, num_heads, window_size)`` of a config's encoders, read from timm's model."""
+    overrides = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.arch_overrides.items()))
+    return _timm_swin_arch(config.backbone, overrides)
+
+
+@functools.lru_cache(maxsize=None)
+def _timm_swin_arch(backbone: str, overrides: tuple) -> tuple[int, tuple[int, ...], tuple[int, ...], int]:
+    with torch.device("meta"):
+        swin = timm.create_model(backbone, pretrained=False, num_classes=0, always_partition=True, **dict(overrides))
+    blocks = [layer.blocks for layer in swin.layers]
+    return (
+        swin.embed_dim,
+        tuple(len(b) for b in blocks),
+        tuple(b[0].attn.num_heads for b in blocks),
+        blocks[0][0].window_size[0],
+    )
+
+
+def variant_of(embed_dim: int, depths, num_heads, window_size: int) -> str | None:
+    """The named Swin variant (nano, tiny, ...) with exactly this architecture, or None."""
+    arch = (int(embed_dim), tuple(int(d) for d in depths), tuple(int(h) for h in num_heads), int(window_size))
+    return next((v for v in SWIN_VARIANTS if swin_arch(MODEL_CONFIGS[f"caswit-{v}"]) == arch), None)

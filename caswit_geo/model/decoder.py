@@ -3,6 +3,12 @@
 PPM (pool scales 1, 2, 3, 6) on the 1/32 map, 1x1 laterals on the others,
 top-down FPN, 3x3 FPN convs, concatenation at 1/4, 3x3 fuse, dropout,
 1x1 classifier. The caller upsamples the 1/4 logits to the input size.
+
+The same computation as transformers' ``UperNetHead`` (conv without bias +
+BatchNorm + ReLU everywhere, bilinear resizing with ``align_corners=False``,
+PPM input concatenated first); its weights load through
+``upernet_keys.py``. Only difference: transformers has no dropout before
+the classifier (mmsegmentation has it), which changes nothing at inference.
 """
 
 from __future__ import annotations

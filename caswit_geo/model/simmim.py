@@ -7,7 +7,8 @@ k = 2 and ratio 0.5 it is the HR tile's footprint in the LR image, so the
 HR content cannot simply be copied across scales. Masked tokens are replaced
 right after patch embedding by a learnable mask token per branch; fusion
 stays active. A 1x1 conv to ``C_in * 32^2`` channels and PixelShuffle(32)
-reconstruct the HR tile from the last fused stage; the loss is L1 on the
+reconstruct the HR tile from the last fused stage (through its stage norm,
+when the model has them: the other stage norms get no gradient here); the loss is L1 on the
 normalised pixels of masked HR cells only.
 
 Mask convention (as MAE): 1 is masked (replaced), 0 is kept.
@@ -115,7 +116,7 @@ class CaswitSimMIM(nn.Module):
         x = self.apply_mask(x, hr_mask, self.hr_mask_token)
         y = self.apply_mask(y, lr_mask, self.lr_mask_token)
         # the LR branch runs up to the last fused stage: nothing reads the rest
-        hr_feats, _ = self.backbone.forward_stages(x, y, lr_stages=max(self.config.fusion_stages))
+        hr_feats, _ = self.backbone.forward_stages(x, y, lr_stages=max(self.config.fusion_stages), lr_features=False)
         return self.head(hr_feats[-1])  # (B, C_in, T, T)
 
     @staticmethod

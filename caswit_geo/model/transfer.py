@@ -1,19 +1,25 @@
-"""Initialise a segmentation model from a SimMIM-pretrained backbone.
+"""Initialise a segmentation model from a SimMIM-pretrained backbone or a UPerNet-Swin.
 
-Both encoders and the fusion blocks are copied; the mask tokens and the
-reconstruction head are dropped. Any other difference (a fusion stage the
-pretraining did not have, a shape that does not match) is an error, never a
-silent partial load.
+SimMIM: both encoders and the fusion blocks are copied; the mask tokens and
+the reconstruction head are dropped. UPerNet-Swin (``upernet_keys.py``):
+both encoders start from its backbone, the HR decoder and the auxiliary LR
+head from its decode head (the classifier only when the class count
+matches), the fusion blocks keep their initialisation. Any other difference
+(a fusion stage the pretraining did not have, a shape that does not match)
+is an error, never a silent partial load.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from collections import Counter
+
 import torch
 
 from ..errors import CheckpointError
 from .caswit import CASWiT
+from .upernet_keys import map_upernet_state
 
 PREFIX = "backbone."
 
@@ -65,3 +71,68 @@ def transfer_backbone(model: CASWiT, state: dict[str, torch.Tensor], source: str
     model.backbone.load_state_dict(backbone, strict=True)
     count = lambda p: sum(k.startswith(p) for k in backbone)  # noqa: E731
     return TransferReport(count("hr_encoder."), count("lr_encoder."), count("fusion."), skipped)
+
+
+@dataclass
+class UperNetTransferReport:
+    encoders: list[str]  # branches initialised from the source backbone
+    encoder_tensors: int  # per branch
+    heads: list[str]  # heads initialised from the source decode head
+    head_tensors: int  # per head
+    classifier: bool  # the classifier too (same class count)
+    source_classes: int
+    model_classes: int
+    fusion_blocks: int  # left at their initialisation
+    unused: dict[str, str]  # source tensors not loaded -> why
+    filled: list[str]  # BatchNorm counters the source lacked (set to 0)
+
+    def __str__(self) -> str:
+        classifier = (
+            "with the classifier" if self.classifier
+            else f"classifier fresh ({self.model_classes} classes, the source has {self.source_classes})"
+        )
+        why = Counter(self.unused.values())
+        left = "; ".join(f"{n} {reason}" for reason, n in why.items()) or "none"
+        each = lambda n: " each" if n > 1 else ""  # noqa: E731
+        text = (
+            f"loaded the {' and '.join(self.encoders)} encoder{'s' if len(self.encoders) > 1 else ''} "
+            f"({self.encoder_tensors} tensors{each(len(self.encoders))}) and the {' and '.join(self.heads)} "
+            f"({self.head_tensors} tensors{each(len(self.heads))}, {classifier})"
+        )
+        if self.fusion_blocks:
+            text += f"; {self.fusion_blocks} fusion blocks fresh"
+        return text + f"; source tensors not used: {len(self.unused)} ({left})"
+
+
+def transfer_upernet(
+    model: CASWiT, state: dict[str, torch.Tensor], fmt: str, source: str = "checkpoint"
+) -> UperNetTransferReport:
+    """Initialise ``model`` from a UPerNet-Swin state dict (``fmt``: transformers | mmseg)."""
+    cfg = model.config
+    if cfg.swin_windows != "pad-then-shift" or not cfg.stage_norms:
+        raise CheckpointError(
+            f"{source}: {cfg.name} has {cfg.swin_windows} windows and stage norms {cfg.stage_norms}; "
+            "a UPerNet-Swin needs pad-then-shift windows and stage norms"
+        )
+    b = model.backbone
+    decoder_state = model.decoder.state_dict()
+    mapped = map_upernet_state(state, b.hr_encoder.state_dict().keys(), decoder_state.keys(), fmt, source)
+    hint = f"; the source is a different Swin or UPerNet than {cfg.name}"
+    check_state_fits(b.hr_encoder.state_dict(), mapped.encoder, source, "Swin backbone does not fit", hint)
+    classifier = mapped.decoder["classifier.weight"].shape == decoder_state["classifier.weight"].shape
+    head = {k: v for k, v in mapped.decoder.items() if classifier or not k.startswith("classifier.")}
+    expected = {k: v for k, v in decoder_state.items() if k in head}
+    check_state_fits(expected, head, source, "UPerNet decode head does not fit", hint)
+
+    encoders = [("HR", b.hr_encoder)] + ([("LR", b.lr_encoder)] if b.lr_encoder is not None else [])
+    for _, encoder in encoders:
+        encoder.load_state_dict(mapped.encoder, strict=True)
+    heads = [("decoder", model.decoder)] + ([("auxiliary LR head", model.aux_head)] if model.aux_head is not None else [])
+    for _, module in heads:
+        module.load_state_dict(head, strict=classifier)
+    return UperNetTransferReport(
+        encoders=[n for n, _ in encoders], encoder_tensors=len(mapped.encoder),
+        heads=[n for n, _ in heads], head_tensors=len(head), classifier=classifier,
+        source_classes=int(mapped.decoder["classifier.weight"].shape[0]), model_classes=cfg.num_classes,
+        fusion_blocks=len(b.fusion), unused=mapped.unused, filled=mapped.filled,
+    )
