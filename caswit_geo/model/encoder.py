@@ -14,7 +14,17 @@ import timm
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
+
+# The timm models a config may name (caswit-geo's nano, tiny, small, base and large variants).
+# Nothing else reaches timm.create_model: a name such as "hf-hub:..." would make timm download.
+SWIN_BACKBONES = (
+    "swin_tiny_patch4_window7_224",
+    "swin_small_patch4_window7_224",
+    "swin_base_patch4_window12_384",
+    "swin_large_patch4_window12_384",
+)
+OVERRIDE_KEYS = ("embed_dim", "depths", "num_heads", "window_size")
 
 
 class SwinEncoder(nn.Module):
@@ -41,6 +51,11 @@ class SwinEncoder(nn.Module):
         arch_overrides: dict | None = None,
     ) -> None:
         super().__init__()
+        if backbone not in SWIN_BACKBONES:
+            raise ConfigError(f"backbone {backbone!r} is not one of {', '.join(SWIN_BACKBONES)}")
+        unknown = sorted(set(arch_overrides or {}) - set(OVERRIDE_KEYS))
+        if unknown:
+            raise ConfigError(f"arch_overrides: unknown key {unknown[0]!r} (allowed: {', '.join(OVERRIDE_KEYS)})")
         kwargs = dict(num_classes=0, img_size=img_size, in_chans=in_chans, drop_path_rate=drop_path_rate)
         kwargs.update(arch_overrides or {})
         if weights is not None:
