@@ -135,10 +135,7 @@ class ClassTable:
         if len(d["classes"]) > MAX_CLASSES:
             raise ConfigError(f"{what}: at most {MAX_CLASSES} classes, got {len(d['classes'])}")
         classes = [from_mapping(ClassInfo, c, f"{what}[{i}]") for i, c in enumerate(d["classes"])]
-        try:
-            return cls(classes, d.get("weights"))
-        except ConfigError as e:
-            raise ConfigError(f"{what}: {e}") from None
+        return cls(classes, d.get("weights"))
 
     @classmethod
     def generic(cls, num_classes: int) -> "ClassTable":

@@ -39,7 +39,7 @@ def select_patches(index: PatchIndex, root: Path, split: str | Path | None, spli
     if split is None or str(split) == "all":
         return list(range(len(index)))
     if is_list_file(split):
-        ids, source = read_id_list(split), str(split)
+        ids, source = read_id_list(split, root), str(split)
     else:
         ids, source = read_split_table(root, str(split), split_column), f"split {split!r}"
     found = [index.by_id[i] for i in dict.fromkeys(ids) if i in index.by_id]

@@ -11,12 +11,14 @@ the list of the columns that exist.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import pyogrio
 
 from ..errors import DatasetError
 from .flairhub_index import patch_id_from_path
+from .paths import resolve_entry
 
 SPLIT_GPKG = Path("GLOBAL_ALL_MTD") / "GLOBAL_ALL_MTD_SPLIT.gpkg"
 DEFAULT_SPLIT_COLUMN = "split_flairhub"
@@ -30,15 +32,22 @@ def is_list_file(split: str | Path) -> bool:
     return Path(split).suffix.lower() in (".csv", ".txt") or (str(split) not in SPLIT_VALUES and Path(split).is_file())
 
 
-def read_id_list(path: str | Path) -> list[str]:
+def read_id_list(path: str | Path, root: str | Path | None = None) -> list[str]:
     """Patch ids from a CSV (first column, optional header) or a TXT list (one per line).
 
     Entries may also be file names or paths of either modality
-    (``.../D012-2019_AERIAL_RGBI_AF-S1-27_5-10.tif``).
+    (``.../D012-2019_AERIAL_RGBI_AF-S1-27_5-10.tif``). With ``root``, a path
+    entry must stay inside it: relative to the list's folder when the list
+    lies inside the root (the layout of FLAIR-HUB's own lists), else
+    relative to the root.
     """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: split list not found")
+    base = None
+    if root is not None:
+        inside = Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root))
+        base = path.parent if inside else Path(root)
     ids: list[str] = []
     with path.open(newline="", encoding="utf-8-sig") as f:
         rows = csv.reader(f) if path.suffix.lower() == ".csv" else ([line] for line in f)
@@ -46,6 +55,8 @@ def read_id_list(path: str | Path) -> list[str]:
             cell = row[0].strip() if row else ""
             if not cell or cell.startswith("#") or (n == 0 and cell.lower() in _HEADER_WORDS):
                 continue
+            if base is not None and ("/" in cell or "\\" in cell):
+                resolve_entry(cell, base, root, path, n + 1)
             ids.append(patch_id_from_path(cell) or cell)
     if not ids:
         raise DatasetError(f"{path}: the split list holds no patch id")
