@@ -23,7 +23,7 @@ from torch import nn
 
 from . import __version__
 from .atomic import atomic_path, usual_permissions
-from .bounds import Text
+from .bounds import Keys, Text
 from .errors import CaswitError, CheckpointError, ConfigError
 from .model.caswit import CASWiT, CaswitConfig
 from .model.simmim import CaswitSimMIM
@@ -221,6 +221,7 @@ def check_header(header: dict, source: str | Path) -> CheckpointMeta:
     try:
         name = Text(64)(header["name"], "name")
         config = CaswitConfig.from_dict(header["config"], "config")
+        Keys(classes=lambda v, n: v, weights=lambda v, n: v)(header["classes"], "classes")  # no other key
         classes = ClassTable.from_dict(header["classes"], "classes")
         spec = InputSpec.from_dict(header["input_spec"], "input_spec")
     except ConfigError as e:

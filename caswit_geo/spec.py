@@ -126,12 +126,9 @@ class ClassTable:
 
     @classmethod
     def from_dict(cls, d: dict, what: str = "classes") -> "ClassTable":
-        """Class table of a header or ``classes.json``: ids, names and colours checked, nothing else accepted."""
+        """Class table of a header or ``classes.json`` (other keys ignored): ids, names, colours, weights checked."""
         if not isinstance(d, dict) or not isinstance(d.get("classes"), list):
             raise ConfigError(f"{what} must be an object with a list 'classes'")
-        unknown = sorted(str(k) for k in d if k not in ("classes", "weights"))
-        if unknown:
-            raise ConfigError(f"{what}: unknown key {unknown[0]!r}")
         if len(d["classes"]) > MAX_CLASSES:
             raise ConfigError(f"{what}: at most {MAX_CLASSES} classes, got {len(d['classes'])}")
         classes = [from_mapping(ClassInfo, c, f"{what}[{i}]") for i, c in enumerate(d["classes"])]

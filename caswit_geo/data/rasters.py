@@ -125,6 +125,9 @@ class RasterTileDataset(CaswitDataset):
     def image_ids(self) -> list[str]:
         return [p.name for p in self.images]
 
+    def input_files(self) -> list[Path]:
+        return [f for p in self.images for f in (p.image, p.label) if f is not None]
+
     def georef(self, index: int) -> SampleGeo:
         n, row, col = (int(v) for v in self._tiles[index])
         p = self.images[n]
