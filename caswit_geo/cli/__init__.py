@@ -15,6 +15,7 @@ import click
 import typer
 
 from ..errors import CaswitError
+from ..signals import EXIT_CODES, Terminated, terminate_as_interrupt
 
 app = typer.Typer(
     name="caswit-geo",
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         warnings.showwarning = _show_warning
     try:
-        rv = app(args=argv, prog_name="caswit-geo", standalone_mode=False)
+        with terminate_as_interrupt():  # SIGTERM unwinds like Ctrl-C: every command removes its temporaries
+            rv = app(args=argv, prog_name="caswit-geo", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
     except CaswitError as e:
         if debug:
@@ -66,9 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         e.show()
         code = e.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        print("caswit-geo: interrupted", file=sys.stderr)
-        code = 130
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:
+        terminated = isinstance(e, Terminated)
+        print(f"caswit-geo: {'stopped by SIGTERM' if terminated else 'interrupted'}", file=sys.stderr)
+        code = EXIT_CODES["SIGTERM" if terminated else "SIGINT"]
     except Exception as e:  # a bug, not a user error: still one line unless --debug
         if debug:
             raise

@@ -32,8 +32,8 @@ from ..spec import ClassTable, InputSpec
 from .config import RunConfig
 from .distributed import DistEnv, all_reduce_sum, process_group
 from .inputs import check_samples, run_input_spec, scale_for, with_gsd
-from .loop import build_loop, eval_loader, fit, open_run, seed_run, start_run, training_metadata
-from .rundir import BEST_WEIGHTS, LAST_WEIGHTS
+from .loop import build_loop, eval_loader, fit, open_run, seed_run, training_metadata
+from .rundir import BEST_WEIGHTS, LAST_WEIGHTS, RunDirectory
 
 DATASETS = ("flairhub", "urur", "tiles")
 
@@ -65,6 +65,8 @@ class TrainResult:
     completed: bool  # False when stopped by stop_after
     model: nn.Module = field(repr=False)  # final weights, unwrapped, on the training device
     init_report: str | None = None
+    stopped_by: str | None = None  # "SIGTERM" / "SIGINT": a signal ended the run (resumable)
+    stopped_at: tuple[int, int] | None = None  # (epoch, iterations done in it)
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -74,7 +76,13 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
-    config, run_dir, resuming = open_run(config, "train", env)
+    config, run = open_run(config, "train", env)
+    with run:  # nothing is written before the first save; a run that fails before it leaves nothing
+        return _train_in(config, run, env)
+
+
+def _train_in(config: TrainConfig, run: RunDirectory, env: DistEnv) -> TrainResult:
+    run_dir, resuming = run.path, run.resuming
     _check(config)
     if config.batch_size < 2 and not (env.device.type == "cuda" and env.distributed):
         # the decoder's BatchNorm sees one value per channel after the 1x1 pyramid pooling
@@ -98,7 +106,6 @@ def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
         if env.is_master:
             tqdm.write(f"--init {init}: {init_report}")
     loss_fn = CaswitLoss(alpha=model.config.alpha, class_weights=classes.weights).to(env.device)
-    start_run(config, run_dir, resuming, env)
     # without the auxiliary head, LR stages after the last fused one never run: DDP must not wait for them
     cfg = model.config
     unused = cfg.dual and model.aux_head is None and max(cfg.fusion_stages) < 4
@@ -127,10 +134,10 @@ def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
     def end_epoch(epoch: int, history: list[dict]) -> None:
         best = best_row(history)
         if best is not None and best["epoch"] == epoch:
-            save_checkpoint(model, run_dir / BEST_WEIGHTS, include_aux=False, classes=classes, input_spec=spec,
+            save_checkpoint(model, run.file(BEST_WEIGHTS), include_aux=False, classes=classes, input_spec=spec,
                             training=training, epoch=epoch, best_epoch=epoch, val_metrics=_val_metrics(best))
 
-    result = fit(loop, start, compute_loss, epochs=config.epochs, run_dir=run_dir,
+    result = fit(loop, start, compute_loss, epochs=config.epochs, run=run,
                  checkpoint_args=dict(classes=classes, input_spec=spec, training=training),
                  evaluate=evaluate, end_epoch=end_epoch, stop_after=config.stop_after,
                  title=f"{model.config.name} on {config.dataset}")
@@ -145,6 +152,8 @@ def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
         completed=result.completed,
         model=model,
         init_report=init_report,
+        stopped_by=result.stopped_by,
+        stopped_at=result.stopped_at,
     )
 
 
