@@ -2,10 +2,11 @@
 
 Two behaviours, one per kind of work:
 
-- :func:`terminate_as_interrupt` (every command, installed by the CLI): a
+- :func:`signals_interrupt` (every command, installed by the CLI): a
   scheduler's SIGTERM unwinds like Ctrl-C (:class:`Terminated`, a
   ``KeyboardInterrupt``), so every ``finally`` runs and output sets remove
-  their temporary files; the CLI exits with 143.
+  their temporary files; the CLI says which signal stopped it and exits
+  with 143 (SIGTERM) or 130 (SIGINT).
 - :class:`GracefulStop` (the epoch loop of ``train`` and ``pretrain``): the
   first SIGTERM or SIGINT only sets a flag; the loop finishes the current
   step, saves a resumable state and returns. A second signal interrupts at
@@ -29,25 +30,38 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the process was when it arrived."""
 
 
+_raised: list[str] = []  # signals turned into interrupts since signals_interrupt() began
+
+
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _interrupt(signum: int) -> None:
+    _raised.append(signal.Signals(signum).name)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def interrupted_by() -> str | None:
+    """The signal that interrupted the command (``"SIGTERM"``/``"SIGINT"``), None if none did."""
+    return _raised[-1] if _raised else None
+
+
 @contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """Inside the block, SIGTERM raises :class:`Terminated` instead of ending the process at once."""
+def signals_interrupt() -> Iterator[None]:
+    """Inside the block, SIGTERM raises :class:`Terminated` (instead of ending the process at once)
+    and SIGINT ``KeyboardInterrupt``; :func:`interrupted_by` tells which one did."""
+    _raised.clear()
     if not _main_thread():
         yield
         return
-
-    def handler(signum, frame):
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, lambda signum, frame: _interrupt(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class GracefulStop:
@@ -64,7 +78,7 @@ class GracefulStop:
 
     def _handle(self, signum, frame) -> None:
         if self.requested is not None:  # a second signal: stop now
-            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+            _interrupt(signum)
         self.requested = signal.Signals(signum).name
 
     def __enter__(self) -> "GracefulStop":

@@ -26,7 +26,7 @@ from ..model.simmim import CaswitSimMIM, MaskGenerator
 from ..spec import ClassTable
 from .config import RunConfig
 from .distributed import DistEnv, process_group
-from .inputs import check_samples, run_input_spec, scale_for, with_gsd
+from .inputs import check_dtypes, check_samples, run_input_spec, scale_for, with_gsd
 from .loop import build_loop, fit, open_run, seed_run, training_metadata
 from .reconstructions import figure_rows, save_reconstruction_figure
 from .rundir import LAST_WEIGHTS, RECONSTRUCTIONS, RunDirectory
@@ -111,6 +111,7 @@ def _pretrain_in(config: PretrainConfig, run: RunDirectory, env: DistEnv) -> Pre
     pairs = [ImagePair(path.stem, path, None) for path in files]
     dataset = RasterTileDataset(pairs, ClassTable(), spec, random_crops=config.random_crops,
                                 crops_per_image=config.crops_per_image)
+    check_dtypes(dataset.images, spec, "--images")
     check_samples(dataset, spec, f"--images {files[0]}")
     spec = with_gsd(spec, dataset)
 

@@ -31,7 +31,7 @@ from ..model.loss import CaswitLoss, cross_entropy
 from ..spec import ClassTable, InputSpec
 from .config import RunConfig
 from .distributed import DistEnv, all_reduce_sum, process_group
-from .inputs import check_samples, run_input_spec, scale_for, with_gsd
+from .inputs import check_dtypes, check_samples, run_input_spec, scale_for, with_gsd
 from .loop import build_loop, eval_loader, fit, open_run, seed_run, training_metadata
 from .rundir import BEST_WEIGHTS, LAST_WEIGHTS, RunDirectory
 
@@ -222,6 +222,8 @@ def _datasets(config: TrainConfig, tile: int):
     val_set = None
     if config.val_split is not None and config.val_split.lower() != "none":
         val_set = build_dataset(config.dataset, root, config.val_split, spec, **common)
+    images = [p for ds in (train_set, val_set) for p in getattr(ds, "images", ())]  # FLAIR-HUB is 8-bit RGBI
+    check_dtypes(images, spec, f"--root {root}")
     classes: ClassTable = train_set.classes
     if len(classes) == 0:
         raise ConfigError(f"--root {root}: no class table")
