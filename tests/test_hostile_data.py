@@ -397,6 +397,9 @@ CASES = [
     Case("3-explain-over-its-checkpoint", EXPLAIN[:2] + ["--out", "{tmp}/ckpt.safetensors", "--weights",
                                                          "{tmp}/ckpt.safetensors", "--overwrite"],
          setup=use("data", "ckpt.safetensors"), expect=("ckpt.safetensors", "never replace an input")),
+    Case("3-train-overwrite-over-its-init", TRAIN + ["--out", "{tmp}/run", "--overwrite", "--init",
+                                                     "{tmp}/run/last.safetensors"],
+         setup=use("data", "run"), expect=("last.safetensors", "never replace an input")),
     # 5. a failed run leaves nothing; litter of a dead one is swept
     Case("5-train-bad-option-writes-nothing", TRAIN + ["--out", "{tmp}/new", "--epochs", "0"],
          setup=use("data"), expect=("--epochs",)),

@@ -123,6 +123,7 @@ def _pretrain_in(config: PretrainConfig, run: RunDirectory, env: DistEnv) -> Pre
     except ValueError as e:
         raise ConfigError(f"--mask-patch-size / --lr-mask-ratio: {e}") from None
     model = CaswitSimMIM(model_config, config.backbone_weights)
+    run.guard_inputs([config.backbone_weights])
     # LR stages after the last fused one never run: DDP must not wait for their gradients
     loop, start = build_loop(model, dataset, config, env, run_dir, resuming,
                              find_unused_parameters=max(model_config.fusion_stages) < 4)

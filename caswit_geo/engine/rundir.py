@@ -105,17 +105,21 @@ class RunDirectory:
         self.active = active
         self._lease: OutputSet | None = None
         self._first: OutputSet | None = None
-        if not active:
-            return
-        self._lease = _lease(self.path)
-        try:
-            if not resuming:
-                self._first = OutputSet(overwrite=True)
-                for name in RUN_FILES:
-                    self._first.add(self.path / name, "--out", claim=False, create_parents=True, clear=True)
-        except BaseException:
-            self.close()
-            raise
+        if active:
+            self._lease = _lease(self.path)
+
+    def guard_inputs(self, inputs) -> None:
+        """Declare the files the run reads that a run file could replace (``--init``, weights).
+
+        The first save never replaces one, even with ``--overwrite``
+        (e.g. ``--init`` naming the ``last.safetensors`` of the directory
+        being overwritten). Call before the first :meth:`file`.
+        """
+        if self.active and not self.started and self._first is None:
+            first = OutputSet(overwrite=True, inputs=[Path(p) for p in inputs if p is not None])
+            self._first = first
+            for name in RUN_FILES:
+                first.add(self.path / name, "--out", claim=False, create_parents=True, clear=True)
 
     def file(self, name: str) -> Path:
         """Where to write ``name`` now: its temporary name before the first commit, else its place."""
@@ -123,6 +127,7 @@ class RunDirectory:
             raise RuntimeError("only the master process writes the run directory")
         if self.started:
             return self.path / name
+        self.guard_inputs(())
         return self._first.temp(self.path / name)
 
     def commit(self) -> None:

@@ -99,6 +99,7 @@ def _train_in(config: TrainConfig, run: RunDirectory, env: DistEnv) -> TrainResu
             overrides["aux_head"] = False  # an untrained head would only cost time (and confuse DDP)
     model = build_model(config.model, num_classes=len(classes), backbone_weights=config.backbone_weights, **overrides)
     init_report = None
+    init = None
     if config.init is not None and not resuming:
         init = Path(config.init) / LAST_WEIGHTS if Path(config.init).is_dir() else Path(config.init)
         init_report = str(load_pretrained_backbone(model, init))
@@ -106,6 +107,7 @@ def _train_in(config: TrainConfig, run: RunDirectory, env: DistEnv) -> TrainResu
         if env.is_master:
             tqdm.write(f"--init {init}: {init_report}")
     loss_fn = CaswitLoss(alpha=model.config.alpha, class_weights=classes.weights).to(env.device)
+    run.guard_inputs([init, config.backbone_weights])
     # without the auxiliary head, LR stages after the last fused one never run: DDP must not wait for them
     cfg = model.config
     unused = cfg.dual and model.aux_head is None and max(cfg.fusion_stages) < 4
