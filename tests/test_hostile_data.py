@@ -34,6 +34,7 @@ import caswit_geo
 from caswit_geo.checkpoint import read_meta
 from caswit_geo.engine.runstate import load_state
 from caswit_geo.engine.train import TrainConfig, train
+from caswit_geo.errors import OutputError
 from caswit_geo.spec import InputSpec
 
 from hostile import REPO, Case, run_case
@@ -554,6 +555,9 @@ def test_2_real_sigterm_from_another_process_then_resume(assets, tmp_path):
     argv = [a.format(tmp=tmp_path) for a in TRAIN] + ["--out", str(out), "--crops-per-image", "4"]
     proc = _child(STEPS_SLOWLY, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout.readline().split()[0] == "step"
+    # meanwhile a second run on the same directory stops at once, naming the first
+    with pytest.raises(OutputError, match=rf"--out .*run2: another run is writing it \(caswit-geo pid {proc.pid} "):
+        train(TrainConfig(dataset="tiles", root=tmp_path / "data", model="caswit-nano", out=out, overwrite=True))
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from ..atomic import write_text
 from ..errors import ConfigError, OutputError
-from ..outputs import OutputSet, claim_point
+from ..outputs import OutputSet
 
 CONFIG = "config.json"
 LAST_WEIGHTS = "last.safetensors"
@@ -105,8 +105,9 @@ class RunDirectory:
         self.active = active
         self._lease: OutputSet | None = None
         self._first: OutputSet | None = None
+        self._lease_point = _lease_point(self.path)
         if active:
-            self._lease = _lease(self.path)
+            self._lease = _lease(self._lease_point)
 
     def guard_inputs(self, inputs) -> None:
         """Declare the files the run reads that a run file could replace (``--init``, weights).
@@ -138,8 +139,9 @@ class RunDirectory:
         self._first.commit()
         self._first = None
         self.started = True
-        if claim_point(self.path) != self.path:  # the claim sat on a folder above, created just now
-            lease, self._lease = self._lease, _lease(self.path)
+        if self._lease_point != _lease_point(self.path):  # the directory exists now: claim it from inside
+            lease, self._lease_point = self._lease, _lease_point(self.path)
+            self._lease = _lease(self._lease_point)
             lease.abort()
 
     def close(self) -> None:
@@ -158,11 +160,17 @@ class RunDirectory:
         self.close()
 
 
-def _lease(path: Path) -> OutputSet:
-    """A claim on ``path`` for the whole run (an output set without destinations)."""
+def _lease_point(run_dir: Path) -> Path:
+    """What claims a run directory: an existing one from inside (``<run>/.run``: its parent may be
+    read-only, e.g. a prepared scratch folder), a new one where it will be made."""
+    return run_dir / ".run" if run_dir.is_dir() else run_dir
+
+
+def _lease(point: Path) -> OutputSet:
+    """A claim on ``point`` for the whole run (an output set without destinations)."""
     lease = OutputSet()
     try:
-        lease.claim(path, "--out")
+        lease.claim(point, "--out")
     except BaseException:
         lease.abort()
         raise
