@@ -13,7 +13,10 @@ Exact resume: the shuffle order is a function of (seed, epoch)
 (DistributedSampler), the schedule of the iteration count, and the RNG
 states of every rank are saved at the end of each epoch and restored
 before the next, so on the CPU a resumed run ends with the same weights as
-an uninterrupted one.
+an uninterrupted one. A run stopped by a signal in the middle of an epoch
+(``signals.GracefulStop``) saves its place in it: the resumed run skips
+the samples already seen, in the same order, with new random draws for the
+rest of that epoch. What is written when is ``rundir.py``'s protocol.
 """
 
 from __future__ import annotations
