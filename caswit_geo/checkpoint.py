@@ -23,7 +23,8 @@ from torch import nn
 
 from . import __version__
 from .atomic import atomic_path, usual_permissions
-from .errors import CheckpointError
+from .bounds import Keys, Text
+from .errors import CaswitError, CheckpointError, ConfigError
 from .model.caswit import CASWiT, CaswitConfig
 from .model.simmim import CaswitSimMIM
 from .model.transfer import check_state_fits, transfer_backbone
@@ -116,9 +117,11 @@ def save_checkpoint(
         },
     }
     path = Path(path)
+    text = json.dumps(header, default=_json_default)
+    check_header(json.loads(text), path)  # what the file will say must load again (predict, info, eval)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={HEADER_KEY: json.dumps(header, default=_json_default)})
+        save_file(tensors, str(tmp), metadata={HEADER_KEY: text})
         usual_permissions(tmp)
     return path
 
@@ -159,39 +162,145 @@ def torch_load(path: str | Path):
         raise CheckpointError(f"{path}: not a readable PyTorch weights file ({type(e).__name__})") from None
 
 
-def read_checkpoint(path: str | Path, require_header: bool = True) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """Tensors and parsed header of a safetensors checkpoint, with clear errors."""
-    path = Path(path)
+# ---------------------------------------------------------------------------
+# Reading: the header is untrusted input, checked before anything is built
+# ---------------------------------------------------------------------------
+
+HEADER_KEYS = ("format", "format_version", "kind", "name", "config", "classes", "input_spec", "metadata", "provenance")
+MAX_MODEL_BYTES = 4 * 2**30  # parameters and buffers (caswit-large: 1.9 GiB)
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+def _open_file(path: Path) -> tuple[str | None, dict[str, torch.Tensor]]:
+    """Raw header text and the file's tensors as meta tensors (names, shapes, dtypes; no data read)."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             raw = (f.metadata() or {}).get(HEADER_KEY)
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            layout = {}
+            for k in f.keys():
+                sl = f.get_slice(k)
+                dtype = _DTYPES.get(sl.get_dtype())
+                if dtype is None:
+                    raise CheckpointError(f"{path}: tensor {k} has the unsupported type {sl.get_dtype()}")
+                layout[k] = torch.empty(sl.get_shape(), dtype=dtype, device="meta")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: not a valid safetensors checkpoint (truncated or corrupt: {e})") from None
-    if raw is None:
-        if require_header:
-            raise CheckpointError(f"{path}: safetensors file without caswit-geo metadata (not a caswit-geo checkpoint)")
-        return tensors, None
+    return raw, layout
+
+
+def _parse_header(raw: str, path: Path) -> dict:
     try:
         header = json.loads(raw)
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON") from None
-    if header.get("format") != FORMAT:
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a caswit-geo checkpoint")
-    if header.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format {header['format_version']} is newer than this caswit-geo understands"
-        )
+    version = header.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{path}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this caswit-geo understands")
     if header.get("kind") not in KINDS:
         raise CheckpointError(f"{path}: unknown checkpoint kind {header.get('kind')!r}")
+    return header
+
+
+def check_header(header: dict, source: str | Path) -> CheckpointMeta:
+    """The metadata of a parsed header, every key and value checked against the schema.
+
+    Only the keys of :data:`HEADER_KEYS` are accepted; the model config, the
+    input spec and the class table are checked field by field against the
+    bounds declared beside their fields (``CaswitConfig``, ``InputSpec``,
+    ``ClassInfo``), then against each other: one class per model output, the
+    spec's tile size and band count those of the model.
+    """
+    unknown = sorted(str(k) for k in header if k not in HEADER_KEYS)
+    if unknown:
+        raise CheckpointError(f"{source}: unknown checkpoint header key {unknown[0]!r}")
+    missing = [k for k in ("name", "config", "classes", "input_spec") if k not in header]
+    if missing:
+        raise CheckpointError(f"{source}: incomplete checkpoint metadata ({missing[0]!r} missing)")
+    try:
+        name = Text(64)(header["name"], "name")
+        config = CaswitConfig.from_dict(header["config"], "config")
+        Keys(classes=lambda v, n: v, weights=lambda v, n: v)(header["classes"], "classes")  # no other key
+        classes = ClassTable.from_dict(header["classes"], "classes")
+        spec = InputSpec.from_dict(header["input_spec"], "input_spec")
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    for key in ("metadata", "provenance"):
+        if not isinstance(header.get(key, {}), dict):
+            raise CheckpointError(f"{source}: {key} must be an object")
+    kind = header["kind"]
+    if kind == "segmentation" and len(classes) != config.num_classes:
+        raise CheckpointError(
+            f"{source}: {len(classes)} class names for a model with {config.num_classes} outputs "
+            "(classes must name every output)"
+        )
+    if spec.tile_size != config.img_size or spec.in_chans != config.in_chans:
+        raise CheckpointError(
+            f"{source}: input spec (tile {spec.tile_size}, {spec.in_chans} bands) does not match the model "
+            f"(tile {config.img_size}, {config.in_chans} bands)"
+        )
+    return CheckpointMeta(name, kind, config.to_dict(), classes, spec, header.get("metadata", {}),
+                          header.get("provenance", {}))
+
+
+def shape_model(meta: CheckpointMeta, source: str | Path) -> nn.Module:
+    """The model of ``meta`` built on the ``meta`` device: shapes and dtypes, no memory, no initialisation."""
+    try:
+        with torch.device("meta"):
+            model = KINDS[meta.kind](meta.model_config)
+    except CaswitError:
+        raise
+    except Exception as e:  # timm asserts on inconsistent sizes (e.g. a width not divisible by the heads)
+        raise CheckpointError(f"{source}: the model config cannot be built ({type(e).__name__}: {e})") from None
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    if size > MAX_MODEL_BYTES:
+        raise CheckpointError(
+            f"{source}: the model config describes {size / 2**30:.1f} GiB of weights, more than the "
+            f"{MAX_MODEL_BYTES / 2**30:.0f} GiB caswit-geo accepts"
+        )
+    return model
+
+
+def read_checkpoint(path: str | Path, require_header: bool = True) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """Tensors and parsed header of a safetensors checkpoint, with clear errors.
+
+    With a header, the header is checked (:func:`check_header`) and every
+    tensor's name, shape and dtype compared with the model it describes,
+    built on the ``meta`` device, before any tensor data is read.
+    """
+    path = Path(path)
+    raw, layout = _open_file(path)
+    header = None
+    if raw is None:
+        if require_header:
+            raise CheckpointError(f"{path}: safetensors file without caswit-geo metadata (not a caswit-geo checkpoint)")
+    else:
+        header = _parse_header(raw, path)
+        meta = check_header(header, path)
+        expected = shape_model(meta, path).state_dict()
+        check_state_fits(expected, layout, str(path), f"weights do not match the {meta.name} config")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a valid safetensors checkpoint (truncated or corrupt: {e})") from None
     return tensors, header
 
 
 def read_meta(path: str | Path) -> CheckpointMeta:
-    """Metadata only (no model built)."""
-    return _meta(read_checkpoint(path)[1], Path(path))
+    """Metadata only, checked against the schema (no model built, no tensor read)."""
+    path = Path(path)
+    raw, _ = _open_file(path)
+    if raw is None:
+        raise CheckpointError(f"{path}: safetensors file without caswit-geo metadata (not a caswit-geo checkpoint)")
+    return check_header(_parse_header(raw, path), path)
 
 
 def stored_behaviour(path: str | Path) -> dict:
@@ -209,21 +318,6 @@ def stored_behaviour(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: invalid model config ({e})") from None
 
 
-def _meta(header: dict, path: Path) -> CheckpointMeta:
-    try:
-        return CheckpointMeta(
-            name=header["name"],
-            kind=header["kind"],
-            config=header["config"],
-            classes=ClassTable.from_dict(header["classes"]),
-            input_spec=InputSpec.from_dict(header["input_spec"]),
-            metadata=header.get("metadata", {}),
-            provenance=header.get("provenance", {}),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: incomplete checkpoint metadata ({e})") from None
-
-
 def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu", *, train: bool = False
 ) -> tuple[nn.Module, CheckpointMeta]:
@@ -233,13 +327,8 @@ def load_checkpoint(
     """
     path = Path(path)
     tensors, header = read_checkpoint(path)
-    meta = _meta(header, path)
-    try:
-        config = meta.model_config
-    except Exception as e:
-        raise CheckpointError(f"{path}: invalid model config ({e})") from None
-    model = KINDS[meta.kind](config)
-    check_state_fits(model.state_dict(), tensors, str(path), f"weights do not match the {meta.name} config")
+    meta = check_header(header, path)
+    model = KINDS[meta.kind](meta.model_config)
     model.load_state_dict(tensors, strict=True)
     model.to(device)
     model.train(train)

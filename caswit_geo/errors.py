@@ -10,6 +10,14 @@ or option and the problem. The CLI prints that line and exits non-zero; only
 class CaswitError(Exception):
     """Base class of the errors the CLI reports as one line."""
 
+    def __init__(self, *args) -> None:
+        # A DataLoader worker's error comes back as "Caught X in DataLoader worker process N.\n
+        # Original Traceback ...": keep the original message, the line the user needs.
+        if len(args) == 1 and isinstance(args[0], str) and "\nOriginal Traceback" in args[0]:
+            last = args[0].rstrip().splitlines()[-1]
+            args = (last.split(": ", 1)[1] if ": " in last else last,)
+        super().__init__(*args)
+
 
 class InputError(CaswitError):
     """An input raster, vector or data set cannot be used."""

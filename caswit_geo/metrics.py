@@ -53,6 +53,7 @@ class ConfusionMatrix:
         self.ignore_index = ignore_index
         self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
         self.unpredicted = 0
+        self.unpredicted_by_class = np.zeros(num_classes, dtype=np.int64)  # per ground-truth class
 
     def update(self, target, pred) -> None:
         """Add pixels; ``target`` and ``pred`` have the same shape (any: (H, W), (B, H, W))."""
@@ -69,7 +70,10 @@ class ConfusionMatrix:
         bad_p = predicted & ((pred < 0) | (pred >= k))
         if bad_p.any():
             raise ValueError(f"predicted value {int(pred[bad_p][0])} outside 0..{k - 1}")
-        self.unpredicted += int(np.count_nonzero(labelled & ~predicted))
+        gaps = labelled & ~predicted
+        self.unpredicted += int(np.count_nonzero(gaps))
+        if gaps.any():
+            self.unpredicted_by_class += np.bincount(target[gaps], minlength=k)
         keep = labelled & predicted
         idx = target[keep] * k + pred[keep]
         self.matrix += np.bincount(idx, minlength=k * k).reshape(k, k)
@@ -77,6 +81,7 @@ class ConfusionMatrix:
     def merge(self, other: "ConfusionMatrix") -> None:
         self.matrix += other.matrix
         self.unpredicted += other.unpredicted
+        self.unpredicted_by_class += other.unpredicted_by_class
 
     @property
     def total(self) -> int:
@@ -277,27 +282,45 @@ class Protocol:
             return float("nan")
         return float(np.nanmean(values))
 
-    def scores(self, cm: np.ndarray | ConfusionMatrix, boundary: BoundaryStats | None = None) -> "Scores":
-        """Per-class and mean scores of a (K, K) matrix (and boundary stats, if given)."""
+    def scores(
+        self, cm: np.ndarray | ConfusionMatrix, boundary: BoundaryStats | None = None, gaps: np.ndarray | None = None
+    ) -> "Scores":
+        """Per-class and mean scores of a (K, K) matrix (and boundary stats, if given).
+
+        ``gaps``: per ground-truth class, pixels left without a prediction that
+        count as errors (false negatives of their class, wrong in OA).
+        """
         full = cm.matrix if isinstance(cm, ConfusionMatrix) else np.asarray(cm)
         if full.shape != (self.num_classes, self.num_classes):
             raise ValueError(f"expected a {self.num_classes}x{self.num_classes} matrix, got {full.shape}")
         ids = list(self.eval_ids)
         sub = full[np.ix_(ids, ids)]
+        if gaps is not None:  # an extra "no prediction" column: in every row total, never on the diagonal
+            n = len(ids)
+            wide = np.zeros((n + 1, n + 1), dtype=np.int64)
+            wide[:n, :n] = sub
+            wide[:n, n] = np.asarray(gaps)[ids]
+            iou, f1 = iou_per_class(wide)[:n], f1_per_class(wide)[:n]
+            return self._scores(ids, sub, iou, f1, precision_per_class(wide)[:n], recall_per_class(wide)[:n],
+                                overall_accuracy(wide), boundary, gt_pixels=wide[:n].sum(1))
         iou, f1 = iou_per_class(sub), f1_per_class(sub)
+        return self._scores(ids, sub, iou, f1, precision_per_class(sub), recall_per_class(sub),
+                            overall_accuracy(sub), boundary, gt_pixels=sub.sum(1))
+
+    def _scores(self, ids, sub, iou, f1, precision, recall, oa, boundary, gt_pixels) -> "Scores":
         biou = boundary.iou()[ids] if boundary is not None else None
         return Scores(
             ids=tuple(ids),
             iou=self._finish(iou),
             f1=self._finish(f1),
-            precision=self._finish(precision_per_class(sub)),
-            recall=self._finish(recall_per_class(sub)),
+            precision=self._finish(precision),
+            recall=self._finish(recall),
             biou=None if biou is None else self._finish(biou),
-            gt_pixels=sub.sum(1),
+            gt_pixels=gt_pixels,
             pred_pixels=sub.sum(0),
             miou=self._mean(iou),
             mf1=self._mean(f1),
-            oa=overall_accuracy(sub),
+            oa=oa,
             mbiou=float("nan") if biou is None else self._mean(biou),
         )
 

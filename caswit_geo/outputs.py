@@ -15,6 +15,12 @@ Every command that writes files goes through an :class:`OutputSet`:
    command stops early (error, Ctrl-C, SIGTERM), ``abort()`` removes the
    temporaries and the claims and leaves the destinations as they were.
 
+A destination whose folder does not exist yet (``create_parents``) has its
+temporary in the nearest existing folder and its claim on the topmost missing
+folder; the missing folders are created at commit (and removed again on
+rollback). A ``clear`` destination that the command ends up not writing is
+removed at commit, so that no file of an older run outlives it.
+
 Litter of a killed run (kill -9, power loss) is removed by the next run that
 writes in the same folder (``atomic.sweep_stale``).
 """
@@ -37,6 +43,8 @@ class _Dest:
     path: Path
     option: str
     folder: bool
+    anchor: Path  # the existing folder its temporary lives in (its parent, or the nearest existing ancestor)
+    clear: bool = False
     claim: Path | None = None
     temp: Path | None = None
     backup: Path | None = None
@@ -45,6 +53,15 @@ class _Dest:
 
 def _key(path: Path) -> Path:
     return Path(os.path.abspath(path))
+
+
+def claim_point(path: str | Path) -> Path:
+    """What claims ``path``: itself when its folder exists, else its topmost missing ancestor."""
+    path = _key(Path(path))
+    top = path
+    while not top.parent.exists() and top.parent != top.parent.parent:
+        top = top.parent
+    return top
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
@@ -70,15 +87,28 @@ class OutputSet:
         self._input_ids: set[tuple[int, int]] | None = None
         self.dests: dict[Path, _Dest] = {}
         self.folders: list[Path] = []  # folders whose liveness lock we hold
+        self._claims: dict[Path, Path] = {}  # claimed path -> its claim file
+        self._created: list[Path] = []  # folders made at commit, outermost first
         self.closed = False
 
     # -- start: checks and claims --------------------------------------------
 
-    def add(self, dest: str | Path, option: str = "--out", *, folder: bool = False, claim: bool = True) -> Path:
+    def add(
+        self,
+        dest: str | Path,
+        option: str = "--out",
+        *,
+        folder: bool = False,
+        claim: bool = True,
+        create_parents: bool = False,
+        clear: bool = False,
+    ) -> Path:
         """Check and claim ``dest`` (see the module docstring); returns it as a Path.
 
         ``folder``: the output is a folder written as a whole (staged, then
         renamed). ``claim=False`` for files inside a folder already claimed.
+        ``create_parents``: its missing folders are created at commit.
+        ``clear``: removed at commit when this command does not write it.
         """
         dest = Path(dest)
         key = _key(dest)
@@ -91,15 +121,26 @@ class OutputSet:
         self._check_not_input(dest, option, folder)
         if dest.exists() and not self.overwrite:
             raise OutputError(f"{option} {dest}: exists (pass --overwrite to replace it)")
-        parent = key.parent
-        if not parent.is_dir():
+        point = claim_point(key) if create_parents else key
+        anchor = point.parent
+        if not anchor.is_dir():
+            if anchor.exists():
+                raise OutputError(f"{option}: {anchor} is not a folder")
             raise OutputError(f"{option}: folder {dest.parent} does not exist")
-        self._hold(parent, option)
-        entry = _Dest(dest, option, folder)
+        self._hold(anchor, option)
+        entry = _Dest(dest, option, folder, anchor, clear)
         if claim:
-            entry.claim = claims.take(dest, option)
+            entry.claim = self._claims.get(point) or claims.take(point, option)
+            self._claims[point] = entry.claim
         self.dests[key] = entry
         return dest
+
+    def claim(self, path: str | Path, option: str = "--out") -> None:
+        """Claim ``path`` (e.g. a folder this command fills) without making it a destination."""
+        point = claim_point(path)
+        if point not in self._claims:
+            self._hold(point.parent, option)
+            self._claims[point] = claims.take(point, option)
 
     def _hold(self, folder: Path, option: str) -> None:
         if folder in self.folders:
@@ -132,7 +173,7 @@ class OutputSet:
         if entry is None:
             raise KeyError(f"{dest} is not among the outputs")
         if entry.temp is None:
-            entry.temp = atomic.temp_path(_key(entry.path), suffix)
+            entry.temp = atomic.temp_path(entry.anchor / entry.path.name, suffix)
         return entry.temp
 
     # -- end: commit or abort ---------------------------------------------------
@@ -140,12 +181,14 @@ class OutputSet:
     def commit(self) -> list[Path]:
         """Rename every written temporary onto its destination, all or nothing; returns the destinations."""
         ready = [d for d in self.dests.values() if d.temp is not None and os.path.lexists(d.temp)]
+        cleared = [d for d in self.dests.values() if d.clear and d not in ready and os.path.lexists(d.path)]
         try:
-            for d in ready:  # move replaced outputs aside first: nothing is lost if a rename fails
+            for d in ready + cleared:  # move replaced outputs aside first: nothing is lost if a rename fails
                 if self.overwrite and os.path.lexists(d.path):
                     d.backup = atomic.temp_path(_key(d.path), ".old")
                     os.rename(d.path, d.backup)
             for d in ready:
+                self._make_parents(d.path.parent)
                 try:
                     atomic.rename_noreplace(d.temp, d.path)
                 except FileExistsError:
@@ -158,14 +201,24 @@ class OutputSet:
                     raise
                 d.committed = True
         except BaseException:
-            self._roll_back(ready)
+            self._roll_back(ready + cleared)
             self.abort()
             raise
-        for d in ready:
+        for d in ready + cleared:
             if d.backup is not None:
                 atomic.remove_path(d.backup)
         self._release()
         return [d.path for d in ready]
+
+    def _make_parents(self, folder: Path) -> None:
+        missing = []
+        folder = _key(folder)
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for f in reversed(missing):
+            os.mkdir(f)
+            self._created.append(f)
 
     def _roll_back(self, ready: list[_Dest]) -> None:
         for d in ready:
@@ -177,6 +230,10 @@ class OutputSet:
                 with contextlib.suppress(OSError):
                     os.rename(d.backup, d.path)
                 d.backup = None
+        for folder in reversed(self._created):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        self._created.clear()
 
     def abort(self) -> None:
         """Remove every temporary and claim; the destinations stay as they were."""
@@ -189,9 +246,8 @@ class OutputSet:
         if self.closed:
             return
         self.closed = True
-        for d in self.dests.values():
-            if d.claim is not None:
-                claims.release(d.claim)
+        for claim in self._claims.values():
+            claims.release(claim)
         for folder in self.folders:
             atomic.release_folder(folder)
 

@@ -11,9 +11,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .bounds import Int, Maybe, Real, Seq, Text, bounded, check_fields, from_mapping
 from .errors import ConfigError
 
 IGNORE_INDEX = 255
+MAX_CLASSES = 255  # class ids 0..254; 255 is nodata / ignore
+MAX_BANDS = 32
+MAX_TILE = 2048
+MAX_CONTEXT_FACTOR = 8
+MAX_CONTEXT_SIDE = 8192  # px of the LR context window (k x T) read for every tile
 
 # ImageNet statistics on [0, 1] values: the statistics Swin was pretrained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -22,9 +28,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class ClassInfo:
-    id: int
-    name: str
-    color: tuple[int, int, int]
+    id: int = bounded(check=Int(0, MAX_CLASSES - 1))
+    name: str = bounded(check=Text(100))
+    color: tuple[int, int, int] = bounded(check=Seq(Int(0, 255), 3, 3))  # RGB
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
@@ -38,29 +47,26 @@ class InputSpec:
     never show seams from it.
     """
 
-    bands: tuple[int, ...] = (1, 2, 3)
-    scale: float = 255.0
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    tile_size: int = 512
-    context_factor: int = 2
-    gsd: float | None = 0.2  # ground sampling distance in CRS units (m); None = unknown
+    bands: tuple[int, ...] = bounded((1, 2, 3), Seq(Int(1, 1024), 1, MAX_BANDS))  # 1-based
+    scale: float = bounded(255.0, Real(0, 1e12, lo_open=True))
+    mean: tuple[float, ...] = bounded(IMAGENET_MEAN, Seq(Real(-1e6, 1e6), 1, MAX_BANDS))
+    std: tuple[float, ...] = bounded(IMAGENET_STD, Seq(Real(0, 1e6, lo_open=True), 1, MAX_BANDS))
+    tile_size: int = bounded(512, Int(32, MAX_TILE, multiple=32))
+    context_factor: int = bounded(2, Int(1, MAX_CONTEXT_FACTOR))
+    gsd: float | None = bounded(0.2, Maybe(Real(0, 1e6, lo_open=True)))  # ground sampling distance, CRS units (m); None = unknown
 
     def __post_init__(self) -> None:
-        self.bands = tuple(int(b) for b in self.bands)
-        self.mean = tuple(float(m) for m in self.mean)
-        self.std = tuple(float(s) for s in self.std)
-        if not self.bands or min(self.bands) < 1:
-            raise ConfigError(f"bands must be 1-based band indexes, got {list(self.bands)}")
+        check_fields(self)
         if len(self.mean) != len(self.bands) or len(self.std) != len(self.bands):
             raise ConfigError(
                 f"mean/std need one value per band ({len(self.bands)} bands), "
                 f"got {len(self.mean)} and {len(self.std)}"
             )
-        if self.scale <= 0 or any(s <= 0 for s in self.std):
-            raise ConfigError("scale and std must be positive")
-        if self.context_factor < 1:
-            raise ConfigError(f"context factor must be >= 1, got {self.context_factor}")
+        if self.context_factor * self.tile_size > MAX_CONTEXT_SIDE:
+            raise ConfigError(
+                f"context factor {self.context_factor} x tile {self.tile_size} px: the context window "
+                f"would exceed {MAX_CONTEXT_SIDE} px"
+            )
 
     @property
     def in_chans(self) -> int:
@@ -76,8 +82,9 @@ class InputSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "InputSpec":
-        return cls(**d)
+    def from_dict(cls, d: dict, what: str = "input spec") -> "InputSpec":
+        """Spec of a checkpoint header: unknown keys and values out of bounds are refused."""
+        return from_mapping(cls, d, what)
 
 
 @dataclass
@@ -88,13 +95,15 @@ class ClassTable:
     weights: list[float] | None = None
 
     def __post_init__(self) -> None:
+        if len(self.classes) > MAX_CLASSES:
+            raise ConfigError(f"at most {MAX_CLASSES} classes (255 is nodata / ignore), got {len(self.classes)}")
         ids = [c.id for c in self.classes]
         if ids != list(range(len(ids))):
-            raise ConfigError(f"class ids must be 0..K-1 in order, got {ids}")
-        if len(ids) > 255:
-            raise ConfigError("at most 255 classes (255 is nodata / ignore)")
-        if self.weights is not None and len(self.weights) != len(ids):
-            raise ConfigError(f"{len(self.weights)} class weights for {len(ids)} classes")
+            raise ConfigError(f"class ids must be 0..K-1 in order, got {ids[:20]}")
+        if self.weights is not None:
+            self.weights = list(Seq(Real(0, 1e6), len(ids), len(ids))(self.weights, "class weights"))
+            if ids and not any(self.weights):
+                raise ConfigError("class weights are all 0: no class would be trained")
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -116,8 +125,13 @@ class ClassTable:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ClassTable":
-        classes = [ClassInfo(int(c["id"]), str(c["name"]), tuple(int(v) for v in c["color"])) for c in d["classes"]]
+    def from_dict(cls, d: dict, what: str = "classes") -> "ClassTable":
+        """Class table of a header or ``classes.json`` (other keys ignored): ids, names, colours, weights checked."""
+        if not isinstance(d, dict) or not isinstance(d.get("classes"), list):
+            raise ConfigError(f"{what} must be an object with a list 'classes'")
+        if len(d["classes"]) > MAX_CLASSES:
+            raise ConfigError(f"{what}: at most {MAX_CLASSES} classes, got {len(d['classes'])}")
+        classes = [from_mapping(ClassInfo, c, f"{what}[{i}]") for i, c in enumerate(d["classes"])]
         return cls(classes, d.get("weights"))
 
     @classmethod

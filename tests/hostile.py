@@ -13,6 +13,12 @@ command owes a user who gave it bad input:
   same files with the same bytes afterwards (``changes`` lists the paths a
   case may legitimately create, e.g. a run directory's resumable state).
 
+A case with ``code=0`` checks that a hostile situation is *handled* (a
+resume after a kill, litter swept, a gap scored): no error line, no
+traceback, and its ``check``. ``inject`` wraps an in-process command in a
+context manager for fault injection (a signal at a given step, a write
+that fails), for what a table row cannot reach from the command line.
+
 The suites (``tests/test_hostile_*.py``) are tables of cases; the item
 numbers are those of the hostile-input review (issue "Nothing lost, nothing
 trusted").
@@ -20,6 +26,7 @@ trusted").
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -47,6 +54,7 @@ class Case:
         timeout: seconds before a subprocess case counts as hung.
         changes: glob patterns (relative to the case folder) that may change.
         check: extra assertion on (folder, stdout, stderr) after the run.
+        inject: in-process cases: ``inject(folder)`` is a context manager entered around the command.
     """
 
     id: str
@@ -58,6 +66,7 @@ class Case:
     timeout: float = 120.0
     changes: tuple[str, ...] = ()
     check: Callable[[Path, str, str], None] | None = None
+    inject: Callable[[Path], contextlib.AbstractContextManager] | None = None
     marks: tuple = field(default_factory=tuple)
 
     def param(self):
@@ -108,8 +117,9 @@ def run_case(case: Case, folder: Path, capsys=None) -> tuple[int, str, str]:
         cwd = os.getcwd()
         os.chdir(folder)
         try:
-            with pytest.raises(SystemExit) as exc:
-                main(argv)
+            with case.inject(folder) if case.inject is not None else contextlib.nullcontext():
+                with pytest.raises(SystemExit) as exc:
+                    main(argv)
         finally:
             os.chdir(cwd)
         out, err = capsys.readouterr() if capsys is not None else ("", "")
@@ -127,6 +137,9 @@ def assert_contract(case: Case, code: int, out: str, err: str) -> None:
     assert "Traceback" not in err and "Traceback" not in out, f"{case.id}: traceback shown: {err!r}"
     lines = [line for line in err.splitlines() if line.strip()]
     errors = [line for line in lines if not line.startswith("caswit-geo: warning:")]
+    if case.code == 0:
+        assert not [line for line in errors if line.startswith("caswit-geo:")], f"{case.id}: error shown: {errors!r}"
+        return
     assert errors, f"{case.id}: no error line on stderr"
     if case.code == 2 and len(errors) > 1:  # usage errors: the parser's usage line, then its message
         errors = errors[-1:]

@@ -183,3 +183,110 @@ def test_checkpoint_made_before_the_swin_fields_keeps_its_behaviour():
             feats.append(x.permute(0, 3, 1, 2))
         expected = F.interpolate(model.decoder(feats), size=(128, 128), mode="bilinear", align_corners=False)
         torch.testing.assert_close(model(hr, lr), expected, rtol=0, atol=1e-6)
+
+
+# -- the header schema: declared bounds, named backbones, shapes before data ---------------------
+
+
+def test_every_field_a_checkpoint_sets_declares_its_bounds():
+    from dataclasses import dataclass, fields
+
+    from caswit_geo.bounds import check_fields
+    from caswit_geo.model.caswit import CaswitConfig
+    from caswit_geo.spec import ClassInfo
+
+    for cls in (CaswitConfig, InputSpec, ClassInfo):
+        assert all("check" in f.metadata for f in fields(cls)), cls.__name__
+
+    @dataclass
+    class Unbounded:  # a field added without bounds is refused at once
+        size: int = 3
+
+        def __post_init__(self):
+            check_fields(self)
+
+    with pytest.raises(TypeError, match="Unbounded.size declares no bounds"):
+        Unbounded()
+
+
+def test_named_models_use_only_the_allowed_backbones():
+    from caswit_geo.errors import ConfigError
+    from caswit_geo.model.caswit import CaswitConfig
+    from caswit_geo.model.configs import SWIN_VARIANTS
+    from caswit_geo.model.encoder import SWIN_BACKBONES, SwinEncoder
+
+    assert {v["backbone"] for v in SWIN_VARIANTS.values()} <= set(SWIN_BACKBONES)
+    with pytest.raises(ConfigError, match="backbone must be one of"):
+        CaswitConfig(backbone="hf-hub:timm/swin_tiny_patch4_window7_224.ms_in1k")
+    with pytest.raises(ConfigError, match="not one of"):  # and nothing else reaches timm either
+        SwinEncoder("hf-hub:timm/swin_tiny_patch4_window7_224.ms_in1k", 128)
+    with pytest.raises(ConfigError, match="unknown key 'pretrained_cfg_overlay'"):
+        SwinEncoder("swin_tiny_patch4_window7_224", 128, arch_overrides={"pretrained_cfg_overlay": {"file": "x"}})
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: ClassInfo(0, "water", (1,)), "color must hold 3 values"),
+        (lambda: ClassInfo(0, "water", (0, 0, 256)), r"color\[2\] must be an integer in 0..255"),
+        (lambda: ClassInfo(0, "line\nbreak", (0, 0, 0)), "name must be printable text"),
+        (lambda: ClassTable(CLASSES.classes, [1.0, float("nan"), 1.0]), r"class weights\[1\] must be a finite"),
+        (lambda: ClassTable(CLASSES.classes, [0.0, 0.0, 0.0]), "class weights are all 0"),
+        (lambda: InputSpec(scale=float("nan")), "scale must be a finite number"),
+        (lambda: InputSpec(tile_size=2**20), "tile_size must be an integer in 32..2048"),
+        (lambda: InputSpec(context_factor=1000), "context_factor must be an integer in 1..8"),
+        (lambda: InputSpec(tile_size=2048, context_factor=8), "context window would exceed 8192 px"),
+        (lambda: caswit_geo.model.get_config("caswit-nano", num_classes=256), "num_classes must be an integer in 1..255"),
+        (lambda: caswit_geo.model.get_config("caswit-nano", dropout=1.0), r"dropout must be a finite number in \[0, 1\)"),
+    ],
+)
+def test_values_out_of_bounds_are_refused_where_they_are_made(make, message):
+    from caswit_geo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        make()
+
+
+def test_save_refuses_a_class_table_that_does_not_name_every_output(tmp_path, model):
+    two = ClassTable(CLASSES.classes[:2])
+    with pytest.raises(caswit_geo.errors.CheckpointError, match="2 classes given for a 3-class model"):
+        caswit_geo.save_checkpoint(model, tmp_path / "m.safetensors", classes=two)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_shapes_are_checked_before_any_tensor_is_read(tmp_path, model, monkeypatch):
+    import caswit_geo.checkpoint as checkpoint
+    from safetensors import safe_open
+
+    path = caswit_geo.save_checkpoint(model, tmp_path / "m.safetensors")
+    with safe_open(str(path), "pt") as f:
+        header = json.loads(f.metadata()["caswit_geo"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    header["config"]["decoder_channels"] = 2048  # the file's decoder is 24 wide
+    save_file(tensors, str(tmp_path / "wide.safetensors"), metadata={"caswit_geo": json.dumps(header)})
+    read = []
+
+    class Spy:
+        def __init__(self, *args, **kwargs):
+            self.inner = safe_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.f = self.inner.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.inner.__exit__(*exc)
+
+        def get_tensor(self, key):
+            read.append(key)
+            return self.f.get_tensor(key)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(checkpoint, "safe_open", Spy)
+    with pytest.raises(CheckpointError, match="wide.safetensors: weights do not match .* shapes do not match"):
+        caswit_geo.load_checkpoint(tmp_path / "wide.safetensors")
+    assert read == []
+    caswit_geo.load_checkpoint(path)
+    assert len(read) == len(tensors)

@@ -12,6 +12,7 @@ from rasterio.transform import from_origin
 import caswit_geo
 from caswit_geo.cli import main
 from caswit_geo.engine.evaluate import EvalConfig, evaluate, evaluate_rasters
+from caswit_geo.errors import InputError
 from caswit_geo.metrics import BoundaryStats
 from caswit_geo.spec import ClassInfo, ClassTable, InputSpec, flairhub_classes, urur_classes
 
@@ -125,7 +126,7 @@ def test_eval_cli_tiles_end_to_end(tiles_root, tmp_path, capsys):
     # the report is not overwritten without --overwrite
     code, _, stderr = run_cli(["eval", "--dataset", "tiles", "--root", str(root), "--weights", str(ckpt),
                                "--device", "cpu", "--workers", "0", "--out-dir", str(out)], capsys)
-    assert code == 1 and "report.json: exists (use --overwrite" in stderr and len(stderr.strip().splitlines()) == 1
+    assert code == 1 and "report.json: exists (pass --overwrite" in stderr and len(stderr.strip().splitlines()) == 1
 
 
 def test_eval_flairhub_engine_per_patch(tmp_path):
@@ -210,11 +211,17 @@ def test_pred_ref_without_classes_and_with_nodata(tmp_path):
     pred = np.array([[[2, 1, 2, 1], [3, 255, 1, 1]]], np.uint8)
     write(tmp_path / "ref.tif", ref, crs, t, nodata=0)
     write(tmp_path / "pred.tif", pred, crs, t, nodata=255)
-    res = evaluate_rasters(tmp_path / "pred.tif", tmp_path / "ref.tif")
+    with pytest.raises(InputError, match=r"pred.tif: 1 of the 7 pixels the reference labels have no prediction"):
+        evaluate_rasters(tmp_path / "pred.tif", tmp_path / "ref.tif")  # a gap is an error by default
+    res = evaluate_rasters(tmp_path / "pred.tif", tmp_path / "ref.tif", allow_gaps=True)
     assert res.confusion.shape == (4, 4) and res.report["unpredicted_pixels"] == 1
+    assert res.report["coverage"] == pytest.approx(6 / 7)
     assert [r["id"] for r in res.per_class] == [0, 1, 2, 3]
     assert res.per_class[0]["iou"] is None  # class 0 never seen: skipped
-    assert res.per_class[1]["iou"] == pytest.approx(3 / 4) and res.per_class[3]["iou"] == 1.0
+    # by hand: class 3 has 2 reference pixels, one predicted 3, one left empty: IoU 1 / 2
+    assert res.per_class[1]["iou"] == pytest.approx(3 / 4) and res.per_class[3]["iou"] == pytest.approx(1 / 2)
+    assert res.per_class[3]["recall"] == pytest.approx(1 / 2) and res.per_class[3]["precision"] == 1.0
+    assert res.metrics["OA"] == pytest.approx(5 / 7)  # 5 right of the 7 labelled pixels
 
 
 @pytest.mark.parametrize(

@@ -207,3 +207,48 @@ def test_sweep_never_touches_a_live_run(holder):
     assert atomic.sweep_stale(dest.parent) == []
     assert listing(dest.parent) == before
     assert claims.read_owner(claims.claim_path(dest)) is not None
+
+
+# -- missing folders, cleared destinations, claims without a destination ------------------------
+
+
+def test_missing_folders_are_created_at_commit_only(tmp_path):
+    dest = tmp_path / "a" / "b" / "report.json"
+    with OutputSet() as outs:
+        outs.add(dest, "--out-dir", create_parents=True)
+        outs.temp(dest).write_text("{}")
+        assert not (tmp_path / "a").exists()  # nothing but hidden files before the commit
+        assert claims.read_owner(claims.claim_path(tmp_path / "a")) == atomic.process_token()
+        outs.commit()
+    assert dest.read_text() == "{}" and listing(tmp_path) == ["a"] and listing(dest.parent) == ["report.json"]
+
+
+def test_a_failed_commit_removes_the_folders_it_made(tmp_path, monkeypatch):
+    (tmp_path / "b.tif").write_bytes(b"old")
+    monkeypatch.setattr(atomic, "rename_noreplace", lambda src, dst: (_ for _ in ()).throw(OSError(5, "EIO")))
+    with OutputSet(overwrite=True) as outs:
+        d = outs.add(tmp_path / "new" / "a.tif", create_parents=True)
+        outs.temp(d).write_bytes(b"A")
+        with pytest.raises(OSError):
+            outs.commit()
+    assert listing(tmp_path) == ["b.tif"]
+
+
+def test_a_cleared_destination_the_command_does_not_write_is_removed(tmp_path):
+    for name in ("last.pt", "reconstructions.png", "notes.txt"):
+        (tmp_path / name).write_text("old run")
+    with OutputSet(overwrite=True) as outs:
+        state = outs.add(tmp_path / "last.pt", clear=True)
+        outs.add(tmp_path / "reconstructions.png", clear=True)  # the new run draws no figure
+        outs.temp(state).write_text("new run")
+        assert (tmp_path / "reconstructions.png").read_text() == "old run"  # still there before the commit
+        outs.commit()
+    assert listing(tmp_path) == ["last.pt", "notes.txt"] and (tmp_path / "last.pt").read_text() == "new run"
+
+
+def test_a_claim_without_a_destination_stops_a_second_claim(tmp_path):
+    with OutputSet() as first:
+        first.claim(tmp_path / "preds", "--save-predictions")
+        with pytest.raises(OutputError, match="--save-predictions .*preds: named twice"), OutputSet() as second:
+            second.claim(tmp_path / "preds", "--save-predictions")  # the same process: named twice
+    assert listing(tmp_path) == []

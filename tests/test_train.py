@@ -300,3 +300,52 @@ def test_checkpoint_stays_loadable_by_info(run):
     _, out = run
     meta = read_meta(out / "best.safetensors")
     assert meta.kind == "segmentation" and meta.model_config.name == "caswit-nano"
+
+
+def test_checkpoints_train_wrote_load_in_info_and_predict(run, data_root, tmp_path, capsys):
+    """The schema a checkpoint is saved with is the one it is loaded with: train -> info -> predict."""
+    _, out = run
+    for name in ("best.safetensors", "last.safetensors"):
+        with pytest.raises(SystemExit) as e:
+            main(["info", str(out / name), "--json"])
+        assert e.value.code == 0 and json.loads(capsys.readouterr().out)["tile_size"] == SIZE
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(data_root / "images" / "a.tif"), "--weights", str(out / "best.safetensors"),
+              "--out", str(tmp_path / "map.tif"), "--device", "cpu", "--quiet"])
+    assert e.value.code == 0, capsys.readouterr().err
+    with rasterio.open(tmp_path / "map.tif") as src:
+        assert src.read(1).max() < CLASSES and (src.width, src.height) == (SIZE, SIZE)
+
+
+def test_overwrite_replaces_the_old_run_only_when_the_new_one_saves(run, data_root, tmp_path):
+    """--overwrite: the old run stays whole until the first save, then its files all go; other files stay."""
+    import shutil
+
+    import caswit_geo.engine.loop as loop
+
+    _, finished = run
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    (out / "reconstructions.png").write_bytes(b"an old figure")  # a run file the new run does not write
+    (out / "slurm.out").write_text("job log")  # not a run file
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    seen = []
+    real = loop.save_state
+
+    def save_state(path, state):  # what the run directory holds when the first save begins
+        seen.append(sorted(p.name for p in out.iterdir() if not p.name.startswith(".")))
+        assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == before
+        return real(path, state)
+
+    loop.save_state = save_state
+    try:
+        result = train(nano_config(data_root, out, overwrite=True, val_split="none"))
+    finally:
+        loop.save_state = real
+    assert seen and result.completed
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["best.safetensors", "config.json", "curves.png", "last.pt", "last.safetensors", "log.csv",
+                     "log.json", "slurm.out"]
+    assert (out / "slurm.out").read_text() == "job log"
+    assert json.loads((out / "config.json").read_text())["val_split"] == "none"
+    assert (out / "last.safetensors").read_bytes() != before["last.safetensors"]

@@ -15,6 +15,7 @@ import click
 import typer
 
 from ..errors import CaswitError
+from ..signals import EXIT_CODES, interrupted_by, signals_interrupt
 
 app = typer.Typer(
     name="caswit-geo",
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         warnings.showwarning = _show_warning
     try:
-        rv = app(args=argv, prog_name="caswit-geo", standalone_mode=False)
+        with signals_interrupt():  # SIGTERM unwinds like Ctrl-C: every command removes its temporaries
+            rv = app(args=argv, prog_name="caswit-geo", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
     except CaswitError as e:
         if debug:
@@ -67,8 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         code = e.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt):
-        print("caswit-geo: interrupted", file=sys.stderr)
-        code = 130
+        code = EXIT_CODES["SIGINT"]
     except Exception as e:  # a bug, not a user error: still one line unless --debug
         if debug:
             raise
@@ -77,6 +78,10 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         code = 2
+    signame = interrupted_by()  # typer turns an interrupt into exit code 130 without a word
+    if signame is not None:
+        print(f"caswit-geo: {'stopped by SIGTERM' if signame == 'SIGTERM' else 'interrupted'}", file=sys.stderr)
+        code = EXIT_CODES[signame]
     raise SystemExit(code)
 
 

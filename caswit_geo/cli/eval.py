@@ -54,6 +54,9 @@ def eval_cmd(
     ref: Optional[Path] = typer.Option(None, "--ref", help="Reference label raster for --pred."),
     classes: Optional[Path] = typer.Option(None, "--classes", help="classes.json for --pred/--ref."),
     tile_size: int = typer.Option(512, "--tile-size", help="--pred/--ref: window size (px) for reading and bIoU."),
+    allow_gaps: bool = typer.Option(
+        False, "--allow-gaps", help="--pred/--ref: score reference pixels without a prediction as errors (else refused)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing report and prediction files."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -68,13 +71,14 @@ def eval_cmd(
             raise ConfigError("give --classes or --dataset with --pred/--ref, not both")
         result = evaluate_rasters(
             pred, ref, classes=classes, dataset=dataset, out_dir=out_dir, overwrite=overwrite,
-            tile_size=tile_size, progress=progress,
+            tile_size=tile_size, allow_gaps=allow_gaps, progress=progress,
         )
     else:
         if dataset is None or root is None:
             raise ConfigError("--dataset and --root are required (or --pred and --ref)")
-        if classes is not None:
-            raise ConfigError("--classes only applies to --pred/--ref (a dataset brings its classes)")
+        if classes is not None or allow_gaps:
+            flag = "--classes" if classes is not None else "--allow-gaps"
+            raise ConfigError(f"{flag} only applies to --pred/--ref")
         result = evaluate(
             EvalConfig(
                 dataset=dataset, root=root, weights=weights, split=split, batch_size=batch_size, device=device,

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..checkpoint import read_meta
+from ..checkpoint import read_meta, shape_model
 from ..errors import ConfigError
 from ..model.caswit import CASWiT
 from ..model.configs import MODEL_CONFIGS
@@ -35,7 +35,7 @@ def describe(target: str) -> dict:
     meta = read_meta(path)
     out = {"name": meta.name, "source": str(path), "kind": meta.kind, "config": meta.config}
     if meta.kind == "segmentation":
-        out["parameters"] = _counts_for_config(meta.model_config)
+        out["parameters"] = shape_model(meta, path).parameter_counts()  # meta device: bounded, no memory
     spec = meta.input_spec
     out.update(
         classes=meta.classes.to_dict()["classes"],

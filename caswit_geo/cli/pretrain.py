@@ -15,6 +15,8 @@ from . import run_options as opt
 
 def print_result(result: PretrainResult, console: Console | None = None) -> None:
     console = console or Console()
+    if result.stopped_by is not None:
+        return  # see stopped()
     if not result.completed:
         last = result.history[-1]["epoch"] if result.history else 0
         console.print(f"stopped after epoch {last}; continue with: caswit-geo pretrain --resume {result.run_dir}")
@@ -80,4 +82,6 @@ def pretrain_cmd(
     given["images"] = list(images) if images else None
     for key, kind in (("bands", int), ("mean", float), ("std", float)):
         given[key] = opt.parse_list(given[key], kind, "--" + key)
-    print_result(pretrain(opt.build_config(PretrainConfig, "pretrain", config, given)))
+    result = pretrain(opt.build_config(PretrainConfig, "pretrain", config, given))
+    print_result(result)
+    opt.exit_if_stopped("pretrain", result)

@@ -17,6 +17,7 @@ import typer
 
 from ..engine.config import RUNTIME_FIELDS, load_config_file, make_config
 from ..errors import ConfigError
+from ..signals import EXIT_CODES
 
 CONFIG = typer.Option(None, "--config", help="JSON or TOML file of settings (keys as the flags); flags override it.")
 MODEL = typer.Option(None, "--model", help="Named model (caswit-geo info --list). (default: caswit-tiny)")
@@ -98,3 +99,17 @@ def command_line(command: str, config_file: Optional[Path], given: dict) -> str:
         else:
             words += [flag, str(value)]
     return shlex.join(words)
+
+
+def exit_if_stopped(command: str, result) -> None:
+    """A run a signal stopped: say where, how to continue, and exit 143 (SIGTERM) or 130 (SIGINT)."""
+    if result.stopped_by is None:
+        return
+    epoch, done = result.stopped_at
+    where = f"at epoch {epoch}, iteration {done}" if done else f"after epoch {epoch - 1}"
+    typer.echo(
+        f"caswit-geo: stopped by {result.stopped_by} {where}; the state is saved in {result.run_dir}; "
+        f"continue with: caswit-geo {command} --resume {result.run_dir}",
+        err=True,
+    )
+    raise typer.Exit(EXIT_CODES.get(result.stopped_by, 143))

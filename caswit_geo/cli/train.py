@@ -15,6 +15,8 @@ from . import run_options as opt
 
 def print_result(result: TrainResult, console: Console | None = None) -> None:
     console = console or Console()
+    if result.stopped_by is not None:
+        return  # see stopped()
     if not result.completed:
         last = result.history[-1]["epoch"] if result.history else 0
         console.print(f"stopped after epoch {last}; continue with: caswit-geo train --resume {result.run_dir}")
@@ -86,4 +88,6 @@ def train_cmd(
     given.pop("config")
     for key, kind in (("bands", int), ("mean", float), ("std", float)):
         given[key] = opt.parse_list(given[key], kind, "--" + key)
-    print_result(train(opt.build_config(TrainConfig, "train", config, given)))
+    result = train(opt.build_config(TrainConfig, "train", config, given))
+    print_result(result)
+    opt.exit_if_stopped("train", result)

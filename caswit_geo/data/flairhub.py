@@ -190,6 +190,9 @@ class FlairHubDataset(CaswitDataset):
     def image_ids(self) -> list[str]:
         return [self.index.patches[i].patch_id for i in self.selection]
 
+    def input_files(self) -> list[Path]:
+        return [f for p in self.index.patches for f in (p.image, p.label) if f is not None]
+
     def georef(self, index: int) -> SampleGeo:
         p = self.patch(index)
         crs = self._handles.get(p.image).crs

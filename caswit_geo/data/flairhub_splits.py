@@ -20,6 +20,7 @@ the list of the columns that exist.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import pyogrio
 from ..errors import DatasetError
 from .flairhub_csv import SplitRow, find_split_csv, is_split_csv, read_split_csv, split_suffix
 from .flairhub_index import patch_id_from_path
+from .paths import resolve_entry
 
 SPLIT_GPKG = Path("GLOBAL_ALL_MTD") / "GLOBAL_ALL_MTD_SPLIT.gpkg"
 DEFAULT_SPLIT_COLUMN = "split_flairhub"
@@ -65,7 +67,7 @@ def resolve_split(root: Path, split: str | Path | None, split_column: str = DEFA
         if is_split_csv(split):
             rows = read_split_csv(split, root)
             return SplitRequest(str(split), [r.patch_id for r in rows], rows)
-        return SplitRequest(str(split), read_id_list(split))
+        return SplitRequest(str(split), read_id_list(split, root))
     if split_suffix(str(split)) is None:
         raise DatasetError(f"unknown split {str(split)!r}: use train, val, test, all, or a split CSV path")
     found = find_split_csv(root, str(split))
@@ -82,15 +84,22 @@ def resolve_split(root: Path, split: str | Path | None, split_column: str = DEFA
                         read_split_table(root, str(split), split_column))
 
 
-def read_id_list(path: str | Path) -> list[str]:
+def read_id_list(path: str | Path, root: str | Path | None = None) -> list[str]:
     """Patch ids from a CSV (first column, optional header) or a TXT list (one per line).
 
     Entries may also be file names or paths of either modality
-    (``.../D012-2019_AERIAL_RGBI_AF-S1-27_5-10.tif``).
+    (``.../D012-2019_AERIAL_RGBI_AF-S1-27_5-10.tif``). With ``root``, a path
+    entry must stay inside it: relative to the list's folder when the list
+    lies inside the root (the layout of FLAIR-HUB's own lists), else
+    relative to the root.
     """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: split list not found")
+    base = None
+    if root is not None:
+        inside = Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root))
+        base = path.parent if inside else Path(root)
     ids: list[str] = []
     with path.open(newline="", encoding="utf-8-sig") as f:
         rows = csv.reader(f) if path.suffix.lower() == ".csv" else ([line] for line in f)
@@ -98,6 +107,8 @@ def read_id_list(path: str | Path) -> list[str]:
             cell = row[0].strip() if row else ""
             if not cell or cell.startswith("#") or (n == 0 and cell.lower() in _HEADER_WORDS):
                 continue
+            if base is not None and ("/" in cell or "\\" in cell):
+                resolve_entry(cell, base, root, path, n + 1)
             ids.append(patch_id_from_path(cell) or cell)
     if not ids:
         raise DatasetError(f"{path}: the split list holds no patch id")

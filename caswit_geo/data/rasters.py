@@ -42,12 +42,14 @@ class ImagePair:
     count: int = 0
     transform: Affine = Affine.identity()
     crs: CRS | None = None
+    dtype: str = ""  # of the image's bands
 
 
 def _read_pair_header(pair: ImagePair, max_band: int) -> ImagePair:
     """Fill size and georeferencing; check the label raster against the image."""
     with open_raster(pair.image) as src:
         width, height, count, transform, crs = src.width, src.height, src.count, src.transform, src.crs
+        dtype = src.dtypes[0]
     if count < max_band:
         raise DatasetError(f"{pair.image}: {count} bands, band {max_band} requested")
     if pair.label is not None:
@@ -64,7 +66,7 @@ def _read_pair_header(pair: ImagePair, max_band: int) -> ImagePair:
                 raise DatasetError(f"{pair.label}: CRS {lab.crs} differs from its image's ({crs}) {pair.image}")
             if lab.dtypes[0] != "uint8":
                 raise DatasetError(f"{pair.label}: labels must be uint8, found {lab.dtypes[0]}")
-    return ImagePair(pair.name, pair.image, pair.label, width, height, count, transform, crs)
+    return ImagePair(pair.name, pair.image, pair.label, width, height, count, transform, crs, dtype)
 
 
 class RasterTileDataset(CaswitDataset):
@@ -126,6 +128,9 @@ class RasterTileDataset(CaswitDataset):
     def image_ids(self) -> list[str]:
         return [p.name for p in self.images]
 
+    def input_files(self) -> list[Path]:
+        return [f for p in self.images for f in (p.image, p.label) if f is not None]
+
     def georef(self, index: int) -> SampleGeo:
         n, row, col = (int(v) for v in self._tiles[index])
         p = self.images[n]
@@ -138,6 +143,11 @@ class RasterTileDataset(CaswitDataset):
         window = self.window(index)
         k = self.input_spec.context_factor
         hr, lr, hr_valid, lr_valid = read_tile_context_valid(self._handles.get(p.image), window, self.input_spec.bands, k)
+        if hr.dtype.kind == "f" and not (np.isfinite(hr).all() and np.isfinite(lr).all()):
+            raise DatasetError(
+                f"{p.image}: NaN or infinite values near row {int(window.row_off)}, col {int(window.col_off)} "
+                "that are not nodata; declare them nodata (e.g. gdal_edit.py -a_nodata nan) or fix the image"
+            )
         label = lr_label = None
         if p.label is not None:
             label, lr_label = read_label_and_context(self._handles.get(p.label), window, k)

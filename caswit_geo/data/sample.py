@@ -97,6 +97,10 @@ class CaswitDataset(torch.utils.data.Dataset):
         """The ``SampleGeo.image_id`` values, in sample order, each once."""
         raise NotImplementedError
 
+    def input_files(self) -> list:
+        """Every file the samples are read from (imagery, labels, context neighbours): no output may replace one."""
+        raise NotImplementedError
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
             raise IndexError(index)

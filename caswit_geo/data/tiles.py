@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..bounds import Int, Maybe, Real, Seq
 from ..errors import ConfigError, DatasetError
-from ..spec import ClassTable, InputSpec
+from ..spec import MAX_BANDS, ClassTable, InputSpec
 from .coverage import SplitCoverage, check_coverage
+from .paths import resolve_entry
 from .rasters import ImagePair, RasterTileDataset
 
 RASTER_SUFFIXES = (".tif", ".tiff")
@@ -48,8 +50,8 @@ def read_classes_json(path: str | Path) -> TilesMeta:
     try:
         data = json.loads(path.read_text())
         classes = ClassTable.from_dict({"classes": data["classes"], "weights": data.get("weights")})
-        bands = tuple(int(b) for b in data["bands"]) if data.get("bands") is not None else None
-        scale = float(data["scale"]) if data.get("scale") is not None else None
+        bands = Maybe(Seq(Int(1, 1024), 1, MAX_BANDS))(data.get("bands"), "bands")
+        scale = Maybe(Real(0, 1e12, lo_open=True))(data.get("scale"), "scale")
     except ValueError as exc:
         raise DatasetError(f"{path}: not valid JSON or bad values ({exc})") from None
     except (KeyError, TypeError) as exc:
@@ -94,10 +96,15 @@ def split_names(root: Path, split: str | None, allow_missing: bool = False) -> t
             break
     else:
         raise DatasetError(f"{split_dir / f'{split}.txt'}: split list not found")
-    names = [line.strip() for line in split_file.read_text(encoding="utf-8-sig").splitlines()]
-    names = list(dict.fromkeys(n for n in names if n and not n.startswith("#")))
+    names = {}
+    for number, line in enumerate(split_file.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        name = line.strip()
+        if name and not name.startswith("#") and name not in names:
+            resolve_entry(name, image_dir, root, split_file, number)  # no name may leave the data root
+            names[name] = number
     if not names:
         raise DatasetError(f"{split_file}: empty split list")
+    names = list(names)
     missing = [name for name in names if _find_raster(image_dir, name) is None]
     coverage = check_coverage(str(split_file), names, missing, allow_missing=allow_missing, where=str(image_dir),
                               what="images")

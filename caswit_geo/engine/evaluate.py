@@ -17,6 +17,7 @@ one per URUR/tiles image assembled tile by tile.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import rasterio
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, read_meta
 from ..data import build_dataset
 from ..data.flairhub_splits import DEFAULT_SPLIT_COLUMN
 from ..data.handles import open_raster
@@ -37,6 +38,7 @@ from ..device import CpuThreads, autocast_context, select_device
 from ..errors import CheckpointError, ConfigError, InputError, OutputError
 from ..geo.grid import TileGrid, clip_window
 from ..geo.io import AtomicRasterWriter, class_description
+from ..outputs import OutputSet
 from ..metrics import BoundaryStats, ConfusionMatrix, Protocol, Scores, boundary_dilation, generic_protocol, protocol_for
 from ..spec import IGNORE_INDEX, ClassTable, flairhub_classes, urur_classes
 from ..weights import resolve_weights
@@ -81,28 +83,26 @@ class EvalResult:
 # ---------------------------------------------------------------- outputs
 
 
-def _report_paths(out_dir: Path | None, overwrite: bool) -> dict[str, Path]:
+def _add_reports(outs: OutputSet, out_dir: Path | None) -> dict[str, Path]:
+    """Declare report.json and the confusion matrix CSV/PNG in ``out_dir`` (created at commit)."""
     if out_dir is None:
         return {}
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"{out_dir}: exists and is not a folder")
-    paths = {k: out_dir / name for k, name in REPORT_FILES.items()}
-    if not overwrite:
-        for p in paths.values():
-            if p.exists():
-                raise OutputError(f"{p}: exists (use --overwrite to replace it)")
-    return paths
+        raise OutputError(f"--out-dir {out_dir}: exists and is not a folder")
+    return {k: outs.add(out_dir / name, "--out-dir", create_parents=True) for k, name in REPORT_FILES.items()}
 
 
-def _write_reports(paths: dict[str, Path], report: dict, matrix: np.ndarray, classes: ClassTable, protocol: Protocol) -> None:
+def _write_reports(outs: OutputSet, paths: dict[str, Path], report: dict, matrix: np.ndarray, classes: ClassTable,
+                   protocol: Protocol) -> None:
+    """Write the reports under their temporary names (they appear with :meth:`OutputSet.commit`)."""
     if not paths:
         return
     try:
-        paths["json"].parent.mkdir(parents=True, exist_ok=True)
-        write_json(paths["json"], report)
-        write_confusion_csv(paths["csv"], matrix, classes)
-        plot_confusion(paths["png"], matrix, classes, protocol.eval_ids, f"confusion ({protocol.name}), rows normalised")
+        write_json(outs.temp(paths["json"]), report)
+        write_confusion_csv(outs.temp(paths["csv"]), matrix, classes)
+        plot_confusion(outs.temp(paths["png"]), matrix, classes, protocol.eval_ids,
+                       f"confusion ({protocol.name}), rows normalised")
     except OSError as exc:
         raise OutputError(f"{paths['json'].parent}: cannot write the report ({exc})") from None
 
@@ -125,21 +125,24 @@ class PredictionSaver:
     """Writes each sample's (T, T) prediction into the class raster of its image, in dataset order.
 
     Rasters are single-band uint8 GeoTIFFs with nodata 255, colour table and
-    class names (``geo.io.AtomicRasterWriter``), renamed into place when complete.
+    class names (``geo.io.AtomicRasterWriter``) and a ``.aux.xml`` legend.
+    Every one is declared in ``outs`` when the saver is built (an existing
+    file needs ``--overwrite``, an input is never replaced) and written under
+    a temporary name; they all appear when ``outs`` commits, with the reports.
     """
 
-    def __init__(self, folder: Path, dataset: CaswitDataset, classes: ClassTable, overwrite: bool) -> None:
+    def __init__(self, outs: OutputSet, folder: Path, dataset: CaswitDataset, classes: ClassTable) -> None:
+        self.outs = outs
         self.folder = Path(folder)
         self.dataset = dataset
         self.classes = classes
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"{self.folder}: cannot create the predictions folder ({exc})") from None
-        if not overwrite:
-            for image_id in dataset.image_ids():
-                if (self.folder / f"{image_id}.tif").exists():
-                    raise OutputError(f"{self.folder / f'{image_id}.tif'}: exists (use --overwrite to replace it)")
+        if self.folder.exists() and not self.folder.is_dir():
+            raise OutputError(f"--save-predictions {self.folder}: exists and is not a folder")
+        outs.claim(self.folder, "--save-predictions")
+        for image_id in dataset.image_ids():
+            tif = self.folder / f"{image_id}.tif"
+            outs.add(tif, "--save-predictions", claim=False, create_parents=True)
+            outs.add(_legend(tif), "--save-predictions", claim=False, create_parents=True, clear=True)
         self._writer: AtomicRasterWriter | None = None
         self._current: str | None = None
         self._done: set[str] = set()
@@ -153,8 +156,9 @@ class PredictionSaver:
                 raise RuntimeError(f"samples of {geo.image_id} are not contiguous")
             tile = int(geo.window.width)
             self._writer = AtomicRasterWriter(
-                self.folder / f"{geo.image_id}.tif", width=geo.width, height=geo.height, crs=geo.crs,
-                transform=geo.transform, classes=self.classes, description=class_description(self.classes),
+                self.outs.temp(self.folder / f"{geo.image_id}.tif"), width=geo.width, height=geo.height,
+                crs=geo.crs, transform=geo.transform, classes=self.classes,
+                description=class_description(self.classes),
                 # one block per tile: each tile write fills whole blocks, written once
                 block=tile if tile % 16 == 0 else 256,
             )
@@ -165,7 +169,10 @@ class PredictionSaver:
 
     def _finish(self) -> None:
         if self._writer is not None:
-            self.written.append(self._writer.commit())
+            tmp = self._writer.commit()  # complete, still under the output set's temporary name
+            tif = self.folder / f"{self._current}.tif"
+            os.replace(_legend(tmp), self.outs.temp(_legend(tif)))
+            self.written.append(tif)
             self._done.add(self._current)
             self._writer, self._current = None, None
 
@@ -178,6 +185,10 @@ class PredictionSaver:
             self._writer = None
 
 
+def _legend(tif: Path) -> Path:
+    return Path(f"{tif}.aux.xml")
+
+
 # ---------------------------------------------------------------- model evaluation
 
 
@@ -187,14 +198,16 @@ def _default_out_dir(config: EvalConfig) -> Path:
 
 
 def evaluate(config: EvalConfig) -> EvalResult:
-    """Predict ``config.split`` with the checkpoint and score it with the dataset's protocol."""
+    """Predict ``config.split`` with the checkpoint and score it with the dataset's protocol.
+
+    Outputs (reports, predictions) are declared before the model runs and
+    appear together at the end, or not at all (:class:`~caswit_geo.outputs.OutputSet`).
+    """
     start = time.perf_counter()
     if config.batch_size < 1 or config.workers < 0:
         raise ConfigError("--batch-size must be >= 1 and --workers >= 0")
-    paths = _report_paths(config.out_dir or _default_out_dir(config), config.overwrite)
     weights = resolve_weights(config.weights)
-    device = select_device(config.device)
-    model, meta = load_checkpoint(weights, device)
+    meta = read_meta(weights)
     if meta.kind != "segmentation":
         raise CheckpointError(f"{weights}: a {meta.kind} checkpoint has no segmentation head; fine-tune it with train first")
     spec = meta.input_spec
@@ -203,7 +216,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
         split_column=config.split_column, cache_dir=config.cache_dir, allow_missing=config.allow_missing,
     )
     classes = dataset.classes
-    num_model = model.config.num_classes
+    num_model = meta.model_config.num_classes
     if num_model > len(classes):
         raise ConfigError(
             f"{weights}: the model predicts {num_model} classes, the {config.dataset} data has {len(classes)}"
@@ -211,14 +224,49 @@ def evaluate(config: EvalConfig) -> EvalResult:
     if meta.classes.names[: len(classes)] != classes.names[:num_model]:
         warnings.warn(f"{weights}: class names differ from the data's ({meta.classes.names[:3]}... vs {classes.names[:3]}...)", stacklevel=2)
     protocol = protocol_for(config.dataset, classes)
+    with OutputSet(overwrite=config.overwrite, inputs=[weights, *dataset.input_files()]) as outs:
+        paths = _add_reports(outs, config.out_dir or _default_out_dir(config))
+        saver = PredictionSaver(outs, config.save_predictions, dataset, classes) if config.save_predictions else None
+        device = select_device(config.device)
+        model, meta = load_checkpoint(weights, device)
+        cm, boundary, seen = _predict_split(model, dataset, protocol, saver, device, config)
+        scores = protocol.scores(cm, boundary)
+        rows = per_class_rows(scores, classes)
+        report = {
+            "dataset": config.dataset,
+            "root": str(config.root),
+            "split": str(config.split),
+            "protocol": protocol.name,
+            "weights": str(weights),
+            "model": meta.name,
+            "tile_size": spec.tile_size,
+            "context_factor": spec.context_factor,
+            "bands": list(spec.bands),
+            "samples": seen,
+            **split_record(dataset),
+            "evaluated_pixels": int(scores.gt_pixels.sum()),
+            "boundary": {"scope": "per T x T prediction", "dilation_px": boundary_dilation(spec.tile_size, spec.tile_size)},
+            "metrics": _summary(scores),
+            "classes": rows,
+            "device": str(device),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        _write_reports(outs, paths, report, cm.matrix, classes, protocol)
+        outs.commit()
+    files = dict(paths)
+    if saver is not None:
+        files["predictions"] = Path(config.save_predictions)
+    return EvalResult(report["metrics"], rows, cm.matrix.copy(), protocol.name, report, files)
 
+
+def _predict_split(model, dataset, protocol: Protocol, saver: PredictionSaver | None, device, config: EvalConfig):
+    """Confusion matrix and boundary statistics of the whole split (predictions to ``saver``)."""
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
         pin_memory=device.type == "cuda",
     )
-    cm = ConfusionMatrix(len(classes))
-    boundary = BoundaryStats(len(classes))
-    saver = PredictionSaver(config.save_predictions, dataset, classes, config.overwrite) if config.save_predictions else None
+    cm = ConfusionMatrix(len(dataset.classes))
+    boundary = BoundaryStats(len(dataset.classes))
     seen = 0
     try:
         with torch.inference_mode(), CpuThreads(device, config.workers):
@@ -235,39 +283,13 @@ def evaluate(config: EvalConfig) -> EvalResult:
                     for b in range(len(pred)):
                         saver.add(seen + b, pred[b])
                 seen += len(pred)
+        if saver is not None:
+            saver.close()
     except BaseException:
         if saver is not None:
             saver.abort()
         raise
-    if saver is not None:
-        saver.close()
-
-    scores = protocol.scores(cm, boundary)
-    rows = per_class_rows(scores, classes)
-    report = {
-        "dataset": config.dataset,
-        "root": str(config.root),
-        "split": str(config.split),
-        "protocol": protocol.name,
-        "weights": str(weights),
-        "model": meta.name,
-        "tile_size": spec.tile_size,
-        "context_factor": spec.context_factor,
-        "bands": list(spec.bands),
-        "samples": seen,
-        **split_record(dataset),
-        "evaluated_pixels": int(scores.gt_pixels.sum()),
-        "boundary": {"scope": "per T x T prediction", "dilation_px": boundary_dilation(spec.tile_size, spec.tile_size)},
-        "metrics": _summary(scores),
-        "classes": rows,
-        "device": str(device),
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    _write_reports(paths, report, cm.matrix, classes, protocol)
-    files = dict(paths)
-    if saver is not None:
-        files["predictions"] = Path(config.save_predictions)
-    return EvalResult(report["metrics"], rows, cm.matrix.copy(), protocol.name, report, files)
+    return cm, boundary, seen
 
 
 # ---------------------------------------------------------------- raster against raster
@@ -314,9 +336,15 @@ def evaluate_rasters(
     out_dir: str | Path | None = None,
     overwrite: bool = False,
     tile_size: int = 512,
+    allow_gaps: bool = False,
     progress: bool = False,
 ) -> EvalResult:
     """Score a class raster against a reference raster of the same grid.
+
+    A pixel the reference labels but the prediction leaves empty (255 or
+    nodata) is an error (:class:`InputError` naming the file and the count)
+    unless ``allow_gaps``, which scores it as wrong (a false negative of its
+    reference class); the report gives the coverage either way.
 
     Args:
         pred_path: predicted class ids (e.g. ``predict``'s output; 255 = no prediction).
@@ -326,8 +354,29 @@ def evaluate_rasters(
         dataset: "flairhub" or "urur" to use that dataset's classes and protocol.
         out_dir: where to write report.json and the confusion matrix (None = nowhere).
         tile_size: windows of T x T px are read and scored in turn (bIoU per window).
+        allow_gaps: score unpredicted reference pixels as errors instead of refusing.
     """
-    paths = _report_paths(Path(out_dir) if out_dir is not None else None, overwrite)
+    inputs = [pred_path, ref_path] + ([classes] if isinstance(classes, (str, Path)) else [])
+    with OutputSet(overwrite=overwrite, inputs=inputs) as outs:
+        paths = _add_reports(outs, Path(out_dir) if out_dir is not None else None)
+        result = _score_rasters(Path(pred_path), Path(ref_path), classes, dataset, tile_size, allow_gaps, progress)
+        _write_reports(outs, paths, result.report, result.confusion, result.table, result.protocol_obj)
+        outs.commit()
+    return EvalResult(result.report["metrics"], result.per_class, result.confusion, result.protocol_obj.name,
+                      result.report, dict(paths))
+
+
+@dataclass
+class _RasterScores:
+    report: dict
+    per_class: list[dict]
+    confusion: np.ndarray
+    table: ClassTable
+    protocol_obj: Protocol
+
+
+def _score_rasters(pred_path: Path, ref_path: Path, classes, dataset, tile_size: int, allow_gaps: bool,
+                   progress: bool) -> _RasterScores:
     if dataset in ("flairhub", "urur"):
         table: ClassTable | None = flairhub_classes() if dataset == "flairhub" else urur_classes()
     elif dataset is not None:
@@ -340,7 +389,7 @@ def evaluate_rasters(
         table = None
     num = len(table) if table is not None else IGNORE_INDEX  # unknown: accumulate 0..254, trim after
     protocol = None if table is None else (protocol_for(dataset, table) if dataset else generic_protocol(table))
-    with _open_input(Path(pred_path), "prediction") as pred, _open_input(Path(ref_path), "reference") as ref:
+    with _open_input(pred_path, "prediction") as pred, _open_input(ref_path, "reference") as ref:
         _check_same_grid(pred, ref)
         cm = ConfusionMatrix(num)
         boundary = BoundaryStats(num)
@@ -351,17 +400,25 @@ def evaluate_rasters(
             r = _read_ids(ref, inside, tile_size, num)
             cm.update(r, p)
             boundary.update(r, p, None if protocol is None else protocol.valid_mask(r, p))
+    labelled = cm.total + cm.unpredicted
+    coverage = cm.total / labelled if labelled else None
+    if cm.unpredicted and not allow_gaps:
+        raise InputError(
+            f"--pred {pred_path}: {cm.unpredicted:,} of the {labelled:,} pixels the reference labels have no "
+            f"prediction (255 or nodata; coverage {100 * coverage:.2f} %); pass --allow-gaps to score them as errors"
+        )
     if protocol is None:
         # every id found is a class: keep 0..max id
-        used = np.flatnonzero(cm.matrix.sum(0) + cm.matrix.sum(1))
+        used = np.flatnonzero(cm.matrix.sum(0) + cm.matrix.sum(1) + cm.unpredicted_by_class)
         k = int(used.max()) + 1 if used.size else 1
         table = ClassTable.generic(k)
         protocol = generic_protocol(table)
         trimmed, tb = ConfusionMatrix(k), BoundaryStats(k)
         trimmed.matrix, trimmed.unpredicted = cm.matrix[:k, :k].copy(), cm.unpredicted
+        trimmed.unpredicted_by_class = cm.unpredicted_by_class[:k].copy()
         tb.intersection, tb.union = boundary.intersection[:k].copy(), boundary.union[:k].copy()
         cm, boundary = trimmed, tb
-    scores = protocol.scores(cm, boundary)
+    scores = protocol.scores(cm, boundary, gaps=cm.unpredicted_by_class if allow_gaps else None)
     rows = per_class_rows(scores, table)
     report = {
         "pred": str(pred_path),
@@ -370,9 +427,10 @@ def evaluate_rasters(
         "tile_size": tile_size,
         "evaluated_pixels": int(scores.gt_pixels.sum()),
         "unpredicted_pixels": int(cm.unpredicted),
+        "coverage": coverage,  # share of the reference's labelled pixels that have a prediction
+        "gaps_scored_as_errors": bool(allow_gaps),
         "boundary": {"scope": "per T x T window", "dilation_px": boundary_dilation(tile_size, tile_size)},
         "metrics": _summary(scores),
         "classes": rows,
     }
-    _write_reports(paths, report, cm.matrix, table, protocol)
-    return EvalResult(report["metrics"], rows, cm.matrix.copy(), protocol.name, report, dict(paths))
+    return _RasterScores(report, rows, cm.matrix.copy(), table, protocol)

@@ -18,8 +18,8 @@ from rasterio.windows import Window
 from ..atomic import save_figure
 from ..checkpoint import load_checkpoint
 from ..errors import ConfigError, InputError
+from ..outputs import OutputSet
 from ..geo.context import read_tile_and_context
-from ..geo.io import check_output_path
 from ..weights import resolve_weights
 
 
@@ -54,9 +54,18 @@ def display_rgb(raw: np.ndarray, scale: float) -> np.ndarray:
 
 
 def explain(config: ExplainConfig) -> ExplainResult:
-    out = Path(config.out)
-    check_output_path(out, config.overwrite, "--out")
-    model, meta = load_checkpoint(resolve_weights(config.weights))
+    """Attention maps of one pixel; the PNG appears at the end or not at all, never over an input."""
+    weights = resolve_weights(config.weights)
+    with OutputSet(overwrite=config.overwrite, inputs=[config.image, weights]) as outs:
+        out = outs.add(config.out, "--out")
+        result = _explain(config, weights, outs.temp(out))
+        outs.commit()
+    result.out = out
+    return result
+
+
+def _explain(config: ExplainConfig, weights: Path, out: Path) -> ExplainResult:
+    model, meta = load_checkpoint(weights)
     if meta.kind != "segmentation" or not model.config.fusion_stages:
         raise ConfigError(f"{meta.name}: a single-stream model has no cross-attention to show")
     spec = meta.input_spec

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from pathlib import Path
 
 from ..data.handles import open_raster
@@ -79,3 +80,29 @@ def check_samples(dataset, spec: InputSpec, what: str) -> None:
     expected = (spec.in_chans, spec.tile_size, spec.tile_size)
     if tuple(sample["hr"].shape) != expected or tuple(sample["lr"].shape) != expected:
         raise ConfigError(f"{what}: samples are {tuple(sample['hr'].shape)}, expected {expected}")
+
+
+def check_dtypes(images, spec: InputSpec, what: str) -> None:
+    """One data type across the images, one that ``spec.scale`` fits.
+
+    ``images``: the datasets' ``ImagePair`` rows (train and validation
+    together). 8- and 16-bit images mixed under one scale would be
+    normalised differently, silently: refused, naming one file of each.
+    A scale that does not fit the one data type is a warning, as in predict.
+    """
+    first: dict[str, Path] = {}
+    for pair in images:
+        first.setdefault(pair.dtype, pair.image)
+    if len(first) > 1:
+        (a, path_a), (b, path_b) = list(first.items())[:2]
+        raise ConfigError(
+            f"{what}: {path_a} is {a} but {path_b} is {b}; one --scale cannot fit both "
+            "(convert the images to one data type)"
+        )
+    if not first:
+        return
+    dtype, path = next(iter(first.items()))
+    if dtype in ("uint16", "int16", "uint32", "int32") and spec.scale <= 255:
+        warnings.warn(f"{what}: {dtype} imagery ({path}) but scale {spec.scale:g} (8-bit); give --scale", stacklevel=3)
+    elif dtype == "uint8" and spec.scale > 255:
+        warnings.warn(f"{what}: 8-bit imagery ({path}) but scale {spec.scale:g}: values never reach 1", stacklevel=3)

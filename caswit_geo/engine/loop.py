@@ -13,12 +13,16 @@ Exact resume: the shuffle order is a function of (seed, epoch)
 (DistributedSampler), the schedule of the iteration count, and the RNG
 states of every rank are saved at the end of each epoch and restored
 before the next, so on the CPU a resumed run ends with the same weights as
-an uninterrupted one.
+an uninterrupted one. A run stopped by a signal in the middle of an epoch
+(``signals.GracefulStop``) saves its place in it: the resumed run skips
+the samples already seen, in the same order, with new random draws for the
+rest of that epoch. What is written when is ``rundir.py``'s protocol.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,12 +31,14 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from tqdm.auto import tqdm
 
-from ..checkpoint import read_checkpoint, save_checkpoint
+from ..checkpoint import read_checkpoint, read_meta, save_checkpoint
 from ..device import CpuThreads, amp_dtype, autocast_context
 from ..errors import CaswitError, CheckpointError, ConfigError
+from ..model.transfer import check_state_fits
+from ..signals import GracefulStop
 from .config import RunConfig, resolved_for_resume
 from .curves import plot_curves
 from .distributed import DistEnv, all_reduce_sum, broadcast_buffers, broadcast_object, gather_objects, wrap_model
@@ -42,43 +48,39 @@ from .rundir import (
     CURVES,
     LAST_STATE,
     LAST_WEIGHTS,
+    RunDirectory,
     check_resumable,
     check_run_dir,
     default_run_dir,
-    prepare_run_dir,
     read_json,
-    write_json,
     write_logs,
 )
 from .runstate import load_state, rng_state, save_state, seed_everything, set_rng_state
 
 STATE_FORMAT = "caswit-geo-train-state"
+STATE_VERSION = 2  # 2: the model weights and a stopped epoch's position are in last.pt too
 
 
-def open_run(config: RunConfig, command: str, env: DistEnv) -> tuple[RunConfig, Path, bool]:
-    """``(settings, run directory, resuming)``; checks the directory, creates nothing.
+def open_run(config: RunConfig, command: str, env: DistEnv) -> tuple[RunConfig, RunDirectory]:
+    """``(settings, run directory)``; checks and claims the directory, writes nothing.
 
     With ``resume`` the settings are the run's own ``config.json`` (only
     device, workers, stop_after and progress may change); otherwise ``out``
     (default ``runs/<command>-<time>``, chosen once on rank 0) must be new or
-    empty, unless ``overwrite``.
+    empty, unless ``overwrite``. Close the returned directory when the run
+    ends (``with run:``).
     """
     if config.resume is not None:
         run_dir = check_resumable(Path(config.resume))
         saved = read_json(run_dir / CONFIG)
         config = resolved_for_resume(saved, config, type(config), str(run_dir / CONFIG))
-        return dataclasses.replace(config, out=run_dir), run_dir, True
+        config = dataclasses.replace(config, out=run_dir)
+        return config, RunDirectory(run_dir, None, resuming=True, active=env.is_master)
     run_dir = Path(config.out) if config.out is not None else broadcast_object(default_run_dir(command), env)
     if env.is_master:
         check_run_dir(run_dir, overwrite=config.overwrite)
-    return dataclasses.replace(config, out=run_dir), run_dir, False
-
-
-def start_run(config: RunConfig, run_dir: Path, resuming: bool, env: DistEnv) -> None:
-    """Create the run directory and write ``config.json`` (master, new runs only)."""
-    if env.is_master and not resuming:
-        prepare_run_dir(run_dir, overwrite=config.overwrite)
-        write_json(run_dir / CONFIG, config.to_dict(absolute_paths=True))
+    config = dataclasses.replace(config, out=run_dir)
+    return config, RunDirectory(run_dir, config.to_dict(absolute_paths=True), resuming=False, active=env.is_master)
 
 
 @dataclass
@@ -89,6 +91,8 @@ class Start:
     step: int = 0
     history: list[dict] = field(default_factory=list)
     rng: dict | None = None
+    partial: dict | None = None  # a stopped epoch: iterations done, loss sums so far
+    resumed: bool = False
 
 
 @dataclass
@@ -101,7 +105,8 @@ class Loop:
     scaler: torch.amp.GradScaler | None
     schedule: CosineSchedule
     loader: DataLoader
-    sampler: DistributedSampler
+    sampler: "SkippingSampler"
+    steps_per_epoch: int
     env: DistEnv
     amp: bool
     clip_grad: float | None
@@ -112,7 +117,8 @@ def train_loader(dataset: Dataset, env: DistEnv, batch_size: int, workers: int, 
     """Shuffled loader of this rank's share; full batches only (BatchNorm needs more than one tile)."""
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=seed)
+    sampler = SkippingSampler(DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                                                 seed=seed))
     if len(sampler) < batch_size:
         raise ConfigError(
             f"--batch-size {batch_size}: only {len(dataset)} training tiles for {env.world_size} process(es), "
@@ -127,6 +133,28 @@ def train_loader(dataset: Dataset, env: DistEnv, batch_size: int, workers: int, 
         drop_last=True,
     )
     return loader, sampler
+
+
+class SkippingSampler(Sampler):
+    """This rank's share of the epoch's shuffled order, without its first ``skip`` samples.
+
+    ``skip`` lets a run stopped mid-epoch continue with the samples it had
+    not seen (same order; the random crops and draws are new ones).
+    """
+
+    def __init__(self, sampler: DistributedSampler) -> None:
+        self.sampler = sampler
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)
 
 
 def eval_loader(dataset: Dataset, env: DistEnv, batch_size: int, workers: int) -> DataLoader:
@@ -162,7 +190,7 @@ def build_loop(
     schedule = CosineSchedule(config.lr, config.min_lr, config.epochs * steps, round(config.warmup_epochs * steps))
     start = resume_point(run_dir, model, optimizer, scaler, env, steps) if resuming else Start()
     ddp_model = wrap_model(model, env, find_unused_parameters)
-    loop = Loop(model, ddp_model, optimizer, scaler, schedule, loader, sampler, env, config.amp,
+    loop = Loop(model, ddp_model, optimizer, scaler, schedule, loader, sampler, steps, env, config.amp,
                 config.clip_grad, config.progress)
     return loop, start
 
@@ -170,21 +198,36 @@ def build_loop(
 def resume_point(
     run_dir: Path, model: nn.Module, optimizer, scaler, env: DistEnv, steps_per_epoch: int
 ) -> Start:
-    """Load ``last.safetensors`` into ``model`` and ``last.pt`` into the optimiser and scaler."""
-    state = load_state(run_dir / LAST_STATE)
-    tensors, header = read_checkpoint(run_dir / LAST_WEIGHTS)
-    if header["metadata"].get("epoch") != state["epoch"]:
-        raise CheckpointError(
-            f"{run_dir}: {LAST_WEIGHTS} (epoch {header['metadata'].get('epoch')}) and {LAST_STATE} "
-            f"(epoch {state['epoch']}) disagree; the run was interrupted while saving"
-        )
-    expected = model.state_dict()
-    if set(expected) != set(tensors) or any(expected[k].shape != tensors[k].shape for k in expected):
-        raise CheckpointError(f"{run_dir / LAST_WEIGHTS}: weights do not fit the model of {run_dir / CONFIG}")
-    model.load_state_dict(tensors, strict=True)
-    optimizer.load_state_dict(state["optimizer"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
+    """Load the run's state into ``model``, the optimiser and the scaler; where to continue.
+
+    ``last.pt`` holds everything (the model too). A state written before it
+    did (format 1) takes the weights from ``last.safetensors``, which must be
+    of the same epoch.
+    """
+    path = run_dir / LAST_STATE
+    state = load_state(path)
+    if state.get("version", 1) > STATE_VERSION:
+        raise CheckpointError(f"{path}: training state format {state['version']} is newer than this caswit-geo")
+    weights = state.get("model")
+    if weights is None:
+        tensors, header = read_checkpoint(run_dir / LAST_WEIGHTS)
+        if header["metadata"].get("epoch") != state["epoch"]:
+            raise CheckpointError(
+                f"{run_dir}: {LAST_WEIGHTS} (epoch {header['metadata'].get('epoch')}) and {LAST_STATE} "
+                f"(epoch {state['epoch']}) disagree: an older caswit-geo was stopped while saving, and the weights "
+                f"of epoch {state['epoch']} are gone; start over (--overwrite) or keep {LAST_WEIGHTS} as it is"
+            )
+        weights = tensors
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path}: not a caswit-geo training state (no model weights)")
+    check_state_fits(model.state_dict(), weights, str(path), f"weights do not fit the model of {run_dir / CONFIG}")
+    model.load_state_dict(weights, strict=True)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"{path}: optimiser state does not fit the model ({type(e).__name__}: {e})") from None
     rng = None
     if state["world_size"] == env.world_size:
         rng = state["rng"][env.rank]
@@ -200,18 +243,61 @@ def resume_point(
             "the learning-rate schedule is stretched",
             stacklevel=2,
         )
-    return Start(state["epoch"] + 1, state["step"], list(state["history"]), rng)
+    partial = state.get("partial")
+    if partial is not None and (state["world_size"] != env.world_size or partial["iterations"] >= steps_per_epoch):
+        partial = dict(partial, iterations=0, loss_sum=0.0, loss_batches=0)  # the data changed: redo the epoch
+    return Start(state["epoch"] + 1, state["step"], list(state["history"]), rng, partial, resumed=True)
+
+
+def _save_state(run: RunDirectory, loop: Loop, epoch: int, step: int, history: list[dict], rngs: list,
+                partial: dict | None = None) -> None:
+    """``last.pt``: the commit point of a save (master only)."""
+    save_state(run.file(LAST_STATE), {
+        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        "epoch": epoch,  # finished epochs
+        "step": step,
+        "steps_per_epoch": loop.steps_per_epoch,
+        "world_size": loop.env.world_size,
+        "model": {k: v.detach().cpu() for k, v in loop.model.state_dict().items()},
+        "optimizer": loop.optimizer.state_dict(),
+        "scaler": loop.scaler.state_dict() if loop.scaler is not None else {},
+        "rng": rngs,
+        "history": history,
+        "partial": partial,
+    })
+
+
+def stop_agreed(stop: GracefulStop, env: DistEnv) -> bool:
+    """True on every rank when any rank received a stop signal (one tiny all-reduce under DDP)."""
+    flag = torch.tensor([1.0 if stop.requested else 0.0])
+    return bool(all_reduce_sum(flag, env)[0] > 0) if env.distributed else stop.requested is not None
 
 
 def train_one_epoch(
-    loop: Loop, compute_loss: Callable[[nn.Module, dict], torch.Tensor], epoch: int, epochs: int, step: int
-) -> tuple[dict, int]:
-    """One pass over the loader; returns ``({"train_loss", "lr"}, next iteration)``."""
+    loop: Loop,
+    compute_loss: Callable[[nn.Module, dict], torch.Tensor],
+    epoch: int,
+    epochs: int,
+    step: int,
+    stop: GracefulStop | None = None,
+    partial: dict | None = None,
+) -> tuple[dict, int, dict | None]:
+    """One pass over the loader; returns ``({"train_loss", "lr"}, next iteration, stopped)``.
+
+    ``partial``: the epoch was stopped before, continue after its
+    ``iterations``. ``stopped`` is None, or where a stop signal ended the epoch.
+    """
     loop.ddp_model.train()
-    sums = torch.zeros(2, dtype=torch.float64)  # loss sum, batches
+    done = partial["iterations"] if partial else 0
+    sums = torch.zeros(2, dtype=torch.float64)  # loss sum, batches (this rank's; all ranks' so far on rank 0)
+    if partial and loop.env.is_master:
+        sums += torch.tensor([partial["loss_sum"], partial["loss_batches"]], dtype=torch.float64)
+    loop.sampler.set_epoch(epoch, skip=done * loop.loader.batch_size)
     lr = loop.schedule.lr(step)
     show = loop.progress and loop.env.is_master
-    bar = tqdm(loop.loader, desc=f"epoch {epoch}/{epochs}", disable=not show, leave=False, dynamic_ncols=True)
+    bar = tqdm(loop.loader, desc=f"epoch {epoch}/{epochs}", disable=not show, leave=False, dynamic_ncols=True,
+               initial=done, total=loop.steps_per_epoch)
     for batch in bar:
         lr = loop.schedule.apply(loop.optimizer, step)
         with autocast_context(loop.env.device, loop.amp):
@@ -236,17 +322,25 @@ def train_one_epoch(
         else:
             loop.optimizer.step()
         step += 1
+        done += 1
         sums += torch.tensor([value, 1.0], dtype=torch.float64)
         bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+        if stop is not None and done < loop.steps_per_epoch and stop_agreed(stop, loop.env):
+            bar.close()
+            total = all_reduce_sum(sums, loop.env)
+            return {}, step, {"epoch": epoch, "iterations": done, "loss_sum": float(total[0]),
+                              "loss_batches": int(total[1]), "lr": lr}
     bar.close()
     total = all_reduce_sum(sums, loop.env)
-    return {"train_loss": float(total[0] / total[1].clamp_min(1)), "lr": lr}, step
+    return {"train_loss": float(total[0] / total[1].clamp_min(1)), "lr": lr}, step, None
 
 
 @dataclass
 class FitResult:
     history: list[dict]
-    completed: bool  # False when stopped early by stop_after
+    completed: bool  # False when stopped early (stop_after, or a signal)
+    stopped_by: str | None = None  # "SIGTERM" / "SIGINT" when a signal ended the run
+    stopped_at: tuple[int, int] | None = None  # (epoch, iterations done in it) of a signal stop
 
 
 def fit(
@@ -255,7 +349,7 @@ def fit(
     compute_loss: Callable[[nn.Module, dict], torch.Tensor],
     *,
     epochs: int,
-    run_dir: Path,
+    run: RunDirectory,
     checkpoint_args: dict,
     evaluate: Callable[[int], dict] | None = None,
     end_epoch: Callable[[int, list[dict]], None] | None = None,
@@ -266,21 +360,41 @@ def fit(
 
     ``evaluate(epoch)`` runs on every rank and returns columns for the log
     (e.g. ``val_miou``); ``end_epoch(epoch, history)`` runs on the master only,
-    after ``last.safetensors`` is written (e.g. best checkpoint, figures).
-    ``checkpoint_args``: ``classes``, ``input_spec`` and metadata for
-    :func:`~caswit_geo.checkpoint.save_checkpoint`.
+    after ``last.pt`` is written, to write the task's files (best checkpoint,
+    figures) through ``run.file``. ``checkpoint_args``: ``classes``,
+    ``input_spec`` and metadata for :func:`~caswit_geo.checkpoint.save_checkpoint`.
+
+    A first SIGTERM or SIGINT ends the current step, saves a resumable state
+    and returns (``stopped_by``); see ``signals.py``.
     """
-    with CpuThreads(loop.env.device, loop.loader.num_workers):
-        env = loop.env
+    env = loop.env
+
+    def export(epoch: int, history: list[dict]) -> None:
+        # derived from the state just saved: task files, then last.safetensors, logs, curves
+        if end_epoch is not None:
+            end_epoch(epoch, history)
+        save_checkpoint(loop.model, run.file(LAST_WEIGHTS), include_aux=True, epoch=epoch, **checkpoint_args)
+        write_logs(run, history)
+        plot_curves(history, run.file(CURVES), title)
+
+    with CpuThreads(env.device, loop.loader.num_workers), GracefulStop() as stop:
         history = list(start.history)
         step = start.step
+        if env.is_master and start.resumed and start.partial is None and history:
+            _repair_exports(run, start.epoch - 1, history, export)
         if start.rng is not None:
             set_rng_state(start.rng)
         for epoch in range(start.epoch, epochs + 1):
             t0 = time.perf_counter()
-            loop.sampler.set_epoch(epoch)
             row = {"epoch": epoch}
-            stats, step = train_one_epoch(loop, compute_loss, epoch, epochs, step)
+            partial = start.partial if epoch == start.epoch else None
+            stats, step, stopped = train_one_epoch(loop, compute_loss, epoch, epochs, step, stop, partial)
+            if stopped is not None:
+                rngs = gather_objects(rng_state(), env)
+                if env.is_master:
+                    _save_state(run, loop, epoch - 1, step, history, rngs, stopped)
+                    run.commit()
+                return FitResult(history, False, stop.requested or "SIGTERM", (epoch, stopped["iterations"]))
             row.update(stats)
             broadcast_buffers(loop.model, env)
             if evaluate is not None:
@@ -289,28 +403,27 @@ def fit(
             history.append(row)
             rngs = gather_objects(rng_state(), env)
             if env.is_master:
-                save_checkpoint(loop.model, run_dir / LAST_WEIGHTS, include_aux=True, epoch=epoch, **checkpoint_args)
-                if end_epoch is not None:
-                    end_epoch(epoch, history)
-                save_state(run_dir / LAST_STATE, {
-                    "format": STATE_FORMAT,
-                    "epoch": epoch,
-                    "step": step,
-                    "steps_per_epoch": len(loop.loader),
-                    "world_size": env.world_size,
-                    "optimizer": loop.optimizer.state_dict(),
-                    "scaler": loop.scaler.state_dict() if loop.scaler is not None else {},
-                    "rng": rngs,
-                    "history": history,
-                })
-                write_logs(run_dir, history)
-                plot_curves(history, run_dir / CURVES, title)
+                _save_state(run, loop, epoch, step, history, rngs)  # the commit point
+                export(epoch, history)
+                run.commit()
                 tqdm.write(_epoch_line(row, epochs))
                 # whatever the files and figures drew, the next epoch starts from the saved RNG state
                 set_rng_state(rngs[env.rank])
+            if epoch < epochs and stop_agreed(stop, env):
+                return FitResult(history, False, stop.requested or "SIGTERM", (epoch + 1, 0))
             if stop_after is not None and epoch >= stop_after and epoch < epochs:
                 return FitResult(history, completed=False)
         return FitResult(history, completed=True)
+
+
+def _repair_exports(run: RunDirectory, epoch: int, history: list[dict], export) -> None:
+    """Rewrite the files derived from ``last.pt`` when a kill left them behind it (step 3 of the protocol)."""
+    try:
+        exported = read_meta(run.path / LAST_WEIGHTS).metadata.get("epoch")
+    except CaswitError:
+        exported = None
+    if exported != epoch:
+        export(epoch, history)
 
 
 def _epoch_line(row: dict, epochs: int) -> str:

@@ -27,10 +27,10 @@ from ..model.simmim import CaswitSimMIM, MaskGenerator
 from ..spec import ClassTable
 from .config import RunConfig
 from .distributed import DistEnv, process_group
-from .inputs import check_samples, run_input_spec, scale_for, with_gsd
-from .loop import build_loop, fit, open_run, seed_run, start_run, training_metadata
+from .inputs import check_dtypes, check_samples, run_input_spec, scale_for, with_gsd
+from .loop import build_loop, fit, open_run, seed_run, training_metadata
 from .reconstructions import figure_rows, save_reconstruction_figure
-from .rundir import LAST_WEIGHTS, RECONSTRUCTIONS
+from .rundir import LAST_WEIGHTS, RECONSTRUCTIONS, RunDirectory
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
 
@@ -65,6 +65,8 @@ class PretrainResult:
     history: list[dict]
     completed: bool
     model: nn.Module = field(repr=False)
+    stopped_by: str | None = None  # "SIGTERM" / "SIGINT": a signal ended the run (resumable)
+    stopped_at: tuple[int, int] | None = None  # (epoch, iterations done in it)
 
 
 def pretrain(config: PretrainConfig) -> PretrainResult:
@@ -94,7 +96,13 @@ def find_images(inputs) -> list[Path]:
 
 
 def _pretrain(config: PretrainConfig, env: DistEnv) -> PretrainResult:
-    config, run_dir, resuming = open_run(config, "pretrain", env)
+    config, run = open_run(config, "pretrain", env)
+    with run:  # nothing is written before the first save; a run that fails before it leaves nothing
+        return _pretrain_in(config, run, env)
+
+
+def _pretrain_in(config: PretrainConfig, run: RunDirectory, env: DistEnv) -> PretrainResult:
+    run_dir, resuming = run.path, run.resuming
     files = find_images(config.images)
     if config.warmup_epochs is None:
         config = dataclasses.replace(config, warmup_epochs=config.epochs / 10)
@@ -104,11 +112,12 @@ def _pretrain(config: PretrainConfig, env: DistEnv) -> PretrainResult:
     pairs = [ImagePair(path.stem, path, None) for path in files]
     dataset = RasterTileDataset(pairs, ClassTable(), spec, random_crops=config.random_crops,
                                 crops_per_image=config.crops_per_image)
+    check_dtypes(dataset.images, spec, "--images")
     check_samples(dataset, spec, f"--images {files[0]}")
     spec = with_gsd(spec, dataset)
 
     overrides = config.model_overrides(spec.in_chans)
-    if resuming:  # a run started by an older version goes on with the model it started with
+    if resuming and (run_dir / LAST_WEIGHTS).is_file():  # a run of an older version keeps the model it started with
         overrides.update(stored_behaviour(run_dir / LAST_WEIGHTS))
     model_config = get_config(config.model, num_classes=1, **overrides)
     if not model_config.dual:
@@ -118,7 +127,7 @@ def _pretrain(config: PretrainConfig, env: DistEnv) -> PretrainResult:
     except ValueError as e:
         raise ConfigError(f"--mask-patch-size / --lr-mask-ratio: {e}") from None
     model = CaswitSimMIM(model_config, config.backbone_weights)
-    start_run(config, run_dir, resuming, env)
+    run.guard_inputs([config.backbone_weights])
     # LR stages after the last fused one never run, and the reconstruction reads no stage
     # norm but the last HR one: DDP must not wait for their gradients
     unused = max(model_config.fusion_stages) < 4 or model_config.stage_norms
@@ -137,14 +146,14 @@ def _pretrain(config: PretrainConfig, env: DistEnv) -> PretrainResult:
     def end_epoch(epoch: int, history: list[dict]) -> None:
         if figure_set is not None:
             draw_reconstructions(model, figure_set, masks, config.figure_samples, env.device,
-                                 run_dir / RECONSTRUCTIONS, f"epoch {epoch}", seed=config.seed)
+                                 run.file(RECONSTRUCTIONS), f"epoch {epoch}", seed=config.seed)
 
-    result = fit(loop, start, compute_loss, epochs=config.epochs, run_dir=run_dir,
+    result = fit(loop, start, compute_loss, epochs=config.epochs, run=run,
                  checkpoint_args=dict(input_spec=spec, training=training_metadata(config, env)), end_epoch=end_epoch,
                  stop_after=config.stop_after, title=f"SimMIM {model_config.name}")
     figure = run_dir / RECONSTRUCTIONS
     return PretrainResult(run_dir, run_dir / LAST_WEIGHTS, figure if figure.is_file() else None,
-                          result.history, result.completed, model)
+                          result.history, result.completed, model, result.stopped_by, result.stopped_at)
 
 
 @torch.no_grad()

@@ -1,11 +1,13 @@
-"""What a run needs to continue exactly: optimiser, scaler, schedule step, RNG.
+"""What a run needs to continue exactly: model, optimiser, scaler, schedule step, RNG.
 
-The model weights live in ``last.safetensors``; everything else in
-``last.pt``, written with ``torch.save`` but holding only tensors, numbers,
-strings, lists and dicts, so that it loads with ``torch.load(weights_only=True)``
-(nothing is unpickled). RNG states (torch, CUDA, numpy, Python) are kept
-for every rank: dropout, random crops, augmentation, SimMIM masks and the
-DataLoader workers' seeds all draw from them.
+All of it lives in ``last.pt`` (one file, renamed into place in one step:
+a kill never leaves half of it), written with ``torch.save`` but holding
+only tensors, numbers, strings, lists and dicts, so that it loads with
+``torch.load(weights_only=True)`` (nothing is unpickled). Format 1 (older
+runs) kept the model in ``last.safetensors`` only. RNG states (torch,
+CUDA, numpy, Python) are kept for every rank: dropout, random crops,
+augmentation, SimMIM masks and the DataLoader workers' seeds all draw from
+them.
 """
 
 from __future__ import annotations

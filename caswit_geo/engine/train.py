@@ -35,9 +35,9 @@ from ..upernet_source import read_upernet
 from .config import RunConfig
 from .convert import check_upernet_fits
 from .distributed import DistEnv, all_reduce_sum, process_group
-from .inputs import check_samples, run_input_spec, scale_for, with_gsd
-from .loop import build_loop, eval_loader, fit, open_run, seed_run, start_run, training_metadata
-from .rundir import BEST_WEIGHTS, LAST_WEIGHTS
+from .inputs import check_dtypes, check_samples, run_input_spec, scale_for, with_gsd
+from .loop import build_loop, eval_loader, fit, open_run, seed_run, training_metadata
+from .rundir import BEST_WEIGHTS, LAST_WEIGHTS, RunDirectory
 
 DATASETS = ("flairhub", "urur", "tiles")
 
@@ -71,6 +71,8 @@ class TrainResult:
     completed: bool  # False when stopped by stop_after
     model: nn.Module = field(repr=False)  # final weights, unwrapped, on the training device
     init_report: str | None = None
+    stopped_by: str | None = None  # "SIGTERM" / "SIGINT": a signal ended the run (resumable)
+    stopped_at: tuple[int, int] | None = None  # (epoch, iterations done in it)
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -80,7 +82,13 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
-    config, run_dir, resuming = open_run(config, "train", env)
+    config, run = open_run(config, "train", env)
+    with run:  # nothing is written before the first save; a run that fails before it leaves nothing
+        return _train_in(config, run, env)
+
+
+def _train_in(config: TrainConfig, run: RunDirectory, env: DistEnv) -> TrainResult:
+    run_dir, resuming = run.path, run.resuming
     _check(config)
     if config.batch_size < 2 and not (env.device.type == "cuda" and env.distributed):
         # the decoder's BatchNorm sees one value per channel after the 1x1 pyramid pooling
@@ -92,7 +100,7 @@ def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
     train_set, val_set, spec, classes = _datasets(config, config.resolved_tile_size())
     model, init_report = _initial_model(config, run_dir, resuming, spec, len(classes), env)
     loss_fn = CaswitLoss(alpha=model.config.alpha, class_weights=classes.weights).to(env.device)
-    start_run(config, run_dir, resuming, env)
+    run.guard_inputs([_init_path(config), config.init_upernet, config.backbone_weights])
     # without the auxiliary head, LR stages after the last fused one never run and the LR stage
     # norms are never read: DDP must not wait for them
     cfg = model.config
@@ -125,10 +133,10 @@ def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
     def end_epoch(epoch: int, history: list[dict]) -> None:
         best = best_row(history)
         if best is not None and best["epoch"] == epoch:
-            save_checkpoint(model, run_dir / BEST_WEIGHTS, include_aux=False, classes=classes, input_spec=spec,
+            save_checkpoint(model, run.file(BEST_WEIGHTS), include_aux=False, classes=classes, input_spec=spec,
                             training=training, epoch=epoch, best_epoch=epoch, val_metrics=_val_metrics(best))
 
-    result = fit(loop, start, compute_loss, epochs=config.epochs, run_dir=run_dir,
+    result = fit(loop, start, compute_loss, epochs=config.epochs, run=run,
                  checkpoint_args=dict(classes=classes, input_spec=spec, training=training),
                  evaluate=evaluate, end_epoch=end_epoch, stop_after=config.stop_after,
                  title=f"{model.config.name} on {config.dataset}")
@@ -143,7 +151,17 @@ def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
         completed=result.completed,
         model=model,
         init_report=init_report,
+        stopped_by=result.stopped_by,
+        stopped_at=result.stopped_at,
     )
+
+
+def _init_path(config: TrainConfig) -> Path | None:
+    """The checkpoint ``--init`` names (a run directory means its last checkpoint)."""
+    if config.init is None:
+        return None
+    init = Path(config.init)
+    return init / LAST_WEIGHTS if init.is_dir() else init
 
 
 def _initial_model(
@@ -159,11 +177,11 @@ def _initial_model(
         overrides["alpha"] = config.alpha
         if config.alpha == 0:
             overrides["aux_head"] = False  # an untrained head would only cost time (and confuse DDP)
-    init = None if config.init is None else Path(config.init)
-    init = init / LAST_WEIGHTS if init is not None and init.is_dir() else init
+    init = _init_path(config)
     upernet = None
-    if resuming:
-        overrides.update(stored_behaviour(run_dir / LAST_WEIGHTS))
+    if resuming and (run_dir / LAST_WEIGHTS).is_file():  # exported at every epoch's end (also by older versions)
+        stored = read_meta(run_dir / LAST_WEIGHTS).model_config
+        overrides.update(stored.behaviour(), decoder_channels=stored.decoder_channels)
     elif init is not None:
         overrides.update(stored_behaviour(init))
     elif config.init_upernet is not None:
@@ -254,6 +272,8 @@ def _datasets(config: TrainConfig, tile: int):
     val_set = None
     if config.val_split is not None and config.val_split.lower() != "none":
         val_set = build_dataset(config.dataset, root, config.val_split, spec, **common)
+    images = [p for ds in (train_set, val_set) for p in getattr(ds, "images", ())]  # FLAIR-HUB is 8-bit RGBI
+    check_dtypes(images, spec, f"--root {root}")
     classes: ClassTable = train_set.classes
     if len(classes) == 0:
         raise ConfigError(f"--root {root}: no class table")

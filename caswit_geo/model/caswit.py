@@ -17,16 +17,18 @@ norm. Without fusion the model is exactly UPerNet-Swin.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..bounds import Flag, Int, Keys, Real, Seq, Text, bounded, check_fields, from_mapping
 from ..errors import ConfigError
+from ..spec import MAX_BANDS, MAX_CLASSES, MAX_TILE
 from .decoder import UPerNetDecoder
-from .encoder import WINDOW_LAYOUTS, SwinEncoder
+from .encoder import SWIN_BACKBONES, WINDOW_LAYOUTS, SwinEncoder
 from .fusion import FusionBlock
 
 STAGES = (1, 2, 3, 4)
@@ -58,41 +60,60 @@ def parse_fusion_stages(value: str | int | list | tuple | None) -> tuple[int, ..
     return stages
 
 
+# Limits of a model config (a checkpoint header is untrusted): generous for every Swin-V1
+# variant, small enough that no config can exhaust memory or hang while the model is built.
+SWIN_OVERRIDES = Keys(  # timm constructor arguments a miniature variant may change, and nothing else
+    embed_dim=Int(8, 1024),
+    depths=Seq(Int(1, 48), 4, 4),
+    num_heads=Seq(Int(1, 64), 4, 4),
+    window_size=Int(1, 32),
+)
+
+
+class _Stages:
+    """Fusion stages, in any form :func:`parse_fusion_stages` accepts."""
+
+    def __call__(self, value, name: str) -> tuple[int, ...]:
+        if isinstance(value, bool) or not isinstance(value, (str, int, list, tuple)) or value is None:
+            raise ConfigError(f"{name} must be none, all or a list of stages 1..4, got {value!r}")
+        if isinstance(value, (list, tuple)) and (len(value) > 4 or not all(
+                isinstance(s, int) and not isinstance(s, bool) for s in value)):
+            raise ConfigError(f"{name} must be a list of stages 1..4, got {value!r}")
+        return parse_fusion_stages(value)
+
+
 @dataclass
 class CaswitConfig:
-    """Everything needed to rebuild a model (stored in every checkpoint)."""
+    """Everything needed to rebuild a model (stored in every checkpoint).
 
-    name: str = "caswit-tiny"
-    backbone: str = "swin_tiny_patch4_window7_224"  # timm model name of both encoders
-    arch_overrides: dict = field(default_factory=dict)  # timm kwargs for miniature variants
-    num_classes: int = 19
-    img_size: int = 512  # tile size T in pixels (HR and LR inputs are both T x T)
-    in_chans: int = 3
-    fusion_stages: tuple[int, ...] = STAGES  # () = single-stream Swin + UPerNet, no LR encoder
-    gate: bool = False  # the paper's main configuration is ungated
-    alpha: float = 0.5  # weight of the auxiliary LR loss
-    aux_head: bool = True  # build the LR UPerNet (training only); ignored without an LR encoder
-    decoder_channels: int = 512
-    mlp_ratio: float = 4.0
-    drop_path_rate: float = 0.2
-    dropout: float = 0.1
+    Each field declares its bounds (``bounded``): a checkpoint header is checked
+    against them before anything is built (``checkpoint.py``).
+    """
+
+    name: str = bounded("caswit-tiny", Text(64))
+    backbone: str = bounded("swin_tiny_patch4_window7_224", Text(choices=SWIN_BACKBONES))  # timm name, both encoders
+    arch_overrides: dict = bounded(check=SWIN_OVERRIDES, factory=dict)  # timm kwargs for miniature variants
+    num_classes: int = bounded(19, Int(1, MAX_CLASSES))  # 255 is nodata / ignore
+    img_size: int = bounded(512, Int(32, MAX_TILE, multiple=32))  # tile size T in px (HR and LR inputs are T x T)
+    in_chans: int = bounded(3, Int(1, MAX_BANDS))
+    fusion_stages: tuple[int, ...] = bounded(STAGES, _Stages())  # () = single-stream Swin + UPerNet, no LR encoder
+    gate: bool = bounded(False, Flag())  # the paper's main configuration is ungated
+    alpha: float = bounded(0.5, Real(0, 1000))  # weight of the auxiliary LR loss
+    aux_head: bool = bounded(True, Flag())  # build the LR UPerNet (training only); ignored without an LR encoder
+    decoder_channels: int = bounded(512, Int(1, 2048))
+    mlp_ratio: float = bounded(4.0, Real(0, 16, lo_open=True))
+    drop_path_rate: float = bounded(0.2, Real(0, 1, hi_open=True))
+    dropout: float = bounded(0.1, Real(0, 1, hi_open=True))
     # Swin shifted windows: "pad-then-shift" lays them out on the grid padded to whole
     # windows, at every stage, as the original Swin segmentation code, mmsegmentation and
     # transformers do; "shift-then-pad" is timm 1.0's layout, where the top rows of a
     # grid the window does not divide share windows with its bottom rows (older checkpoints).
-    swin_windows: str = "pad-then-shift"
-    stage_norms: bool = True  # LayerNorm on each stage output a decoder reads (UPerNet-Swin); older checkpoints: False
+    swin_windows: str = bounded("pad-then-shift", Text(choices=WINDOW_LAYOUTS))
+    # LayerNorm on each stage output a decoder reads (UPerNet-Swin); older checkpoints: False
+    stage_norms: bool = bounded(True, Flag())
 
     def __post_init__(self) -> None:
-        self.fusion_stages = parse_fusion_stages(self.fusion_stages)
-        if self.swin_windows not in WINDOW_LAYOUTS:
-            raise ConfigError(f"swin_windows must be one of {', '.join(WINDOW_LAYOUTS)}, got {self.swin_windows!r}")
-        if not isinstance(self.stage_norms, bool):
-            raise ConfigError(f"stage_norms must be true or false, got {self.stage_norms!r}")
-        if self.num_classes < 1:
-            raise ConfigError(f"num_classes must be >= 1, got {self.num_classes}")
-        if self.img_size % 32:
-            raise ConfigError(f"tile size must be a multiple of 32 (Swin downsamples by 32), got {self.img_size}")
+        check_fields(self)
 
     @property
     def dual(self) -> bool:
@@ -102,16 +123,16 @@ class CaswitConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["fusion_stages"] = list(self.fusion_stages)
+        d["arch_overrides"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.arch_overrides.items()}
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CaswitConfig":
-        """A stored config; keys it lacks that were added later get their legacy values."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**{**LEGACY_DEFAULTS, **d})
+    def from_dict(cls, d: dict, what: str = "model config") -> "CaswitConfig":
+        """Config of a checkpoint header or file: unknown keys and values out of bounds are refused;
+        keys it lacks that were added later get their legacy values."""
+        if isinstance(d, dict):
+            d = {**LEGACY_DEFAULTS, **d}
+        return from_mapping(cls, d, what)
 
     def behaviour(self) -> dict:
         """The fields of :data:`LEGACY_DEFAULTS`: what a model built to continue this one must share."""

@@ -31,6 +31,16 @@ from .swin_windows import use_pad_then_shift
 
 WINDOW_LAYOUTS = ("pad-then-shift", "shift-then-pad")
 
+# The timm models a config may name (caswit-geo's nano, tiny, small, base and large variants).
+# Nothing else reaches timm.create_model: a name such as "hf-hub:..." would make timm download.
+SWIN_BACKBONES = (
+    "swin_tiny_patch4_window7_224",
+    "swin_small_patch4_window7_224",
+    "swin_base_patch4_window12_384",
+    "swin_large_patch4_window12_384",
+)
+OVERRIDE_KEYS = ("embed_dim", "depths", "num_heads", "window_size")
+
 
 class SwinEncoder(nn.Module):
     """One Swin branch (HR or LR).
@@ -63,6 +73,11 @@ class SwinEncoder(nn.Module):
         super().__init__()
         if windows not in WINDOW_LAYOUTS:
             raise ConfigError(f"Swin window layout must be one of {', '.join(WINDOW_LAYOUTS)}, got {windows!r}")
+        if backbone not in SWIN_BACKBONES:
+            raise ConfigError(f"backbone {backbone!r} is not one of {', '.join(SWIN_BACKBONES)}")
+        unknown = sorted(set(arch_overrides or {}) - set(OVERRIDE_KEYS))
+        if unknown:
+            raise ConfigError(f"arch_overrides: unknown key {unknown[0]!r} (allowed: {', '.join(OVERRIDE_KEYS)})")
         kwargs = dict(num_classes=0, img_size=img_size, in_chans=in_chans, drop_path_rate=drop_path_rate)
         kwargs.update(arch_overrides or {})
         if windows == "pad-then-shift":

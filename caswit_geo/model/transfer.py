@@ -41,7 +41,10 @@ class TransferReport:
 def check_state_fits(
     expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], source: str, what: str, hint: str = ""
 ) -> None:
-    """Raise a one-line CheckpointError unless ``given`` has exactly the names and shapes of ``expected``."""
+    """Raise a one-line CheckpointError unless ``given`` has exactly the names, shapes and dtypes of ``expected``.
+
+    Either side may hold ``meta`` tensors: only their shapes and dtypes are compared.
+    """
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
     if missing or unexpected:
@@ -55,6 +58,12 @@ def check_state_fits(
         raise CheckpointError(
             f"{source}: {what}: {len(bad)} tensor shapes do not match, e.g. {k}: "
             f"{tuple(given[k].shape)} vs {tuple(expected[k].shape)}{hint}"
+        )
+    bad = [k for k in expected if expected[k].dtype != given[k].dtype]
+    if bad:
+        k = bad[0]
+        raise CheckpointError(
+            f"{source}: {what}: {len(bad)} tensor types do not match, e.g. {k}: {given[k].dtype} vs {expected[k].dtype}"
         )
 
 

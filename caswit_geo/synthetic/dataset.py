@@ -10,15 +10,14 @@ Layout written under ``root``::
 
 Names are ``<split>_<index:03d>``. Every mosaic has its own footprint: the
 first at ``config.origin``, the next ones on a grid of whole kilometres, so
-none overlap. The set is built in a hidden sibling folder and moved into
-place at the end: an interrupted run leaves ``root`` as it was.
+none overlap. Every entry is written under a hidden temporary name and
+they are renamed into place together at the end: an interrupted run leaves
+``root`` as it was.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from rasterio.transform import Affine
 from tqdm import tqdm
 
 from ..errors import OutputError
+from ..outputs import OutputSet
 from .classes import CONTEXT_CLASSES, synthetic_classes
 from .config import SPLITS, SyntheticConfig
 from .rule import __doc__ as RULE_TEXT
@@ -98,28 +98,11 @@ def classes_json() -> str:
     return f'{{\n  "classes": [\n    {body}\n  ],\n  "bands": [1, 2, 3],\n  "scale": 255\n}}\n'
 
 
-def _prepare_root(root: Path, overwrite: bool) -> None:
+def _check_root(root: Path, overwrite: bool) -> None:
     if root.exists() and not root.is_dir():
         raise OutputError(f"{root}: exists and is not a folder")
     if root.exists() and any(root.iterdir()) and not overwrite:
         raise OutputError(f"{root}: folder exists and is not empty (use --overwrite to replace the data set in it)")
-    try:
-        root.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"{root.parent}: cannot create folder: {e.strerror}") from None
-
-
-def _move_into_place(staging: Path, root: Path) -> None:
-    """Replace the layout entries of ``root`` by those of ``staging``; other files stay."""
-    root.mkdir(exist_ok=True)
-    for entry in LAYOUT_ENTRIES:
-        old = root / entry
-        if old.is_dir():
-            shutil.rmtree(old)
-        elif old.exists():
-            old.unlink()
-        (staging / entry).rename(old)
-    staging.rmdir()
 
 
 def generate_dataset(
@@ -131,19 +114,23 @@ def generate_dataset(
     """Generate ``config.train/val/test`` mosaics under ``root`` in the ``tiles`` layout.
 
     Raises OutputError if ``root`` holds anything and ``overwrite`` is False;
-    with ``overwrite`` only the layout's own entries are replaced.
+    with ``overwrite`` only the layout's own entries are replaced. The
+    entries are written under temporary names and appear together at the
+    end (:class:`~caswit_geo.outputs.OutputSet`): an interrupted run leaves
+    ``root`` as it was.
     """
     start = time.perf_counter()
     root = Path(root)
-    _prepare_root(root, overwrite)
+    _check_root(root, overwrite)
     table = synthetic_classes()
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    except OSError as e:
-        raise OutputError(f"{root.parent}: cannot write: {e.strerror}") from None
-    try:
+    with OutputSet(overwrite=overwrite) as outs:
+        outs.claim(root)
+        staged = {}
+        for entry in LAYOUT_ENTRIES:
+            dest = outs.add(root / entry, folder="." not in entry, claim=False, create_parents=True)
+            staged[entry] = outs.temp(dest, "" if "." not in entry else None)
         for sub in ("images", "labels", "splits"):
-            (staging / sub).mkdir()
+            staged[sub].mkdir()
         names: dict[str, list[str]] = {}
         split_pixels: dict[str, list[int]] = {}
         jobs = [(split, i) for split in SPLITS for i in range(config.count(split))]
@@ -151,14 +138,14 @@ def generate_dataset(
             image, labels = generate_scene(config, scene_rng(config, split, i))
             name = f"{split}_{i:03d}"
             transform = mosaic_transform(config, split, i)
-            write_image(staging / "images" / f"{name}.tif", image, config, transform)
-            write_labels(staging / "labels" / f"{name}.tif", labels, config, transform)
+            write_image(staged["images"] / f"{name}.tif", image, config, transform)
+            write_labels(staged["labels"] / f"{name}.tif", labels, config, transform)
             names.setdefault(split, []).append(name)
             counts = np.bincount(labels.ravel(), minlength=len(table))[: len(table)]
             split_pixels[split] = [a + int(b) for a, b in zip(split_pixels.get(split, [0] * len(table)), counts)]
         for split in SPLITS:
-            (staging / "splits" / f"{split}.txt").write_text("".join(f"{n}\n" for n in names.get(split, [])))
-        (staging / "classes.json").write_text(classes_json())
+            (staged["splits"] / f"{split}.txt").write_text("".join(f"{n}\n" for n in names.get(split, [])))
+        staged["classes.json"].write_text(classes_json())
         pixels = [sum(p[k] for p in split_pixels.values()) for k in range(len(table))]
         provenance = {
             "generator": "caswit_geo.synthetic",
@@ -167,11 +154,8 @@ def generate_dataset(
             "context_rule": " ".join(RULE_TEXT.split()),
             "class_pixels": {split: dict(zip(table.names, p)) for split, p in split_pixels.items()},
         }
-        (staging / "synthetic.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        _move_into_place(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        staged["synthetic.json"].write_text(json.dumps(provenance, indent=2) + "\n")
+        outs.commit()
     return DatasetSummary(root, {s: names.get(s, []) for s in SPLITS}, table.names, pixels,
                           time.perf_counter() - start, split_pixels)
 
@@ -189,15 +173,14 @@ def write_sample_mosaic(
     """
     config = config or SyntheticConfig()
     path = Path(path)
-    targets = [path] + ([Path(labels_path)] if labels_path is not None else [])
-    for target in targets:
-        if target.exists() and not overwrite:
-            raise OutputError(f"{target}: file exists (use --overwrite to replace it)")
-        if not target.parent.is_dir():
-            raise OutputError(f"{target.parent}: folder does not exist")
-    image, labels = generate_scene(config, scene_rng(config, "test", 0))
-    transform = mosaic_transform(config, "test", 0)
-    write_image(path, image, config, transform)
-    if labels_path is not None:
-        write_labels(Path(labels_path), labels, config, transform)
+    with OutputSet(overwrite=overwrite) as outs:
+        outs.add(path)
+        if labels_path is not None:
+            outs.add(labels_path, "--labels")
+        image, labels = generate_scene(config, scene_rng(config, "test", 0))
+        transform = mosaic_transform(config, "test", 0)
+        write_image(outs.temp(path), image, config, transform)
+        if labels_path is not None:
+            write_labels(outs.temp(labels_path), labels, config, transform)
+        outs.commit()
     return path

@@ -1,0 +1,176 @@
+"""Declared bounds of the values a file can set (checkpoint headers, class tables, input specs).
+
+A dataclass declares each field's bounds next to the field::
+
+    num_classes: int = bounded(19, Int(1, 255))
+
+and calls :func:`check_fields` from ``__post_init__``: every field is
+converted and checked, and a value out of bounds raises a one-line
+``ConfigError`` naming the field and what it accepts. A field declared
+without bounds is refused as well, so a new field cannot slip through
+unchecked: adding a field means adding one line.
+
+Checks only accept what JSON can hold (numbers, text, lists, objects), never
+bools for numbers, NaN or infinities, and return plain Python values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import MISSING, field, fields
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+Check = Callable[[Any, str], Any]
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Int:
+    """A whole number in ``lo..hi``, optionally a multiple of ``multiple``."""
+
+    def __init__(self, lo: int, hi: int, multiple: int = 1) -> None:
+        self.lo, self.hi, self.multiple = lo, hi, multiple
+
+    def describe(self) -> str:
+        step = f", a multiple of {self.multiple}" if self.multiple > 1 else ""
+        return f"an integer in {self.lo}..{self.hi}{step}"
+
+    def __call__(self, value: Any, name: str) -> int:
+        number = value
+        if isinstance(value, float) and value.is_integer():
+            number = int(value)
+        if isinstance(number, bool) or not isinstance(number, numbers.Integral):
+            raise ConfigError(f"{name} must be {self.describe()}, got {_show(value)}")
+        number = int(number)
+        if not self.lo <= number <= self.hi or number % self.multiple:
+            raise ConfigError(f"{name} must be {self.describe()}, got {number}")
+        return number
+
+
+class Real:
+    """A finite number in ``lo..hi``; ``lo_open``/``hi_open`` exclude the ends."""
+
+    def __init__(self, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> None:
+        self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
+
+    def describe(self) -> str:
+        return f"a finite number in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+    def __call__(self, value: Any, name: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ConfigError(f"{name} must be {self.describe()}, got {_show(value)}")
+        number = float(value)
+        low_ok = number > self.lo if self.lo_open else number >= self.lo
+        high_ok = number < self.hi if self.hi_open else number <= self.hi
+        if not (math.isfinite(number) and low_ok and high_ok):
+            raise ConfigError(f"{name} must be {self.describe()}, got {number}")
+        return number
+
+
+class Flag:
+    """``true`` or ``false``."""
+
+    def __call__(self, value: Any, name: str) -> bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {_show(value)}")
+        return value
+
+
+class Text:
+    """Printable text of 1..``max_len`` characters, optionally one of ``choices``."""
+
+    def __init__(self, max_len: int = 64, choices: tuple[str, ...] | None = None) -> None:
+        self.max_len, self.choices = max_len, choices
+
+    def __call__(self, value: Any, name: str) -> str:
+        if self.choices is not None:
+            if value not in self.choices:
+                raise ConfigError(f"{name} must be one of {', '.join(self.choices)}; got {_show(value)}")
+            return value
+        if not isinstance(value, str) or not 0 < len(value) <= self.max_len or not value.isprintable():
+            raise ConfigError(f"{name} must be printable text of 1 to {self.max_len} characters, got {_show(value)}")
+        return value
+
+
+class Seq:
+    """A list of ``min_len``..``max_len`` items, each checked by ``item``; returned as a tuple."""
+
+    def __init__(self, item: Check, min_len: int, max_len: int) -> None:
+        self.item, self.min_len, self.max_len = item, min_len, max_len
+
+    def __call__(self, value: Any, name: str) -> tuple:
+        if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__") or not hasattr(value, "__iter__"):
+            raise ConfigError(f"{name} must be a list, got {_show(value)}")
+        if not self.min_len <= len(value) <= self.max_len:
+            size = str(self.min_len) if self.min_len == self.max_len else f"{self.min_len} to {self.max_len}"
+            raise ConfigError(f"{name} must hold {size} values, got {len(value)}: {_show(value)}")
+        return tuple(self.item(v, f"{name}[{i}]") for i, v in enumerate(value))
+
+
+class Maybe:
+    """``None`` (JSON null), or a value ``check`` accepts."""
+
+    def __init__(self, check: Check) -> None:
+        self.check = check
+
+    def __call__(self, value: Any, name: str) -> Any:
+        return None if value is None else self.check(value, name)
+
+
+class Keys:
+    """An object whose keys are among ``checks`` (each optional), every value checked."""
+
+    def __init__(self, **checks: Check) -> None:
+        self.checks = checks
+
+    def __call__(self, value: Any, name: str) -> dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be an object, got {_show(value)}")
+        unknown = sorted(str(k) for k in value if k not in self.checks)
+        if unknown:
+            raise ConfigError(f"{name}: unknown key {unknown[0]!r} (allowed: {', '.join(self.checks)})")
+        return {k: self.checks[k](v, f"{name}.{k}") for k, v in value.items()}
+
+
+def bounded(default: Any = MISSING, check: Check | None = None, *, factory: Callable[[], Any] | None = None):
+    """A dataclass field with its bounds (``default`` or ``factory``, as :func:`dataclasses.field`)."""
+    if check is None:
+        raise TypeError("bounded() needs a check")
+    if factory is not None:
+        return field(default_factory=factory, metadata={"check": check})
+    return field(default=default, metadata={"check": check})
+
+
+def check_fields(obj: Any, prefix: str = "") -> None:
+    """Convert and check every field of the dataclass ``obj`` in place (frozen ones too)."""
+    for f in fields(obj):
+        check = f.metadata.get("check")
+        if check is None:
+            raise TypeError(f"{type(obj).__name__}.{f.name} declares no bounds (use bounded())")
+        value = check(getattr(obj, f.name), f"{prefix}{f.name}")
+        object.__setattr__(obj, f.name, value)
+
+
+def from_mapping(cls: type, data: Any, what: str):
+    """``cls(**data)`` for a dict from a file: unknown keys refused by name; missing keys take the defaults."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must be an object, got {_show(data)}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise ConfigError(f"{what}: unknown key {unknown[0]!r}")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is MISSING and f.default_factory is MISSING and f.name not in data]
+    if required:
+        raise ConfigError(f"{what}: key {required[0]!r} is missing")
+    try:
+        return cls(**data)
+    except ConfigError as e:
+        raise ConfigError(f"{what}: {e}") from None
