@@ -27,13 +27,14 @@ import rasterio
 import torch
 from tqdm import tqdm
 
+from ..bounds import bounded, check_number, check_settings
 from ..checkpoint import load_checkpoint
 from ..data import build_dataset
 from ..data.flairhub_splits import DEFAULT_SPLIT_COLUMN
 from ..data.handles import open_raster
 from ..data.sample import CaswitDataset
 from ..data.tiles import read_classes_json
-from ..device import CpuThreads, autocast_context, select_device
+from ..device import CpuThreads, autocast_context, select_device, stop_workers
 from ..errors import CheckpointError, ConfigError, InputError, OutputError
 from ..geo.grid import TileGrid, clip_window
 from ..geo.io import AtomicRasterWriter, class_description
@@ -53,9 +54,9 @@ class EvalConfig:
     root: Path
     weights: str | Path | None
     split: str = "test"  # or, for flairhub, a .csv/.txt list of patch ids
-    batch_size: int = 4
+    batch_size: int = bounded(4, ge=1)
     device: str = "auto"
-    workers: int = 2
+    workers: int = bounded(2, ge=0)
     split_column: str = DEFAULT_SPLIT_COLUMN
     out_dir: Path | None = None  # default ./eval-<dataset>-<split>
     save_predictions: Path | None = None
@@ -178,8 +179,7 @@ def _default_out_dir(config: EvalConfig) -> Path:
 def evaluate(config: EvalConfig) -> EvalResult:
     """Predict ``config.split`` with the checkpoint and score it with the dataset's protocol."""
     start = time.perf_counter()
-    if config.batch_size < 1 or config.workers < 0:
-        raise ConfigError("--batch-size must be >= 1 and --workers >= 0")
+    check_settings(config)
     paths = _report_paths(config.out_dir or _default_out_dir(config), config.overwrite)
     weights = resolve_weights(config.weights)
     device = select_device(config.device)
@@ -209,9 +209,11 @@ def evaluate(config: EvalConfig) -> EvalResult:
     boundary = BoundaryStats(len(classes))
     saver = PredictionSaver(config.save_predictions, dataset, classes, config.overwrite) if config.save_predictions else None
     seen = 0
+    batches = iter(loader)
     try:
         with torch.inference_mode(), CpuThreads(device, config.workers):
-            for batch in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not config.progress):
+            for batch in tqdm(batches, total=len(loader), desc="eval", unit="batch", leave=False,
+                              disable=not config.progress):
                 hr = batch["hr"].to(device, non_blocking=True)  # (B, C, T, T)
                 lr = batch["lr"].to(device, non_blocking=True)
                 with autocast_context(device, config.amp):
@@ -228,6 +230,8 @@ def evaluate(config: EvalConfig) -> EvalResult:
         if saver is not None:
             saver.abort()
         raise
+    finally:
+        stop_workers(batches)
     if saver is not None:
         saver.close()
 
@@ -315,6 +319,7 @@ def evaluate_rasters(
         out_dir: where to write report.json and the confusion matrix (None = nowhere).
         tile_size: windows of T x T px are read and scored in turn (bIoU per window).
     """
+    check_number("--tile-size", tile_size, ge=16, le=4096)
     paths = _report_paths(Path(out_dir) if out_dir is not None else None, overwrite)
     if dataset in ("flairhub", "urur"):
         table: ClassTable | None = flairhub_classes() if dataset == "flairhub" else urur_classes()

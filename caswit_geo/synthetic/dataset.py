@@ -28,7 +28,7 @@ import rasterio
 from rasterio.transform import Affine
 from tqdm import tqdm
 
-from ..errors import OutputError
+from ..errors import OutputError, no_space_error
 from .classes import CONTEXT_CLASSES, synthetic_classes
 from .config import SPLITS, SyntheticConfig
 from .rule import __doc__ as RULE_TEXT
@@ -169,8 +169,11 @@ def generate_dataset(
         }
         (staging / "synthetic.json").write_text(json.dumps(provenance, indent=2) + "\n")
         _move_into_place(staging, root)
-    except BaseException:
+    except BaseException as e:
+        full = no_space_error(e, root.parent)  # judged before the staging folder frees its space
         shutil.rmtree(staging, ignore_errors=True)
+        if full is not None:
+            raise full from e
         raise
     return DatasetSummary(root, {s: names.get(s, []) for s in SPLITS}, table.names, pixels,
                           time.perf_counter() - start, split_pixels)
