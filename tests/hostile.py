@@ -8,10 +8,18 @@ command owes a user who gave it bad input:
 - the exit code (1 for a bad file or value, 2 for a usage error);
 - exactly one error line on stderr (warnings may precede it), that names the
   file or option and the problem (``expect``: substrings, all required);
-- no traceback;
+- no traceback, and nothing unprintable (control characters other than tab,
+  newline and carriage return: a terminal escape read from a file must not
+  reach the terminal);
 - nothing written, nothing replaced, nothing removed: the folder holds the
   same files with the same bytes afterwards (``changes`` lists the paths a
   case may legitimately create, e.g. a run directory's resumable state).
+
+A hostile input that a command must *accept* (a class name holding escape
+sequences, a rotated raster) is a case with ``code=0``: then no error line
+may appear, ``expect`` is looked for in stdout and stderr, and ``changes``
+names the outputs it writes. ``patch`` injects a fault in-process (e.g. a
+write failing with ENOSPC) through a MonkeyPatch undone after the run.
 
 The suites (``tests/test_hostile_*.py``) are tables of cases; the item
 numbers are those of the hostile-input review (issue "Nothing lost, nothing
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -47,6 +56,7 @@ class Case:
         timeout: seconds before a subprocess case counts as hung.
         changes: glob patterns (relative to the case folder) that may change.
         check: extra assertion on (folder, stdout, stderr) after the run.
+        patch: in-process fault injection, ``patch(monkeypatch, folder)`` before the run.
     """
 
     id: str
@@ -59,6 +69,7 @@ class Case:
     changes: tuple[str, ...] = ()
     check: Callable[[Path, str, str], None] | None = None
     marks: tuple = field(default_factory=tuple)
+    patch: Callable[[pytest.MonkeyPatch, Path], None] | None = None
 
     def param(self):
         return pytest.param(self, id=self.id, marks=list(self.marks))
@@ -108,8 +119,11 @@ def run_case(case: Case, folder: Path, capsys=None) -> tuple[int, str, str]:
         cwd = os.getcwd()
         os.chdir(folder)
         try:
-            with pytest.raises(SystemExit) as exc:
-                main(argv)
+            with pytest.MonkeyPatch.context() as mp:
+                if case.patch is not None:
+                    case.patch(mp, folder)
+                with pytest.raises(SystemExit) as exc:
+                    main(argv)
         finally:
             os.chdir(cwd)
         out, err = capsys.readouterr() if capsys is not None else ("", "")
@@ -125,7 +139,15 @@ def run_case(case: Case, folder: Path, capsys=None) -> tuple[int, str, str]:
 def assert_contract(case: Case, code: int, out: str, err: str) -> None:
     assert code == case.code, f"{case.id}: exit code {code}, expected {case.code}; stderr: {err!r}"
     assert "Traceback" not in err and "Traceback" not in out, f"{case.id}: traceback shown: {err!r}"
+    unprintable = _UNPRINTABLE.search(out + err)
+    assert unprintable is None, f"{case.id}: unprintable {unprintable.group()!r} in the output: {(out + err)!r}"
     lines = [line for line in err.splitlines() if line.strip()]
+    if case.code == 0:
+        failed = [line for line in lines if line.startswith("caswit-geo: ") and "warning:" not in line]
+        assert not failed, f"{case.id}: error reported: {failed!r}"
+        for text in case.expect:
+            assert text in out + err, f"{case.id}: {text!r} missing from the output {(out + err)!r}"
+        return
     errors = [line for line in lines if not line.startswith("caswit-geo: warning:")]
     assert errors, f"{case.id}: no error line on stderr"
     if case.code == 2 and len(errors) > 1:  # usage errors: the parser's usage line, then its message
@@ -133,6 +155,9 @@ def assert_contract(case: Case, code: int, out: str, err: str) -> None:
     assert len(errors) == 1, f"{case.id}: expected one error line, got {errors!r}"
     for text in case.expect:
         assert text in errors[0], f"{case.id}: {text!r} missing from {errors[0]!r}"
+
+
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def _diff(before: dict, after: dict) -> str:
