@@ -7,7 +7,8 @@ command owes a user who gave it bad input:
 
 - the exit code (1 for a bad file or value, 2 for a usage error);
 - exactly one error line on stderr (warnings may precede it), that names the
-  file or option and the problem (``expect``: substrings, all required);
+  file or option and the problem (``expect``: substrings, all required), and
+  is not an "internal error" (bad input is never a bug);
 - no traceback, and nothing unprintable (control characters other than tab,
   newline and carriage return: a terminal escape read from a file must not
   reach the terminal);
@@ -153,6 +154,7 @@ def assert_contract(case: Case, code: int, out: str, err: str) -> None:
     if case.code == 2 and len(errors) > 1:  # usage errors: the parser's usage line, then its message
         errors = errors[-1:]
     assert len(errors) == 1, f"{case.id}: expected one error line, got {errors!r}"
+    assert "internal error" not in errors[0], f"{case.id}: bad input reported as a bug: {errors[0]!r}"
     for text in case.expect:
         assert text in errors[0], f"{case.id}: {text!r} missing from {errors[0]!r}"
 

@@ -195,7 +195,8 @@ def geopackage_full(mp, folder):
 def prepass_chunk_enospc(mp, folder):
     from caswit_geo.geo import lowres
 
-    mp.setattr(lowres, "write_chunk", enospc)  # the LR pre-pass thread's first write fails
+    mp.setattr(lowres, "write_chunk", enospc)  # the LR pre-pass thread's first write fails...
+    mp.setattr(Path, "write_text", enospc)  # ...and so does the reason it leaves for the readers
 
 
 MOUNTS: list[Path] = []
@@ -250,12 +251,12 @@ CASES = [
     # 11: usage errors are the parser's own, exit 2
     Case("11-no-arguments", [], code=0, check=shows_help),
     Case("11-version", ["--version"], code=0, expect=("caswit-geo 0.1.0",)),
-    Case("11-missing-argument", ["predict"], code=2, expect=("Missing argument 'INPUT...'",)),
-    Case("11-missing-option-value", ["predict", "x.tif", "-o"], code=2, expect=("'-o' requires an argument",)),
+    Case("11-missing-argument", ["predict"], code=2, expect=("Error: Missing argument 'INPUT...'",)),
+    Case("11-missing-option-value", ["predict", "x.tif", "-o"], code=2, expect=("Error: Option '-o' requires an argument",)),
     Case("11-not-an-integer", ["predict", "x.tif", "-o", "y.tif", "--batch-size", "abc"], code=2,
-         expect=("Invalid value for '--batch-size'",)),
-    Case("11-unknown-option", ["predict", "--bogus"], code=2, expect=("No such option: --bogus",)),
-    Case("11-unknown-command", ["bogus"], code=2, expect=("No such command 'bogus'",)),
+         expect=("Error: Invalid value for '--batch-size'",)),
+    Case("11-unknown-option", ["predict", "--bogus"], code=2, expect=("Error: No such option: --bogus",)),
+    Case("11-unknown-command", ["bogus"], code=2, expect=("Error: No such command 'bogus'",)),
     # 12: an error raised in a DataLoader worker is its own one line
     Case("12-worker-error-one-line",
          ["eval", "-d", "tiles", "--root", "{tmp}/data", "-w", "{w}", "--workers", "1", "--no-progress",
@@ -303,7 +304,7 @@ CASES = [
     Case("15-pretrain-mask-ratio-1.5", ["pretrain", "-i", "{tmp}/none", "--mask-ratio", "1.5"],
          expect=("--mask-ratio must be a finite number > 0 and < 1, got 1.5",)),
     Case("15-eval-tile-size-0", ["eval", "--pred", "{tmp}/pred.tif", "--ref", "{tmp}/ref.tif", "--tile-size", "0"],
-         pred_ref, expect=("--tile-size must be an integer >= 16 and <= 4096, got 0",)),
+         pred_ref, expect=("--tile-size must be an integer >= 1 and <= 4096, got 0",)),
     Case("15-eval-batch-size-0", ["eval", "-d", "tiles", "--root", "{tmp}/none", "--batch-size", "0"],
          expect=("--batch-size must be an integer >= 1, got 0",)),
     Case("15-explain-out-xyz", ["explain", "{tmp}/img.tif", "-o", "{tmp}/x.xyz", "-w", "{tmp}/none.pt"],

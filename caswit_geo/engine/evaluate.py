@@ -319,7 +319,7 @@ def evaluate_rasters(
         out_dir: where to write report.json and the confusion matrix (None = nowhere).
         tile_size: windows of T x T px are read and scored in turn (bIoU per window).
     """
-    check_number("--tile-size", tile_size, ge=16, le=4096)
+    check_number("--tile-size", tile_size, ge=1, le=4096)  # windows of T x T px, T^2 int64 arrays
     paths = _report_paths(Path(out_dir) if out_dir is not None else None, overwrite)
     if dataset in ("flairhub", "urur"):
         table: ClassTable | None = flairhub_classes() if dataset == "flairhub" else urur_classes()
