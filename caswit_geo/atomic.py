@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from .errors import disk_full_guard
+
 MARK = ".caswit-"  # every hidden name this module creates contains it
 _TOKEN_RE = re.compile(r"\.caswit-([A-Za-z0-9-]+-\d+-[0-9a-f]{6})(?:\.|$)")
 
@@ -273,11 +275,12 @@ def atomic_path(path: str | Path, *, replace: bool = True) -> Iterator[Path]:
     with holding(path.parent if str(path.parent) else "."):
         tmp = temp_path(path)
         try:
-            yield tmp
-            if replace:
-                os.replace(tmp, path)
-            else:
-                rename_noreplace(tmp, path)
+            with disk_full_guard(path.parent):  # judged while the partial file still takes its space
+                yield tmp
+                if replace:
+                    os.replace(tmp, path)
+                else:
+                    rename_noreplace(tmp, path)
         finally:
             remove_path(tmp)
 

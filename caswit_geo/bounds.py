@@ -12,6 +12,20 @@ unchecked: adding a field means adding one line.
 
 Checks only accept what JSON can hold (numbers, text, lists, objects), never
 bools for numbers, NaN or infinities, and return plain Python values.
+
+Settings of a command (the engine config dataclasses) declare numeric bounds
+with keywords, and every engine calls :func:`check_settings` first, before
+it opens a file or builds a model; the error names the command-line flag::
+
+    batch_size: int = bounded(8, ge=1)
+    min_area: float | None = bounded(None, ge=0)   # None = not given, never checked
+
+    --min-area must be a finite number >= 0, got nan
+
+``check_settings`` refuses NaN and infinities in every float field (bounded
+or not), checks tuples of numbers value by value, and a field redefined in
+a subclass (a new default) keeps its base class's bounds unless it declares
+its own. Nothing here imports more than the standard library.
 """
 
 from __future__ import annotations
@@ -139,13 +153,29 @@ class Keys:
         return {k: self.checks[k](v, f"{name}.{k}") for k, v in value.items()}
 
 
-def bounded(default: Any = MISSING, check: Check | None = None, *, factory: Callable[[], Any] | None = None):
-    """A dataclass field with its bounds (``default`` or ``factory``, as :func:`dataclasses.field`)."""
+def bounded(
+    default: Any = MISSING,
+    check: Check | None = None,
+    *,
+    factory: Callable[[], Any] | None = None,
+    flag: str | None = None,
+    **numeric,
+):
+    """A dataclass field with its bounds: a ``check`` (``Int``, ``Real``, ``Text``...) or numeric
+    keywords of :class:`Number` (``ge``, ``gt``, ``le``, ``lt``, ``multiple_of``, ``finite``).
+
+    ``flag``: the name errors use for the field (default ``--`` + its name with dashes).
+    """
     if check is None:
-        raise TypeError("bounded() needs a check")
+        if not numeric and flag is None:
+            raise TypeError("bounded() needs a check or numeric bounds")
+        check = Number(**numeric)
+    elif numeric:
+        raise TypeError("bounded() takes a check or numeric bounds, not both")
+    metadata = {"check": check, "flag": flag}
     if factory is not None:
-        return field(default_factory=factory, metadata={"check": check})
-    return field(default=default, metadata={"check": check})
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def check_fields(obj: Any, prefix: str = "") -> None:
@@ -174,3 +204,72 @@ def from_mapping(cls: type, data: Any, what: str):
         return cls(**data)
     except ConfigError as e:
         raise ConfigError(f"{what}: {e}") from None
+
+
+class Number:
+    """A number (or a list of them, each checked): ``ge <= x``, ``gt < x``, ``x <= le``, ``x < lt``,
+    ``x % multiple_of == 0``; NaN and infinities refused unless ``finite=False``. Used for settings."""
+
+    def __init__(self, ge=None, gt=None, le=None, lt=None, multiple_of: int | None = None, finite: bool = True):
+        self.ge, self.gt, self.le, self.lt = ge, gt, le, lt
+        self.multiple_of, self.finite = multiple_of, finite
+
+    def describe(self) -> str:
+        parts = [f"{op} {v:g}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                 if v is not None]
+        text = " and ".join(parts)
+        if self.multiple_of:
+            text += (" and " if text else "") + f"a multiple of {self.multiple_of}"
+        return text
+
+    def allows(self, x: float) -> bool:
+        return not (
+            (self.ge is not None and not x >= self.ge)
+            or (self.gt is not None and not x > self.gt)
+            or (self.le is not None and not x <= self.le)
+            or (self.lt is not None and not x < self.lt)
+            or (self.multiple_of and x % self.multiple_of)
+        )
+
+    def __call__(self, value: Any, name: str) -> Any:
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        for x in values:
+            if isinstance(x, bool) or not isinstance(x, numbers.Real):
+                continue  # not a number: the field's type is checked where it is parsed
+            is_int = isinstance(x, numbers.Integral)
+            # NaN fails every comparison: refused by any bound, and by default anyway
+            if (not is_int and self.finite and not math.isfinite(x)) or not self.allows(x):
+                kind = "an integer" if is_int else ("a finite number" if self.finite else "a number")
+                rule = self.describe()
+                got = ",".join(_number(v) for v in values) if len(values) > 1 else _number(x)
+                raise ConfigError(f"{name} must be {kind}{' ' + rule if rule else ''}, got {got}")
+        return value
+
+
+def check_number(flag: str, value: Any, **bounds) -> None:
+    """Raise ConfigError naming ``flag`` unless ``value`` (a number, or a tuple of them) is allowed."""
+    Number(**bounds)(value, flag)
+
+
+def check_settings(config: Any) -> None:
+    """Check every numeric field of the settings dataclass ``config`` (see the module docstring)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value is None:
+            continue
+        check, flag = field_check(type(config), f.name)
+        name = flag or "--" + f.name.replace("_", "-")
+        (check if check is not None else Number())(value, name)
+
+
+def field_check(cls: type, name: str) -> tuple[Check | None, str | None]:
+    """(check, flag) of field ``name``: its own, else those of the nearest base class that declares some."""
+    for klass in cls.__mro__:
+        f = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if f is not None and "check" in f.metadata:
+            return f.metadata["check"], f.metadata.get("flag")
+    return None, None
+
+
+def _number(x: Any) -> str:
+    return repr(x) if isinstance(x, float) and math.isfinite(x) else str(x)

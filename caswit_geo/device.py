@@ -68,3 +68,14 @@ class CpuThreads:
     def __exit__(self, *exc) -> None:
         if self.active and self.current != self.before:
             torch.set_num_threads(self.before)
+
+
+def stop_workers(batches) -> None:
+    """Shut the DataLoader worker processes of the iterator ``batches`` down now.
+
+    After an error the iterator is referenced by the traceback; freed later by
+    the garbage collector, torch then waits 5 s for each worker to join.
+    """
+    shutdown = getattr(batches, "_shutdown_workers", None)  # single-process iterators have none
+    if shutdown is not None:
+        shutdown()

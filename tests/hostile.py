@@ -7,17 +7,23 @@ command owes a user who gave it bad input:
 
 - the exit code (1 for a bad file or value, 2 for a usage error);
 - exactly one error line on stderr (warnings may precede it), that names the
-  file or option and the problem (``expect``: substrings, all required);
-- no traceback;
+  file or option and the problem (``expect``: substrings, all required), and
+  is not an "internal error" (bad input is never a bug);
+- no traceback, and nothing unprintable (control characters other than tab,
+  newline and carriage return: a terminal escape read from a file must not
+  reach the terminal);
 - nothing written, nothing replaced, nothing removed: the folder holds the
   same files with the same bytes afterwards (``changes`` lists the paths a
   case may legitimately create, e.g. a run directory's resumable state).
 
-A case with ``code=0`` checks that a hostile situation is *handled* (a
-resume after a kill, litter swept, a gap scored): no error line, no
-traceback, and its ``check``. ``inject`` wraps an in-process command in a
-context manager for fault injection (a signal at a given step, a write
-that fails), for what a table row cannot reach from the command line.
+A hostile input that a command must *accept* (a class name holding escape
+sequences, a rotated raster) is a case with ``code=0``: then no error line
+may appear, ``expect`` is looked for in stdout and stderr, and ``changes``
+names the outputs it writes; a case that checks a hostile situation is
+*handled* (a resume after a kill, litter swept, a gap scored) adds its
+``check``. ``patch`` injects a fault in-process (e.g. a write failing with
+ENOSPC) through a MonkeyPatch undone after the run; ``inject`` wraps the
+command in a context manager (a signal at a given step, a write that fails).
 
 The suites (``tests/test_hostile_*.py``) are tables of cases; the item
 numbers are those of the hostile-input review (issue "Nothing lost, nothing
@@ -29,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -54,6 +61,7 @@ class Case:
         timeout: seconds before a subprocess case counts as hung.
         changes: glob patterns (relative to the case folder) that may change.
         check: extra assertion on (folder, stdout, stderr) after the run.
+        patch: in-process fault injection, ``patch(monkeypatch, folder)`` before the run.
         inject: in-process cases: ``inject(folder)`` is a context manager entered around the command.
     """
 
@@ -66,8 +74,9 @@ class Case:
     timeout: float = 120.0
     changes: tuple[str, ...] = ()
     check: Callable[[Path, str, str], None] | None = None
-    inject: Callable[[Path], contextlib.AbstractContextManager] | None = None
     marks: tuple = field(default_factory=tuple)
+    patch: Callable[[pytest.MonkeyPatch, Path], None] | None = None
+    inject: Callable[[Path], contextlib.AbstractContextManager] | None = None
 
     def param(self):
         return pytest.param(self, id=self.id, marks=list(self.marks))
@@ -117,9 +126,12 @@ def run_case(case: Case, folder: Path, capsys=None) -> tuple[int, str, str]:
         cwd = os.getcwd()
         os.chdir(folder)
         try:
-            with case.inject(folder) if case.inject is not None else contextlib.nullcontext():
-                with pytest.raises(SystemExit) as exc:
-                    main(argv)
+            with pytest.MonkeyPatch.context() as mp:
+                if case.patch is not None:
+                    case.patch(mp, folder)
+                with case.inject(folder) if case.inject is not None else contextlib.nullcontext():
+                    with pytest.raises(SystemExit) as exc:
+                        main(argv)
         finally:
             os.chdir(cwd)
         out, err = capsys.readouterr() if capsys is not None else ("", "")
@@ -135,17 +147,26 @@ def run_case(case: Case, folder: Path, capsys=None) -> tuple[int, str, str]:
 def assert_contract(case: Case, code: int, out: str, err: str) -> None:
     assert code == case.code, f"{case.id}: exit code {code}, expected {case.code}; stderr: {err!r}"
     assert "Traceback" not in err and "Traceback" not in out, f"{case.id}: traceback shown: {err!r}"
+    unprintable = _UNPRINTABLE.search(out + err)
+    assert unprintable is None, f"{case.id}: unprintable {unprintable.group()!r} in the output: {(out + err)!r}"
     lines = [line for line in err.splitlines() if line.strip()]
-    errors = [line for line in lines if not line.startswith("caswit-geo: warning:")]
     if case.code == 0:
-        assert not [line for line in errors if line.startswith("caswit-geo:")], f"{case.id}: error shown: {errors!r}"
+        failed = [line for line in lines if line.startswith("caswit-geo: ") and "warning:" not in line]
+        assert not failed, f"{case.id}: error reported: {failed!r}"
+        for text in case.expect:
+            assert text in out + err, f"{case.id}: {text!r} missing from the output {(out + err)!r}"
         return
+    errors = [line for line in lines if not line.startswith("caswit-geo: warning:")]
     assert errors, f"{case.id}: no error line on stderr"
     if case.code == 2 and len(errors) > 1:  # usage errors: the parser's usage line, then its message
         errors = errors[-1:]
     assert len(errors) == 1, f"{case.id}: expected one error line, got {errors!r}"
+    assert "internal error" not in errors[0], f"{case.id}: bad input reported as a bug: {errors[0]!r}"
     for text in case.expect:
         assert text in errors[0], f"{case.id}: {text!r} missing from {errors[0]!r}"
+
+
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def _diff(before: dict, after: dict) -> str:

@@ -176,7 +176,7 @@ def test_convert_command_writes_the_matching_model(tmp_path, capsys):
     weights = (src / "model.safetensors").read_bytes()
     with pytest.raises(SystemExit) as e:
         main(["convert", str(src), "--out", str(src / "model.safetensors"), "--overwrite"])
-    assert e.value.code == 1 and "source" in capsys.readouterr().err
+    assert e.value.code == 1 and "never replace an input" in capsys.readouterr().err
     assert (src / "model.safetensors").read_bytes() == weights
 
 

@@ -2,7 +2,12 @@
 
 Errors a user can cause are :class:`~caswit_geo.errors.CaswitError`: one line
 on stderr, exit code 1, no traceback unless ``--debug`` (accepted anywhere on
-the command line).
+the command line). Usage errors (unknown option, missing argument, a value
+of the wrong type) are the parser's own message, exit code 2.
+
+Start-up stays light: this package and the command modules import only
+typer and rich. Each command imports its engine (torch, rasterio, ...) in
+its body, so ``--help``, ``--version`` and usage errors answer at once.
 """
 
 from __future__ import annotations
@@ -11,16 +16,16 @@ import importlib
 import sys
 import warnings
 
-import click
 import typer
 
-from ..errors import CaswitError
+from .. import __version__
+from ..errors import CaswitError, one_line, says_disk_full, user_message
 from ..signals import EXIT_CODES, interrupted_by, signals_interrupt
+from .console import plain
 
 app = typer.Typer(
     name="caswit-geo",
     help="Land-cover maps from aerial orthophotos with CASWiT (HR tiles + LR context).",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
@@ -28,8 +33,19 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"caswit-geo {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors.")) -> None:
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
     _state["debug"] = _state["debug"] or debug
 
 
@@ -37,17 +53,31 @@ def debug_enabled() -> bool:
     return _state["debug"]
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"caswit-geo: warning: {_one_line(message)}", file=sys.stderr)
+    print(f"caswit-geo: warning: {plain(one_line(message))}", file=sys.stderr)
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line printed for an exception that ends a command."""
+    name, message = user_message(exc)
+    if isinstance(exc, CaswitError):
+        return f"caswit-geo: error: {plain(message)}"
+    if says_disk_full(exc):  # a full disk no engine caught where it happened
+        where = getattr(exc, "filename", None)
+        return f"caswit-geo: error: no space left on device{f' ({plain(where)})' if where else ''}"
+    from ..geo.sources import read_error  # light: no GDAL import
+
+    unreadable = read_error(exc)  # a raster that failed while being read, named as GDAL names it
+    if unreadable is not None:
+        return f"caswit-geo: error: {plain(one_line(unreadable))}"
+    if isinstance(exc, OSError):  # the machine, not a bug: a file or folder that cannot be used
+        return f"caswit-geo: error: {plain(message)}"
+    return f"caswit-geo: internal error: {name}: {plain(message)} (run with --debug for the traceback)"
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point; always ends with SystemExit(code)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv) or ["--help"]  # no arguments: the help, exit 0
     debug = "--debug" in argv
     _state["debug"] = debug
     if debug:
@@ -58,26 +88,20 @@ def main(argv: list[str] | None = None) -> None:
         with signals_interrupt():  # SIGTERM unwinds like Ctrl-C: every command removes its temporaries
             rv = app(args=argv, prog_name="caswit-geo", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
-    except CaswitError as e:
-        if debug:
-            raise
-        print(f"caswit-geo: error: {_one_line(e)}", file=sys.stderr)
-        code = 1
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         code = e.exit_code
-    except click.ClickException as e:
+    except typer.TyperException as e:  # the parser's usage errors
         e.show()
         code = e.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         code = EXIT_CODES["SIGINT"]
-    except Exception as e:  # a bug, not a user error: still one line unless --debug
+        if interrupted_by() is None:
+            print("caswit-geo: interrupted", file=sys.stderr)
+    except Exception as e:
         if debug:
             raise
-        print(
-            f"caswit-geo: internal error: {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)",
-            file=sys.stderr,
-        )
-        code = 2
+        print(error_line(e), file=sys.stderr)
+        code = 1
     signame = interrupted_by()  # typer turns an interrupt into exit code 130 without a word
     if signame is not None:
         print(f"caswit-geo: {'stopped by SIGTERM' if signame == 'SIGTERM' else 'interrupted'}", file=sys.stderr)

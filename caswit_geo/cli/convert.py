@@ -6,10 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-
-from ..engine.convert import ConvertConfig, convert
 from . import app
+from .console import make_console, safe
 
 
 @app.command(name="convert")
@@ -29,10 +27,12 @@ def convert_cmd(
     (ImageNet's otherwise). Nothing is downloaded. To start a CASWiT from
     such a checkpoint instead: caswit-geo train --init-upernet SOURCE.
     """
+    from ..engine.convert import ConvertConfig, convert
+
     result = convert(ConvertConfig(source=source, out=out, overwrite=overwrite, tile_size=tile_size))
-    console = Console()
-    console.print(f"{result.out}: {result.model}, {len(result.classes)} classes")
-    console.print(str(result.report), highlight=False)
-    console.print(f"input normalisation: {result.normalisation}")
+    console = make_console()
+    console.print(f"{safe(str(result.out))}: {result.model}, {len(result.classes)} classes")
+    console.print(safe(str(result.report)), highlight=False)
+    console.print(f"input normalisation: {safe(str(result.normalisation))}")
     for note in result.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {safe(str(note))}")

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from ..engine.evaluate import EvalConfig, EvalResult, evaluate, evaluate_rasters
 from ..errors import ConfigError
 from . import app
+from .console import after_outputs, make_console, safe
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..engine.evaluate import EvalResult
 
 
 def _pct(v: float | None) -> str:
@@ -20,19 +23,21 @@ def _pct(v: float | None) -> str:
 
 def print_result(result: EvalResult, console: Console | None = None) -> None:
     """Per-class IoU/F1/bIoU table, then mIoU, mF1, OA and mBIoU (in %)."""
-    console = console or Console()
-    table = Table(title=f"eval ({result.protocol} protocol)")
+    from rich.table import Table
+
+    console = console or make_console()
+    table = Table(title=f"eval ({safe(result.protocol)} protocol)")
     for col in ("id", "class", "IoU", "F1", "bIoU", "GT pixels"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for r in result.per_class:
-        table.add_row(str(r["id"]), r["name"], _pct(r["iou"]), _pct(r["f1"]), _pct(r["biou"]), f"{r['gt_pixels']:,}")
+        table.add_row(safe(r["id"]), safe(r["name"]), _pct(r["iou"]), _pct(r["f1"]), _pct(r["biou"]), f"{r['gt_pixels']:,}")
     m = result.metrics
     table.add_section()
     table.add_row("", "mean", _pct(m["mIoU"]), _pct(m["mF1"]), _pct(m["mBIoU"]), "")
     console.print(table)
     console.print(f"mIoU {_pct(m['mIoU'])}  mF1 {_pct(m['mF1'])}  OA {_pct(m['OA'])}  mBIoU {_pct(m['mBIoU'])}")
     for kind, path in result.files.items():
-        console.print(f"{kind}: {path}")
+        console.print(f"{kind}: {safe(path)}")
 
 
 @app.command(name="eval")
@@ -61,6 +66,8 @@ def eval_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Score a model on a dataset split (mIoU, mF1, OA, mBIoU), or compare --pred with --ref."""
+    from ..engine.evaluate import EvalConfig, evaluate, evaluate_rasters
+
     if pred is not None or ref is not None:
         if pred is None or ref is None:
             raise ConfigError("--pred and --ref go together")
@@ -86,4 +93,5 @@ def eval_cmd(
                 overwrite=overwrite, progress=progress, allow_missing=allow_missing,
             )
         )
-    print_result(result)
+    with after_outputs():
+        print_result(result)

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from ..engine.explain import ExplainConfig, explain
 from . import app
+from .console import after_outputs, plain
 
 
 @app.command(name="explain")
@@ -23,8 +23,11 @@ def explain_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing PNG."),
 ) -> None:
     """Draw the HR->LR cross-attention of one pixel at every fused stage over the LR context."""
+    from ..engine.explain import ExplainConfig, explain
+
     res = explain(ExplainConfig(image=image, out=out, weights=weights, row=row, col=col, x=x, y=y,
                                 overwrite=overwrite))
     stages = ", ".join(str(s) for s in res.attention)
-    typer.echo(f"{res.out}: pixel (row {res.pixel[0]}, col {res.pixel[1]}), stages {stages}, "
-               f"predicted class {res.predicted_class}")
+    with after_outputs():
+        typer.echo(f"{plain(res.out)}: pixel (row {res.pixel[0]}, col {res.pixel[1]}), stages {stages}, "
+                   f"predicted class {res.predicted_class}")

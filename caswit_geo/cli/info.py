@@ -6,25 +6,27 @@ import json
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from ..checkpoint import read_meta, shape_model
 from ..errors import ConfigError
-from ..model.caswit import CASWiT
-from ..model.configs import MODEL_CONFIGS
 from . import app
+from .console import make_console, safe
 
 
 def _counts_for_config(config) -> dict[str, int]:
+    import torch
+
+    from ..model.caswit import CASWiT
+
     with torch.device("meta"):  # shapes only: no memory, no initialisation time
         return CASWiT(config).parameter_counts()
 
 
 def describe(target: str) -> dict:
     """Config, parameter counts and (for checkpoints) classes and input spec."""
+    from ..checkpoint import read_meta, shape_model
+    from ..model.configs import MODEL_CONFIGS
+
     if target in MODEL_CONFIGS:
         config = MODEL_CONFIGS[target]
         return {"name": target, "source": "named config", "config": config.to_dict(),
@@ -59,7 +61,11 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Describe a named model or a checkpoint: parameters per component, config, classes, input."""
-    console = Console()
+    from rich.table import Table
+
+    from ..model.configs import MODEL_CONFIGS
+
+    console = make_console()
     if list_ or target is None:
         rows = []
         for name, cfg in MODEL_CONFIGS.items():
@@ -74,35 +80,35 @@ def info(
             table.add_column(col)
         for r in rows:
             fusion = r["fusion"] if r["fusion"] == "none" else ",".join(map(str, r["fusion"]))
-            table.add_row(r["name"], r["backbone"], fusion, str(r["tile_size"]), f"{r['parameters'] / 1e6:.2f}M")
+            table.add_row(safe(r["name"]), safe(r["backbone"]), fusion, str(r["tile_size"]), f"{r['parameters'] / 1e6:.2f}M")
         console.print(table)
         return
     d = describe(target)
     if as_json:
-        print(json.dumps(d, indent=2, default=str))
+        print(json.dumps(d, indent=2, default=str))  # JSON escapes control characters itself
         return
-    console.print(f"[bold]{d['name']}[/bold] ({d['source']})")
+    console.print(f"[bold]{safe(d['name'])}[/bold] ({safe(d['source'])})")
     if "parameters" in d:
         t = Table(title="Parameters")
         t.add_column("component")
         t.add_column("parameters", justify="right")
         for k, v in d["parameters"].items():
-            t.add_row(k, f"{v:,}")
+            t.add_row(safe(k), f"{v:,}")
         console.print(t)
     cfg = d["config"]
     console.print(
-        f"backbone {cfg['backbone']}, fusion stages {cfg['fusion_stages'] or 'none'}, gate {cfg['gate']}, "
-        f"alpha {cfg['alpha']}, tile {cfg['img_size']}, {cfg['num_classes']} classes"
+        safe(f"backbone {cfg['backbone']}, fusion stages {cfg['fusion_stages'] or 'none'}, gate {cfg['gate']}, "
+             f"alpha {cfg['alpha']}, tile {cfg['img_size']}, {cfg['num_classes']} classes")
     )
     if "classes" in d:
         console.print(
-            f"bands {d['bands']}, scale {d['scale']}, tile size {d['tile_size']}, "
-            f"context factor {d['context_factor']}, GSD {d['gsd']}"
+            safe(f"bands {d['bands']}, scale {d['scale']}, tile size {d['tile_size']}, "
+                 f"context factor {d['context_factor']}, GSD {d['gsd']}")
         )
         t = Table(title="Classes")
         for col in ("id", "name", "colour"):
             t.add_column(col)
         for c in d["classes"]:
-            r, g, b = c["color"]
-            t.add_row(str(c["id"]), c["name"], f"[on rgb({r},{g},{b})]      [/] #{r:02x}{g:02x}{b:02x}")
+            r, g, b = (int(v) for v in c["color"])
+            t.add_row(safe(c["id"]), safe(c["name"]), f"[on rgb({r},{g},{b})]      [/] #{r:02x}{g:02x}{b:02x}")
         console.print(t)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import signal
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from ..engine.predict import PredictConfig, PredictResult
-from ..engine.predict import predict as run_predict
 from . import app
+from .console import after_outputs, make_console, safe
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..engine.predict import PredictResult
 
 
 @contextmanager
@@ -63,6 +65,9 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Predict a land-cover map of an orthophoto mosaic (HR tiles + LR context)."""
+    from ..engine.predict import PredictConfig
+    from ..engine.predict import predict as run_predict
+
     config = PredictConfig(
         inputs=inputs,
         out=out,
@@ -87,15 +92,18 @@ def predict(
         typer.echo("caswit-geo: predict interrupted, no output written", err=True)
         raise
     if not quiet:
-        print_summary(result, Console(stderr=True))
+        with after_outputs():
+            print_summary(result, make_console(stderr=True))
 
 
 def print_summary(result: PredictResult, console: Console) -> None:
+    from rich.table import Table
+
     rate = result.tiles_run / result.seconds if result.seconds else 0.0
     console.print(
         f"[bold]{result.tiles}[/bold] tiles ({result.tiles_run} predicted, {result.tiles_skipped} all nodata) "
         f"on {result.width} x {result.height} px in {result.seconds:.1f} s "
-        f"({rate:.1f} tiles/s, model {result.forward_seconds:.1f} s, {result.device})"
+        f"({rate:.1f} tiles/s, model {result.forward_seconds:.1f} s, {safe(result.device)})"
     )
     table = Table(title="Classes", show_edge=False)
     table.add_column("class")
@@ -107,11 +115,11 @@ def print_summary(result: PredictResult, console: Console) -> None:
         if px == 0:
             continue
         area = "" if result.class_areas_m2 is None else f"{result.class_areas_m2[name] / 1e4:,.2f}"
-        table.add_row(name, f"{px:,}", area, f"{100 * px / total:.1f}%")
+        table.add_row(safe(name), f"{px:,}", area, f"{100 * px / total:.1f}%")
     console.print(table)
     for path in result.outputs + result.confidence_outputs:
-        console.print(f"wrote {path}")
+        console.print(f"wrote {safe(path)}")
     if result.preview is not None:
-        console.print(f"wrote {result.preview}")
+        console.print(f"wrote {safe(result.preview)}")
     if result.vector is not None:
-        console.print(f"wrote {result.vector} ({result.vector_features:,} polygons, {result.vector_seconds:.1f} s)")
+        console.print(f"wrote {safe(result.vector)} ({result.vector_features:,} polygons, {result.vector_seconds:.1f} s)")

@@ -3,28 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
-from rich.console import Console
 
-from ..engine.pretrain import PretrainConfig, PretrainResult, pretrain
 from . import app
 from . import run_options as opt
+from .console import after_outputs, make_console, safe
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    # the engine (torch) is imported only now; after locals() above, which must hold only the options
+    from ..engine.pretrain import PretrainResult
 
 
 def print_result(result: PretrainResult, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console()
     if result.stopped_by is not None:
         return  # see stopped()
     if not result.completed:
         last = result.history[-1]["epoch"] if result.history else 0
-        console.print(f"stopped after epoch {last}; continue with: caswit-geo pretrain --resume {result.run_dir}")
+        console.print(f"stopped after epoch {last}; continue with: caswit-geo pretrain --resume {safe(result.run_dir)}")
     if result.history:
         console.print(f"final reconstruction loss: {result.history[-1]['train_loss']:.4f}")
     if result.figure is not None:
-        console.print(f"reconstructions: {result.figure}")
-    console.print(f"pretrained checkpoint: {result.checkpoint}  (caswit-geo train --init {result.checkpoint} ...)")
+        console.print(f"reconstructions: {safe(result.figure)}")
+    console.print(f"pretrained checkpoint: {safe(result.checkpoint)}  (caswit-geo train --init {safe(result.checkpoint)} ...)")
 
 
 @app.command(name="pretrain")
@@ -82,6 +87,9 @@ def pretrain_cmd(
     given["images"] = list(images) if images else None
     for key, kind in (("bands", int), ("mean", float), ("std", float)):
         given[key] = opt.parse_list(given[key], kind, "--" + key)
-    result = pretrain(opt.build_config(PretrainConfig, "pretrain", config, given))
-    print_result(result)
+    from ..engine.pretrain import PretrainConfig, pretrain as run
+
+    result = run(opt.build_config(PretrainConfig, "pretrain", config, given))
+    with after_outputs():
+        print_result(result)
     opt.exit_if_stopped("pretrain", result)

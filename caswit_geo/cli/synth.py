@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from ..synthetic import CONTEXT_CLASSES, SyntheticConfig, generate_dataset
 from . import app
+from .console import after_outputs, make_console, safe
 
 
 @app.command()
@@ -30,18 +28,28 @@ def synth(
     patch (buildings within 24 m) tell them apart, which is what the LR
     context branch is for. See caswit_geo/synthetic/__init__.py for the rule.
     """
+    from ..synthetic import SyntheticConfig, generate_dataset
+
     config = SyntheticConfig(seed=seed, size=size, train=train, val=val, test=test, gsd=gsd, crs=crs)
     summary = generate_dataset(config, out_dir, overwrite=overwrite, progress=True)
+    with after_outputs():
+        print_summary(summary, size)
 
-    console = Console()
+
+def print_summary(summary, size: int) -> None:
+    from rich.table import Table
+
+    from ..synthetic import CONTEXT_CLASSES
+
+    console = make_console()
     n = sum(len(v) for v in summary.names.values())
-    console.print(f"{summary.root}: {n} mosaics of {size} x {size} px in {summary.seconds:.1f} s")
+    console.print(f"{safe(summary.root)}: {n} mosaics of {size} x {size} px in {summary.seconds:.1f} s")
     table = Table()
     table.add_column("id", justify="right")
     table.add_column("class")
     table.add_column("pixels", justify="right")
     table.add_column("share", justify="right")
     for k, (name, n, f) in enumerate(zip(summary.class_names, summary.class_pixels, summary.class_frequencies)):
-        table.add_row(str(k), name + (" (context)" if k in CONTEXT_CLASSES else ""), f"{n:,}", f"{100 * f:.1f} %")
+        table.add_row(str(k), safe(name) + (" (context)" if k in CONTEXT_CLASSES else ""), f"{n:,}", f"{100 * f:.1f} %")
     console.print(table)
     console.print("splits: " + ", ".join(f"{split} {len(names)}" for split, names in summary.names.items()))

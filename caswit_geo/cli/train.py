@@ -3,29 +3,34 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.console import Console
 
-from ..engine.train import TrainConfig, TrainResult, train
 from . import app
 from . import run_options as opt
+from .console import after_outputs, make_console, safe
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    # the engine (torch) is imported only now; after locals() above, which must hold only the options
+    from ..engine.train import TrainResult
 
 
 def print_result(result: TrainResult, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console()
     if result.stopped_by is not None:
         return  # see stopped()
     if not result.completed:
         last = result.history[-1]["epoch"] if result.history else 0
-        console.print(f"stopped after epoch {last}; continue with: caswit-geo train --resume {result.run_dir}")
+        console.print(f"stopped after epoch {last}; continue with: caswit-geo train --resume {safe(result.run_dir)}")
     if result.best_epoch is not None:
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.best_metrics.items() if v is not None)
-        console.print(f"best epoch {result.best_epoch}: {metrics or 'no validation'}")
+        console.print(f"best epoch {result.best_epoch}: {safe(metrics) or 'no validation'}")
     if result.best_checkpoint is not None:
-        console.print(f"inference checkpoint: {result.best_checkpoint}")
-    console.print(f"run directory: {result.run_dir}")
+        console.print(f"inference checkpoint: {safe(result.best_checkpoint)}")
+    console.print(f"run directory: {safe(result.run_dir)}")
 
 
 @app.command(name="train")
@@ -88,6 +93,9 @@ def train_cmd(
     given.pop("config")
     for key, kind in (("bands", int), ("mean", float), ("std", float)):
         given[key] = opt.parse_list(given[key], kind, "--" + key)
-    result = train(opt.build_config(TrainConfig, "train", config, given))
-    print_result(result)
+    from ..engine.train import TrainConfig, train as run
+
+    result = run(opt.build_config(TrainConfig, "train", config, given))
+    with after_outputs():
+        print_result(result)
     opt.exit_if_stopped("train", result)

@@ -12,7 +12,8 @@ from pathlib import Path
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
-from ..errors import CaswitError, DatasetError
+from ..errors import CaswitError, DatasetError, InputError
+from ..geo.sources import check_source
 
 
 def open_raster(
@@ -20,8 +21,12 @@ def open_raster(
 ) -> rasterio.io.DatasetReader:
     """Open ``path`` for reading; a missing or unreadable file raises ``error`` naming it."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise error(f"{path}: {role} not found")
+    try:
+        check_source(path)  # a FIFO or device would block GDAL
+    except InputError as e:
+        raise error(str(e)) from None
     try:
         with warnings.catch_warnings():
             # PNG datasets (URUR) and plain class rasters may carry no georeferencing

@@ -17,8 +17,8 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..bounds import bounded
 from ..errors import ConfigError
-from ..model.configs import get_config
 
 try:
     import tomllib
@@ -37,29 +37,29 @@ class RunConfig:
     model: str = "caswit-tiny"
     fusion_stages: str | None = None  # None = the named model's ("all" for caswit-*)
     gate: bool | None = None
-    tile_size: int | None = None
-    context_factor: int = 2
-    bands: tuple[int, ...] | None = None  # 1-based; None = the data's (RGB)
-    scale: float | None = None  # None = the data's (255 for 8-bit)
+    tile_size: int | None = bounded(None, ge=32, multiple_of=32)
+    context_factor: int = bounded(2, ge=1, le=8)
+    bands: tuple[int, ...] | None = bounded(None, ge=1)  # 1-based; None = the data's (RGB)
+    scale: float | None = bounded(None, gt=0)  # None = the data's (255 for 8-bit)
     mean: tuple[float, ...] | None = None  # None = ImageNet statistics
-    std: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = bounded(None, gt=0)
     backbone_weights: Path | None = None  # local ImageNet Swin weights for both encoders
-    epochs: int = 20
-    batch_size: int = 4
-    lr: float = 6e-5
-    min_lr: float = 1e-6
-    weight_decay: float = 0.01
-    warmup_epochs: float = 0.0
-    clip_grad: float | None = None  # max gradient norm; None = no clipping
+    epochs: int = bounded(20, ge=1)
+    batch_size: int = bounded(4, ge=1)
+    lr: float = bounded(6e-5, gt=0)
+    min_lr: float = bounded(1e-6, ge=0)
+    weight_decay: float = bounded(0.01, ge=0)
+    warmup_epochs: float = bounded(0.0, ge=0)
+    clip_grad: float | None = bounded(None, gt=0)  # max gradient norm; None = no clipping
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)
     grad_checkpointing: bool = False
     device: str = "auto"
-    workers: int = 2
-    seed: int = 0
+    workers: int = bounded(2, ge=0)
+    seed: int = bounded(0, ge=0, le=2**32 - 1)  # numpy's seed range
     out: Path | None = None  # None = runs/<command>-<date>-<time>
     overwrite: bool = False
     resume: Path | None = None
-    stop_after: int | None = None  # end this run after that epoch (resumable), e.g. for job time limits
+    stop_after: int | None = bounded(None, ge=1)  # end this run after that epoch (resumable), e.g. for job time limits
     progress: bool = True
     command: str | None = None  # the command line, recorded in checkpoints
 
@@ -69,7 +69,11 @@ class RunConfig:
 
     def resolved_tile_size(self) -> int:
         """``tile_size``, or the named model's tile size."""
-        return self.tile_size or get_config(self.model, num_classes=1).img_size
+        if self.tile_size is not None:
+            return self.tile_size
+        from ..model.configs import get_config  # torch: only when a run starts
+
+        return get_config(self.model, num_classes=1).img_size
 
     def model_overrides(self, in_chans: int) -> dict:
         """Model config fields set by this run (tile size, bands, and the ablation switches given)."""

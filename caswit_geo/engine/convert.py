@@ -15,12 +15,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..bounds import bounded, check_settings
 from ..checkpoint import save_checkpoint
 from ..errors import ConfigError, OutputError
-from ..geo.io import check_output_path
 from ..model.caswit import CASWiT, CaswitConfig
 from ..model.configs import get_config, swin_arch, variant_of
 from ..model.transfer import UperNetTransferReport, transfer_upernet
+from ..outputs import OutputSet
 from ..spec import ClassInfo, ClassTable
 from ..upernet_source import UperNetSource, read_upernet
 
@@ -32,7 +33,7 @@ class ConvertConfig:
     source: Path  # transformers model folder or mmsegmentation .pth
     out: Path  # .safetensors to write
     overwrite: bool = False
-    tile_size: int | None = None  # None = the named model's (512)
+    tile_size: int | None = bounded(None, ge=32, le=2048, multiple_of=32)  # None = the named model's (512)
 
 
 @dataclass
@@ -47,21 +48,28 @@ class ConvertResult:
 
 def convert(config: ConvertConfig) -> ConvertResult:
     """Read the source, build its single-stream model, load it, write the checkpoint."""
+    check_settings(config)
     source_path, out = Path(config.source), Path(config.out)
-    _check_output(source_path, out, config.overwrite)
-    source = read_upernet(source_path)
-    name = f"swin-{upernet_variant(source, 'SRC')}-upernet"
-    model_config = get_config(name, **upernet_overrides(source), img_size=config.tile_size or get_config(name).img_size)
-    model = CASWiT(model_config).eval()
-    report = transfer_upernet(model, source.state, source.format, str(source_path))
-    classes = upernet_classes(source)
-    save_checkpoint(
-        model, out, classes=classes, input_spec=source.input_spec(model_config.img_size),
-        converted_from={
-            "source": source_path.name, "format": source.format, "normalisation": source.normalisation,
-            "tensors_not_used": dict(Counter(report.unused.values())), "notes": source.notes,
-        },
-    )
+    if out.suffix != ".safetensors":
+        raise OutputError(f"--out {out}: caswit-geo checkpoints are .safetensors files")
+    read = [source_path] if not source_path.is_dir() else [source_path / f for f in SOURCE_FILES]
+    with OutputSet(overwrite=config.overwrite, inputs=read) as outs:  # the source is never replaced
+        outs.add(out, "--out")
+        source = read_upernet(source_path)
+        name = f"swin-{upernet_variant(source, 'SRC')}-upernet"
+        tile = config.tile_size or get_config(name).img_size
+        model_config = get_config(name, **upernet_overrides(source), img_size=tile)
+        model = CASWiT(model_config).eval()
+        report = transfer_upernet(model, source.state, source.format, str(source_path))
+        classes = upernet_classes(source)
+        save_checkpoint(
+            model, outs.temp(out), classes=classes, input_spec=source.input_spec(model_config.img_size),
+            converted_from={
+                "source": source_path.name, "format": source.format, "normalisation": source.normalisation,
+                "tensors_not_used": dict(Counter(report.unused.values())), "notes": source.notes,
+            },
+        )
+        outs.commit()
     return ConvertResult(out, name, classes, report, source.normalisation, source.notes)
 
 
@@ -104,12 +112,3 @@ def upernet_classes(source: UperNetSource) -> ClassTable:
     generic = ClassTable.generic(source.num_classes)
     names = source.class_names or generic.names
     return ClassTable([ClassInfo(c.id, name, c.color) for c, name in zip(generic.classes, names)])
-
-
-def _check_output(source: Path, out: Path, overwrite: bool) -> None:
-    if out.suffix != ".safetensors":
-        raise OutputError(f"--out {out}: caswit-geo checkpoints are .safetensors files")
-    read = [source] if not source.is_dir() else [source / f for f in SOURCE_FILES]
-    if any(out.resolve() == p.resolve() for p in read):  # even with overwrite: the source is never replaced
-        raise OutputError(f"--out {out}: is a file of the source {source}; choose another path")
-    check_output_path(out, overwrite)

@@ -28,13 +28,14 @@ import rasterio
 import torch
 from tqdm import tqdm
 
+from ..bounds import bounded, check_number, check_settings
 from ..checkpoint import load_checkpoint, read_meta
 from ..data import build_dataset
 from ..data.flairhub_splits import DEFAULT_SPLIT_COLUMN
 from ..data.handles import open_raster
 from ..data.sample import CaswitDataset
 from ..data.tiles import read_classes_json
-from ..device import CpuThreads, autocast_context, select_device
+from ..device import CpuThreads, autocast_context, select_device, stop_workers
 from ..errors import CheckpointError, ConfigError, InputError, OutputError
 from ..geo.grid import TileGrid, clip_window
 from ..geo.io import AtomicRasterWriter, class_description
@@ -55,9 +56,9 @@ class EvalConfig:
     root: Path
     weights: str | Path | None
     split: str = "test"  # or, for flairhub, a .csv/.txt list of patch ids
-    batch_size: int = 4
+    batch_size: int = bounded(4, ge=1)
     device: str = "auto"
-    workers: int = 2
+    workers: int = bounded(2, ge=0)
     split_column: str = DEFAULT_SPLIT_COLUMN
     out_dir: Path | None = None  # default ./eval-<dataset>-<split>
     save_predictions: Path | None = None
@@ -204,8 +205,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
     appear together at the end, or not at all (:class:`~caswit_geo.outputs.OutputSet`).
     """
     start = time.perf_counter()
-    if config.batch_size < 1 or config.workers < 0:
-        raise ConfigError("--batch-size must be >= 1 and --workers >= 0")
+    check_settings(config)
     weights = resolve_weights(config.weights)
     meta = read_meta(weights)
     if meta.kind != "segmentation":
@@ -268,9 +268,11 @@ def _predict_split(model, dataset, protocol: Protocol, saver: PredictionSaver | 
     cm = ConfusionMatrix(len(dataset.classes))
     boundary = BoundaryStats(len(dataset.classes))
     seen = 0
+    batches = iter(loader)
     try:
         with torch.inference_mode(), CpuThreads(device, config.workers):
-            for batch in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not config.progress):
+            for batch in tqdm(batches, total=len(loader), desc="eval", unit="batch", leave=False,
+                              disable=not config.progress):
                 hr = batch["hr"].to(device, non_blocking=True)  # (B, C, T, T)
                 lr = batch["lr"].to(device, non_blocking=True)
                 with autocast_context(device, config.amp):
@@ -289,6 +291,8 @@ def _predict_split(model, dataset, protocol: Protocol, saver: PredictionSaver | 
         if saver is not None:
             saver.abort()
         raise
+    finally:
+        stop_workers(batches)
     return cm, boundary, seen
 
 
@@ -356,6 +360,7 @@ def evaluate_rasters(
         tile_size: windows of T x T px are read and scored in turn (bIoU per window).
         allow_gaps: score unpredicted reference pixels as errors instead of refusing.
     """
+    check_number("--tile-size", tile_size, ge=1, le=4096)  # windows of T x T px, T^2 int64 arrays
     inputs = [pred_path, ref_path] + ([classes] if isinstance(classes, (str, Path)) else [])
     with OutputSet(overwrite=overwrite, inputs=inputs) as outs:
         paths = _add_reports(outs, Path(out_dir) if out_dir is not None else None)

@@ -16,10 +16,12 @@ import torch
 from rasterio.windows import Window
 
 from ..atomic import save_figure
+from ..bounds import bounded, check_settings
 from ..checkpoint import load_checkpoint
 from ..errors import ConfigError, InputError
 from ..outputs import OutputSet
 from ..geo.context import read_tile_and_context
+from ..geo.sources import check_source
 from ..weights import resolve_weights
 
 
@@ -28,12 +30,12 @@ class ExplainConfig:
     image: Path
     out: Path
     weights: str | Path | None = None
-    row: int | None = None  # pixel of the raster (row, col), or
-    col: int | None = None
+    row: int | None = bounded(None, ge=0)  # pixel of the raster (row, col), or
+    col: int | None = bounded(None, ge=0)
     x: float | None = None  # a point in the raster's CRS
     y: float | None = None
     overwrite: bool = False
-    dpi: int = 100
+    dpi: int = bounded(100, ge=10, le=1000)
 
 
 @dataclass
@@ -53,8 +55,25 @@ def display_rgb(raw: np.ndarray, scale: float) -> np.ndarray:
     return np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1).transpose(1, 2, 0)
 
 
+def check_config(config: ExplainConfig) -> None:
+    """Every option checked before the model runs."""
+    check_settings(config)
+    for a, b in (("x", "y"), ("row", "col")):
+        if (getattr(config, a) is None) != (getattr(config, b) is None):
+            raise ConfigError(f"--{a} and --{b} go together")
+    if config.x is not None and config.row is not None:
+        raise ConfigError("give --x/--y or --row/--col, not both")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if Path(config.out).suffix.lower().lstrip(".") not in formats:
+        raise ConfigError(f"--out {config.out}: not an image format (.png, .pdf, .svg, .jpg ...)")
+
+
 def explain(config: ExplainConfig) -> ExplainResult:
     """Attention maps of one pixel; the PNG appears at the end or not at all, never over an input."""
+    check_config(config)
+    check_source(config.image)
     weights = resolve_weights(config.weights)
     with OutputSet(overwrite=config.overwrite, inputs=[config.image, weights]) as outs:
         out = outs.add(config.out, "--out")

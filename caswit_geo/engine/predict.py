@@ -21,6 +21,7 @@ full-raster array.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -36,9 +37,10 @@ from affine import Affine
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..bounds import bounded, check_settings
 from ..checkpoint import load_checkpoint
-from ..device import CpuThreads, autocast_context, select_device
-from ..errors import CheckpointError, ConfigError, OutputError
+from ..device import CpuThreads, autocast_context, select_device, stop_workers
+from ..errors import CaswitError, CheckpointError, ConfigError, OutputError, no_space_error
 from ..geo.area import row_areas_m2, unit_to_m
 from ..geo.grid import TileGrid, plan_tiles, strips
 from ..geo.io import (
@@ -56,6 +58,7 @@ from ..geo.io import (
     open_mosaic,
 )
 from ..geo.lowres import LowResBuilder, chunk_order, plan_lowres, prepass_supported
+from ..geo.sources import read_error
 from ..geo.vectorize import VectorResult, vector_format, vectorize
 from ..preview import write_preview
 from ..spec import ClassTable, InputSpec
@@ -86,22 +89,22 @@ class PredictConfig:
     out: str | Path
     weights: str | Path | None = None
     overwrite: bool = False
-    batch_size: int = 8
+    batch_size: int = bounded(8, ge=1)
     device: str = "auto"
-    workers: int | None = None
-    overlap: int = 0
+    workers: int | None = bounded(None, ge=0)
+    overlap: int = bounded(0, ge=0)
     resample: bool = False
     confidence: str | Path | None = None
     vector: str | Path | None = None
-    min_area: float | None = None
-    simplify: float | None = None
+    min_area: float | None = bounded(None, ge=0)
+    simplify: float | None = bounded(None, ge=0)
     preview: str | Path | None = None  # quick-look PNG: input RGB beside the classes, with a legend
     amp: bool = True
     progress: bool = True
     lr_prepass: bool = True
-    blend_memory_mb: int = 256
-    strip_width: int | None = None
-    gdal_cache_mb: int = 32
+    blend_memory_mb: int = bounded(256, ge=1)
+    strip_width: int | None = bounded(None, ge=1)
+    gdal_cache_mb: int = bounded(32, ge=1)
 
 
 @dataclass
@@ -218,13 +221,23 @@ def check_resolution(mosaic: Mosaic, spec: InputSpec, resample: bool) -> tuple[f
         if resample:
             raise ConfigError("--resample needs a projected CRS (metres)")
         return None, notes
-    px = (mosaic.res[0] + mosaic.res[1]) / 2 * factor
+    # the pixel's sides are the affine's column vectors: a rotated grid has them off the axes
+    t = mosaic.transform
+    px = (math.hypot(t.a, t.d) + math.hypot(t.b, t.e)) / 2 * factor
+    north_up = t.b == 0 and t.d == 0 and t.a > 0 and t.e < 0
+    if not north_up and resample:
+        raise ConfigError(
+            f"--resample: {mosaic.files[0].name} is rotated or south-up; warp it to a north-up grid first "
+            f"(gdalwarp -tr {spec.gsd:g} {spec.gsd:g})"
+        )
     if resample:
         return spec.gsd / factor, notes
     if abs(px - spec.gsd) > GSD_TOLERANCE * spec.gsd:
+        fix = (f"--resample reads the input at {spec.gsd:.3g} m" if north_up else
+               f"the raster is rotated: warp it to {spec.gsd:.3g} m (gdalwarp -tr {spec.gsd:g} {spec.gsd:g})")
         notes.append(
             f"pixel size {px:.3g} m differs from the model's {spec.gsd:.3g} m by "
-            f"{abs(px / spec.gsd - 1) * 100:.0f}%; --resample reads the input at {spec.gsd:.3g} m"
+            f"{abs(px / spec.gsd - 1) * 100:.0f}%; {fix}"
         )
     return None, notes
 
@@ -374,12 +387,7 @@ def _run_tiles(
 def predict(config: PredictConfig) -> PredictResult:
     """Run a whole prediction (see the module docstring); raise CaswitError on user errors."""
     t_start = time.perf_counter()
-    if config.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {config.batch_size}")
-    if config.min_area is not None and config.min_area < 0:
-        raise ConfigError("--min-area must be >= 0")
-    if config.simplify is not None and config.simplify < 0:
-        raise ConfigError("--simplify must be >= 0")
+    check_settings(config)
     if (config.min_area or config.simplify) and not config.vector:
         raise ConfigError("--min-area and --simplify apply to polygons: add --vector PATH")
     _workers(config.workers)
@@ -506,7 +514,7 @@ def predict(config: PredictConfig) -> PredictResult:
                     model, batches, workers, sink_thread, device, config, soft, len(tile_plan), builder
                 )
             finally:
-                del batches  # shuts the readers down
+                stop_workers(batches)
             sink_thread.finish()
             if builder is not None:
                 builder.join()
@@ -548,7 +556,9 @@ def predict(config: PredictConfig) -> PredictResult:
                 else:
                     commit_file(item, dest)
             phases["finish"] = time.perf_counter() - t0
-        except BaseException:
+        except BaseException as exc:
+            # decided before the temporary files go: a full disk is recognised by what is left of it
+            failure = _user_failure(exc, builder, plan.work_dir, mosaic, inputs)
             if builder is not None and builder.is_alive():
                 builder.stop()
             if sink_thread is not None and sink_thread.is_alive():
@@ -558,6 +568,8 @@ def predict(config: PredictConfig) -> PredictResult:
                     w.abort()
             if vector_result is not None and vector_result.tmp is not None:
                 vector_result.tmp.unlink(missing_ok=True)
+            if failure is not None:
+                raise failure from failure.__cause__
             raise
         finally:
             if dataset is not None:
@@ -590,6 +602,21 @@ def predict(config: PredictConfig) -> PredictResult:
         vector_seconds=vector_result.seconds if vector_result else 0.0,
         warnings=notes,
         phases=phases,
+    )
+
+
+def _user_failure(exc: BaseException, builder: LowResBuilder | None, work_dir: Path, mosaic: Mosaic,
+                  inputs: list[Path]) -> CaswitError | None:
+    """The user error behind a failed run (full disk, unreadable input), or None for the exception as is.
+
+    A reader that stopped waiting for the LR pre-pass says less than the
+    pre-pass thread's own error, which is preferred.
+    """
+    if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM
+        return None
+    cause = builder.error if builder is not None and builder.error is not None else exc
+    return no_space_error(cause, work_dir) or read_error(
+        cause, [info.path for info in mosaic.files], fallback=", ".join(str(p) for p in inputs[:3])
     )
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..bounds import bounded, check_settings
 from ..checkpoint import stored_behaviour
 from ..data import ImagePair, RasterTileDataset
 from ..errors import ConfigError, InputError
@@ -49,12 +50,12 @@ class PretrainConfig(RunConfig):
     lr: float = 1e-4
     weight_decay: float = 0.05
     warmup_epochs: float | None = None  # None = a tenth of the epochs
-    mask_patch_size: int = 32  # side of a masked HR cell in pixels
-    mask_ratio: float = 0.75  # HR cells masked
-    lr_mask_ratio: float = 0.5  # side of the centred LR mask / LR side
+    mask_patch_size: int = bounded(32, ge=4, multiple_of=4)  # side of a masked HR cell in pixels
+    mask_ratio: float = bounded(0.75, gt=0, lt=1)  # HR cells masked
+    lr_mask_ratio: float = bounded(0.5, ge=0, le=1)  # side of the centred LR mask / LR side
     random_crops: bool = True  # random tile positions each epoch (else the fixed grid)
-    crops_per_image: int | None = None  # None = the image's grid tile count
-    figure_samples: int = 4  # rows of reconstructions.png (0 = no figure)
+    crops_per_image: int | None = bounded(None, ge=1)  # None = the image's grid tile count
+    figure_samples: int = bounded(4, ge=0, le=64)  # rows of reconstructions.png (0 = no figure)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class PretrainResult:
 
 def pretrain(config: PretrainConfig) -> PretrainResult:
     """Pretrain (or resume) one run; under torchrun every process calls this."""
+    check_settings(config)
     with process_group(config.device) as env:
         return _pretrain(config, env)
 
@@ -103,11 +105,16 @@ def _pretrain(config: PretrainConfig, env: DistEnv) -> PretrainResult:
 
 def _pretrain_in(config: PretrainConfig, run: RunDirectory, env: DistEnv) -> PretrainResult:
     run_dir, resuming = run.path, run.resuming
+    check_settings(config)  # a resumed run's saved settings too
+    tile = config.resolved_tile_size()
+    try:
+        masks = MaskGenerator(tile, config.mask_patch_size, config.mask_ratio, config.lr_mask_ratio)
+    except ValueError as e:
+        raise ConfigError(f"--mask-patch-size / --lr-mask-ratio: {e}") from None
     files = find_images(config.images)
     if config.warmup_epochs is None:
         config = dataclasses.replace(config, warmup_epochs=config.epochs / 10)
     seed_run(config, env)
-    tile = config.resolved_tile_size()
     spec = run_input_spec(config, tile, scale=None if config.scale else scale_for(files[0]))
     pairs = [ImagePair(path.stem, path, None) for path in files]
     dataset = RasterTileDataset(pairs, ClassTable(), spec, random_crops=config.random_crops,
@@ -122,10 +129,6 @@ def _pretrain_in(config: PretrainConfig, run: RunDirectory, env: DistEnv) -> Pre
     model_config = get_config(config.model, num_classes=1, **overrides)
     if not model_config.dual:
         raise ConfigError(f"--model {config.model}: SimMIM pretraining needs a dual-branch model (fusion stages not none)")
-    try:
-        masks = MaskGenerator(tile, config.mask_patch_size, config.mask_ratio, config.lr_mask_ratio)
-    except ValueError as e:
-        raise ConfigError(f"--mask-patch-size / --lr-mask-ratio: {e}") from None
     model = CaswitSimMIM(model_config, config.backbone_weights)
     run.guard_inputs([config.backbone_weights])
     # LR stages after the last fused one never run, and the reconstruction reads no stage

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..bounds import bounded, check_settings
 from ..build import build_model
 from ..checkpoint import load_pretrained_backbone, read_meta, save_checkpoint, stored_behaviour
 from ..data import Augment, build_dataset, load_tiles_meta
@@ -52,10 +53,10 @@ class TrainConfig(RunConfig):
     val_split: str | None = "val"  # None or "none" = no validation (best = last epoch)
     split_column: str | None = None  # flairhub: split scheme column of the split GeoPackage
     allow_missing: bool = False  # train/validate on what is found when a split lists missing patches (logged)
-    alpha: float | None = None  # weight of the LR loss; None = the model's (0.5)
+    alpha: float | None = bounded(None, ge=0)  # weight of the LR loss; None = the model's (0.5)
     augment: bool = False  # the paper trains without augmentation
     random_crops: bool = True  # urur/tiles: random tile positions each epoch (else the fixed grid)
-    crops_per_image: int | None = None  # urur/tiles with random crops; None = the image's grid tile count
+    crops_per_image: int | None = bounded(None, ge=1)  # urur/tiles with random crops; None = the image's grid tile count
     init: Path | None = None  # SimMIM checkpoint (pretrain), or its run directory, for encoders and fusion
     init_upernet: Path | None = None  # UPerNet-Swin (transformers folder, mmsegmentation .pth): encoders, decoder
 
@@ -77,6 +78,7 @@ class TrainResult:
 
 def train(config: TrainConfig) -> TrainResult:
     """Train (or resume) one run; under torchrun every process calls this."""
+    check_settings(config)
     with process_group(config.device) as env:
         return _train(config, env)
 
@@ -89,6 +91,7 @@ def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
 
 def _train_in(config: TrainConfig, run: RunDirectory, env: DistEnv) -> TrainResult:
     run_dir, resuming = run.path, run.resuming
+    check_settings(config)  # a resumed run's saved settings too
     _check(config)
     if config.batch_size < 2 and not (env.device.type == "cuda" and env.distributed):
         # the decoder's BatchNorm sees one value per channel after the 1x1 pyramid pooling
@@ -246,8 +249,6 @@ def _check(config: TrainConfig) -> None:
         raise ConfigError(f"--dataset must be one of {', '.join(DATASETS)}, got {config.dataset!r}")
     if not Path(config.root).is_dir():
         raise ConfigError(f"--root {config.root}: folder not found")
-    if config.alpha is not None and config.alpha < 0:
-        raise ConfigError(f"--alpha must be >= 0, got {config.alpha}")
 
 
 def _datasets(config: TrainConfig, tile: int):

@@ -38,8 +38,9 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from ..atomic import usual_permissions
-from ..errors import InputError, OutputError
+from ..errors import InputError, OutputError, disk_full_guard, one_line
 from ..spec import IGNORE_INDEX, ClassTable
+from .sources import check_source
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
 # what a folder contributes to a mosaic; a .vrt is taken only when named (a folder often holds
@@ -126,11 +127,7 @@ def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
 
 def describe_raster(path: str | Path) -> RasterInfo:
     """Open ``path`` and read its structure; clear errors for non-rasters."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if not os.access(path, os.R_OK):
-        raise InputError(f"{path}: not readable (permission denied)")
+    path = check_source(path)  # a regular file (a FIFO would block GDAL), and so are a VRT's sources
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -601,20 +598,23 @@ class AtomicRasterWriter:
 
     def write(self, window: Window, array: np.ndarray) -> None:
         """(h, w) uint8 into ``window`` (inside the raster)."""
-        self.dst.write(array[None].astype(np.uint8, copy=False), window=window)
+        with disk_full_guard(self.path.parent):
+            self.dst.write(array[None].astype(np.uint8, copy=False), window=window)
 
     def finish(self) -> None:
         """Overviews, close, legend sidecar: a complete file, still under its temporary name."""
         if self.finished:
             return
-        if self.overviews:
-            factors = overview_factors(self.dst.width, self.dst.height)
-            if factors:
-                self.dst.build_overviews(factors, Resampling.nearest)
-                self.dst.update_tags(ns="rio_overview", resampling="nearest")
-        self.dst.close()
-        if self.classes is not None:
-            Path(f"{self.tmp}.aux.xml").write_text(pam_xml(self.classes))
+        with disk_full_guard(self.path.parent):  # judged while the partial file still takes its space
+            if self.overviews:
+                factors = overview_factors(self.dst.width, self.dst.height)
+                if factors:
+                    self.dst.build_overviews(factors, Resampling.nearest)
+                    self.dst.update_tags(ns="rio_overview", resampling="nearest")
+            self.dst.close()
+            _check_reads_back(self.tmp, self.path)
+            if self.classes is not None:
+                Path(f"{self.tmp}.aux.xml").write_text(pam_xml(self.classes))
         self.finished = True
 
     def commit(self) -> Path:
@@ -647,6 +647,15 @@ class AtomicRasterWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None or not self.committed:
             self.abort()
+
+
+def _check_reads_back(tmp: Path, path: Path) -> None:
+    """GDAL reports some failed writes (a full disk while flushing at close) only in its log: reopen."""
+    try:
+        with rasterio.open(tmp):
+            pass
+    except RasterioIOError as e:
+        raise OSError(f"{path}: the file written does not read back ({one_line(e)})") from e
 
 
 def class_description(classes: ClassTable) -> str:

@@ -40,7 +40,8 @@ from .grid import TileGrid
 from .handles import RasterHandles
 from .io import MaskRule, mask_rule
 
-FAILED = "FAILED"  # marker file: the builder stopped, readers must not wait
+RUNNING = "RUNNING"  # marker file made when the builder starts...
+FAILED = "FAILED"  # ...and renamed to this when it stops early: readers must not wait
 
 
 def prepass_supported(tile: int, stride: int, factor: int) -> bool:
@@ -234,7 +235,9 @@ class LowResBuilder(threading.Thread):
 
     GDAL reads and numpy sums release the GIL, so this thread runs beside
     the model. On failure it leaves a FAILED marker so that readers stop
-    waiting, and keeps the exception in ``error``.
+    waiting, and keeps the exception in ``error``. The marker is made by
+    renaming one created at the start, because on a full disk a new file
+    may not fit (readers would then wait forever).
     """
 
     def __init__(self, source: str, bands: Sequence[int], lowres: LowResRaster,
@@ -244,6 +247,7 @@ class LowResBuilder(threading.Thread):
         self.error: BaseException | None = None
         self.stop_event = threading.Event()
         Path(lowres.folder).mkdir(parents=True, exist_ok=True)
+        (Path(lowres.folder) / RUNNING).touch()
 
     def run(self) -> None:
         try:
@@ -255,7 +259,20 @@ class LowResBuilder(threading.Thread):
                     write_chunk(src, self.bands, self.lowres, bi, bj, rule)
         except BaseException as e:
             self.error = e
-            (Path(self.lowres.folder) / FAILED).write_text(f"{type(e).__name__}: {e}")
+            self._mark_failed(e)
+
+    def _mark_failed(self, error: BaseException) -> None:
+        folder = Path(self.lowres.folder)
+        for make in (lambda: os.replace(folder / RUNNING, folder / FAILED), (folder / FAILED).touch):
+            try:
+                make()
+                break
+            except OSError:  # no marker to rename (removed from outside): try a new one
+                pass
+        try:  # the reason is a courtesy to readers; ``error`` holds it for the main thread
+            (folder / FAILED).write_text(f"{type(error).__name__}: {error}")
+        except OSError:
+            pass
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -274,7 +291,8 @@ class ChunkReader:
         while not path.exists():  # the pre-pass thread has not written it yet
             failed = Path(lowres.folder) / FAILED
             if failed.exists():
-                raise RuntimeError(f"the LR pre-pass failed: {failed.read_text()}")
+                reason = failed.read_text().strip() or "no reason recorded"
+                raise RuntimeError(f"the LR pre-pass failed: {reason}")
             time.sleep(self.poll)
         return self._handles.get(path)
 

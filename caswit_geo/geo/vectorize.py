@@ -32,7 +32,7 @@ import rasterio
 import shapely
 from rasterio.features import shapes, sieve
 
-from ..errors import OutputError
+from ..errors import OutputError, disk_full_guard
 from ..spec import IGNORE_INDEX, ClassTable
 from .area import pixel_area_m2, unit_to_m
 from .io import commit_file, temp_path_for
@@ -259,7 +259,8 @@ def vectorize(
     tmp = temp_path_for(out_path)
     try:
         tmp.unlink()  # drivers want to create the file themselves
-        write_vectors(gdf, tmp, layer=out_path.stem)
+        with disk_full_guard(out_path.parent):  # a GeoPackage on a full disk says "no such table"
+            write_vectors(gdf, tmp, layer=out_path.stem)
         if commit:
             commit_file(tmp, out_path)
     except BaseException:

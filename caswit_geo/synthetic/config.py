@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
+from ..bounds import bounded, check_settings
 from ..errors import ConfigError
 
 SPLITS = ("train", "val", "test")
@@ -46,47 +47,32 @@ class SyntheticConfig:
         noise: sensor noise standard deviation, on [0, 1] reflectance.
     """
 
-    seed: int = 0
-    size: int = 1024
-    train: int = 8
-    val: int = 4
-    test: int = 4
-    gsd: float = 0.5
+    seed: int = bounded(0, ge=0, le=2**32 - 1)
+    size: int = bounded(1024, ge=256, le=16384)  # a mosaic is generated in memory
+    train: int = bounded(8, ge=0)
+    val: int = bounded(4, ge=0)
+    test: int = bounded(4, ge=0)
+    gsd: float = bounded(0.5, gt=0)
     crs: str = "EPSG:2154"
-    origin: tuple[float, float] = (650000.0, 6860000.0)
-    parcel_min: int = 140
-    parcel_max: int = 300
-    park_max_width: int = 210
-    urban_share: float = 0.45
-    park_share: float = 0.8
-    meadow_share: float = 0.5
-    rule_distance: int = 48
-    rule_min_building_fraction: float = 0.08
-    noise: float = 0.02
+    origin: tuple[float, float] = bounded((650000.0, 6860000.0), flag="origin")
+    parcel_min: int = bounded(140, ge=32, flag="parcel_min")
+    parcel_max: int = bounded(300, ge=64, flag="parcel_max")
+    park_max_width: int = bounded(210, ge=1, flag="park_max_width")
+    urban_share: float = bounded(0.45, ge=0, le=1, flag="urban_share")
+    park_share: float = bounded(0.8, ge=0, le=1, flag="park_share")
+    meadow_share: float = bounded(0.5, ge=0, le=1, flag="meadow_share")
+    rule_distance: int = bounded(48, ge=1, flag="rule_distance")
+    rule_min_building_fraction: float = bounded(0.08, ge=0, le=1, flag="rule_min_building_fraction")
+    noise: float = bounded(0.02, ge=0, flag="noise")
 
     def __post_init__(self) -> None:
         self.origin = (float(self.origin[0]), float(self.origin[1]))
-        if self.size < 256:
-            raise ConfigError(f"--size must be at least 256 px, got {self.size}")
-        if self.size > 16384:
-            raise ConfigError(f"--size must be at most 16384 px (a mosaic is generated in memory), got {self.size}")
-        for split in SPLITS:
-            if getattr(self, split) < 0:
-                raise ConfigError(f"--{split} must be >= 0, got {getattr(self, split)}")
-        if self.gsd <= 0:
-            raise ConfigError(f"--gsd must be positive, got {self.gsd}")
-        if self.parcel_min < 32 or self.parcel_max < 2 * self.parcel_min:
+        check_settings(self)
+        if self.parcel_max < 2 * self.parcel_min:
             raise ConfigError(
                 f"parcel sizes need parcel_min >= 32 and parcel_max >= 2 * parcel_min, "
                 f"got {self.parcel_min} and {self.parcel_max}"
             )
-        for name in ("urban_share", "park_share", "meadow_share", "rule_min_building_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.rule_distance < 1:
-            raise ConfigError(f"rule_distance must be >= 1 px, got {self.rule_distance}")
-        if self.noise < 0:
-            raise ConfigError(f"noise must be >= 0, got {self.noise}")
         self.projected_crs()  # fail now rather than after generating
 
     def projected_crs(self) -> CRS:

@@ -1,0 +1,149 @@
+"""Input raster files: checked before GDAL opens them, and named when reading them fails.
+
+:func:`check_source` refuses what is not a regular file before GDAL sees it:
+GDAL would block forever on a FIFO (and a blocked read ignores SIGTERM), or
+read a device. A VRT's source files are checked the same way (recursively,
+a few levels deep), so a mosaic of one missing or special file fails up
+front, naming that file.
+
+:func:`read_error` turns a GDAL failure met while reading pixels (a
+truncated COG, a VRT source gone since) into an :class:`InputError` naming
+the file: the one GDAL's messages name, else the input given. It works on
+exceptions of this process and on those re-raised from DataLoader workers,
+whose text holds the worker's whole traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import InputError, one_line
+
+VRT_MAX_BYTES = 64 << 20  # a VRT larger than this is not a mosaic description
+VRT_MAX_DEPTH = 4  # VRTs of VRTs
+# GDAL source names that are not plain paths: /vsi... virtual files, DRIVER:... subdatasets
+_NOT_A_PATH = re.compile(r"^(/vsi|[A-Za-z][A-Za-z0-9_]+:(?!\\))")
+
+
+def check_source(path: str | Path, what: str = "") -> Path:
+    """``path`` if it is a readable regular file (and a VRT's sources are), else InputError."""
+    path = Path(path)
+    _check_file(path, what)
+    if path.suffix.lower() == ".vrt":
+        _check_vrt_sources(path, what, VRT_MAX_DEPTH)
+    return path
+
+
+def _check_file(path: Path, what: str) -> None:
+    label = f"{what} {path}" if what else str(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(f"{label}: no such file") from None
+    except OSError as e:
+        raise InputError(f"{label}: cannot access ({e.strerror or e})") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{label}: is a folder, not a raster file")
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
+        raise InputError(f"{label}: is {kind}, not a regular file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise InputError(f"{label}: not readable ({(e.strerror or str(e)).lower()})") from None
+
+
+def _check_vrt_sources(vrt: Path, what: str, depth: int) -> None:
+    if vrt.stat().st_size > VRT_MAX_BYTES:
+        raise InputError(f"{vrt}: a VRT of {vrt.stat().st_size >> 20} MB is not a mosaic description")
+    try:
+        root = ET.parse(vrt).getroot()
+    except ET.ParseError as e:
+        raise InputError(f"{vrt}: not a valid VRT ({e})") from None
+    for element in root.iter("SourceFilename"):
+        name = (element.text or "").strip()
+        if not name or _NOT_A_PATH.match(name):
+            continue
+        source = vrt.parent / name if element.get("relativeToVRT") == "1" else Path(name)
+        try:
+            _check_file(source, "")
+        except InputError as e:
+            raise InputError(f"{vrt}: source {e}") from None
+        if source.suffix.lower() == ".vrt":
+            if depth <= 1:
+                raise InputError(f"{vrt}: VRTs nested more than {VRT_MAX_DEPTH} deep")
+            _check_vrt_sources(source, what, depth - 1)
+
+
+# ---------------------------------------------------------------------------
+# Failures while reading
+# ---------------------------------------------------------------------------
+
+# a GDAL message inside a worker's traceback text: "rasterio._err.CPLE_OpenFailedError: <message>"
+_GDAL_LINE = re.compile(r"^rasterio[\w.]*\.(?:CPLE_\w+|RasterioIOError): (.+)$", re.M)
+_RASTER_NAME = re.compile(r"[^\s:,'\"]+\.(?:tiff?|vrt|jp2|img|png|jpe?g)\b", re.I)
+
+
+def _is_gdal(exc: BaseException) -> bool:
+    return type(exc).__module__.startswith("rasterio")
+
+
+def gdal_messages(exc: BaseException) -> list[str]:
+    """GDAL's messages about ``exc``, outermost first (worker tracebacks included)."""
+    out, seen = [], set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e)
+        found = _GDAL_LINE.findall(text)
+        if found:  # a traceback's text: the innermost cause comes first
+            out += reversed(found)
+        elif _is_gdal(e):
+            out.append(text)
+        e = e.__cause__ or e.__context__
+    return [one_line(m) for m in out if m.strip()]
+
+
+def read_error(exc: BaseException, names: Sequence[str | Path] = (), fallback: str | None = None) -> InputError | None:
+    """InputError naming the file that failed to read, or None when ``exc`` is not a GDAL read failure.
+
+    Args:
+        exc: the exception (from this process or a DataLoader worker).
+        names: the input files; the one GDAL's messages name is reported.
+        fallback: what to name when no file is recognised (e.g. the inputs given).
+    """
+    if isinstance(exc, InputError) or not (_is_gdal(exc) or any(_is_gdal(e) for e in _causes(exc))
+                                           or _GDAL_LINE.search(str(exc))):
+        return None
+    messages = gdal_messages(exc)
+    if not messages or any(m.lower().startswith("write failed") for m in messages[:1]):
+        return None
+    text = "\n".join(messages)
+    named = None
+    for name in names:
+        name = str(name)
+        if name in text or Path(name).name in _RASTER_NAME.findall(text):
+            named = name
+            break
+    if named is None:
+        found = _RASTER_NAME.findall(text)
+        named = found[0] if found else fallback
+    if named is None:
+        return None
+    reason = messages[-1] if len(messages) > 1 else messages[0]
+    error = InputError(f"{named}: cannot read its pixels ({reason[:300]})")
+    error.__cause__ = exc
+    return error
+
+
+def _causes(exc: BaseException):
+    e, seen = exc.__cause__ or exc.__context__, {id(exc)}
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
