@@ -14,6 +14,7 @@ from rich.table import Table
 from ..engine.predict import PredictConfig, PredictResult
 from ..engine.predict import predict as run_predict
 from . import app
+from .run_options import PRECISION_HELP
 
 
 @contextmanager
@@ -46,6 +47,7 @@ def predict(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Tiles per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", help="Reader processes (default: CPUs - 1, max 4)."),
     overlap: int = typer.Option(0, "--overlap", help="Pixels shared by neighbouring tiles; >0 blends probabilities."),
     resample: bool = typer.Option(False, "--resample", help="Read the input at the model's ground sampling distance."),
@@ -70,6 +72,7 @@ def predict(
         overwrite=overwrite,
         batch_size=batch_size,
         device=device,
+        precision=precision,
         workers=workers,
         overlap=overlap,
         resample=resample,
@@ -95,7 +98,7 @@ def print_summary(result: PredictResult, console: Console) -> None:
     console.print(
         f"[bold]{result.tiles}[/bold] tiles ({result.tiles_run} predicted, {result.tiles_skipped} all nodata) "
         f"on {result.width} x {result.height} px in {result.seconds:.1f} s "
-        f"({rate:.1f} tiles/s, model {result.forward_seconds:.1f} s, {result.device})"
+        f"({rate:.1f} tiles/s, model {result.forward_seconds:.1f} s, {result.device}, precision {result.precision})"
     )
     table = Table(title="Classes", show_edge=False)
     table.add_column("class")

@@ -33,11 +33,12 @@ from ..data.flairhub_splits import DEFAULT_SPLIT_COLUMN
 from ..data.handles import open_raster
 from ..data.sample import CaswitDataset
 from ..data.tiles import read_classes_json
-from ..device import CpuThreads, autocast_context, select_device
+from ..device import CpuThreads, select_device
 from ..errors import CheckpointError, ConfigError, InputError, OutputError
 from ..geo.grid import TileGrid, clip_window
 from ..geo.io import AtomicRasterWriter, class_description
 from ..metrics import BoundaryStats, ConfusionMatrix, Protocol, Scores, boundary_dilation, generic_protocol, protocol_for
+from ..precision import prepare_inference, resolve_precision
 from ..spec import IGNORE_INDEX, ClassTable, flairhub_classes, urur_classes
 from ..weights import resolve_weights
 from .eval_report import per_class_rows, plot_confusion, write_confusion_csv, write_json
@@ -60,7 +61,7 @@ class EvalConfig:
     out_dir: Path | None = None  # default ./eval-<dataset>-<split>
     save_predictions: Path | None = None
     overwrite: bool = False
-    amp: bool = True  # mixed precision on CUDA (no effect on the CPU)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (see precision.py)
     progress: bool = True
     cache_dir: Path | None = None  # flairhub patch-index cache
 
@@ -186,6 +187,8 @@ def evaluate(config: EvalConfig) -> EvalResult:
     model, meta = load_checkpoint(weights, device)
     if meta.kind != "segmentation":
         raise CheckpointError(f"{weights}: a {meta.kind} checkpoint has no segmentation head; fine-tune it with train first")
+    precision = resolve_precision(config.precision, device, model, model_name=meta.name)
+    prepare_inference(model, precision)
     spec = meta.input_spec
     dataset = build_dataset(
         config.dataset, config.root, config.split, spec, labels=True,
@@ -214,7 +217,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
             for batch in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not config.progress):
                 hr = batch["hr"].to(device, non_blocking=True)  # (B, C, T, T)
                 lr = batch["lr"].to(device, non_blocking=True)
-                with autocast_context(device, config.amp):
+                with precision.autocast():
                     logits = model(hr, lr)  # (B, K, T, T)
                 pred = logits.argmax(1).to(torch.uint8).cpu().numpy()  # (B, T, T)
                 label = batch["label"].numpy()
@@ -249,6 +252,8 @@ def evaluate(config: EvalConfig) -> EvalResult:
         "metrics": _summary(scores),
         "classes": rows,
         "device": str(device),
+        "precision": precision.name,
+        "precision_reason": precision.reason,
         "seconds": round(time.perf_counter() - start, 3),
     }
     _write_reports(paths, report, cm.matrix, classes, protocol)

@@ -12,6 +12,7 @@ auxiliary LR head, what ``predict`` and ``eval`` load.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -24,10 +25,10 @@ from tqdm.auto import tqdm
 from ..build import build_model
 from ..checkpoint import load_pretrained_backbone, read_meta, save_checkpoint
 from ..data import Augment, build_dataset, load_tiles_meta
-from ..device import autocast_context
 from ..errors import ConfigError
 from ..metrics import ConfusionMatrix, protocol_for
 from ..model.loss import CaswitLoss, cross_entropy
+from ..precision import Precision
 from ..spec import ClassTable, InputSpec
 from .config import RunConfig
 from .distributed import DistEnv, all_reduce_sum, process_group
@@ -106,7 +107,7 @@ def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
 
     protocol = protocol_for(config.dataset, classes)
     val_loader = eval_loader(val_set, env, config.batch_size, config.workers) if val_set is not None else None
-    training = training_metadata(config, env)
+    training = training_metadata(config, env, loop.precision)
 
     def compute_loss(net: nn.Module, batch: dict) -> torch.Tensor:
         hr, lr, label, lr_label = (batch[k].to(env.device, non_blocking=True) for k in ("hr", "lr", "label", "lr_label"))
@@ -117,7 +118,7 @@ def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
         if val_loader is None:
             return {}
         cm = ConfusionMatrix(len(classes))
-        loss_sum, batches = validate(model, val_loader, loss_fn.class_weights, cm, env, config.amp)
+        loss_sum, batches = validate(model, val_loader, loss_fn.class_weights, cm, env, loop.precision)
         totals = all_reduce_sum(torch.tensor([loss_sum, batches], dtype=torch.float64), env)
         cm.matrix = all_reduce_sum(torch.from_numpy(cm.matrix), env).numpy()
         scores = protocol.scores(cm)
@@ -150,7 +151,7 @@ def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
 
 @torch.no_grad()
 def validate(
-    model: nn.Module, loader, class_weights: torch.Tensor | None, cm, env: DistEnv, amp: bool = True
+    model: nn.Module, loader, class_weights: torch.Tensor | None, cm, env: DistEnv, precision: Precision | None = None
 ) -> tuple[float, int]:
     """Accumulate this rank's share of the split into ``cm``; returns (sum of batch HR losses, batches)."""
     model.eval()
@@ -158,7 +159,7 @@ def validate(
     for batch in loader:
         hr, lr = batch["hr"].to(env.device, non_blocking=True), batch["lr"].to(env.device, non_blocking=True)
         label = batch["label"].to(env.device, non_blocking=True)
-        with autocast_context(env.device, amp):
+        with precision.autocast() if precision is not None else contextlib.nullcontext():
             logits = model(hr, lr)  # (B, K, T, T); eval mode: HR head only
         loss_sum += float(cross_entropy(logits, label, class_weights))
         batches += 1
