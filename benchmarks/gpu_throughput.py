@@ -6,8 +6,10 @@ On a machine without CUDA it prints one line and exits 0. Otherwise, on
 random weights and inputs at 512 px (0.2 m, so a tile covers 0.0105 km2):
 
 1. eager forward passes of caswit-tiny and caswit-base, batch 1..32, fp32
-   and bf16 (fp16 where the GPU has no bf16), decoder channels_last (as
-   predict runs) and, at batch 16, without it;
+   and bf16 (fp16 where the GPU has no bf16), prepared as predict runs them
+   (``prepare_inference``: fused window attention, decoder channels_last
+   under bf16/fp16); at batch 16 also the other decoder layout, and the model
+   as built (no fused window attention);
 2. torch.compile of each model in that precision at batch 16: compile time,
    tiles/s, and whether its class maps agree with eager;
 3. the stage-1 cross-attention (16,384 x 16,384 tokens) through each SDPA
@@ -64,7 +66,8 @@ class Table:
         self.rows: list[tuple] = []
 
     def add(self, *row) -> None:
-        self.rows.append(tuple("" if v is None else v for v in row))
+        row = tuple("" if v is None else v for v in row)
+        self.rows.append(row)
         print("  " + " | ".join(str(v) for v in row), file=sys.stderr, flush=True)  # progress
 
     def print(self) -> None:
@@ -147,14 +150,15 @@ def predict_run(side: int, device, table: Table, work: Path) -> None:
             patched.append((module, real))
     torch.cuda.reset_peak_memory_stats(device)
     try:
-        res = predict(PredictConfig(inputs=[mosaic], out=work / "landcover.tif", device=str(device), batch_size=16,
-                                    progress=False, overwrite=True))
+        res = predict(PredictConfig(inputs=[mosaic], out=work / "landcover.tif", weights=weights, device=str(device),
+                                    batch_size=16, progress=False, overwrite=True))
     finally:
         for module, real in patched:
             setattr(module, "predict_probabilities", real)
     busy = busy_seconds(events)
     tiles = res.tiles_run / res.seconds
-    table.add("predict", "caswit-tiny", res.precision.split(" ")[0], "channels_last", "off", 16, tiles,
+    precision = res.precision.split(" ")[0]
+    table.add("predict", "caswit-tiny", precision, "NCHW" if precision == "fp32" else "channels_last", "off", 16, tiles,
               tiles * KM2_PER_TILE * 3600, 1000 / tiles, torch.cuda.max_memory_allocated(device) / 2**30,
               f"{100 * busy / res.seconds:.0f} %",
               f"{side}x{side} px in {res.seconds:.1f} s (model {res.forward_seconds:.1f} s); {note}")
@@ -202,8 +206,7 @@ def main() -> None:
     import copy
 
     import caswit_geo
-    from caswit_geo.device import channels_last_decoder
-    from caswit_geo.precision import Precision, resolve_precision
+    from caswit_geo.precision import Precision, prepare_inference, resolve_precision
 
     start = time.perf_counter()
     device = torch.device(a.device)
@@ -216,10 +219,16 @@ def main() -> None:
     for name in MODELS:
         torch.manual_seed(0)
         built = caswit_geo.build_model(name, num_classes=19, img_size=TILE).eval().to(device)
-        models = {"channels_last": channels_last_decoder(copy.deepcopy(built)), "NCHW": built}
+        models = {  # fused window attention; decoder layouts; the model as built
+            "NCHW": prepare_inference(copy.deepcopy(built), Precision("fp32", "cuda", "benchmark")),
+            "channels_last": prepare_inference(copy.deepcopy(built), Precision(reduced, "cuda", "benchmark")),
+            "as built": built,
+        }
         for prec in ("fp32", reduced):
             precision = Precision(prec, "cuda", "benchmark")
-            runs = [("channels_last", b) for b in BATCHES] + [("NCHW", 16)]
+            used = "channels_last" if precision.mixed else "NCHW"  # what predict runs
+            other = "NCHW" if precision.mixed else "channels_last"
+            runs = [(used, b) for b in BATCHES] + [(other, 16), ("as built", 16)]
             for layout, batch in runs:
                 if left() < predict_reserve + 20:
                     table.add("forward", name, prec, layout, "off", batch, None, None, None, None, None, "skipped (time)")
@@ -230,8 +239,9 @@ def main() -> None:
                     torch.cuda.empty_cache()
                     table.add("forward", name, prec, layout, "off", batch, None, None, None, None, None, "out of memory")
                     continue
+                note = "trial" if (layout, batch) in ((other, 16), ("as built", 16)) else None
                 table.add("forward", name, prec, layout, "off", batch, tiles, tiles * KM2_PER_TILE * 3600,
-                          1000 / tiles, peak, f"{100 * busy:.0f} %", None)
+                          1000 / tiles, peak, f"{100 * busy:.0f} %", note)
 
         # torch.compile at batch 16 in the reduced precision
         precision = Precision(reduced, "cuda", "benchmark")

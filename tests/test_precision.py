@@ -23,6 +23,7 @@ from caswit_geo.precision import (
     detect_cpu_features,
     features_from_flags,
     matmul_width,
+    prepare_inference,
     resolve_precision,
 )
 from caswit_geo.weights import weights_dir
@@ -106,6 +107,39 @@ def test_autocast_computes_linear_layers_in_the_chosen_dtype():
         assert layer(x).dtype == torch.bfloat16
     with Precision("fp32", "cpu", "requested").autocast():
         assert layer(x).dtype == torch.float32
+
+
+def test_prepare_inference_keeps_the_maths(nano, tmp_path):
+    import copy
+
+    torch.manual_seed(0)
+    hr, lr = torch.randn(2, 3, 128, 128), torch.randn(2, 3, 128, 128)
+    fp32, bf16 = Precision("fp32", "cpu", "requested"), Precision("bf16", "cpu", "requested")
+
+    def run(model, precision):
+        with torch.inference_mode(), precision.autocast():
+            return model(hr, lr).float()
+
+    for precision in (fp32, bf16):
+        prepared = prepare_inference(copy.deepcopy(nano).eval(), precision)
+        attention = [m for m in prepared.modules() if hasattr(m, "relative_position_bias_table")]
+        assert attention and all(m.fused_attn for m in attention)  # window attention through SDPA
+        weight = prepared.decoder.fuse[0].weight
+        assert weight.is_contiguous(memory_format=torch.channels_last) == (precision is bf16)
+        ref, got = run(nano.eval(), precision), run(prepared, precision)
+        if precision is fp32:  # the same maths: fp32 logits to rounding, identical classes
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+            assert torch.equal(got.argmax(1), ref.argmax(1))
+        else:  # the decoder layout changes nothing, bit for bit; fused attention rounds its bias in bf16
+            fused_only = copy.deepcopy(nano).eval()
+            fused_only.set_fused_attention(True)
+            assert torch.equal(got, run(fused_only, bf16))
+            assert (got.argmax(1) == ref.argmax(1)).float().mean() > 0.98
+    # a prepared model still saves and reloads (safetensors wants contiguous tensors)
+    caswit_geo.save_checkpoint(prepared, tmp_path / "p.safetensors")
+    reloaded, _ = caswit_geo.load_checkpoint(tmp_path / "p.safetensors")
+    weights = nano.state_dict()
+    assert all(torch.equal(v, weights[k]) for k, v in reloaded.state_dict().items())
 
 
 def test_features_from_torch_capabilities_mapping():
