@@ -161,7 +161,9 @@ def predict_run(side: int, device, table: Table, work: Path) -> None:
     table.add("predict", "caswit-tiny", precision, "NCHW" if precision == "fp32" else "channels_last", "off", 16, tiles,
               tiles * KM2_PER_TILE * 3600, 1000 / tiles, torch.cuda.max_memory_allocated(device) / 2**30,
               f"{100 * busy / res.seconds:.0f} %",
-              f"{side}x{side} px in {res.seconds:.1f} s (model {res.forward_seconds:.1f} s); {note}")
+              f"{side}x{side} px in {res.seconds:.1f} s, tile loop {res.phases.get('tiles', 0):.1f} s (GPU busy "
+              f"{100 * busy / max(res.phases.get('tiles', 0), 1e-9):.0f} % of it), model {res.forward_seconds:.1f} s; "
+              f"{note}")
 
 
 def sdpa_rows(device, dtype, table: Table) -> None:

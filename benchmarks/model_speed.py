@@ -185,7 +185,7 @@ def report(r: dict) -> None:
     print(f"\n{r['model']}: {r['params_m']:.1f}M params, tile {r['tile']}, batch {per}, {r['threads']} thread(s), "
           f"CPU {r['cpu']}; {f['total'] / 1e9 / per:.1f} GFLOP per tile ({f['attention'] / 1e9 / per:.1f} in "
           "fusion attention)")
-    print(f"  {'component':<16}{'GFLOP':>8}" + "".join(f"{m + ' s':>15}" for m in MODES)
+    print(f"  {'component':<16}{'GFLOP':>8}" + "".join(f"{m + ' s':>16}" for m in MODES)
           + f"{'bf16 speed-up':>15}{'bf16 GFLOP/s':>14}")
     labels = list(dict.fromkeys(k for p in r["parts"].values() for k in p))  # in forward order
     for label in labels + ["total"]:
@@ -193,7 +193,7 @@ def report(r: dict) -> None:
         gf = f.get(label, 0.0) / 1e9
         speed = t["fp32 before"] / t["bf16"] if t["bf16"] else float("nan")
         rate = gf / t["bf16"] if t["bf16"] else float("nan")
-        print(f"  {label:<16}{gf:>8.1f}" + "".join(f"{t[m]:>15.3f}" for m in MODES) + f"{speed:>14.2f}x{rate:>14.0f}")
+        print(f"  {label:<16}{gf:>8.1f}" + "".join(f"{t[m]:>16.3f}" for m in MODES) + f"{speed:>14.2f}x{rate:>14.0f}")
     fp32_rate, bf16_rate = f["total"] / s["fp32"], f["total"] / s["bf16"]  # as predict runs them now
     print(f"  end to end: bf16 {s['fp32 before'] / s['bf16']:.2f}x over fp32 before (target >= 3x), fp32 now "
           f"{s['fp32 before'] / s['fp32']:.2f}x over before, bf16 {s['bf16 as built'] / s['bf16']:.2f}x over bf16 as "

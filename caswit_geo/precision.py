@@ -6,24 +6,26 @@
   fp16 (training then scales the loss, see ``engine/loop.py``).
 * CPU: bf16 on CPUs with bf16 matrix units (Intel AMX), for models whose
   narrowest linear layer is at least :data:`MIN_BF16_WIDTH` channels wide;
-  fp32 otherwise. Measured with ``benchmarks/model_speed.py`` on a Xeon with
-  AMX, one thread, batch 1 (bf16 speed-up over fp32):
+  fp32 otherwise. Measured on a Xeon with AMX, one thread, batch 1, models
+  prepared for inference (:func:`prepare_inference`); bf16 speed-up over fp32:
 
-  ====================  ======  =====  ======
-  model                 width   tile   bf16
-  ====================  ======  =====  ======
-  caswit-nano           12      128    0.73x
-  caswit-nano           12      512    1.16x
-  nano, wider           32      256    1.36x
-  nano, wider           48      256    1.9x
-  caswit-tiny           96      128    2.5x
-  caswit-tiny           96      512    3.4x
-  ====================  ======  =====  ======
+  ==========================  =====  =====  =====  =====
+  model                       width  T=128  T=256  T=512
+  ==========================  =====  =====  =====  =====
+  caswit-nano (decoder 24)    12     0.73x  0.89x  1.28x
+  nano layout, decoder 64     32            1.50x
+  nano layout, decoder 128    48            2.17x
+  nano layout, decoder 256    64            2.68x
+  caswit-tiny (decoder 512)   96     2.08x  2.97x  2.75x
+  ==========================  =====  =====  =====  =====
 
+  (caswit-tiny at 512 px: 3.6x over fp32 as predict ran it before fused
+  window attention; a training step at 128 px: tiny 1.7x, nano 0.8x.)
   An AMX tile row holds 32 bf16 values: narrower matrix products leave the
-  units mostly idle, and the casts autocast adds then cost more than they
-  save. CPUs with only bf16 vector instructions (avx512_bf16, no AMX) stay
-  on fp32 under ``auto`` (not measured); ``--precision bf16`` forces it.
+  units mostly idle, and the casts autocast adds cost more than they save.
+  caswit-nano gains only at four times its own tile, so width alone decides.
+  CPUs with bf16 vector instructions only (avx512_bf16, no AMX) stay on fp32
+  under ``auto`` (not measured); ``--precision bf16`` forces bf16 anywhere.
 
 Every command resolves its precision here once (:func:`resolve_precision`)
 and runs its forward passes in :meth:`Precision.autocast`; the summary line

@@ -221,3 +221,17 @@ def test_bf16_map_of_the_shipped_sample_agrees_with_fp32(tmp_path):
         cm = ConfusionMatrix(8)
         cm.update(labels, pred)
         assert np.nanmean(iou_per_class(cm.matrix)) >= 0.65, name
+
+
+def test_bad_precision_on_the_command_line_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from caswit_geo.cli import main
+
+    for argv in (["predict", str(SAMPLE), "--out", str(tmp_path / "lc.tif"), "--precision", "half"],
+                 ["train", "--dataset", "tiles", "--root", str(tmp_path), "--out", str(tmp_path / "run"),
+                  "--precision", "double"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and "--precision must be one of auto, fp32, bf16, fp16" in err
+        assert err.strip().count("\n") == 0
+    assert list(tmp_path.iterdir()) == []
