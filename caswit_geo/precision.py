@@ -62,26 +62,36 @@ class CpuFeatures:
     avx512_bf16: bool = False  # bf16 dot products in vector registers
     amx_fp16: bool = False
     avx512_fp16: bool = False
+    arm_bf16: bool = False  # Arm bf16 instructions (BFMMLA, e.g. Graviton 3): native, not measured here
+    arm_fp16: bool = False
 
     @property
     def bf16(self) -> bool:
-        return self.amx_bf16 or self.avx512_bf16
+        return self.amx_bf16 or self.avx512_bf16 or self.arm_bf16
 
     @property
     def fp16(self) -> bool:
-        return self.amx_fp16 or self.avx512_fp16
+        return self.amx_fp16 or self.avx512_fp16 or self.arm_fp16
 
     def bf16_name(self) -> str:
-        return "AMX bf16" if self.amx_bf16 else "avx512_bf16" if self.avx512_bf16 else "no bf16"
+        names = ((self.amx_bf16, "AMX bf16"), (self.avx512_bf16, "avx512_bf16"), (self.arm_bf16, "Arm bf16"))
+        return next((name for have, name in names if have), "no bf16")
 
 
-FLAGS = ("amx_bf16", "avx512_bf16", "amx_fp16", "avx512_fp16")
+# CPU feature names (torch.cpu.get_capabilities() keys, /proc/cpuinfo flags) -> CpuFeatures field
+FLAGS = {
+    "amx_bf16": "amx_bf16", "avx512_bf16": "avx512_bf16", "amx_fp16": "amx_fp16", "avx512_fp16": "avx512_fp16",
+    "bf16": "arm_bf16", "sve_bf16": "arm_bf16", "fp16_arith": "arm_fp16", "asimdhp": "arm_fp16",
+}
 
 
 def features_from_flags(flags: set[str] | Mapping[str, bool]) -> CpuFeatures:
     """CpuFeatures from /proc/cpuinfo flag names or torch's capability mapping."""
     have = {k for k, v in flags.items() if v is True} if isinstance(flags, Mapping) else set(flags)
-    return CpuFeatures(**{f: f in have for f in FLAGS})
+    fields = {field: False for field in FLAGS.values()}
+    for flag in have & set(FLAGS):
+        fields[FLAGS[flag]] = True
+    return CpuFeatures(**fields)
 
 
 @functools.lru_cache(maxsize=1)
@@ -98,7 +108,7 @@ def detect_cpu_features() -> CpuFeatures:
     except OSError:
         return CpuFeatures()
     for line in text.splitlines():
-        if line.startswith("flags"):
+        if line.startswith(("flags", "Features")):  # x86, Arm
             return features_from_flags(set(line.partition(":")[2].split()))
     return CpuFeatures()
 
@@ -179,7 +189,7 @@ def resolve_precision(
     cpu = cpu if cpu is not None else detect_cpu_features()
     if value == "auto":
         if not cpu.amx_bf16:
-            return Precision("fp32", kind, f"auto: CPU without bf16 matrix units ({cpu.bf16_name()})")
+            return Precision("fp32", kind, f"auto: CPU without AMX bf16 tiles ({cpu.bf16_name()})")
         width = matmul_width(model) if model is not None else None
         label = model_name or "the model"
         if width is None:

@@ -57,8 +57,8 @@ def test_matmul_width_is_the_stage_one_width(nano):
     [
         (AMX, 32, "bf16", "CPU with AMX bf16, m is 32 channels wide"),
         (AMX, 12, "fp32", "m is 12 channels wide, bf16 pays from 32"),
-        (AVX512_BF16_ONLY, 32, "fp32", "CPU without bf16 matrix units (avx512_bf16)"),
-        (PLAIN, 32, "fp32", "CPU without bf16 matrix units (no bf16)"),
+        (AVX512_BF16_ONLY, 32, "fp32", "CPU without AMX bf16 tiles (avx512_bf16)"),
+        (PLAIN, 32, "fp32", "CPU without AMX bf16 tiles (no bf16)"),
     ],
 )
 def test_auto_on_the_cpu_needs_matrix_units_and_a_wide_model(cpu, width, expected, why, nano):
@@ -157,6 +157,10 @@ def test_features_from_cpuinfo_flags_when_torch_has_no_probe(tmp_path, monkeypat
     detect_cpu_features.cache_clear()
     try:
         assert detect_cpu_features() == CpuFeatures(amx_bf16=True, avx512_bf16=True)
+        info.write_text("processor\t: 0\nFeatures\t: fp asimd asimdhp sve bf16 i8mm\n")  # an Arm server
+        detect_cpu_features.cache_clear()
+        assert detect_cpu_features() == CpuFeatures(arm_bf16=True, arm_fp16=True)
+        assert resolve_precision("auto", CPU, wide_nano(32), cpu=detect_cpu_features()).name == "fp32"  # unmeasured
         monkeypatch.setattr(precision_module, "CPUINFO", tmp_path / "missing")
         detect_cpu_features.cache_clear()
         assert detect_cpu_features() == PLAIN
@@ -169,7 +173,8 @@ def test_torch_probe_agrees_with_the_kernel_flags():
         text = precision_module.CPUINFO.read_text()
     except OSError:
         pytest.skip("no /proc/cpuinfo on this system")
-    flags = next((line.partition(":")[2].split() for line in text.splitlines() if line.startswith("flags")), None)
+    flags = next((line.partition(":")[2].split() for line in text.splitlines()
+                  if line.startswith(("flags", "Features"))), None)
     if flags is None or not hasattr(torch.cpu, "get_capabilities"):
         pytest.skip("no x86 flags line, or no torch CPU probe")
     detect_cpu_features.cache_clear()
