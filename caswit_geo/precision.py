@@ -101,7 +101,7 @@ def detect_cpu_features() -> CpuFeatures:
     if probe is not None:
         try:
             return features_from_flags(probe())
-        except Exception:  # a private probe: fall back on the kernel's view
+        except Exception:  # a probe failing on an unusual CPU: read the kernel's flags instead
             pass
     try:
         text = CPUINFO.read_text(errors="replace")[:1_000_000]
