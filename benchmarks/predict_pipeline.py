@@ -132,6 +132,7 @@ def measure(args: dict) -> dict:
     from caswit_geo.geo.grid import TileGrid, plan_tiles
     from caswit_geo.geo.io import expand_inputs, open_mosaic
     from caswit_geo.geo.lowres import build_lowres
+    from caswit_geo.precision import prepare_inference, resolve_precision
 
     if args["threads"]:
         torch.set_num_threads(args["threads"])
@@ -153,6 +154,8 @@ def measure(args: dict) -> dict:
 
     # forward passes alone: same tiles, same batches, inputs already in memory
     model, meta = load_checkpoint(args["weights"])
+    precision = resolve_precision(config.precision, torch.device("cpu"), model, model_name=meta.name)
+    prepare_inference(model, precision)  # as predict runs it
     spec = meta.input_spec
     mosaic = open_mosaic(expand_inputs([args["mosaic"]]), spec.bands)
     grid = TileGrid(mosaic.width, mosaic.height, spec.tile_size)
@@ -164,12 +167,12 @@ def measure(args: dict) -> dict:
         bs = args["batch_size"]
         batches = [collate_tiles([ds[i] for i in range(s, min(s + bs, len(ds)))]) for s in range(0, len(ds), bs)]
         ds.close()
-    predict_probabilities(model, batches[0].hr, batches[0].lr)  # warm-up, untimed
+    predict_probabilities(model, batches[0].hr, batches[0].lr, precision)  # warm-up, untimed
 
     def forward_only():
         t0 = time.perf_counter()
         for b in batches:
-            probs = predict_probabilities(model, b.hr, b.lr)
+            probs = predict_probabilities(model, b.hr, b.lr, precision)
             conf, cls = probs.max(dim=1)
             cls.to(torch.uint8).cpu(), conf.cpu()
         return time.perf_counter() - t0

@@ -298,8 +298,9 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
-    """A matplotlib figure as PNG (or the suffix's format)."""
+def save_figure(fig, path: str | Path, dpi: int = 100, metadata: dict[str, str] | None = None) -> Path:
+    """A matplotlib figure as PNG (or the suffix's format); ``metadata``: text chunks of a PNG."""
+    extra = {"metadata": metadata} if metadata and Path(path).suffix.lower() == ".png" else {}
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".").lower() or "png")
+        fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".").lower() or "png", **extra)
     return Path(path)

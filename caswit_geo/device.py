@@ -1,8 +1,10 @@
-"""Device selection with a clean CPU fallback, and mixed precision on CUDA."""
+"""Device selection with a clean CPU fallback, and CPU threads.
+
+What a run computes in (fp32, bf16, fp16) is decided in ``precision.py``.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 
@@ -27,18 +29,6 @@ def select_device(spec: str = "auto") -> torch.device:
             raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
         return dev
     raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}")
-
-
-def amp_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the GPU supports it (no loss scaling needed), else fp16."""
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def autocast_context(device: torch.device, enabled: bool = True):
-    """Mixed precision on CUDA; a no-op context on the CPU."""
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=amp_dtype(device))
-    return contextlib.nullcontext()
 
 
 class CpuThreads:

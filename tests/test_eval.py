@@ -123,6 +123,8 @@ def test_eval_cli_tiles_end_to_end(tiles_root, tmp_path, capsys):
     labelled = sum(int(np.sum(lab != 255)) for lab, _ in pairs)
     assert matrix.sum() == labelled == report["evaluated_pixels"]
     assert report["samples"] == 3 * 2 + 1 and report["boundary"]["dilation_px"] == 2
+    assert report["precision"] == "fp32" and report["precision_reason"].startswith("auto: ")
+    assert "precision fp32 (auto: " in stdout
     # the report is not overwritten without --overwrite
     code, _, stderr = run_cli(["eval", "--dataset", "tiles", "--root", str(root), "--weights", str(ckpt),
                                "--device", "cpu", "--workers", "0", "--out-dir", str(out)], capsys)

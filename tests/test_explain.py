@@ -42,6 +42,7 @@ def test_explain_draws_one_panel_per_fused_stage(scene):
     png = np.asarray(Image.open(out).convert("RGB"))
     assert png.shape == (360, 320 * 6, 3)  # 2 image panels + 4 stages at 100 dpi
     assert png.std() > 20  # not blank
+    assert res.precision.startswith("fp32 (auto: ") and Image.open(out).info["Precision"] == res.precision
     res4 = explain(ExplainConfig(image=scene / "ortho.tif", out=scene / "s4.png", weights=scene / "s4.safetensors"))
     assert list(res4.attention) == [4] and res4.pixel == (150, 130)  # default: raster centre
     assert np.asarray(Image.open(scene / "s4.png")).shape[1] == 320 * 3

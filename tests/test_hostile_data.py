@@ -267,19 +267,19 @@ def interrupted_while_exporting(name: str):
 @contextlib.contextmanager
 def sigterm_at_batch(batch: int):
     """SIGTERM to this process while eval predicts batch ``batch``."""
-    import caswit_geo.engine.evaluate as evaluate
+    from caswit_geo.precision import Precision
 
     calls = {"n": 0}
-    real = evaluate.autocast_context
+    real = Precision.autocast
 
-    def autocast(*a, **kw):
+    def autocast(self):  # entered once per batch, around the forward pass
         calls["n"] += 1
         if calls["n"] == batch:
             os.kill(os.getpid(), signal.SIGTERM)
-        return real(*a, **kw)
+        return real(self)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(evaluate, "autocast_context", autocast)
+        mp.setattr(Precision, "autocast", autocast)
         yield
 
 
@@ -556,7 +556,7 @@ def test_2_real_sigterm_from_another_process_then_resume(assets, tmp_path):
     argv = [a.format(tmp=tmp_path) for a in TRAIN] + ["--out", str(out), "--crops-per-image", "4"]
     proc = _child(STEPS_SLOWLY, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = proc.stdout.readline()
-    while first.startswith("data:"):  # the split coverage line comes first
+    while first.startswith(("data:", "precision")):  # the split coverage and precision lines come first
         first = proc.stdout.readline()
     assert first.split()[0] == "step"
     # meanwhile a second run on the same directory stops at once, naming the first

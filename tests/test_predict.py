@@ -110,6 +110,8 @@ def test_output_raster_matches_input_grid_and_mask(tmp_path, weights, mask_kind)
         tags = out.tags()
         assert tags["CASWIT_MODEL"] == "caswit-nano" and tags["CASWIT_CHECKPOINT"] == "nano.safetensors"
         assert '"source": "test fixture"' in tags["CASWIT_METADATA"]
+        assert tags["CASWIT_PRECISION"] == "fp32"  # auto: caswit-nano is too narrow for bf16 to pay
+    assert res.precision.startswith("fp32 (auto: ")
     assert read_pam_categories(tmp_path / "out.tif") == CLASSES.names
     np.testing.assert_array_equal(cls == 255, ~in_mask)  # nodata exactly where the input is nodata
     assert cls[in_mask].max() < len(CLASSES)

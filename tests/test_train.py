@@ -114,6 +114,8 @@ def test_run_directory_files_and_logs(run):
     assert [r["epoch"] for r in rows] == [1, 2]
     for key in ("train_loss", "lr", "val_loss", "val_miou", "val_mf1", "val_oa", "time_s"):
         assert all(isinstance(r[key], float) for r in rows), key
+    assert [r["precision"] for r in rows] == ["fp32", "fp32"]  # auto: caswit-nano is too narrow for bf16
+    assert json.loads((out / "config.json").read_text())["precision"] == "auto"
     with open(out / "log.csv", newline="") as f:
         csv_rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in csv_rows] == [1, 2]
@@ -133,6 +135,7 @@ def test_best_checkpoint_is_inference_only_with_training_metadata(run, data_root
     assert md["training"]["dataset"] == "tiles" and md["training"]["epochs"] == 2
     assert md["training"]["lr"] == 6e-5 and md["training"]["seed"] == 0
     assert md["training"]["command"] == "caswit-geo train --test"
+    assert md["training"]["precision_used"].startswith("fp32 (auto: ")
     best = best_row(result.history)
     assert md["best_epoch"] == best["epoch"] == result.best_epoch
     assert md["val_metrics"]["mIoU"] == best["val_miou"]
@@ -178,6 +181,10 @@ def test_resume_continues_exactly(data_root, tmp_path):
     assert all(layer.grad_checkpointing for layer in straight.model.backbone.hr_encoder.layers)
     first = train(replace(base, out=tmp_path / "resumed", stop_after=2))
     assert not first.completed and [r["epoch"] for r in first.history] == [1, 2]
+    # a run directory from before --precision: "amp": true and no precision key; it resumes as it ran
+    saved = json.loads((tmp_path / "resumed" / "config.json").read_text())
+    del saved["precision"]
+    (tmp_path / "resumed" / "config.json").write_text(json.dumps({**saved, "amp": True}))
     resumed = train(TrainConfig(resume=tmp_path / "resumed", workers=0, progress=False))
     assert resumed.completed
     a, _ = read_checkpoint(tmp_path / "straight" / "last.safetensors")

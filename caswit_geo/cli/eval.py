@@ -10,6 +10,7 @@ import typer
 from ..errors import ConfigError
 from . import app
 from .console import after_outputs, make_console, safe
+from .run_options import PRECISION_HELP
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -36,6 +37,9 @@ def print_result(result: EvalResult, console: Console | None = None) -> None:
     table.add_row("", "mean", _pct(m["mIoU"]), _pct(m["mF1"]), _pct(m["mBIoU"]), "")
     console.print(table)
     console.print(f"mIoU {_pct(m['mIoU'])}  mF1 {_pct(m['mF1'])}  OA {_pct(m['OA'])}  mBIoU {_pct(m['mBIoU'])}")
+    r = result.report
+    if "precision" in r:  # a model ran (not --pred/--ref)
+        console.print(f"{r['device']}, precision {r['precision']} ({r['precision_reason']})", soft_wrap=True)
     for kind, path in result.files.items():
         console.print(f"{kind}: {safe(path)}")
 
@@ -48,6 +52,7 @@ def eval_cmd(
     split: str = typer.Option("test", "--split", help="train | val | test (flairhub also: a .csv/.txt list of patch ids)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Tiles per batch."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
     split_column: str = typer.Option("split_flairhub", "--split-column", help="FLAIR-HUB split GeoPackage column."),
     allow_missing: bool = typer.Option(
@@ -71,7 +76,8 @@ def eval_cmd(
     if pred is not None or ref is not None:
         if pred is None or ref is None:
             raise ConfigError("--pred and --ref go together")
-        for flag, value in (("--root", root), ("--weights", weights), ("--save-predictions", save_predictions)):
+        for flag, value in (("--root", root), ("--weights", weights), ("--save-predictions", save_predictions),
+                            ("--precision", None if precision == "auto" else precision)):
             if value is not None:
                 raise ConfigError(f"{flag} does not apply to --pred/--ref")
         if classes is not None and dataset is not None:
@@ -89,6 +95,7 @@ def eval_cmd(
         result = evaluate(
             EvalConfig(
                 dataset=dataset, root=root, weights=weights, split=split, batch_size=batch_size, device=device,
+                precision=precision,
                 workers=workers, split_column=split_column, out_dir=out_dir, save_predictions=save_predictions,
                 overwrite=overwrite, progress=progress, allow_missing=allow_missing,
             )

@@ -9,6 +9,7 @@ import typer
 
 from . import app
 from .console import after_outputs, plain
+from .run_options import PRECISION_HELP
 
 
 @app.command(name="explain")
@@ -21,13 +22,14 @@ def explain_cmd(
     x: Optional[float] = typer.Option(None, help="Point X in the raster's CRS (instead of row/col)."),
     y: Optional[float] = typer.Option(None, help="Point Y in the raster's CRS."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing PNG."),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
 ) -> None:
     """Draw the HR->LR cross-attention of one pixel at every fused stage over the LR context."""
     from ..engine.explain import ExplainConfig, explain
 
     res = explain(ExplainConfig(image=image, out=out, weights=weights, row=row, col=col, x=x, y=y,
-                                overwrite=overwrite))
+                                overwrite=overwrite, precision=precision))
     stages = ", ".join(str(s) for s in res.attention)
     with after_outputs():
         typer.echo(f"{plain(res.out)}: pixel (row {res.pixel[0]}, col {res.pixel[1]}), stages {stages}, "
-                   f"predicted class {res.predicted_class}")
+                   f"predicted class {res.predicted_class}, precision {res.precision}")

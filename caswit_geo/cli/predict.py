@@ -11,6 +11,7 @@ import typer
 
 from . import app
 from .console import after_outputs, make_console, safe
+from .run_options import PRECISION_HELP
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -48,6 +49,7 @@ def predict(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Tiles per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", help="Reader processes (default: CPUs - 1, max 4)."),
     overlap: int = typer.Option(0, "--overlap", help="Pixels shared by neighbouring tiles; >0 blends probabilities."),
     resample: bool = typer.Option(False, "--resample", help="Read the input at the model's ground sampling distance."),
@@ -75,6 +77,7 @@ def predict(
         overwrite=overwrite,
         batch_size=batch_size,
         device=device,
+        precision=precision,
         workers=workers,
         overlap=overlap,
         resample=resample,
@@ -103,7 +106,7 @@ def print_summary(result: PredictResult, console: Console) -> None:
     console.print(
         f"[bold]{result.tiles}[/bold] tiles ({result.tiles_run} predicted, {result.tiles_skipped} all nodata) "
         f"on {result.width} x {result.height} px in {result.seconds:.1f} s "
-        f"({rate:.1f} tiles/s, model {result.forward_seconds:.1f} s, {safe(result.device)})"
+        f"({rate:.1f} tiles/s, model {result.forward_seconds:.1f} s, {safe(result.device)}, precision {result.precision})"
     )
     table = Table(title="Classes", show_edge=False)
     table.add_column("class")

@@ -65,6 +65,7 @@ def pretrain_cmd(
     weight_decay: Optional[float] = opt.WEIGHT_DECAY,
     warmup_epochs: Optional[float] = opt.WARMUP_EPOCHS,
     clip_grad: Optional[float] = opt.CLIP_GRAD,
+    precision: Optional[str] = opt.PRECISION,
     amp: Optional[bool] = opt.AMP,
     grad_checkpointing: Optional[bool] = opt.GRAD_CHECKPOINTING,
     device: Optional[str] = opt.DEVICE,

@@ -37,7 +37,12 @@ MIN_LR = typer.Option(None, "--min-lr", help="Learning rate at the end of the co
 WEIGHT_DECAY = typer.Option(None, "--weight-decay", help="AdamW weight decay (not on norms, biases, position tables).")
 WARMUP_EPOCHS = typer.Option(None, "--warmup-epochs", help="Linear warmup length in epochs (fractions allowed).")
 CLIP_GRAD = typer.Option(None, "--clip-grad", help="Clip the gradient norm to this value. (default: no clipping)")
-AMP = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA (bf16, else fp16). (default: on)")
+PRECISION_HELP = (
+    "auto | fp32 | bf16 | fp16. auto: bf16 on GPUs that have it, else fp16; bf16 on CPUs with AMX "
+    "for models it speeds up; else fp32."
+)
+PRECISION = typer.Option(None, "--precision", help=PRECISION_HELP + " (default: auto)")
+AMP = typer.Option(None, "--amp/--no-amp", help="Deprecated: --no-amp is --precision fp32.", hidden=True)
 GRAD_CHECKPOINTING = typer.Option(
     None, "--grad-checkpointing/--no-grad-checkpointing", help="Recompute Swin blocks in backward: less memory."
 )

@@ -17,8 +17,9 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..bounds import bounded
+from ..bounds import Text, bounded
 from ..errors import ConfigError
+from ..precision import PRECISIONS
 
 try:
     import tomllib
@@ -51,7 +52,8 @@ class RunConfig:
     weight_decay: float = bounded(0.01, ge=0)
     warmup_epochs: float = bounded(0.0, ge=0)
     clip_grad: float | None = bounded(None, gt=0)  # max gradient norm; None = no clipping
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler)
+    precision: str = bounded("auto", Text(choices=PRECISIONS))  # see precision.py; fp16 trains with a GradScaler
+    amp: bool | None = None  # deprecated: false = precision fp32 (run directories from before --precision)
     grad_checkpointing: bool = False
     device: str = "auto"
     workers: int = bounded(2, ge=0)
@@ -66,6 +68,16 @@ class RunConfig:
     def to_dict(self, absolute_paths: bool = False) -> dict:
         """JSON-ready settings; ``absolute_paths`` for a run directory resumed from anywhere."""
         return {k: _plain(v, absolute_paths) for k, v in dataclasses.asdict(self).items()}
+
+    def requested_precision(self) -> str:
+        """``precision``, with the deprecated ``amp = false`` meaning fp32."""
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.amp is False:
+            if self.precision not in ("auto", "fp32"):
+                raise ConfigError(f"--no-amp contradicts --precision {self.precision} (--no-amp is --precision fp32)")
+            return "fp32"
+        return self.precision
 
     def resolved_tile_size(self) -> int:
         """``tile_size``, or the named model's tile size."""

@@ -28,19 +28,20 @@ import rasterio
 import torch
 from tqdm import tqdm
 
-from ..bounds import bounded, check_number, check_settings
+from ..bounds import Text, bounded, check_number, check_settings
 from ..checkpoint import load_checkpoint, read_meta
 from ..data import build_dataset
 from ..data.flairhub_splits import DEFAULT_SPLIT_COLUMN
 from ..data.handles import open_raster
 from ..data.sample import CaswitDataset
 from ..data.tiles import read_classes_json
-from ..device import CpuThreads, autocast_context, select_device, stop_workers
+from ..device import CpuThreads, select_device, stop_workers
 from ..errors import CheckpointError, ConfigError, InputError, OutputError
 from ..geo.grid import TileGrid, clip_window
 from ..geo.io import AtomicRasterWriter, class_description
 from ..outputs import OutputSet
 from ..metrics import BoundaryStats, ConfusionMatrix, Protocol, Scores, boundary_dilation, generic_protocol, protocol_for
+from ..precision import PRECISIONS, Precision, prepare_inference, resolve_precision
 from ..spec import IGNORE_INDEX, ClassTable, flairhub_classes, urur_classes
 from ..weights import resolve_weights
 from .eval_report import per_class_rows, plot_confusion, write_confusion_csv, write_json
@@ -63,7 +64,7 @@ class EvalConfig:
     out_dir: Path | None = None  # default ./eval-<dataset>-<split>
     save_predictions: Path | None = None
     overwrite: bool = False
-    amp: bool = True  # mixed precision on CUDA (no effect on the CPU)
+    precision: str = bounded("auto", Text(choices=PRECISIONS))  # see precision.py
     progress: bool = True
     cache_dir: Path | None = None  # flairhub patch-index cache
     allow_missing: bool = False  # score the patches found when the split lists missing ones (recorded in the report)
@@ -229,7 +230,9 @@ def evaluate(config: EvalConfig) -> EvalResult:
         saver = PredictionSaver(outs, config.save_predictions, dataset, classes) if config.save_predictions else None
         device = select_device(config.device)
         model, meta = load_checkpoint(weights, device)
-        cm, boundary, seen = _predict_split(model, dataset, protocol, saver, device, config)
+        precision = resolve_precision(config.precision, device, model, model_name=meta.name)
+        prepare_inference(model, precision)
+        cm, boundary, seen = _predict_split(model, dataset, protocol, saver, device, precision, config)
         scores = protocol.scores(cm, boundary)
         rows = per_class_rows(scores, classes)
         report = {
@@ -249,6 +252,8 @@ def evaluate(config: EvalConfig) -> EvalResult:
             "metrics": _summary(scores),
             "classes": rows,
             "device": str(device),
+            "precision": precision.name,
+            "precision_reason": precision.reason,
             "seconds": round(time.perf_counter() - start, 3),
         }
         _write_reports(outs, paths, report, cm.matrix, classes, protocol)
@@ -259,7 +264,8 @@ def evaluate(config: EvalConfig) -> EvalResult:
     return EvalResult(report["metrics"], rows, cm.matrix.copy(), protocol.name, report, files)
 
 
-def _predict_split(model, dataset, protocol: Protocol, saver: PredictionSaver | None, device, config: EvalConfig):
+def _predict_split(model, dataset, protocol: Protocol, saver: PredictionSaver | None, device, precision: Precision,
+                   config: EvalConfig):
     """Confusion matrix and boundary statistics of the whole split (predictions to ``saver``)."""
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
@@ -275,7 +281,7 @@ def _predict_split(model, dataset, protocol: Protocol, saver: PredictionSaver | 
                               disable=not config.progress):
                 hr = batch["hr"].to(device, non_blocking=True)  # (B, C, T, T)
                 lr = batch["lr"].to(device, non_blocking=True)
-                with autocast_context(device, config.amp):
+                with precision.autocast():
                     logits = model(hr, lr)  # (B, K, T, T)
                 pred = logits.argmax(1).to(torch.uint8).cpu().numpy()  # (B, T, T)
                 label = batch["label"].numpy()

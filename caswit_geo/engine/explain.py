@@ -16,12 +16,13 @@ import torch
 from rasterio.windows import Window
 
 from ..atomic import save_figure
-from ..bounds import bounded, check_settings
+from ..bounds import Text, bounded, check_settings
 from ..checkpoint import load_checkpoint
 from ..errors import ConfigError, InputError
 from ..outputs import OutputSet
 from ..geo.context import read_tile_and_context
 from ..geo.sources import check_source
+from ..precision import PRECISIONS, resolve_precision
 from ..weights import resolve_weights
 
 
@@ -36,6 +37,7 @@ class ExplainConfig:
     y: float | None = None
     overwrite: bool = False
     dpi: int = bounded(100, ge=10, le=1000)
+    precision: str = bounded("auto", Text(choices=PRECISIONS))  # see precision.py
 
 
 @dataclass
@@ -45,6 +47,7 @@ class ExplainResult:
     tile: Window
     attention: dict[int, np.ndarray] = field(default_factory=dict)  # stage -> (h_s, w_s) weights, sum 1
     predicted_class: int = -1
+    precision: str = "fp32"  # what ran and why (also in the PNG's "Precision" text chunk)
 
 
 def display_rgb(raw: np.ndarray, scale: float) -> np.ndarray:
@@ -87,6 +90,7 @@ def _explain(config: ExplainConfig, weights: Path, out: Path) -> ExplainResult:
     model, meta = load_checkpoint(weights)
     if meta.kind != "segmentation" or not model.config.fusion_stages:
         raise ConfigError(f"{meta.name}: a single-stream model has no cross-attention to show")
+    precision = resolve_precision(config.precision, torch.device("cpu"), model, model_name=meta.name)
     spec = meta.input_spec
     T, k = spec.tile_size, spec.context_factor
     try:
@@ -114,17 +118,18 @@ def _explain(config: ExplainConfig, weights: Path, out: Path) -> ExplainResult:
         block.register_forward_hook(lambda m, a, o, s=int(s): inputs.__setitem__(s, (a[0], a[1])))
         for s, block in model.backbone.fusion.items()
     ]
-    with torch.inference_mode():
-        logits = model(hr, lr)
-    for h in hooks:
-        h.remove()
     r_in, c_in = row - int(tile.row_off), col - int(tile.col_off)
-    result = ExplainResult(out, (row, col), tile, predicted_class=int(logits[0, :, r_in, c_in].argmax()))
-    for s, (x_hr, x_lr) in sorted(inputs.items()):
-        _, H, W, _ = x_hr.shape  # (1, H_s, W_s, C)
-        q = torch.tensor([(r_in * H // T) * W + (c_in * W // T)])
-        w = model.backbone.fusion[str(s)].attention_weights(x_hr, x_lr, q)  # (1, heads, 1, L_lr)
-        result.attention[s] = w[0, :, 0].mean(0).reshape(x_lr.shape[1], x_lr.shape[2]).numpy()
+    with torch.inference_mode(), precision.autocast():
+        logits = model(hr, lr)
+        for h in hooks:
+            h.remove()
+        result = ExplainResult(out, (row, col), tile, predicted_class=int(logits[0, :, r_in, c_in].argmax()),
+                               precision=precision.describe())
+        for s, (x_hr, x_lr) in sorted(inputs.items()):
+            _, H, W, _ = x_hr.shape  # (1, H_s, W_s, C)
+            q = torch.tensor([(r_in * H // T) * W + (c_in * W // T)])
+            w = model.backbone.fusion[str(s)].attention_weights(x_hr, x_lr, q).float()  # (1, heads, 1, L_lr)
+            result.attention[s] = w[0, :, 0].mean(0).reshape(x_lr.shape[1], x_lr.shape[2]).numpy()
 
     _draw(result, display_rgb(hr_raw, spec.scale), display_rgb(lr_raw, spec.scale), T, k,
           meta.classes.names[result.predicted_class], config.dpi)
@@ -160,4 +165,4 @@ def _draw(result: ExplainResult, hr_rgb, lr_rgb, T: int, k: int, class_name: str
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"cross-attention of pixel (row {result.pixel[0]}, col {result.pixel[1]})")
-    save_figure(fig, result.out, dpi)
+    save_figure(fig, result.out, dpi, metadata={"Precision": result.precision})

@@ -35,9 +35,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from tqdm.auto import tqdm
 
 from ..checkpoint import read_checkpoint, read_meta, save_checkpoint
-from ..device import CpuThreads, amp_dtype, autocast_context
+from ..device import CpuThreads
 from ..errors import CaswitError, CheckpointError, ConfigError
 from ..model.transfer import check_state_fits
+from ..precision import Precision, resolve_precision
 from ..signals import GracefulStop
 from .config import RunConfig, resolved_for_resume
 from .curves import plot_curves
@@ -73,9 +74,13 @@ def open_run(config: RunConfig, command: str, env: DistEnv) -> tuple[RunConfig, 
     if config.resume is not None:
         run_dir = check_resumable(Path(config.resume))
         saved = read_json(run_dir / CONFIG)
+        if isinstance(saved, dict) and "precision" not in saved and env.device.type == "cpu":
+            # a run from before --precision: its amp meant mixed precision on CUDA only
+            saved = {**saved, "precision": "fp32"}
         config = resolved_for_resume(saved, config, type(config), str(run_dir / CONFIG))
         config = dataclasses.replace(config, out=run_dir)
         return config, RunDirectory(run_dir, None, resuming=True, active=env.is_master)
+    config.requested_precision()  # a bad --precision fails before the run directory exists
     run_dir = Path(config.out) if config.out is not None else broadcast_object(default_run_dir(command), env)
     if env.is_master:
         check_run_dir(run_dir, overwrite=config.overwrite)
@@ -108,7 +113,7 @@ class Loop:
     sampler: "SkippingSampler"
     steps_per_epoch: int
     env: DistEnv
-    amp: bool
+    precision: Precision
     clip_grad: float | None
     progress: bool
 
@@ -178,9 +183,8 @@ def build_loop(
         model.set_grad_checkpointing(True)  # both Swin encoders
     model.to(env.device)
     optimizer = build_optimizer(model, config.lr, config.weight_decay)
-    scaler = None
-    if env.device.type == "cuda" and config.amp and amp_dtype(env.device) == torch.float16:
-        scaler = torch.amp.GradScaler("cuda")  # bf16 needs no loss scaling
+    precision = resolve_precision(config.requested_precision(), env.device, model, model_name=config.model)
+    scaler = torch.amp.GradScaler("cuda") if precision.needs_loss_scaling else None  # bf16 needs none
     loader, sampler = train_loader(dataset, env, config.batch_size, config.workers, config.seed)
     steps = len(loader)
     if config.epochs < 1:
@@ -190,8 +194,10 @@ def build_loop(
     schedule = CosineSchedule(config.lr, config.min_lr, config.epochs * steps, round(config.warmup_epochs * steps))
     start = resume_point(run_dir, model, optimizer, scaler, env, steps) if resuming else Start()
     ddp_model = wrap_model(model, env, find_unused_parameters)
-    loop = Loop(model, ddp_model, optimizer, scaler, schedule, loader, sampler, steps, env, config.amp,
+    loop = Loop(model, ddp_model, optimizer, scaler, schedule, loader, sampler, steps, env, precision,
                 config.clip_grad, config.progress)
+    if env.is_master:
+        tqdm.write(f"precision {precision.describe()}")
     return loop, start
 
 
@@ -300,13 +306,13 @@ def train_one_epoch(
                initial=done, total=loop.steps_per_epoch)
     for batch in bar:
         lr = loop.schedule.apply(loop.optimizer, step)
-        with autocast_context(loop.env.device, loop.amp):
+        with loop.precision.autocast():
             loss = compute_loss(loop.ddp_model, batch)
         value = loss.detach().float().item()
         if value != value or value in (float("inf"), float("-inf")):
             raise CaswitError(
                 f"training loss is {value} at epoch {epoch}, iteration {step + 1}: lower --lr, set --clip-grad, "
-                "or try --no-amp"
+                f"or try --precision fp32 (this run: {loop.precision.name})"
             )
         loop.optimizer.zero_grad(set_to_none=True)
         if loop.scaler is not None:
@@ -396,6 +402,7 @@ def fit(
                     run.commit()
                 return FitResult(history, False, stop.requested or "SIGTERM", (epoch, stopped["iterations"]))
             row.update(stats)
+            row["precision"] = loop.precision.name
             broadcast_buffers(loop.model, env)
             if evaluate is not None:
                 row.update(evaluate(epoch))
@@ -435,9 +442,12 @@ def _epoch_line(row: dict, epochs: int) -> str:
     return "  ".join(parts)
 
 
-def training_metadata(config: RunConfig, env: DistEnv) -> dict:
-    """The run's settings as recorded in its checkpoints."""
-    return {**config.to_dict(), "world_size": env.world_size, "global_batch_size": config.batch_size * env.world_size}
+def training_metadata(config: RunConfig, env: DistEnv, precision: Precision | None = None) -> dict:
+    """The run's settings as recorded in its checkpoints (with the precision that ran)."""
+    meta = {**config.to_dict(), "world_size": env.world_size, "global_batch_size": config.batch_size * env.world_size}
+    if precision is not None:
+        meta["precision_used"] = precision.describe()
+    return meta
 
 
 def seed_run(config: RunConfig, env: DistEnv) -> None:

@@ -20,6 +20,7 @@ full-raster array.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -37,9 +38,9 @@ from affine import Affine
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..bounds import bounded, check_settings
+from ..bounds import Text, bounded, check_settings
 from ..checkpoint import load_checkpoint
-from ..device import CpuThreads, autocast_context, select_device, stop_workers
+from ..device import CpuThreads, select_device, stop_workers
 from ..errors import CaswitError, CheckpointError, ConfigError, OutputError, no_space_error
 from ..geo.area import row_areas_m2, unit_to_m
 from ..geo.grid import TileGrid, plan_tiles, strips
@@ -60,6 +61,7 @@ from ..geo.io import (
 from ..geo.lowres import LowResBuilder, chunk_order, plan_lowres, prepass_supported
 from ..geo.sources import read_error
 from ..geo.vectorize import VectorResult, vector_format, vectorize
+from ..precision import PRECISIONS, Precision, prepare_inference, resolve_precision
 from ..preview import write_preview
 from ..spec import ClassTable, InputSpec
 from ..weights import resolve_weights
@@ -99,7 +101,7 @@ class PredictConfig:
     min_area: float | None = bounded(None, ge=0)
     simplify: float | None = bounded(None, ge=0)
     preview: str | Path | None = None  # quick-look PNG: input RGB beside the classes, with a legend
-    amp: bool = True
+    precision: str = bounded("auto", Text(choices=PRECISIONS))  # see precision.py
     progress: bool = True
     lr_prepass: bool = True
     blend_memory_mb: int = bounded(256, ge=1)
@@ -123,6 +125,7 @@ class PredictResult:
     height: int
     device: str
     context: str  # "prepass", "direct" or "none"
+    precision: str = "fp32"  # what ran and why, e.g. "bf16 (auto: CPU with AMX bf16, ...)"
     preview: Path | None = None
     vector_features: int = 0
     vector_seconds: float = 0.0
@@ -256,10 +259,14 @@ def check_scaling(mosaic: Mosaic, spec: InputSpec) -> list[str]:
 
 
 def predict_probabilities(model: torch.nn.Module, hr: torch.Tensor, lr: torch.Tensor | None,
-                          amp: bool = True) -> torch.Tensor:
-    """(B, C, T, T) normalised HR (and LR) -> (B, K, T, T) float32 class probabilities."""
+                          precision: Precision | None = None) -> torch.Tensor:
+    """(B, C, T, T) normalised HR (and LR) -> (B, K, T, T) float32 class probabilities.
+
+    ``precision``: the autocast of the forward pass (None = fp32).
+    """
     device = next(model.parameters()).device
-    with torch.inference_mode(), autocast_context(device, amp):
+    autocast = precision.autocast() if precision is not None else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
         logits = model(hr.to(device, non_blocking=True), None if lr is None else lr.to(device, non_blocking=True))
     return logits.float().softmax(dim=1)
 
@@ -344,6 +351,7 @@ def _run_tiles(
     soft: bool,
     total: int,
     builder: LowResBuilder | None = None,
+    precision: Precision | None = None,
 ) -> tuple[int, float]:
     """The model loop: batches in plan order -> results to the writer thread. Returns (tiles run, forward s)."""
     tiles_run, forward = 0, 0.0
@@ -356,7 +364,7 @@ def _run_tiles(
                 results: list = [None] * len(batch.index)  # None: all nodata, not run
                 if len(batch.hr):
                     t0 = time.perf_counter()
-                    probs = predict_probabilities(model, batch.hr, batch.lr, config.amp)  # (N, K, T, T)
+                    probs = predict_probabilities(model, batch.hr, batch.lr, precision)  # (N, K, T, T)
                     if soft:
                         host = probs.half().cpu().numpy()
                         payload = [(host[i], batch.valid[i].numpy()) for i in range(len(host))]
@@ -399,6 +407,8 @@ def predict(config: PredictConfig) -> PredictResult:
     model, meta = load_checkpoint(weights, device=device)
     if meta.kind != "segmentation":
         raise CheckpointError(f"{weights}: a {meta.kind} checkpoint cannot predict classes")
+    precision = resolve_precision(config.precision, device, model, model_name=meta.name)
+    prepare_inference(model, precision)
     spec, classes = meta.input_spec, meta.classes
     tile, k = spec.tile_size, spec.context_factor
     if not 0 <= config.overlap < tile:
@@ -440,6 +450,7 @@ def predict(config: PredictConfig) -> PredictResult:
             tile_size=str(tile),
             context_factor=str(k),
             overlap=str(config.overlap),
+            precision=precision.name,
             sources=[p.name for p in inputs],
             metadata=meta.metadata,
             provenance=meta.provenance,
@@ -511,7 +522,7 @@ def predict(config: PredictConfig) -> PredictResult:
             sink_thread.start()
             try:
                 tiles_run, forward = _run_tiles(
-                    model, batches, workers, sink_thread, device, config, soft, len(tile_plan), builder
+                    model, batches, workers, sink_thread, device, config, soft, len(tile_plan), builder, precision
                 )
             finally:
                 stop_workers(batches)
@@ -597,6 +608,7 @@ def predict(config: PredictConfig) -> PredictResult:
         height=mosaic.height,
         device=str(device),
         context=context,
+        precision=precision.describe(),
         preview=Path(config.preview) if config.preview else None,
         vector_features=vector_result.features if vector_result else 0,
         vector_seconds=vector_result.seconds if vector_result else 0.0,

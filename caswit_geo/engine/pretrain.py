@@ -151,8 +151,9 @@ def _pretrain_in(config: PretrainConfig, run: RunDirectory, env: DistEnv) -> Pre
             draw_reconstructions(model, figure_set, masks, config.figure_samples, env.device,
                                  run.file(RECONSTRUCTIONS), f"epoch {epoch}", seed=config.seed)
 
+    training = training_metadata(config, env, loop.precision)
     result = fit(loop, start, compute_loss, epochs=config.epochs, run=run,
-                 checkpoint_args=dict(input_spec=spec, training=training_metadata(config, env)), end_epoch=end_epoch,
+                 checkpoint_args=dict(input_spec=spec, training=training), end_epoch=end_epoch,
                  stop_after=config.stop_after, title=f"SimMIM {model_config.name}")
     figure = run_dir / RECONSTRUCTIONS
     return PretrainResult(run_dir, run_dir / LAST_WEIGHTS, figure if figure.is_file() else None,

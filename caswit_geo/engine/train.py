@@ -12,6 +12,7 @@ auxiliary LR head, what ``predict`` and ``eval`` load.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -25,12 +26,12 @@ from ..bounds import bounded, check_settings
 from ..build import build_model
 from ..checkpoint import load_pretrained_backbone, read_meta, save_checkpoint, stored_behaviour
 from ..data import Augment, build_dataset, load_tiles_meta
-from ..device import autocast_context
 from ..errors import ConfigError
 from ..metrics import ConfusionMatrix, protocol_for
 from ..model.configs import get_config
 from ..model.loss import CaswitLoss, cross_entropy
 from ..model.transfer import transfer_upernet
+from ..precision import Precision
 from ..spec import ClassTable, InputSpec
 from ..upernet_source import read_upernet
 from .config import RunConfig
@@ -113,7 +114,7 @@ def _train_in(config: TrainConfig, run: RunDirectory, env: DistEnv) -> TrainResu
     protocol = protocol_for(config.dataset, classes)
     val_loader = eval_loader(val_set, env, config.batch_size, config.workers) if val_set is not None else None
     splits = split_coverage(train_set, val_set)
-    training = {**training_metadata(config, env), "splits": splits}
+    training = {**training_metadata(config, env, loop.precision), "splits": splits}
     if env.is_master and splits:
         tqdm.write(coverage_line(splits))
 
@@ -126,7 +127,7 @@ def _train_in(config: TrainConfig, run: RunDirectory, env: DistEnv) -> TrainResu
         if val_loader is None:
             return {}
         cm = ConfusionMatrix(len(classes))
-        loss_sum, batches = validate(model, val_loader, loss_fn.class_weights, cm, env, config.amp)
+        loss_sum, batches = validate(model, val_loader, loss_fn.class_weights, cm, env, loop.precision)
         totals = all_reduce_sum(torch.tensor([loss_sum, batches], dtype=torch.float64), env)
         cm.matrix = all_reduce_sum(torch.from_numpy(cm.matrix), env).numpy()
         scores = protocol.scores(cm)
@@ -209,7 +210,7 @@ def _initial_model(
 
 @torch.no_grad()
 def validate(
-    model: nn.Module, loader, class_weights: torch.Tensor | None, cm, env: DistEnv, amp: bool = True
+    model: nn.Module, loader, class_weights: torch.Tensor | None, cm, env: DistEnv, precision: Precision | None = None
 ) -> tuple[float, int]:
     """Accumulate this rank's share of the split into ``cm``; returns (sum of batch HR losses, batches)."""
     model.eval()
@@ -217,7 +218,7 @@ def validate(
     for batch in loader:
         hr, lr = batch["hr"].to(env.device, non_blocking=True), batch["lr"].to(env.device, non_blocking=True)
         label = batch["label"].to(env.device, non_blocking=True)
-        with autocast_context(env.device, amp):
+        with precision.autocast() if precision is not None else contextlib.nullcontext():
             logits = model(hr, lr)  # (B, K, T, T); eval mode: HR head only
         loss_sum += float(cross_entropy(logits, label, class_weights))
         batches += 1

@@ -174,6 +174,11 @@ class CaswitBackbone(nn.Module):
         if self.lr_encoder is not None:
             self.lr_encoder.set_grad_checkpointing(enable)
 
+    def set_fused_attention(self, enable: bool = True) -> None:
+        self.hr_encoder.set_fused_attention(enable)
+        if self.lr_encoder is not None:
+            self.lr_encoder.set_fused_attention(enable)
+
     def embed(self, hr: torch.Tensor, lr: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         # (B, C_in, T, T) -> (B, T/4, T/4, C_1) per branch
         x = self.hr_encoder.embed(hr)
@@ -231,6 +236,10 @@ class CASWiT(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
+
+    def set_fused_attention(self, enable: bool = True) -> None:
+        """Swin window attention in one SDPA kernel (same maths; used for inference)."""
+        self.backbone.set_fused_attention(enable)
 
     def forward_features(self, hr: torch.Tensor, lr: torch.Tensor | None):
         if self.config.dual and lr is None:

@@ -112,6 +112,13 @@ class SwinEncoder(nn.Module):
         for layer in self.layers:
             layer.grad_checkpointing = enable
 
+    def set_fused_attention(self, enable: bool = True) -> None:
+        """Window attention through ``scaled_dot_product_attention`` (timm's fused path): the same
+        softmax(QK^T / sqrt(d) + B + mask) V in one kernel instead of five passes over the scores."""
+        for module in self.layers.modules():
+            if hasattr(module, "fused_attn") and hasattr(module, "relative_position_bias_table"):
+                module.fused_attn = enable
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, C_in, H, W) -> (B, H/4, W/4, C_1), already layer-normed by timm
         return self.patch_embed(x)
