@@ -193,9 +193,27 @@ def _remove_owned(folder: Path, token: str) -> list[Path]:
     for p in folder.iterdir():
         if p.name.endswith(".lock") or f"{MARK}{token}" not in p.name:
             continue
+        dest = backup_destination(p.name, token)
+        if dest is not None and not os.path.lexists(folder / dest):
+            # killed between moving a replaced output aside and renaming its successor in:
+            # the old output goes back where it was
+            with contextlib.suppress(OSError):
+                os.rename(p, folder / dest)
+                continue
         remove_path(p)
         removed.append(p)
     return removed + remove_claims_of(folder, token)
+
+
+BACKUP_SUFFIX = ".old"  # outputs.OutputSet moves a replaced output aside under temp_path(dest, ".old")
+
+
+def backup_destination(name: str, token: str) -> str | None:
+    """The destination a moved-aside output of ``token`` came from, if ``name`` is such a backup."""
+    tail = f"{MARK}{token}."
+    if not (name.startswith(".") and name.endswith(".part" + BACKUP_SUFFIX) and tail in name):
+        return None
+    return name[1 : name.rindex(tail)] or None
 
 
 def token_of(name: str) -> str | None:

@@ -185,7 +185,7 @@ class OutputSet:
         try:
             for d in ready + cleared:  # move replaced outputs aside first: nothing is lost if a rename fails
                 if self.overwrite and os.path.lexists(d.path):
-                    d.backup = atomic.temp_path(_key(d.path), ".old")
+                    d.backup = atomic.temp_path(_key(d.path), atomic.BACKUP_SUFFIX)
                     os.rename(d.path, d.backup)
             for d in ready:
                 self._make_parents(d.path.parent)

@@ -252,3 +252,33 @@ def test_a_claim_without_a_destination_stops_a_second_claim(tmp_path):
         with pytest.raises(OutputError, match="--save-predictions .*preds: named twice"), OutputSet() as second:
             second.claim(tmp_path / "preds", "--save-predictions")  # the same process: named twice
     assert listing(tmp_path) == []
+
+
+KILLED_MID_COMMIT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from caswit_geo import atomic
+    from caswit_geo.outputs import OutputSet
+
+    def killed(src, dst):  # the old output is already moved aside: die before the new one is in place
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    atomic.rename_noreplace = killed
+    outs = OutputSet(overwrite=True)
+    dest = outs.add(Path(sys.argv[1]))
+    outs.temp(dest).write_bytes(b"new")
+    outs.commit()
+    """
+)
+
+
+def test_an_output_moved_aside_by_a_killed_commit_is_put_back(tmp_path):
+    dest = tmp_path / "map.tif"
+    dest.write_bytes(b"the previous map")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", KILLED_MID_COMMIT, str(dest)], env=env)
+    assert proc.returncode == -signal.SIGKILL
+    assert not dest.exists() and any(n.endswith(".part.old") for n in listing(tmp_path))
+    atomic.sweep_stale(tmp_path)  # what the next run writing in this folder does first
+    assert listing(tmp_path) == ["map.tif"] and dest.read_bytes() == b"the previous map"
