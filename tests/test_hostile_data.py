@@ -44,12 +44,7 @@ ASSETS: dict[str, Path] = {}
 DEAD = "deadhost-999999-abcdef"  # the token of a process that no longer exists
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

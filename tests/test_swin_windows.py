@@ -15,13 +15,7 @@ from caswit_geo.model.caswit import CaswitConfig
 from caswit_geo.model.encoder import SwinEncoder
 from caswit_geo.model.swin_windows import PadThenShiftBlock
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small models: one intra-op thread is fastest, and immune to busy neighbours on a 2-core runner."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 DEPTHS = (2, 2, 2, 2)  # one plain and one shifted block per stage

@@ -25,13 +25,7 @@ SIZE = 128
 CLASSES = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models: one intra-op thread is fastest, and immune to busy neighbours on a 2-core runner."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def stripes(size: int = SIZE) -> np.ndarray:

@@ -37,13 +37,7 @@ MINI = dict(embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8])
 LABELS = ["sky", "tree", "road", "car", "water"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: fastest for these sizes, and immune to busy neighbours on a 2-core runner."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def upernet(arch: dict, hidden: int, labels=LABELS, seed: int = 0):
