@@ -133,6 +133,16 @@ def owner_alive(folder: str | Path, token: str) -> bool:
     return False
 
 
+def live_owners(folder: str | Path) -> list[str]:
+    """Tokens of the other processes that hold their liveness lock in ``folder`` now."""
+    try:
+        names = [p.name for p in Path(folder).iterdir()]
+    except OSError:
+        return []
+    tokens = [n[len(MARK) : -len(".lock")] for n in names if n.startswith(MARK) and n.endswith(".lock")]
+    return sorted(t for t in tokens if t != process_token() and owner_alive(folder, t))
+
+
 def owner_info(folder: str | Path, token: str) -> dict:
     """What the owner of ``token`` wrote in its lock file (pid, host, started, command), or {}."""
     try:

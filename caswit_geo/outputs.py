@@ -17,6 +17,10 @@ Every command that writes files goes through an :class:`OutputSet`:
 
 Litter of a killed run (kill -9, power loss) is removed by the next run that
 writes in the same folder (``atomic.sweep_stale``).
+
+A resumable job (``predict``) passes ``job=`` its job folder: its claims are
+job claims (``claims.py``), shared by the job's processes and kept when one
+process stops, until the job commits.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class _Dest:
     option: str
     folder: bool
     claim: Path | None = None
+    claim_fresh: bool = False  # this process created the (job) claim
     temp: Path | None = None
     backup: Path | None = None
     committed: bool = False
@@ -64,8 +69,11 @@ class OutputSet:
             one, and a folder output may not contain one.
     """
 
-    def __init__(self, *, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> None:
+    def __init__(
+        self, *, overwrite: bool = False, inputs: Iterable[str | Path] = (), job: str | Path | None = None
+    ) -> None:
         self.overwrite = overwrite
+        self.job = None if job is None else Path(os.path.abspath(job))
         self.inputs = [Path(p) for p in inputs]
         self._input_ids: set[tuple[int, int]] | None = None
         self.dests: dict[Path, _Dest] = {}
@@ -78,8 +86,22 @@ class OutputSet:
         """Check and claim ``dest`` (see the module docstring); returns it as a Path.
 
         ``folder``: the output is a folder written as a whole (staged, then
-        renamed). ``claim=False`` for files inside a folder already claimed.
+        renamed). ``claim=False`` for files inside a folder already claimed,
+        or sidecars of a claimed file.
         """
+        dest = self.check(dest, option, folder=folder)
+        key = _key(dest)
+        self._hold(key.parent, option)
+        entry = _Dest(dest, option, folder)
+        if claim and self.job is not None:
+            entry.claim, entry.claim_fresh = claims.take_for_job(dest, option, self.job)
+        elif claim:
+            entry.claim = claims.take(dest, option)
+        self.dests[key] = entry
+        return dest
+
+    def check(self, dest: str | Path, option: str = "--out", *, folder: bool = False) -> Path:
+        """The checks of :meth:`add` that change nothing (no lock, no claim, no sweep)."""
         dest = Path(dest)
         key = _key(dest)
         if key in self.dests:
@@ -92,13 +114,10 @@ class OutputSet:
         if dest.exists() and not self.overwrite:
             raise OutputError(f"{option} {dest}: exists (pass --overwrite to replace it)")
         parent = key.parent
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"{option}: {dest.parent} is not a folder")
         if not parent.is_dir():
             raise OutputError(f"{option}: folder {dest.parent} does not exist")
-        self._hold(parent, option)
-        entry = _Dest(dest, option, folder)
-        if claim:
-            entry.claim = claims.take(dest, option)
-        self.dests[key] = entry
         return dest
 
     def _hold(self, folder: Path, option: str) -> None:
@@ -164,7 +183,7 @@ class OutputSet:
         for d in ready:
             if d.backup is not None:
                 atomic.remove_path(d.backup)
-        self._release()
+        self._release(committed=True)
         return [d.path for d in ready]
 
     def _roll_back(self, ready: list[_Dest]) -> None:
@@ -185,13 +204,18 @@ class OutputSet:
                 atomic.remove_path(d.temp)
         self._release()
 
-    def _release(self) -> None:
+    def _release(self, committed: bool = False) -> None:
         if self.closed:
             return
         self.closed = True
         for d in self.dests.values():
-            if d.claim is not None:
+            if d.claim is None:
+                continue
+            if self.job is None:
                 claims.release(d.claim)
+            elif committed or (d.claim_fresh and not self.job.is_dir()):
+                # the job is over, or never came to be: else its claims outlive this process
+                claims.release_job(d.claim, self.job)
         for folder in self.folders:
             atomic.release_folder(folder)
 
@@ -201,3 +225,19 @@ class OutputSet:
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.closed:
             self.abort()
+
+
+def check_output_path(path: str | Path, overwrite: bool, option: str = "--out") -> Path:
+    """One destination checked at once (no claim): for commands not yet writing through an OutputSet.
+
+    Refuses a folder, an existing file without ``overwrite`` and a folder
+    that does not exist or cannot be written to.
+    """
+    path = OutputSet(overwrite=overwrite).check(path, option)
+    folder = Path(os.path.abspath(path)).parent
+    try:
+        with atomic.holding(folder):
+            pass
+    except OSError as e:
+        raise OutputError(f"{option}: cannot write in {folder} ({e.strerror or e})") from None
+    return path

@@ -36,7 +36,7 @@ from ..data.tiles import read_classes_json
 from ..device import CpuThreads, autocast_context, select_device
 from ..errors import CheckpointError, ConfigError, InputError, OutputError
 from ..geo.grid import TileGrid, clip_window
-from ..geo.io import AtomicRasterWriter, class_description
+from ..geo.class_raster import AtomicRasterWriter, class_description
 from ..metrics import BoundaryStats, ConfusionMatrix, Protocol, Scores, boundary_dilation, generic_protocol, protocol_for
 from ..spec import IGNORE_INDEX, ClassTable, flairhub_classes, urur_classes
 from ..weights import resolve_weights
@@ -114,7 +114,7 @@ class PredictionSaver:
     """Writes each sample's (T, T) prediction into the class raster of its image, in dataset order.
 
     Rasters are single-band uint8 GeoTIFFs with nodata 255, colour table and
-    class names (``geo.io.AtomicRasterWriter``), renamed into place when complete.
+    class names (``geo.class_raster.AtomicRasterWriter``), renamed into place when complete.
     """
 
     def __init__(self, folder: Path, dataset: CaswitDataset, classes: ClassTable, overwrite: bool) -> None:

@@ -19,7 +19,7 @@ from ..atomic import save_figure
 from ..checkpoint import load_checkpoint
 from ..errors import ConfigError, InputError
 from ..geo.context import read_tile_and_context
-from ..geo.io import check_output_path
+from ..outputs import check_output_path
 from ..weights import resolve_weights
 
 
