@@ -136,9 +136,9 @@ def predict(
         stop_after=parse_duration(stop_after),
         unit_size=unit_size,
     )
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # long lines stay whole (logs, grep)
     if dry:
-        print_dry_run(dry_run(config), Console())
+        print_dry_run(dry_run(config), Console(soft_wrap=True))
         return 0
     try:
         with _terminate_as_interrupt():
@@ -153,7 +153,7 @@ def predict(
     except KeyboardInterrupt:
         typer.echo("caswit-geo: predict interrupted, no output written", err=True)
         raise
-    if not quiet:
+    if not quiet and result.rank == 0:  # under torchrun, rank 0 reports for all
         print_summary(result, console)
     if result.stopped:
         typer.echo(
@@ -166,6 +166,8 @@ def predict(
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)

@@ -29,8 +29,6 @@ import warnings
 from datetime import timedelta
 from pathlib import Path
 
-import torch
-
 from ... import errors
 from ...checkpoint import load_checkpoint
 from ...errors import CaswitError
@@ -141,8 +139,8 @@ def _run(plan: PredictPlan, job: Job, mine: list[Unit], config: PredictConfig, e
     if not mine:
         return UnitsRun()
     model, _ = load_checkpoint(plan.weights, device=env.device)
-    job.log("start", units=len(mine), device=str(env.device), threads=torch.get_num_threads(),
-            shard=_shard_label(config, env), batch_size=config.batch_size)
+    job.log("start", units=len(mine), device=str(env.device), shard=_shard_label(config, env),
+            batch_size=config.batch_size)
     progress = Progress(plan, job, mine, enabled=config.progress and env.is_master)
     try:
         run = run_units(plan, job, mine, model, env.device, batch_size=config.batch_size, workers=config.workers,
@@ -211,6 +209,7 @@ def _result(plan: PredictPlan, job: Job, config: PredictConfig, env: DistEnv, ru
         shard=_shard_label(config, env),
         stopped=run.stopped,
         finalized_by=_finalized_by(config, env, finished, left),
+        rank=env.rank,
     )
 
 

@@ -93,6 +93,7 @@ class PredictResult:
     shard: str | None = None  # "I/N" of this run, "rank R/W" under torchrun, None for a whole run
     stopped: bool = False  # --stop-after ended the run early
     finalized_by: str | None = None  # who assembles the outputs when not this run
+    rank: int = 0  # torchrun rank (0 outside torchrun): only rank 0 reports
 
     @property
     def tiles_skipped(self) -> int:

@@ -120,7 +120,7 @@ def preflight_warnings(mosaic: Mosaic) -> list[str]:
         bh, bw = info.block_shape
         if bw >= info.width and info.width >= STRIPED_MIN_WIDTH:
             kinds["striped"].append(info)
-        if info.overviews == 0 and max(info.width, info.height) > 1024:
+        if info.overviews == 0 and max(info.width, info.height) >= 1024:
             kinds["no overviews"].append(info)
         used = [info.nodata[b - 1] for b in mosaic.bands if b - 1 < len(info.nodata)]
         values = {v for v in used if v is not None}

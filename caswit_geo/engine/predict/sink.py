@@ -335,6 +335,19 @@ class SinkThread(threading.Thread):
         self.stop_event.set()
         self.join(timeout=30)
 
+    def drain(self, timeout: float = 30.0) -> None:
+        """Write what is queued (units whose last tile is in are completed), then stop."""
+        end = time.monotonic() + timeout
+        while self.is_alive() and time.monotonic() < end:
+            try:
+                self.queue.put(None, timeout=0.2)
+                break
+            except queue.Full:
+                continue
+        self.join(timeout=max(0.0, end - time.monotonic()))
+        if self.is_alive():
+            self.abort()
+
     def _raise_if_failed(self) -> None:
         if self.error is not None:
             raise self.error

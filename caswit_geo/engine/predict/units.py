@@ -217,6 +217,12 @@ def run_units(
                 if builder.error is not None:
                     raise builder.error
                 run.lowres_chunks = builder.written
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: keep the units whose tiles are all computed
+            if builder is not None and builder.is_alive():
+                builder.stop()
+            if sink_thread is not None and sink_thread.is_alive():
+                sink_thread.drain()
+            raise
         except BaseException:
             if builder is not None and builder.is_alive():
                 builder.stop()
@@ -241,6 +247,7 @@ def _model_loop(model, batches, workers, sink_thread, device, amp, soft, starts,
         # decided once, not as the pre-pass thread comes and goes: on the CPU the number of
         # threads changes the last bits of the sums, and a unit must not depend on timing
         threads.update(int(builder_busy))
+        job.log("threads", threads=torch.get_num_threads())
         for batch in batches:
             batch: TileBatch
             first, last = int(batch.index[0]), int(batch.index[-1])
