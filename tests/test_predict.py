@@ -426,8 +426,10 @@ def test_sigterm_midway_leaves_no_output(tmp_path, weights):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, buf + err
-    assert "interrupted, no output written" in err and "Traceback" not in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+    assert "interrupted, no output written" in err and "--resume to continue" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["in.tif"]
+    job = tmp_path / ".out.tif.caswit-job"  # the finished units are kept, without temporaries or locks
+    assert job.is_dir() and not [p for p in job.rglob("*") if ".part" in p.name or p.suffix == ".lock"]
 
 
 # -- other model kinds, per-file resampled outputs, batched reads, quick look ----------------------------

@@ -34,7 +34,7 @@ from ...checkpoint import load_checkpoint
 from ...errors import CaswitError
 from ..distributed import DistEnv, barrier, broadcast_object, process_group
 from .config import FORMATS, PredictConfig, PredictResult
-from .finalize import Finalized, class_totals, finalize, unit_reports
+from .finalize import Finalized, class_totals, finalize_job, unit_reports
 from .job import Job, join_job, open_job
 from .plan import PredictPlan, Unit, plan_predict, shard_units
 from .units import Progress, UnitsRun, predict_probabilities, run_units
@@ -71,7 +71,7 @@ def predict(config: PredictConfig) -> PredictResult:
                 with job.finalize_lock() as ours:
                     if ours and job.dir.exists():
                         reports = unit_reports(job, plan)
-                        finished = finalize(plan, job, outputs)
+                        finished = finalize_job(plan, job, outputs)
                         phases.update(finished.phases)
             if finished is None:
                 reports = run.done

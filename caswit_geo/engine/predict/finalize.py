@@ -73,7 +73,7 @@ def raster_parts(plan: PredictPlan, job: Job, index: int) -> list[tuple[Window, 
     return [(u.window, job.part_path(u.id)) for u in plan.units if u.raster == index]
 
 
-def finalize(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
+def finalize_job(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
     """Assemble every output of ``plan`` from ``job``'s parts and commit them through ``outputs``.
 
     ``outputs`` holds the job's destinations (added and claimed when the
@@ -141,4 +141,4 @@ def mosaic_classes(plan: PredictPlan, job: Job, outputs: OutputSet) -> str | Pat
     return parts_vrt(parts, m.width, m.height, m.crs, m.transform, 1, composite=True)
 
 
-__all__ = ["Finalized", "NODATA", "class_totals", "finalize", "unit_reports"]
+__all__ = ["Finalized", "NODATA", "class_totals", "finalize_job", "unit_reports"]
