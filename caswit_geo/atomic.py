@@ -292,6 +292,16 @@ def atomic_path(path: str | Path, *, replace: bool = True) -> Iterator[Path]:
             remove_path(tmp)
 
 
+def fsync_file(path: str | Path) -> None:
+    """Flush a written file to disk (before a rename publishes it, so that a power loss cannot
+    leave a complete name on incomplete data)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def usual_permissions(path: str | Path) -> None:
     """Give ``path`` the mode a new file of the user's gets (some writers create 0600 files)."""
     umask = os.umask(0)

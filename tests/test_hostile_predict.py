@@ -7,7 +7,6 @@ changed (``hostile.py``).
 """
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -24,7 +23,7 @@ from caswit_geo.engine.predict import PredictConfig, predict
 from caswit_geo.engine.predict import finalize as finalize_module
 from caswit_geo.spec import InputSpec
 
-from hostile import REPO, Case, run_case, snapshot
+from hostile import REPO, Case, run_case
 from test_predict import CLASSES, image, write
 
 T = 128

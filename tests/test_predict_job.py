@@ -8,7 +8,6 @@ subprocesses).
 """
 
 import glob
-import json
 import os
 import signal
 import subprocess
@@ -26,6 +25,7 @@ from caswit_geo.cli import main
 from caswit_geo.engine.predict import units as units_module
 from caswit_geo.engine.predict.job import Job
 from caswit_geo.geo.class_raster import read_pam_categories
+from caswit_geo.geo.pyramid import levels_for, majority2, mean2, pyramid
 
 from hostile import snapshot
 from test_predict import CLASSES, RES, X0, Y0, image, run, weights, write  # noqa: F401  (fixture)
@@ -334,7 +334,8 @@ def test_cog_layout_overviews_colours_and_class_names(tmp_path, weights):
     data = image(600, 700, seed=4)
     data[:, :100, :100] = 0
     write(tmp_path / "in.tif", data, nodata=0)
-    run(weights, [tmp_path / "in.tif"], tmp_path / "cog.tif", confidence=tmp_path / "cog_c.tif")
+    # 256 px units: the overviews are assembled from the pyramids of 9 units
+    run(weights, [tmp_path / "in.tif"], tmp_path / "cog.tif", confidence=tmp_path / "cog_c.tif", unit_size=256)
     run(weights, [tmp_path / "in.tif"], tmp_path / "plain.tif", confidence=tmp_path / "plain_c.tif", format="gtiff")
     with rasterio.open(tmp_path / "cog.tif") as cog, rasterio.open(tmp_path / "plain.tif") as plain:
         assert cog.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
@@ -347,22 +348,38 @@ def test_cog_layout_overviews_colours_and_class_names(tmp_path, weights):
         assert cog.colormap(1)[1][:3] == CLASSES.classes[1].color and cog.colormap(1)[255][3] == 0
         assert "3 field" in cog.descriptions[0] and cog.tags()["CASWIT_MODEL"] == "caswit-nano"
         assert cog.tags() == plain.tags()
-        full, ov = cog.read(1), cog.read(1, out_shape=(300, 350))
+        full = cog.read(1)
     assert read_pam_categories(tmp_path / "cog.tif") == CLASSES.names
-    # class overviews: the most frequent class of each 2 x 2 block (mode), nodata left out
-    blocks = full.reshape(300, 2, 350, 2).transpose(0, 2, 1, 3).reshape(300, 350, 4)
-    counts = np.stack([(blocks == k).sum(axis=-1) for k in range(len(CLASSES))], axis=-1)  # (300, 350, K)
-    has = counts.max(axis=-1) > 0
-    ov_count = np.take_along_axis(counts, np.minimum(ov, len(CLASSES) - 1)[..., None], axis=-1)[..., 0]
-    assert (ov[has] < len(CLASSES)).all() and (ov_count[has] == counts.max(axis=-1)[has]).all()
-    assert (ov[~has] == 255).all()
     with rasterio.open(tmp_path / "cog_c.tif") as conf:
-        c, cov = conf.read(1).astype(float), conf.read(1, out_shape=(300, 350)).astype(float)
         assert conf.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and conf.overviews(1) == [2, 4, 8]
-    cb = c.reshape(300, 2, 350, 2).transpose(0, 2, 1, 3).reshape(300, 350, 4)
-    valid = (cb != 255).all(axis=-1)
-    # confidence overviews: the mean of each block (GDAL rounds), where the block has no nodata
-    assert np.abs(cov[valid] - cb[valid].mean(axis=-1)).max() <= 0.5 + 1e-9
+        confidence = conf.read(1)
+    # the overviews are the pyramid of the whole raster (majority of 2 x 2 classes, mean of valid
+    # confidences, level by level), though each unit computed its own part of it
+    for path, values, is_classes in (("cog.tif", full, True), ("cog_c.tif", confidence, False)):
+        expected = pyramid(values, [2, 4, 8], is_classes)
+        for level, want in enumerate(expected):
+            with rasterio.open(tmp_path / path, overview_level=level) as ov:
+                np.testing.assert_array_equal(ov.read(1), want, err_msg=f"{path} level {level}")
+
+
+def test_overview_pyramid_against_brute_force():
+    rng = np.random.default_rng(0)
+    classes = rng.integers(0, 4, (7, 9)).astype(np.uint8)
+    classes[0, :4] = 255
+    confidence = rng.integers(25, 101, (7, 9)).astype(np.uint8)
+    confidence[classes == 255] = 255
+    got_c, got_p = majority2(classes), mean2(confidence)
+    assert got_c.shape == (4, 5) and got_p.shape == (4, 5)  # odd sizes: the last block is cut
+    for i in range(4):
+        for j in range(5):
+            block = classes[2 * i : 2 * i + 2, 2 * j : 2 * j + 2].ravel()
+            votes = {v: int((block == v).sum()) for v in block if v != 255}
+            want = min(v for v in votes if votes[v] == max(votes.values())) if votes else 255
+            assert got_c[i, j] == want, (i, j, block)
+            vals = [int(v) for v in confidence[2 * i : 2 * i + 2, 2 * j : 2 * j + 2].ravel() if v != 255]
+            assert got_p[i, j] == (int(np.floor(sum(vals) / len(vals) + 0.5)) if vals else 255)
+    assert levels_for(300, 260, 128) == [2, 4] and levels_for(8192, 8192, 128) == [2, 4, 8, 16, 32, 64]
+    assert levels_for(100, 100, 128) == []
 
 
 # -- dry run ---------------------------------------------------------------------------------------------

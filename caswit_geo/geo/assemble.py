@@ -14,11 +14,14 @@ Two layouts (``fmt``):
 - ``gtiff``: a tiled DEFLATE GeoTIFF whose overviews are appended after the
   data (the layout of earlier versions).
 
-Overviews of class rasters are computed by MODE in a COG (the majority
-class of each overview pixel: a small class does not speckle the view) and
-NEAREST in a plain GeoTIFF (as before); confidence rasters use AVERAGE (the
-mean certainty of the pixels an overview pixel covers; nearest would alias).
-Nodata (255) never enters an overview value.
+A COG's overviews are the pyramid the units computed (``pyramid.py``:
+the majority class of each 2 x 2 block, level after level, so that a small
+class does not speckle the view; for confidence, the mean of the valid
+values, since nearest would alias), declared in the VRT and copied, not
+recomputed: building overviews is most of the cost of a COG. A plain
+GeoTIFF gets GDAL's overviews after its data, as in earlier versions:
+NEAREST for classes, AVERAGE for confidence. Nodata (255) never enters an
+overview value.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from .class_raster import NODATA, overview_factors
 
 
 def parts_vrt(
-    parts: Sequence[tuple[Window, str | Path]],
+    parts: Sequence[tuple],
     width: int,
     height: int,
     crs: CRS | None,
@@ -52,11 +55,15 @@ def parts_vrt(
     description: str = "",
     tags: dict[str, str] | None = None,
     composite: bool = False,
+    overviews: Sequence[str | Path] = (),
 ) -> str:
-    """VRT XML of one band of ``parts`` (window in the VRT's pixels, part file) on one grid.
+    """VRT XML of one band of ``parts`` on one grid.
 
+    A part is (window in the VRT's pixels, file) or (window, file, window
+    of the file to read: default its top-left corner of the same size).
     ``composite``: parts may overlap; their nodata is transparent (a later
-    part's nodata never hides an earlier part's class).
+    part's nodata never hides an earlier part's class). ``overviews``:
+    rasters (band 1 of each) holding the overview levels, in order.
     """
     root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
     if crs is not None:
@@ -78,22 +85,34 @@ def parts_vrt(
             ET.SubElement(table, "Entry", c1=str(r), c2=str(g), c3=str(b), c4=str(a))
     else:
         ET.SubElement(vb, "ColorInterp").text = "Gray"
-    for window, path in parts:
+    for part in parts:
+        window, path = part[0], part[1]
         w, h = int(window.width), int(window.height)
+        read = part[2] if len(part) > 2 else Window(0, 0, w, h)
         src = ET.SubElement(vb, "ComplexSource" if composite else "SimpleSource")
         ET.SubElement(src, "SourceFilename", relativeToVRT="0").text = os.path.abspath(path)
         ET.SubElement(src, "SourceBand").text = str(band)
-        ET.SubElement(src, "SrcRect", xOff="0", yOff="0", xSize=str(w), ySize=str(h))
+        ET.SubElement(src, "SrcRect", xOff=str(int(read.col_off)), yOff=str(int(read.row_off)), xSize=str(w),
+                      ySize=str(h))
         ET.SubElement(src, "DstRect", xOff=str(int(window.col_off)), yOff=str(int(window.row_off)),
                       xSize=str(w), ySize=str(h))
         if composite:
             ET.SubElement(src, "NODATA").text = str(NODATA)
+    for path in overviews:
+        ov = ET.SubElement(vb, "Overview")
+        ET.SubElement(ov, "SourceFilename", relativeToVRT="0").text = os.path.abspath(path)
+        ET.SubElement(ov, "SourceBand").text = "1"
     return ET.tostring(root, encoding="unicode")
 
 
 def write_raster(source: str, dest: str | Path, *, fmt: str, block: int, is_classes: bool,
                  cache_mb: int = 256) -> None:
-    """Copy ``source`` (a VRT over parts) to ``dest`` as a COG or a tiled GeoTIFF with overviews."""
+    """Copy ``source`` (a VRT over parts) to ``dest`` as a COG or a tiled GeoTIFF with overviews.
+
+    A COG takes the overviews the source declares (``parts_vrt(overviews=)``,
+    the units' pyramids); a source without them gets none. A GeoTIFF gets
+    overviews computed by GDAL after its data.
+    """
     if fmt not in ("cog", "gtiff"):
         raise ValueError(f"unknown output format {fmt!r}")
     with rasterio.Env(GDAL_CACHEMAX=cache_mb * 2**20, GDAL_NUM_THREADS="ALL_CPUS"), warnings.catch_warnings():
@@ -102,7 +121,7 @@ def write_raster(source: str, dest: str | Path, *, fmt: str, block: int, is_clas
             width, height = src.width, src.height
             if fmt == "cog":
                 gdal_copy(src, dest, driver="COG", BLOCKSIZE=block, COMPRESS="DEFLATE", PREDICTOR="YES",
-                          OVERVIEW_RESAMPLING="MODE" if is_classes else "AVERAGE", NUM_THREADS="ALL_CPUS",
+                          OVERVIEWS="FORCE_USE_EXISTING" if src.overviews(1) else "NONE", NUM_THREADS="ALL_CPUS",
                           BIGTIFF="IF_SAFER")
             else:
                 options = dict(COMPRESS="DEFLATE", PREDICTOR=2, BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")

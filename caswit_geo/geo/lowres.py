@@ -194,6 +194,7 @@ def write_chunk(
                     if not valid.all():
                         canvas[:, ~valid] = 0
                     dst.write(block_sums(canvas, k, np.dtype(lowres.dtype)))
+        atomic.fsync_file(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -23,7 +23,6 @@ with a Hann window.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from datetime import timedelta

@@ -22,10 +22,11 @@ import torch
 from ... import atomic
 from ...checkpoint import load_checkpoint
 from ...device import CpuThreads, select_device
+from ...errors import ConfigError
 from ...geo.area import pixel_area_m2
 from ...geo.mosaic import Mosaic, RasterInfo
 from .config import PredictConfig
-from .job import PLAN_FILE
+from .job import PLAN_FILE, Job, compare_manifest
 from .plan import PredictPlan, plan_predict, shard_units
 from .source import PredictTiles, collate_tiles
 from .units import predict_probabilities
@@ -79,7 +80,7 @@ def dry_run(config: PredictConfig, calibrate: int = 16) -> DryRun:
         tiles=sum(plan.tile_count(u) for u in plan.units),
         tiles_with_data=sum(u.weight for u in plan.units),
         shards=shards,
-        job_state=job_state(plan.job_dir),
+        job_state=job_state(plan),
         warnings=plan.warnings + preflight_warnings(plan.mosaic),
     )
     if calibrate > 0:
@@ -97,7 +98,9 @@ def footprint_km2(mosaic: Mosaic) -> float | None:
     return total / 1e6
 
 
-def job_state(job_dir: Path) -> str:
+def job_state(plan: PredictPlan) -> str:
+    """What an existing job folder of these outputs holds, and whether this command can continue it."""
+    job_dir = plan.job_dir
     if not job_dir.exists():
         return "none"
     try:
@@ -105,11 +108,14 @@ def job_state(job_dir: Path) -> str:
         total = len(stored["units"])
     except (OSError, ValueError, KeyError, TypeError):
         return f"{job_dir} exists but its plan cannot be read (--overwrite starts again)"
-    done = sum(1 for p in (job_dir / "units").glob("u*.tif"))
+    done = len(Job(job_dir, stored).done_units())
     live = atomic.live_owners(job_dir)
     if live:
-        who = atomic.describe_owner(job_dir, live[0])
-        return f"running ({who}): {done} of {total} units done"
+        return f"running ({atomic.describe_owner(job_dir, live[0])}): {done} of {total} units done"
+    try:
+        compare_manifest(stored, plan, "--resume")
+    except ConfigError as e:
+        return f"interrupted: {done} of {total} units done; this command cannot continue it ({e})"
     return f"interrupted: {done} of {total} units done (--resume continues it)"
 
 

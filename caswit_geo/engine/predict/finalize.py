@@ -17,11 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
+from ... import atomic
 from ...geo.assemble import parts_vrt, write_raster
-from ...geo.class_raster import CONFIDENCE_DESCRIPTION, NODATA, class_description, pam_xml
+from ...geo.pyramid import level_shape, pack_layout, pyramid
+from ...geo.class_raster import CONFIDENCE_DESCRIPTION, class_description, pam_xml
 from ...geo.vectorize import VectorResult, vectorize
 from ...outputs import OutputSet
 from ...preview import write_preview
@@ -73,6 +76,49 @@ def raster_parts(plan: PredictPlan, job: Job, index: int) -> list[tuple[Window, 
     return [(u.window, job.part_path(u.id)) for u in plan.units if u.raster == index]
 
 
+def overview_levels(plan: PredictPlan, job: Job, index: int, band: int, folder: Path) -> list[Path]:
+    """The overview levels of raster ``index``, band ``band``, as rasters in ``folder``.
+
+    The levels up to the block come from the units' pyramids (a VRT over
+    their packed levels); the few coarser ones are computed here from the
+    coarsest of those, which is small (the raster divided by the block).
+    """
+    factors = plan.raster_levels(index)
+    if not factors:
+        return []
+    raster = plan.rasters[index]
+    width, height = int(raster.window.width), int(raster.window.height)
+    units = [u for u in plan.units if u.raster == index]
+    fine = [f for f in factors if f <= plan.block]
+    paths = []
+    for k, f in enumerate(fine):
+        parts = []
+        for u in units:
+            x, rows, cols = pack_layout(int(u.window.height), int(u.window.width), fine)[0][k]
+            parts.append((Window(int(u.window.col_off) // f, int(u.window.row_off) // f, cols, rows),
+                          job.pyramid_path(u.id), Window(x, 0, cols, rows)))
+        rows, cols = level_shape(height, width, f)
+        path = folder / f"r{index:05d}_b{band}_x{f}.vrt"
+        atomic.write_text(path, parts_vrt(parts, cols, rows, plan.mosaic.crs,
+                                          raster.transform @ Affine.scale(f), band))
+        paths.append(path)
+    coarse = [f for f in factors if f > plan.block]
+    if coarse:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(paths[-1]) as src:
+                base = src.read(1)
+        for f, image in zip(coarse, pyramid(base, [f // fine[-1] for f in coarse], band == 1)):
+            path = folder / f"r{index:05d}_b{band}_x{f}.tif"
+            with atomic.atomic_path(path) as tmp, warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(tmp, "w", driver="GTiff", width=image.shape[1], height=image.shape[0], count=1,
+                                   dtype="uint8", nodata=255) as dst:
+                    dst.write(image, 1)
+            paths.append(path)
+    return paths
+
+
 def finalize_job(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
     """Assemble every output of ``plan`` from ``job``'s parts and commit them through ``outputs``.
 
@@ -84,16 +130,22 @@ def finalize_job(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
     phases: dict[str, float] = {}
     classes = plan.classes
     crs = plan.mosaic.crs
+    work = job.dir / "assemble"
+    work.mkdir(exist_ok=True)
     for index, raster in enumerate(plan.rasters):
         parts = raster_parts(plan, job, index)
         w, h = int(raster.window.width), int(raster.window.height)
         tags = {**plan.tags, "CASWIT_SOURCES": json.dumps(list(raster.sources))}
+        cog = plan.format == "cog"
+        levels = overview_levels(plan, job, index, 1, work) if cog else []
         vrt = parts_vrt(parts, w, h, crs, raster.transform, 1, colormap=classes.colormap(),
-                        description=class_description(classes), tags=tags)
+                        description=class_description(classes), tags=tags, overviews=levels)
         write_raster(vrt, outputs.temp(raster.classes), fmt=plan.format, block=plan.block, is_classes=True)
         outputs.temp(Path(f"{raster.classes}.aux.xml")).write_text(pam_xml(classes))
         if raster.confidence is not None:
-            vrt = parts_vrt(parts, w, h, crs, raster.transform, 2, description=CONFIDENCE_DESCRIPTION, tags=tags)
+            levels = overview_levels(plan, job, index, 2, work) if cog else []
+            vrt = parts_vrt(parts, w, h, crs, raster.transform, 2, description=CONFIDENCE_DESCRIPTION, tags=tags,
+                            overviews=levels)
             write_raster(vrt, outputs.temp(raster.confidence), fmt=plan.format, block=plan.block, is_classes=False)
     phases["assemble"] = time.perf_counter() - t0
 
@@ -141,4 +193,4 @@ def mosaic_classes(plan: PredictPlan, job: Job, outputs: OutputSet) -> str | Pat
     return parts_vrt(parts, m.width, m.height, m.crs, m.transform, 1, composite=True)
 
 
-__all__ = ["Finalized", "NODATA", "class_totals", "finalize_job", "unit_reports"]
+__all__ = ["Finalized", "class_totals", "finalize_job", "unit_reports"]

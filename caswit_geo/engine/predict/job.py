@@ -5,6 +5,7 @@ per-file outputs it is ``<out>/.caswit-job/``::
 
     plan.json                the plan (below), written once when the job starts
     units/u000042.tif        one part file per finished unit (its classes, and confidence band)
+    units/u000042.ovr.tif    its overview levels (``geo/pyramid.py``), packed side by side
     lowres/lr_00001_00002.tif  LR pre-pass chunks (deterministic; shared by shards and resumes)
     log/<process token>.jsonl  each process's events: start, unit-start, unit, stop
     finalize.lock            flock of the process assembling the outputs
@@ -200,6 +201,10 @@ class Job:
     def part_path(self, unit_id: int) -> Path:
         return self.units_dir / f"u{unit_id:06d}.tif"
 
+    def pyramid_path(self, unit_id: int) -> Path:
+        """The unit's overview levels, packed side by side (written before its part)."""
+        return self.units_dir / f"u{unit_id:06d}.ovr.tif"
+
     def done_units(self) -> set[int]:
         """Ids of the units whose part file exists."""
         try:
@@ -291,6 +296,7 @@ def create_job(job_dir: Path, manifest: dict) -> Job:
             for sub in ("units", "lowres", "log"):
                 (stage / sub).mkdir()
             (stage / PLAN_FILE).write_text(json.dumps(manifest, separators=(",", ":")))
+            atomic.fsync_file(stage / PLAN_FILE)
             atomic.rename_noreplace(stage, job_dir)
         finally:
             atomic.remove_path(stage)

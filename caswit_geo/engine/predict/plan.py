@@ -38,6 +38,7 @@ from ...geo.class_raster import model_tags, output_block
 from ...geo.grid import TileGrid, plan_tiles, split_span, strips, touching
 from ...geo.lowres import prepass_supported
 from ...geo.mosaic import Mosaic, expand_inputs, open_mosaic
+from ...geo.pyramid import levels_for
 from ...geo.vectorize import vector_format
 from ...outputs import OutputSet
 from ...spec import ClassTable, InputSpec
@@ -142,6 +143,15 @@ class PredictPlan:
         cols = sum(len(touching(self.grid.col_offsets, self.grid.tile, c0 + x0, c0 + x1))
                    for x0, x1 in strips(int(region.width), self.strip_width))
         return rows * cols
+
+    def raster_levels(self, index: int) -> list[int]:
+        """Overview factors of output raster ``index`` (COG rule: down to one block)."""
+        w = self.rasters[index].window
+        return levels_for(int(w.width), int(w.height), self.block)
+
+    def unit_levels(self, unit: Unit) -> list[int]:
+        """The overview levels a unit computes itself: those whose 2 x 2 blocks stay inside output blocks."""
+        return [f for f in self.raster_levels(unit.raster) if f <= self.block]
 
     def unit_transform(self, unit: Unit) -> Affine:
         w = unit.window

@@ -8,7 +8,9 @@ loop waits. Only the writer thread touches the part files.
 A :class:`UnitWriter` routes results (positions in this run's tile list) to
 the :class:`TileSink` of their unit; when a unit's last tile arrives, its
 part file is completed and renamed into the job folder, which is what makes
-the unit done (``job.py``).
+the unit done (``job.py``). Each block of rows also feeds the unit's
+overview pyramid (``geo/pyramid.py``), written beside the part, so that
+assembling the outputs needs no second pass to build overviews.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ...geo.blend import NODATA, RowBlock, StripAccumulator
 from ...geo.grid import strips
 from ...geo.masks import MaskRule, mask_rule, valid_mask
 from ...geo.mosaic import build_vrt_xml
+from ...geo.pyramid import pack_layout, pyramid
 from .job import Job
 from .plan import PredictPlan, Unit
 
@@ -139,6 +142,7 @@ class PartWriter:
     def commit(self, stats: dict) -> None:
         self.dst.update_tags(CASWIT_UNIT=json.dumps(stats))
         self.dst.close()
+        atomic.fsync_file(self.tmp)  # on disk before its name says the unit is done (power loss)
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
@@ -148,6 +152,45 @@ class PartWriter:
             except Exception:
                 pass
         self.tmp.unlink(missing_ok=True)
+
+
+class UnitPyramid:
+    """A unit's overview levels (classes, and confidence), filled block by block, written packed."""
+
+    def __init__(self, height: int, width: int, factors: list[int], confidence: bool) -> None:
+        self.factors, self.confidence = factors, confidence
+        self.layout, rows, cols = pack_layout(height, width, factors)
+        self.classes = np.full((rows, cols), NODATA, np.uint8)
+        self.conf = np.full((rows, cols), NODATA, np.uint8) if confidence else None
+
+    def add(self, block: RowBlock) -> None:
+        """Levels of a block of rows whose offsets are multiples of every factor."""
+        r0, c0 = int(block.window.row_off), int(block.window.col_off)
+        levels = pyramid(block.classes, self.factors, True)
+        conf = pyramid(block.confidence, self.factors, False) if self.confidence else [None] * len(levels)
+        for f, (x, _, _), cls, cf in zip(self.factors, self.layout, levels, conf):
+            h, w = cls.shape
+            sl = (slice(r0 // f, r0 // f + h), slice(x + c0 // f, x + c0 // f + w))
+            self.classes[sl] = cls
+            if cf is not None:
+                self.conf[sl] = cf
+
+    def write(self, path: os.PathLike) -> None:
+        rows, cols = self.classes.shape
+        tmp = atomic.temp_path(os.path.abspath(path))
+        profile = dict(driver="GTiff", width=cols, height=rows, count=2 if self.confidence else 1, dtype="uint8",
+                       nodata=NODATA, compress="zstd", zstd_level=1, predictor=2, interleave="band")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(tmp, "w", **profile) as dst:
+                    dst.write(self.classes, 1)
+                    if self.confidence:
+                        dst.write(self.conf, 2)
+            atomic.fsync_file(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -192,6 +235,7 @@ class UnitWriter:
         self.current = -1
         self.sink: TileSink | None = None
         self.part: PartWriter | None = None
+        self.pyramid: UnitPyramid | None = None
         self.masks: dict[int, tuple[rasterio.io.DatasetReader, MaskRule]] = {}
         self._reset_stats()
 
@@ -223,6 +267,8 @@ class UnitWriter:
                                self.plan.unit_transform(unit), self.plan.block, self.plan.with_confidence)
         self.sink = TileSink(local, strips(w, self.plan.strip_width), h, self.plan.grid.tile, self.plan.block,
                              self._write, len(self.plan.classes) if self.plan.soft else None)
+        factors = self.plan.unit_levels(unit)
+        self.pyramid = UnitPyramid(h, w, factors, self.plan.with_confidence) if factors else None
         self.current = j
         self._reset_stats()
 
@@ -237,6 +283,8 @@ class UnitWriter:
             block = RowBlock(block.window, np.where(valid, block.classes, NODATA).astype(np.uint8),
                              np.where(valid, block.confidence, NODATA).astype(np.uint8))
         self.part.write(block)
+        if self.pyramid is not None:
+            self.pyramid.add(block)
         flat = block.classes.ravel()
         self.pixels += np.bincount(flat, minlength=256)
         if self.areas is not None:
@@ -268,8 +316,10 @@ class UnitWriter:
             areas=None if self.areas is None else {int(i): float(self.areas[i]) for i in nz if i != NODATA},
             seconds=time.perf_counter() - self.started,
         )
-        self.part.commit(done.to_dict())
-        self.part, self.sink = None, None
+        if self.pyramid is not None:
+            self.pyramid.write(self.job.pyramid_path(unit.id))
+        self.part.commit(done.to_dict())  # last: the part's name says the unit is done
+        self.part, self.sink, self.pyramid = None, None, None
         self.on_done(done)
 
     def close(self) -> None:
