@@ -33,7 +33,8 @@ def test_pyramids_of_units_assemble_into_the_pyramid_of_the_raster(tmp_path, wid
                                                                    coarse):
     classes = smooth_classes(height, width, seed=width)
     confidence = np.where(classes == 255, 255, (classes.astype(int) * 17 + 30) % 101).astype(np.uint8)
-    raster = OutputRaster(Path("map.tif"), Path("conf.tif"), Window(0, 0, width, height), Affine.identity(), None, ())
+    transform = Affine(0.2, 0, 650_000, 0, -0.2, 6_860_000)
+    raster = OutputRaster(Path("map.tif"), Path("conf.tif"), Window(0, 0, width, height), transform, None, ())
     grid = TileGrid(width, height, block)
     units = plan_units([raster], grid, block, unit_size)
     plan = PredictPlan(

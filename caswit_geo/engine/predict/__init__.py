@@ -62,18 +62,10 @@ def predict(config: PredictConfig) -> PredictResult:
         job, outputs = _open(plan, config, env)
         phases = {"plan": time.perf_counter() - t_start}
         try:
-            mine = _my_units(plan, job, config, env)  # 2. run units
-            run = _run(plan, job, mine, config, env, deadline)
+            run = _run(plan, job, _my_units(plan, job, config, env), config, env, deadline)  # 2. run units
             phases["units"] = run.seconds
-            finished = None  # 3. finalize
-            if _should_finalize(plan, job, config, env, run):
-                with job.finalize_lock() as ours:
-                    if ours and job.dir.exists():
-                        reports = unit_reports(job, plan)
-                        finished = finalize_job(plan, job, outputs)
-                        phases.update(finished.phases)
-            if finished is None:
-                reports = run.done
+            finished, reports = _finalize(plan, job, outputs, config, env, run)  # 3. finalize
+            phases.update(finished.phases if finished else {})
         except KeyboardInterrupt:
             if job.dir.exists():
                 raise JobInterrupted(job.dir, len(job.done_units()), len(plan.units)) from None
@@ -150,18 +142,26 @@ def _run(plan: PredictPlan, job: Job, mine: list[Unit], config: PredictConfig, e
     return run
 
 
-def _should_finalize(plan: PredictPlan, job: Job, config: PredictConfig, env: DistEnv, run: UnitsRun) -> bool:
+def _finalize(plan: PredictPlan, job: Job, outputs, config: PredictConfig, env: DistEnv,
+              run: UnitsRun) -> tuple[Finalized | None, list]:
+    """Assemble the outputs when this process should and every unit is done.
+
+    Returns what was assembled (None when another run will) and the unit
+    reports the summary counts: the whole job's when assembled, else this run's.
+    """
     if env.distributed:
         barrier(env)  # every rank has finished its units (or stopped)
         if not env.is_master:
-            return False
-    if config.finalize_only:
-        if job.missing(plan.units):
-            raise errors.ConfigError(f"--finalize: {job.describe_missing(plan.units)}")
-        return True
-    if config.defer_finalize or run.stopped:
-        return False
-    return not job.missing(plan.units)
+            return None, run.done
+    if config.finalize_only and job.missing(plan.units):
+        raise errors.ConfigError(f"--finalize: {job.describe_missing(plan.units)}")
+    if config.defer_finalize or run.stopped or job.missing(plan.units):
+        return None, run.done
+    with job.finalize_lock() as ours:  # two shards finishing together: one assembles
+        if not ours or not job.dir.exists():
+            return None, run.done
+        reports = unit_reports(job, plan)
+        return finalize_job(plan, job, outputs), reports
 
 
 def _shard_label(config: PredictConfig, env: DistEnv) -> str | None:

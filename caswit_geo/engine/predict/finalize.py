@@ -113,7 +113,8 @@ def overview_levels(plan: PredictPlan, job: Job, index: int, band: int, folder: 
             with atomic.atomic_path(path) as tmp, warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 with rasterio.open(tmp, "w", driver="GTiff", width=image.shape[1], height=image.shape[0], count=1,
-                                   dtype="uint8", nodata=255) as dst:
+                                   dtype="uint8", nodata=255, crs=plan.mosaic.crs,
+                                   transform=raster.transform @ Affine.scale(f)) as dst:
                     dst.write(image, 1)
             paths.append(path)
     return paths
