@@ -106,7 +106,7 @@ def predict(
         f"exit code {EXIT_STOPPED}, continue with --resume."
     ),
     unit_size: Optional[int] = typer.Option(
-        None, "--unit-size", metavar="PIXELS", help="Side of a unit of work (resume and shard granularity); default 8 tiles."
+        None, "--unit-size", metavar="PIXELS", help="Side of a unit of work (resume and shard granularity); default 8 tiles, 16 with --overlap."
     ),
     dry: bool = typer.Option(False, "--dry-run", help="Print the plan, warnings and an estimated time; write nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),

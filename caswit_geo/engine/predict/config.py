@@ -29,7 +29,7 @@ class PredictConfig:
     done; ``defer_finalize`` runs units and leaves the assembly to a later
     ``finalize_only`` run. ``stop_after``: seconds after which the run
     stops cleanly between units, resumable. ``unit_size``: side of a unit
-    of work in pixels (None: 8 tiles). ``format``: "cog" or "gtiff".
+    of work in pixels (None: 8 tiles, 16 with overlap). ``format``: "cog" or "gtiff".
     """
 
     inputs: Sequence[str | Path]

@@ -8,9 +8,9 @@ tile size, classes), so the plan, and every test of it, needs no model.
 Units
 -----
 Each output raster (the mosaic's, or one per input file) is cut into
-rectangles of about ``unit_size`` pixels a side, of near-equal sizes, whose
-offsets are multiples of the output block and of the tile
-(:func:`plan_units`). A unit predicts every tile of the mosaic grid that
+rectangles of about ``unit_size`` pixels a side (no wider than a blending
+strip), of near-equal sizes, whose offsets are multiples of the output
+block and of the tile (:func:`plan_units`). A unit predicts every tile of the mosaic grid that
 touches its pixels, in a fixed order (strips of bounded memory, row-major
 within a strip), with batches that never span two units, and writes its
 pixels as one part file. So whoever computes a unit (this run, a resumed
@@ -47,7 +47,7 @@ from .config import FORMATS, PredictConfig
 
 GSD_TOLERANCE = 0.10  # relative pixel-size difference that deserves a warning
 RASTER_OUT_SUFFIXES = (".tif", ".tiff")
-UNIT_TILES = 8  # default side of a unit, in tiles
+UNIT_TILES = 8  # default side of a unit, in tiles (twice that with overlap)
 JOB_SUFFIX = ".caswit-job"
 
 
@@ -236,7 +236,10 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
     )
     if strip_width % block or (not soft and strip_width % tile):
         raise ConfigError(f"strip width {strip_width} must be a multiple of the block ({block}) and tile")
-    unit_size = config.unit_size or UNIT_TILES * tile
+    # with overlap, tiles on unit borders are predicted by both neighbours: taller units, as wide as
+    # the blending strips (whose borders duplicate tiles anyway), keep that to a few percent
+    unit_size = config.unit_size or UNIT_TILES * tile * (2 if soft else 1)
+    unit_width = min(unit_size, strip_width)
 
     if not meta.model_config.dual:
         context = "none"
@@ -246,7 +249,7 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
         context = "direct"
 
     rasters = output_rasters(mosaic, per_file, classes_dests, conf_dests)
-    units = plan_units(rasters, grid, block, unit_size, file_windows(mosaic))
+    units = plan_units(rasters, grid, block, unit_size, file_windows(mosaic), unit_width)
     tags = model_tags(
         meta.name,
         str(weights),
@@ -396,10 +399,12 @@ def file_windows(mosaic: Mosaic) -> list[Window]:
 
 
 def plan_units(
-    rasters: list[OutputRaster], grid: TileGrid, block: int, unit_size: int, files: list[Window] | None = None
+    rasters: list[OutputRaster], grid: TileGrid, block: int, unit_size: int, files: list[Window] | None = None,
+    unit_width: int | None = None,
 ) -> list[Unit]:
     """Units of every raster (raster by raster, column by column, top to bottom).
 
+    About ``unit_width`` (default ``unit_size``) by ``unit_size`` pixels.
     Unit offsets are multiples of lcm(block, tile) in the raster's pixels,
     so a unit's pixels fill whole output blocks and, for rasters on the
     tile grid without overlap, whole tiles. ``files``: the input files'
@@ -411,7 +416,7 @@ def plan_units(
     for index, raster in enumerate(rasters):
         w, h = int(raster.window.width), int(raster.window.height)
         c_off, r_off = int(raster.window.col_off), int(raster.window.row_off)
-        for x0, x1 in split_span(w, unit_size, align):
+        for x0, x1 in split_span(w, unit_width or unit_size, align):
             for y0, y1 in split_span(h, unit_size, align):
                 rows = touching(grid.row_offsets, grid.tile, r_off + y0, r_off + y1)
                 cols = touching(grid.col_offsets, grid.tile, c_off + x0, c_off + x1)
