@@ -42,6 +42,25 @@ _token: tuple[int, str] | None = None
 _counter = itertools.count()
 
 
+def _forget_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): close the lock files inherited from the parent.
+
+    A lock belongs to the open file, which a fork shares: a child still
+    holding it would keep a killed parent looking alive (and its litter
+    and claims untouchable) until the child noticed and exited. Closing the
+    child's copy leaves the parent's lock in place.
+    """
+    global _state_lock
+    _state_lock = threading.RLock()  # another thread may have held it at the fork
+    for entry in list(_held.values()):
+        with contextlib.suppress(OSError):
+            os.close(entry[0])
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_inherited_locks)
+
+
 def process_token() -> str:
     """``<host>-<pid>-<random>``: names this process's temporary files and lock files."""
     global _token

@@ -1,5 +1,6 @@
 """Output sets, claims and stale litter: outputs appear together or not at all, inputs are never replaced."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -207,3 +208,33 @@ def test_sweep_never_touches_a_live_run(holder):
     assert atomic.sweep_stale(dest.parent) == []
     assert listing(dest.parent) == before
     assert claims.read_owner(claims.claim_path(dest)) is not None
+
+
+FORKER = textwrap.dedent(
+    """
+    import os, sys, time
+    from caswit_geo import atomic
+    atomic.hold_folder(sys.argv[1])
+    child = os.fork()
+    if child == 0:  # a reader process, like a DataLoader worker: outlives a killed parent a while
+        time.sleep(60)
+        os._exit(0)
+    print(atomic.process_token(), child, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_a_killed_owner_is_dead_even_while_its_forked_children_live(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", FORKER, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
+    token, child = proc.stdout.readline().split()
+    try:
+        assert atomic.owner_alive(tmp_path, token)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        os.kill(int(child), 0)  # the child is still running
+        assert not atomic.owner_alive(tmp_path, token)  # its inherited copy of the lock was closed at the fork
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(child), signal.SIGKILL)

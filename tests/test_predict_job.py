@@ -190,8 +190,9 @@ def test_kill_9_then_resume(tmp_path, weights, small, moment):
     tiles, ref = small
     out = tmp_path / "out"
     out.mkdir()
+    # a reader process: it outlives the killed run a moment, which must not keep the job looking alive
     base = cli(tiles, "--out", out / "map.tif", "--confidence", out / "conf.tif", "--weights", weights,
-               "--unit-size", 128, "--batch-size", 1, "--workers", 0, "--quiet")
+               "--unit-size", 128, "--batch-size", 1, "--workers", 1, "--quiet")
     job = Job(out / ".map.tif.caswit-job", {})
     if moment == "finalize":
         subprocess.run(base + ["--no-finalize"], env=ENV, check=True, capture_output=True)
