@@ -71,9 +71,9 @@ def write_preview(
     panel_w = 7.0
     fig = Figure(figsize=(panel_w * len(panels) + 2.6, panel_w * h / w + 0.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (title, data) in zip(axes, panels):
+    for ax, (panel, data) in zip(axes, panels):
         ax.imshow(data, interpolation="nearest")
-        ax.set_title(title)
+        ax.set_title(panel)
         ax.set_xticks([])
         ax.set_yticks([])
     handles = [
