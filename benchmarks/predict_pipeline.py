@@ -128,9 +128,9 @@ def measure(args: dict) -> dict:
 
     from caswit_geo.checkpoint import load_checkpoint
     from caswit_geo.engine.predict import PredictConfig, predict, predict_probabilities
-    from caswit_geo.engine.tile_source import PredictTiles, collate_tiles
+    from caswit_geo.engine.predict.source import PredictTiles, collate_tiles
     from caswit_geo.geo.grid import TileGrid, plan_tiles
-    from caswit_geo.geo.io import expand_inputs, open_mosaic
+    from caswit_geo.geo.mosaic import expand_inputs, open_mosaic
     from caswit_geo.geo.lowres import build_lowres
     from caswit_geo.precision import prepare_inference, resolve_precision
 

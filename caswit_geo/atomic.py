@@ -44,6 +44,25 @@ _token: tuple[int, str] | None = None
 _counter = itertools.count()
 
 
+def _forget_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): close the lock files inherited from the parent.
+
+    A lock belongs to the open file, which a fork shares: a child still
+    holding it would keep a killed parent looking alive (and its litter
+    and claims untouchable) until the child noticed and exited. Closing the
+    child's copy leaves the parent's lock in place.
+    """
+    global _state_lock
+    _state_lock = threading.RLock()  # another thread may have held it at the fork
+    for entry in list(_held.values()):
+        with contextlib.suppress(OSError):
+            os.close(entry[0])
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_inherited_locks)
+
+
 def process_token() -> str:
     """``<host>-<pid>-<random>``: names this process's temporary files and lock files."""
     global _token
@@ -133,6 +152,16 @@ def owner_alive(folder: str | Path, token: str) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def live_owners(folder: str | Path) -> list[str]:
+    """Tokens of the other processes that hold their liveness lock in ``folder`` now."""
+    try:
+        names = [p.name for p in Path(folder).iterdir()]
+    except OSError:
+        return []
+    tokens = [n[len(MARK) : -len(".lock")] for n in names if n.startswith(MARK) and n.endswith(".lock")]
+    return sorted(t for t in tokens if t != process_token() and owner_alive(folder, t))
 
 
 def owner_info(folder: str | Path, token: str) -> dict:
@@ -301,6 +330,16 @@ def atomic_path(path: str | Path, *, replace: bool = True) -> Iterator[Path]:
                     rename_noreplace(tmp, path)
         finally:
             remove_path(tmp)
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a written file to disk (before a rename publishes it, so that a power loss cannot
+    leave a complete name on incomplete data)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def usual_permissions(path: str | Path) -> None:

@@ -23,6 +23,10 @@ removed at commit, so that no file of an older run outlives it.
 
 Litter of a killed run (kill -9, power loss) is removed by the next run that
 writes in the same folder (``atomic.sweep_stale``).
+
+A resumable job (``predict``) passes ``job=`` its job folder: its claims are
+job claims (``claims.py``), shared by the job's processes and kept when one
+process stops, until the job commits.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class _Dest:
     anchor: Path  # the existing folder its temporary lives in (its parent, or the nearest existing ancestor)
     clear: bool = False
     claim: Path | None = None
+    claim_fresh: bool = False  # this process created the (job) claim
     temp: Path | None = None
     backup: Path | None = None
     committed: bool = False
@@ -81,8 +86,11 @@ class OutputSet:
             one, and a folder output may not contain one.
     """
 
-    def __init__(self, *, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> None:
+    def __init__(
+        self, *, overwrite: bool = False, inputs: Iterable[str | Path] = (), job: str | Path | None = None
+    ) -> None:
         self.overwrite = overwrite
+        self.job = None if job is None else Path(os.path.abspath(job))
         self.inputs = [Path(p) for p in inputs]
         self._input_ids: set[tuple[int, int]] | None = None
         self.dests: dict[Path, _Dest] = {}
@@ -106,10 +114,28 @@ class OutputSet:
         """Check and claim ``dest`` (see the module docstring); returns it as a Path.
 
         ``folder``: the output is a folder written as a whole (staged, then
-        renamed). ``claim=False`` for files inside a folder already claimed.
+        renamed). ``claim=False`` for files inside a folder already claimed,
+        or sidecars of a claimed file.
         ``create_parents``: its missing folders are created at commit.
         ``clear``: removed at commit when this command does not write it.
         """
+        dest = self.check(dest, option, folder=folder, create_parents=create_parents)
+        key = _key(dest)
+        point = claim_point(key) if create_parents else key
+        self._hold(point.parent, option)
+        entry = _Dest(dest, option, folder, point.parent, clear)
+        if claim and self.job is not None:
+            entry.claim, entry.claim_fresh = claims.take_for_job(dest, option, self.job)
+        elif claim:
+            entry.claim = self._claims.get(point) or claims.take(point, option)
+            self._claims[point] = entry.claim
+        self.dests[key] = entry
+        return dest
+
+    def check(
+        self, dest: str | Path, option: str = "--out", *, folder: bool = False, create_parents: bool = False
+    ) -> Path:
+        """The checks of :meth:`add` that change nothing (no lock, no claim, no sweep)."""
         dest = Path(dest)
         key = _key(dest)
         if key in self.dests:
@@ -121,18 +147,11 @@ class OutputSet:
         self._check_not_input(dest, option, folder)
         if dest.exists() and not self.overwrite:
             raise OutputError(f"{option} {dest}: exists (pass --overwrite to replace it)")
-        point = claim_point(key) if create_parents else key
-        anchor = point.parent
+        anchor = (claim_point(key) if create_parents else key).parent
         if not anchor.is_dir():
             if anchor.exists():
                 raise OutputError(f"{option}: {anchor} is not a folder")
             raise OutputError(f"{option}: folder {dest.parent} does not exist")
-        self._hold(anchor, option)
-        entry = _Dest(dest, option, folder, anchor, clear)
-        if claim:
-            entry.claim = self._claims.get(point) or claims.take(point, option)
-            self._claims[point] = entry.claim
-        self.dests[key] = entry
         return dest
 
     def claim(self, path: str | Path, option: str = "--out") -> None:
@@ -207,7 +226,7 @@ class OutputSet:
         for d in ready + cleared:
             if d.backup is not None:
                 atomic.remove_path(d.backup)
-        self._release()
+        self._release(committed=True)
         return [d.path for d in ready]
 
     def _make_parents(self, folder: Path) -> None:
@@ -242,12 +261,18 @@ class OutputSet:
                 atomic.remove_path(d.temp)
         self._release()
 
-    def _release(self) -> None:
+    def _release(self, committed: bool = False) -> None:
         if self.closed:
             return
         self.closed = True
-        for claim in self._claims.values():
+        for claim in self._claims.values():  # a command's own claims
             claims.release(claim)
+        for d in self.dests.values():  # a job's claims
+            if d.claim is None or self.job is None:
+                continue
+            if committed or (d.claim_fresh and not self.job.is_dir()):
+                # the job is over, or never came to be: else its claims outlive this process
+                claims.release_job(d.claim, self.job)
         for folder in self.folders:
             atomic.release_folder(folder)
 
@@ -257,3 +282,19 @@ class OutputSet:
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.closed:
             self.abort()
+
+
+def check_output_path(path: str | Path, overwrite: bool, option: str = "--out") -> Path:
+    """One destination checked at once (no claim): for commands not yet writing through an OutputSet.
+
+    Refuses a folder, an existing file without ``overwrite`` and a folder
+    that does not exist or cannot be written to.
+    """
+    path = OutputSet(overwrite=overwrite).check(path, option)
+    folder = Path(os.path.abspath(path)).parent
+    try:
+        with atomic.holding(folder):
+            pass
+    except OSError as e:
+        raise OutputError(f"{option}: cannot write in {folder} ({e.strerror or e})") from None
+    return path

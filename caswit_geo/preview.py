@@ -40,8 +40,13 @@ def write_preview(
     bands: tuple[int, ...] = (1, 2, 3),
     max_side: int = 720,
     dpi: int = 100,
+    title: str | None = None,
 ) -> Path:
-    """Write ``png``: [input RGB |] class map, legend with each class's share of the mapped area."""
+    """Write ``png``: [input RGB |] class map, legend with each class's share of the mapped area.
+
+    ``title``: default the class raster's file name (pass the destination's
+    name when ``class_raster`` is a temporary file).
+    """
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
@@ -66,9 +71,9 @@ def write_preview(
     panel_w = 7.0
     fig = Figure(figsize=(panel_w * len(panels) + 2.6, panel_w * h / w + 0.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (title, data) in zip(axes, panels):
+    for ax, (panel, data) in zip(axes, panels):
         ax.imshow(data, interpolation="nearest")
-        ax.set_title(title)
+        ax.set_title(panel)
         ax.set_xticks([])
         ax.set_yticks([])
     handles = [
@@ -76,5 +81,5 @@ def write_preview(
         for c in classes.classes
     ]
     fig.legend(handles=handles, loc="outside right center", frameon=False, title="class (share of area)")
-    fig.suptitle(Path(class_raster).name)
+    fig.suptitle(title or Path(class_raster).name)
     return save_figure(fig, png, dpi=dpi)

@@ -211,7 +211,7 @@ def test_failed_builder_stops_waiting_readers(tmp_path):
     builder.join()
     assert builder.error is not None
     with pytest.raises(RuntimeError, match="pre-pass failed"):
-        lowres.read(ChunkReader(), Window(0, 0, 32, 32))
+        lowres.read(ChunkReader(failed=builder.failed), Window(0, 0, 32, 32))
 
 
 def test_read_canvas_pastes_inside_part_on_constant_canvas(tmp_path):

@@ -113,7 +113,7 @@ def truncated(folder: Path) -> dict:
 
 def vrt_of(folder: Path, members: list[str], name: str = "mosaic.vrt") -> Path:
     """A VRT mosaic of ``members`` (files in ``folder``, which exist while it is built)."""
-    from caswit_geo.geo.io import open_mosaic
+    from caswit_geo.geo.mosaic import open_mosaic
 
     mosaic = open_mosaic([folder / m for m in members], (1, 2, 3))
     (folder / name).write_text(mosaic.source)
@@ -196,6 +196,11 @@ def savefig_enospc(mp, folder):
     from matplotlib.figure import Figure
 
     mp.setattr(Figure, "savefig", enospc)
+
+
+def no_output_job_kept(folder: Path, out: str, err: str) -> None:
+    assert not (folder / "out.tif").exists() and not (folder / "v.gpkg").exists()
+    assert (folder / ".out.tif.caswit-job" / "plan.json").is_file()
 
 
 def geopackage_full(mp, folder):
@@ -286,8 +291,10 @@ CASES = [
          tiny_tmpfs, expect=("no space left on", "/full")),
     Case("13-explain-figure-enospc", ["explain", "{tmp}/img.tif", "-o", "{tmp}/x.png", "-w", "{w}"], with_image,
          patch=savefig_enospc, expect=("no space left on ",)),
+    # at the assembly: no output appears, and the finished units stay in the job folder for --resume
     Case("13-geopackage-database-full", PREDICT + ["--vector", "{tmp}/v.gpkg"], with_image,
-         patch=geopackage_full, expect=("no space left on ",)),
+         patch=geopackage_full, expect=("no space left on ", "units are done and kept in", "--resume"),
+         changes=(".out.tif.caswit-job", ".*.caswit-claim"), check=no_output_job_kept),
     Case("13-lr-prepass-thread-enospc", PREDICT, with_image, patch=prepass_chunk_enospc,
          expect=("no space left on ",)),
     # 14: unreadable pixels name the file; special files are refused before GDAL blocks on them
@@ -438,8 +445,8 @@ def test_read_error_names_the_member_file_gdal_names(tmp_path):
 @pytest.mark.parametrize("gsd, advice", [(RES, None), (0.5, "gdalwarp -tr 0.2 0.2")])
 def test_rotated_raster_pixel_size_from_the_affine(tmp_path, gsd, advice):
     """30 degrees rotated: the pixel side is the affine columns' length; no --resample advice (item 16)."""
-    from caswit_geo.engine.predict import check_resolution
-    from caswit_geo.geo.io import open_mosaic
+    from caswit_geo.engine.predict.plan import check_resolution
+    from caswit_geo.geo.mosaic import open_mosaic
 
     rotated(gsd)(tmp_path)
     mosaic = open_mosaic([tmp_path / "rot.tif"], (1, 2, 3))

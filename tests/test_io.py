@@ -1,4 +1,4 @@
-"""Input validation, dataset masks, the mosaic VRT and the atomic class-raster writer."""
+"""Input validation, dataset masks, the mosaic VRT (geo/mosaic.py, masks.py) and the class-raster writer."""
 
 import os
 
@@ -10,17 +10,10 @@ from rasterio.enums import ColorInterp, Resampling
 from rasterio.windows import Window
 
 from caswit_geo.errors import InputError, OutputError
-from caswit_geo.geo.io import (
-    AtomicRasterWriter,
-    check_output_path,
-    class_description,
-    describe_raster,
-    expand_inputs,
-    open_mosaic,
-    overview_factors,
-    read_pam_categories,
-    valid_mask,
-)
+from caswit_geo.geo.class_raster import AtomicRasterWriter, class_description, overview_factors, read_pam_categories
+from caswit_geo.geo.masks import valid_mask
+from caswit_geo.geo.mosaic import describe_raster, expand_inputs, open_mosaic
+from caswit_geo.outputs import check_output_path
 from caswit_geo.spec import ClassInfo, ClassTable
 
 RES = 0.5
@@ -249,7 +242,7 @@ def test_check_output_path(tmp_path):
         check_output_path(tmp_path / "missing" / "x.tif", overwrite=False)
     with pytest.raises(OutputError, match="is not a folder"):
         check_output_path(existing / "y.tif", overwrite=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.tif"]  # the probe file is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.tif"]  # no lock or probe file left
 
 
 @pytest.mark.parametrize("w, h, expected", [(100, 100, []), (300, 200, [2]), (2000, 600, [2, 4, 8])])

@@ -1,5 +1,6 @@
 """Output sets, claims and stale litter: outputs appear together or not at all, inputs are never replaced."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -273,6 +274,21 @@ KILLED_MID_COMMIT = textwrap.dedent(
 )
 
 
+FORKER = textwrap.dedent(
+    """
+    import os, sys, time
+    from caswit_geo import atomic
+    atomic.hold_folder(sys.argv[1])
+    child = os.fork()
+    if child == 0:  # a reader process, like a DataLoader worker: outlives a killed parent a while
+        time.sleep(60)
+        os._exit(0)
+    print(atomic.process_token(), child, flush=True)
+    time.sleep(600)
+    """
+)
+
+
 def test_an_output_moved_aside_by_a_killed_commit_is_put_back(tmp_path):
     dest = tmp_path / "map.tif"
     dest.write_bytes(b"the previous map")
@@ -282,3 +298,18 @@ def test_an_output_moved_aside_by_a_killed_commit_is_put_back(tmp_path):
     assert not dest.exists() and any(n.endswith(".part.old") for n in listing(tmp_path))
     atomic.sweep_stale(tmp_path)  # what the next run writing in this folder does first
     assert listing(tmp_path) == ["map.tif"] and dest.read_bytes() == b"the previous map"
+
+
+def test_a_killed_owner_is_dead_even_while_its_forked_children_live(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", FORKER, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
+    token, child = proc.stdout.readline().split()
+    try:
+        assert atomic.owner_alive(tmp_path, token)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        os.kill(int(child), 0)  # the child is still running
+        assert not atomic.owner_alive(tmp_path, token)  # its inherited copy of the lock was closed at the fork
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(child), signal.SIGKILL)

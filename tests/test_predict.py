@@ -17,11 +17,11 @@ from rasterio.windows import Window
 
 import caswit_geo
 from caswit_geo.cli import main
-from caswit_geo.engine import predict as predict_module
+from caswit_geo.engine.predict import units as predict_module
 from caswit_geo.engine.predict import PredictConfig, predict, predict_probabilities
-from caswit_geo.engine.tile_source import PredictTiles
+from caswit_geo.engine.predict.source import PredictTiles
 from caswit_geo.geo.grid import TileGrid, context_window
-from caswit_geo.geo.io import read_pam_categories
+from caswit_geo.geo.class_raster import read_pam_categories
 from caswit_geo.geo.lowres import build_lowres
 from caswit_geo.spec import ClassInfo, ClassTable, InputSpec
 
@@ -103,7 +103,8 @@ def test_output_raster_matches_input_grid_and_mask(tmp_path, weights, mask_kind)
         cls = out.read(1)
         assert out.crs == in_crs and out.transform == in_transform
         assert (out.height, out.width, out.count, out.dtypes[0], out.nodata) == (h, w, 1, "uint8", 255)
-        assert out.profile["tiled"] and out.compression is not None and out.overviews(1) == [2]
+        assert out.profile["tiled"] and out.compression is not None and out.overviews(1) == [2, 4]
+        assert out.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"  # the default layout
         cmap = out.colormap(1)
         assert all(cmap[c.id][:3] == c.color for c in CLASSES.classes)
         assert "2 forest" in out.descriptions[0]
@@ -388,7 +389,16 @@ def test_interrupted_run_leaves_destination_untouched(tmp_path, weights, monkeyp
             confidence=tmp_path / "conf.tif", vector=tmp_path / "v.gpkg")
     assert calls["n"] == 2
     assert (tmp_path / "out.tif").read_bytes() == b"old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.tif"]
+    # no output, no temporary, no lock: the job folder and its claims on the destinations stay
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".conf.tif.caswit-claim", ".out.tif.caswit-claim", ".out.tif.caswit-job", ".v.gpkg.caswit-claim",
+        "in.tif", "out.tif"]
+    assert not [p for p in (tmp_path / ".out.tif.caswit-job").rglob("*") if ".part" in p.name or p.suffix == ".lock"]
+    monkeypatch.setattr(predict_module, "predict_probabilities", real)
+    run(weights, [tmp_path / "in.tif"], tmp_path / "out.tif", batch_size=2, overwrite=True, resume=True,
+        confidence=tmp_path / "conf.tif", vector=tmp_path / "v.gpkg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf.tif", "in.tif", "out.tif", "out.tif.aux.xml",
+                                                          "v.gpkg"]
 
 
 def test_overwrite_replaces_only_when_asked(tmp_path, weights):
@@ -418,8 +428,10 @@ def test_sigterm_midway_leaves_no_output(tmp_path, weights):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, buf + err
-    assert "interrupted, no output written" in err and "Traceback" not in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+    assert "interrupted, no output written" in err and "--resume to continue" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["in.tif"]
+    job = tmp_path / ".out.tif.caswit-job"  # the finished units are kept, without temporaries or locks
+    assert job.is_dir() and not [p for p in job.rglob("*") if ".part" in p.name or p.suffix == ".lock"]
 
 
 # -- other model kinds, per-file resampled outputs, batched reads, quick look ----------------------------

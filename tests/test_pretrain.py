@@ -15,7 +15,9 @@ from caswit_geo.cli import main
 from caswit_geo.engine.pretrain import PretrainConfig, find_images, pretrain
 from caswit_geo.errors import ConfigError, InputError
 
-from test_train import make_tiles_root, single_thread, stripes  # noqa: F401 (autouse fixture)
+from test_train import make_tiles_root, stripes
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def write_mosaic(path: Path, width: int, height: int, seed: int = 0) -> Path:

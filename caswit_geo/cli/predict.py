@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-from contextlib import contextmanager
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
+from ..errors import ConfigError
 from . import app
 from .console import after_outputs, make_console, safe
 from .run_options import PRECISION_HELP
@@ -17,24 +17,36 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ..engine.predict import PredictResult
+    from ..engine.predict.dryrun import DryRun
+
+EXIT_STOPPED = 75  # --stop-after ended the run: resumable (EX_TEMPFAIL: try again)
 
 
-@contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM (a job scheduler stopping the run) unwinds like Ctrl-C: temporary files are removed."""
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` -> (I, N)."""
+    if value is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+    if not m:
+        raise ConfigError(f"--shard {value}: expected I/N, e.g. 0/4 (share I of N, counted from 0)")
+    i, n = int(m.group(1)), int(m.group(2))
+    if not 0 <= i < n:
+        raise ConfigError(f"--shard {value}: expected I/N with 0 <= I < N")
+    return i, n
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def parse_duration(value: str | None) -> float | None:
+    """``"90"``, ``"90s"``, ``"45m"``, ``"3h50m"``, ``"1h30m15s"`` -> seconds."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    if not text or not m or not any(m.groups()):
+        raise ConfigError(f"--stop-after {value}: expected a duration such as 3600, 45m or 3h50m")
+    h, mi, s = (int(g or 0) for g in m.groups())
+    return float(h * 3600 + mi * 60 + s)
 
 
 @app.command()
@@ -46,9 +58,11 @@ def predict(
     weights: Optional[str] = typer.Option(
         None, "--weights", "-w", help="Checkpoint file or registry name; default: weights/registry.json."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace existing outputs; without --resume/--shard, discard an interrupted job."
+    ),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Tiles per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (under torchrun: LOCAL_RANK)."),
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", help="Reader processes (default: CPUs - 1, max 4)."),
     overlap: int = typer.Option(0, "--overlap", help="Pixels shared by neighbouring tiles; >0 blends probabilities."),
@@ -64,11 +78,27 @@ def predict(
     preview: Optional[Path] = typer.Option(
         None, "--preview", help="Also write a quick-look PNG: input beside the coloured classes, with a legend."
     ),
+    output_format: str = typer.Option("cog", "--format", help="Rasters as 'cog' (Cloud Optimized GeoTIFF) or 'gtiff'."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted job of these outputs (or start it)."),
+    shard: Optional[str] = typer.Option(
+        None, "--shard", metavar="I/N", help="Run share I of N and exit; the last share to finish assembles the outputs."
+    ),
+    finalize: bool = typer.Option(False, "--finalize", help="Only assemble the outputs of a job whose units are all done."),
+    no_finalize: bool = typer.Option(False, "--no-finalize", help="Run the units; leave the assembly to --finalize."),
+    stop_after: Optional[str] = typer.Option(
+        None, "--stop-after", metavar="DURATION", help="Stop cleanly between units after this time (e.g. 3h50m); "
+        f"exit code {EXIT_STOPPED}, continue with --resume."
+    ),
+    unit_size: Optional[int] = typer.Option(
+        None, "--unit-size", metavar="PIXELS", help="Side of a unit of work (resume and shard granularity); default 8 tiles, 16 with --overlap."
+    ),
+    dry: bool = typer.Option(False, "--dry-run", help="Print the plan, warnings and an estimated time; write nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
-) -> None:
-    """Predict a land-cover map of an orthophoto mosaic (HR tiles + LR context)."""
-    from ..engine.predict import PredictConfig
+) -> int:
+    """Predict a land-cover map of an orthophoto mosaic (HR tiles + LR context), as a resumable job."""
+    from ..engine.predict import JobInterrupted, PredictConfig
     from ..engine.predict import predict as run_predict
+    from ..engine.predict.dryrun import dry_run
 
     config = PredictConfig(
         inputs=inputs,
@@ -87,27 +117,70 @@ def predict(
         simplify=simplify,
         preview=preview,
         progress=not quiet,
+        format=output_format.lower(),
+        resume=resume,
+        shard=parse_shard(shard),
+        finalize_only=finalize,
+        defer_finalize=no_finalize,
+        stop_after=parse_duration(stop_after),
+        unit_size=unit_size,
     )
+    if dry:
+        report = dry_run(config)
+        with after_outputs():
+            print_dry_run(report, make_console())
+        return 0
     try:
-        with _terminate_as_interrupt():
-            result = run_predict(config)
+        result = run_predict(config)
+    except JobInterrupted as e:
+        typer.echo(
+            f"caswit-geo: predict interrupted, no output written; {e.done} of {e.total} units are done and kept "
+            f"in {safe(e.job_dir)}: run the same command with --resume to continue",
+            err=True,
+        )
+        raise
     except KeyboardInterrupt:
         typer.echo("caswit-geo: predict interrupted, no output written", err=True)
         raise
-    if not quiet:
+    if not quiet and result.rank == 0:  # under torchrun, rank 0 reports for all
         with after_outputs():
             print_summary(result, make_console(stderr=True))
+    if result.stopped:
+        typer.echo(
+            f"caswit-geo: stopped after {stop_after}: {result.units_left} of {result.units} units left, "
+            f"kept in {safe(result.job)}; continue with --resume",
+            err=True,
+        )
+        return EXIT_STOPPED
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s"
 
 
 def print_summary(result: PredictResult, console: Console) -> None:
     from rich.table import Table
 
     rate = result.tiles_run / result.seconds if result.seconds else 0.0
-    console.print(
-        f"[bold]{result.tiles}[/bold] tiles ({result.tiles_run} predicted, {result.tiles_skipped} all nodata) "
-        f"on {result.width} x {result.height} px in {result.seconds:.1f} s "
-        f"({rate:.1f} tiles/s, model {result.forward_seconds:.1f} s, {safe(result.device)}, precision {result.precision})"
-    )
+    line = (f"this run: {result.units_run} of {result.units} units, {result.tiles_in_units_run:,} tiles "
+            f"({result.tiles_run:,} predicted) in {result.seconds:.1f} s, {rate:.1f} tiles/s "
+            f"(model {result.forward_seconds:.1f} s, {safe(result.device)}, precision {result.precision})")
+    if result.area_km2_run is not None and result.seconds:
+        line += f", {result.area_km2_run:,.3f} km2 at {result.area_km2_run / result.seconds * 3600:,.2f} km2/h"
+    console.print(line)
+    if not result.complete:
+        if result.units_left:
+            where = f" (shard {result.shard})" if result.shard else ""
+            console.print(f"job{where}: {result.units_left} units left in {safe(result.job)}")
+        elif result.finalized_by:
+            console.print(f"every unit is done; the outputs are assembled by {result.finalized_by}")
+        return
     table = Table(title="Classes", show_edge=False)
     table.add_column("class")
     table.add_column("pixels", justify="right")
@@ -126,3 +199,33 @@ def print_summary(result: PredictResult, console: Console) -> None:
         console.print(f"wrote {safe(result.preview)}")
     if result.vector is not None:
         console.print(f"wrote {safe(result.vector)} ({result.vector_features:,} polygons, {result.vector_seconds:.1f} s)")
+
+
+def print_dry_run(report: DryRun, console: Console) -> None:
+    plan = report.plan
+    m = plan.mosaic
+    area = "" if report.area_km2 is None else f", {report.area_km2:,.2f} km2"
+    console.print(f"inputs: {len(plan.inputs)} file(s), {report.input_bytes / 2**20:,.1f} MiB{area}")
+    console.print(f"mosaic: {m.width} x {m.height} px, {m.res[0]:g} x {m.res[1]:g} CRS units per pixel, "
+                  f"{safe(m.crs.to_string()) if m.crs else 'no CRS'}")
+    console.print(f"tiles: {report.tiles:,} of {plan.grid.tile} px ({report.tiles_with_data:,} over input files), "
+                  f"overlap {plan.grid.overlap}, context {plan.context}")
+    console.print(f"units: {len(plan.units):,} of up to {plan.unit_size} px a side; shards: {report.shards}"
+                  + (f" ({', '.join(f'{t:,}' for t in report.shard_tiles())} tiles)" if report.shards > 1 else ""))
+    for dest, option in plan.destinations():
+        if not str(dest).endswith(".aux.xml"):
+            console.print(f"output ({option}): {safe(dest)}"
+                          + (f" [{plan.format}]" if str(dest).endswith((".tif", ".tiff")) else ""))
+    console.print(f"job folder: {safe(plan.job_dir)} ({report.job_state})")
+    for note in report.warnings:
+        console.print(f"warning: {safe(note)}")
+    cal = report.calibration
+    if cal is None:
+        console.print("estimate: no tile with data to time")
+        return
+    est = report.estimate_s
+    line = (f"estimate: {_duration(est)} of model time on {cal.device} "
+            f"({cal.tiles_per_s:.1f} tiles/s over {cal.tiles} tiles)")
+    if report.shards > 1:
+        line += f"; about {_duration(est / report.shards)} per shard"
+    console.print(line)

@@ -31,7 +31,7 @@ from ..errors import ConfigError, DatasetError
 from ..geo.context import area_downsample, lowres_valid, nearest_downsample
 from ..geo.grid import context_window
 from ..geo.handles import RasterHandles
-from ..geo.io import MaskRule, mask_rule, valid_mask
+from ..geo.masks import MaskRule, mask_rule, valid_mask
 from ..spec import IGNORE_INDEX, InputSpec, flairhub_classes
 from .coverage import SplitCoverage, check_coverage
 from .flairhub_index import IMAGE_MODALITY, Patch, PatchIndex, build_index, context_reach

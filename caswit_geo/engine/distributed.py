@@ -20,6 +20,7 @@ import contextlib
 import os
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Iterator
 
 import torch
@@ -49,8 +50,12 @@ class DistEnv:
         return self.world_size > 1
 
 
-def setup(device: str = "auto") -> DistEnv:
-    """Read torchrun's environment, pick this process's device, join the process group."""
+def setup(device: str = "auto", timeout: timedelta | None = None) -> DistEnv:
+    """Read torchrun's environment, pick this process's device, join the process group.
+
+    ``timeout``: how long a collective (a barrier) may wait for the slowest
+    process; None keeps torch's default.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     dev = select_device(device)
     if world_size == 1:
@@ -64,7 +69,8 @@ def setup(device: str = "auto") -> DistEnv:
         torch.cuda.set_device(dev)
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        kwargs = {} if timeout is None else {"timeout": timeout}
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", **kwargs)
     return DistEnv(rank, local_rank, world_size, dev, owns)
 
 
@@ -74,9 +80,9 @@ def teardown(env: DistEnv) -> None:
 
 
 @contextlib.contextmanager
-def process_group(device: str = "auto") -> Iterator[DistEnv]:
+def process_group(device: str = "auto", timeout: timedelta | None = None) -> Iterator[DistEnv]:
     """``with process_group(config.device) as env:`` :func:`setup`, then :func:`teardown` whatever happens."""
-    env = setup(device)
+    env = setup(device, timeout)
     try:
         yield env
     finally:

@@ -38,7 +38,7 @@ from ..data.tiles import read_classes_json
 from ..device import CpuThreads, select_device, stop_workers
 from ..errors import CheckpointError, ConfigError, InputError, OutputError
 from ..geo.grid import TileGrid, clip_window
-from ..geo.io import AtomicRasterWriter, class_description
+from ..geo.class_raster import AtomicRasterWriter, class_description
 from ..outputs import OutputSet
 from ..metrics import BoundaryStats, ConfusionMatrix, Protocol, Scores, boundary_dilation, generic_protocol, protocol_for
 from ..precision import PRECISIONS, Precision, prepare_inference, resolve_precision
@@ -127,7 +127,7 @@ class PredictionSaver:
     """Writes each sample's (T, T) prediction into the class raster of its image, in dataset order.
 
     Rasters are single-band uint8 GeoTIFFs with nodata 255, colour table and
-    class names (``geo.io.AtomicRasterWriter``) and a ``.aux.xml`` legend.
+    class names (``geo.class_raster.AtomicRasterWriter``) and a ``.aux.xml`` legend.
     Every one is declared in ``outs`` when the saver is built (an existing
     file needs ``--overwrite``, an input is never replaced) and written under
     a temporary name; they all appear when ``outs`` commits, with the reports.

@@ -15,7 +15,7 @@ from rasterio.windows import Window
 
 from ..spec import IGNORE_INDEX
 from .grid import clip_window, context_window
-from .io import MaskRule, valid_mask
+from .masks import MaskRule, valid_mask
 
 
 def read_canvas(
@@ -30,7 +30,7 @@ def read_canvas(
 
     Outside pixels are ``fill``. With ``with_mask`` also returns the (h, w)
     bool validity mask: inside the raster and valid in the GDAL dataset mask
-    (nodata value, alpha band or internal mask; see :func:`.io.valid_mask`;
+    (nodata value, alpha band or internal mask; see :func:`.masks.valid_mask`;
     ``mask``: the dataset's rule, when the caller keeps it).
     """
     h, w = int(window.height), int(window.width)

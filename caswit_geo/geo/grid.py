@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterator
 
 from rasterio.windows import Window
@@ -50,11 +51,11 @@ class TileGrid:
     def stride(self) -> int:
         return self.tile - self.overlap
 
-    @property
+    @cached_property
     def col_offsets(self) -> list[int]:
         return tile_offsets(self.width, self.tile, self.stride)
 
-    @property
+    @cached_property
     def row_offsets(self) -> list[int]:
         return tile_offsets(self.height, self.tile, self.stride)
 
@@ -117,19 +118,50 @@ def strips(width: int, strip_width: int | None) -> list[tuple[int, int]]:
     return [(x0, min(x0 + strip_width, width)) for x0 in range(0, width, strip_width)]
 
 
-def plan_tiles(grid: TileGrid, strip_width: int | None = None) -> list[tuple[int, Window]]:
+def plan_tiles(grid: TileGrid, strip_width: int | None = None, region: Window | None = None) -> list[tuple[int, Window]]:
     """(strip index, tile window) in processing order: strip by strip, then row-major.
 
-    A strip takes every tile whose columns intersect it, so with overlap a
-    tile straddling two strips is listed (and predicted) in both; without
-    overlap and a strip width that is a multiple of the tile size, every
-    tile is listed once. Within a strip all tiles of a row come before the
-    next row, so rows above the current tile row are final.
+    ``region`` (raster pixels, default the whole raster) limits the plan to
+    the tiles that touch it; its strips start at its left edge. A strip
+    takes every tile whose columns intersect it, so with overlap a tile
+    straddling two strips is listed (and predicted) in both; without overlap
+    and a strip width that is a multiple of the tile size, every tile is
+    listed once. Within a strip all tiles of a row come before the next row,
+    so rows above the current tile row are final.
     """
-    plan = []
+    if region is None:
+        region = Window(0, 0, grid.width, grid.height)
+    r0, h = int(region.row_off), int(region.height)
+    rows = [grid.row_offsets[i] for i in touching(grid.row_offsets, grid.tile, r0, r0 + h)]
+    c0, w = int(region.col_off), int(region.width)
     cols = grid.col_offsets
-    for s, (x0, x1) in enumerate(strips(grid.width, strip_width)):
-        strip_cols = [c for c in cols if c < x1 and c + grid.tile > x0]
-        for row in grid.row_offsets:
+    plan = []
+    for s, (x0, x1) in enumerate(strips(w, strip_width)):
+        strip_cols = [cols[i] for i in touching(cols, grid.tile, c0 + x0, c0 + x1)]
+        for row in rows:
             plan.extend((s, Window(c, row, grid.tile, grid.tile)) for c in strip_cols)
     return plan
+
+
+def touching(offsets: list[int], tile: int, start: int, stop: int) -> range:
+    """Indices of the tiles (at ``offsets``, evenly spaced, ``tile`` long) that intersect ``[start, stop)``."""
+    if not offsets or stop <= start:
+        return range(0)
+    stride = offsets[1] - offsets[0] if len(offsets) > 1 else tile
+    first = max(0, -(-(start - tile + 1) // stride))
+    last = min(len(offsets) - 1, (stop - 1) // stride)
+    return range(first, last + 1)
+
+
+def split_span(length: int, target: int, align: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` pieces covering ``[0, length)``: as few as pieces of about ``target``
+    allow, of near-equal lengths, every start a multiple of ``align``.
+
+    For units of work: a 5000 px side with a 4096 px target and 512 px
+    blocks gives (0, 2560), (2560, 5000) rather than a sliver of 904.
+    """
+    if length < 1 or target < 1 or align < 1:
+        raise ConfigError(f"bad split: length={length}, target={target}, align={align}")
+    n = max(1, math.ceil(length / max(target, align)))
+    size = max(align, math.ceil(length / n / align) * align)
+    return [(s, min(s + size, length)) for s in range(0, length, size)]

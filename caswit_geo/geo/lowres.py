@@ -16,7 +16,11 @@ The pre-pass raster is stored as chunk files (``chunk`` pixels each),
 written one by one under a temporary name and renamed when complete. A
 :class:`LowResBuilder` thread writes them in the order the tile plan needs
 them while the model already runs; readers (DataLoader workers) wait for
-the chunks of their tile. This needs tile offsets that are multiples of k
+the chunks of their tile. A chunk's content depends only on the source and
+the grid, so several processes (shards, resumed runs) may share the chunk
+folder: a builder skips the chunks that exist, and two processes writing
+the same chunk at once write the same bytes under their own temporary
+names. This needs tile offsets that are multiples of k
 (the stride a multiple of k); :func:`prepass_supported` says when,
 otherwise read per tile.
 """
@@ -35,13 +39,14 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
+from .. import atomic
 from .context import read_canvas
 from .grid import TileGrid
 from .handles import RasterHandles
-from .io import MaskRule, mask_rule
+from .masks import MaskRule, mask_rule
 
-RUNNING = "RUNNING"  # marker file made when the builder starts...
-FAILED = "FAILED"  # ...and renamed to this when it stops early: readers must not wait
+RUNNING = "RUNNING"  # marker made when a builder starts (a name of its process's own)...
+FAILED = "FAILED"  # ...renamed to this when it stops early: readers must not wait (LowResBuilder.failed)
 
 
 def prepass_supported(tile: int, stride: int, factor: int) -> bool:
@@ -154,11 +159,13 @@ def plan_lowres(
     )
 
 
-def chunk_order(lowres: LowResRaster, windows: Iterable[Window]) -> list[tuple[int, int]]:
-    """Chunks in the order tiles (in plan order) first need them; then any left (none normally)."""
+def chunk_order(lowres: LowResRaster, windows: Iterable[Window], complete: bool = True) -> list[tuple[int, int]]:
+    """Chunks in the order tiles (in plan order) first need them; with ``complete``, then any left
+    (none for a whole grid; a shard's tiles need only some)."""
     order = dict.fromkeys(c for w in windows for c in lowres.chunks_for(w))
-    rows, cols = lowres.chunk_grid
-    order.update(dict.fromkeys((bi, bj) for bi in range(rows) for bj in range(cols)))
+    if complete:
+        rows, cols = lowres.chunk_grid
+        order.update(dict.fromkeys((bi, bj) for bi in range(rows) for bj in range(cols)))
     return list(order)
 
 
@@ -172,7 +179,7 @@ def write_chunk(
     h, w = int(out.height), int(out.width)
     src_win = Window(origin + k * int(out.col_off), origin + k * int(out.row_off), k * w, k * h)
     path = lowres.chunk_path(bi, bj)
-    tmp = path.with_name(f".{path.name}.part")
+    tmp = atomic.temp_path(Path(os.path.abspath(path)))  # this process's own name: the folder may be shared
     profile = dict(
         driver="GTiff", width=w, height=h, count=lowres.count, dtype=lowres.dtype, crs=lowres.crs,
         transform=lowres.transform @ Affine.translation(int(out.col_off), int(out.row_off)),
@@ -180,14 +187,18 @@ def write_chunk(
     )
     if w >= 16 and h >= 16:
         profile.update(tiled=True, blockxsize=min(256, _round16(w)), blockysize=min(256, _round16(h)))
-    with rasterio.open(tmp, "w", **profile) as dst:
-        if _intersects(src_win, src.width, src.height):  # otherwise: all black, sparse file reads 0
-            canvas, valid = read_canvas(src, src_win, bands, fill=0, with_mask=True, mask=mask)
-            if valid.any():
-                if not valid.all():
-                    canvas[:, ~valid] = 0
-                dst.write(block_sums(canvas, k, np.dtype(lowres.dtype)))
-    os.replace(tmp, path)
+    try:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            if _intersects(src_win, src.width, src.height):  # otherwise: all black, sparse file reads 0
+                canvas, valid = read_canvas(src, src_win, bands, fill=0, with_mask=True, mask=mask)
+                if valid.any():
+                    if not valid.all():
+                        canvas[:, ~valid] = 0
+                    dst.write(block_sums(canvas, k, np.dtype(lowres.dtype)))
+        atomic.fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -224,9 +235,10 @@ def build_lowres(
     lowres = plan_lowres(src, bands, grid, factor, folder, chunk)
     rows, cols = lowres.chunk_grid
     rule = mask_rule(src, bands)
-    for bi in range(rows):
-        for bj in range(cols):
-            write_chunk(src, bands, lowres, bi, bj, rule)
+    with atomic.holding(folder):
+        for bi in range(rows):
+            for bj in range(cols):
+                write_chunk(src, bands, lowres, bi, bj, rule)
     return lowres
 
 
@@ -234,10 +246,13 @@ class LowResBuilder(threading.Thread):
     """Writes the chunks of ``lowres`` in ``order`` from ``source`` while tiles are predicted.
 
     GDAL reads and numpy sums release the GIL, so this thread runs beside
-    the model. On failure it leaves a FAILED marker so that readers stop
-    waiting, and keeps the exception in ``error``. The marker is made by
-    renaming one created at the start, because on a full disk a new file
-    may not fit (readers would then wait forever).
+    the model. Chunks that exist already (written by an earlier run or
+    another process sharing the folder) are skipped. On failure it leaves a
+    marker (``failed``, a name of this process's own: pass it to the
+    readers' :class:`ChunkReader`) so that its readers stop waiting, and
+    keeps the exception in ``error``.
+    The marker is made by renaming one created at the start, because on a
+    full disk a new file may not fit (readers would then wait forever).
     """
 
     def __init__(self, source: str, bands: Sequence[int], lowres: LowResRaster,
@@ -247,30 +262,37 @@ class LowResBuilder(threading.Thread):
         self.error: BaseException | None = None
         self.stop_event = threading.Event()
         Path(lowres.folder).mkdir(parents=True, exist_ok=True)
-        (Path(lowres.folder) / RUNNING).touch()
+        folder = Path(os.path.abspath(lowres.folder))
+        self.failed = atomic.temp_path(folder / FAILED, "")
+        self.running = atomic.temp_path(folder / RUNNING, "")
+        self.running.touch()
+        self.written = 0  # chunks this builder computed (the others existed)
 
     def run(self) -> None:
         try:
-            with rasterio.open(self.source) as src:
+            with atomic.holding(self.lowres.folder), rasterio.open(self.source) as src:
                 rule = mask_rule(src, self.bands)
                 for bi, bj in self.order:
                     if self.stop_event.is_set():
                         raise RuntimeError("pre-pass stopped")
+                    if self.lowres.chunk_path(bi, bj).exists():
+                        continue
                     write_chunk(src, self.bands, self.lowres, bi, bj, rule)
+                    self.written += 1
+            self.running.unlink(missing_ok=True)  # done: no failure to announce
         except BaseException as e:
             self.error = e
             self._mark_failed(e)
 
     def _mark_failed(self, error: BaseException) -> None:
-        folder = Path(self.lowres.folder)
-        for make in (lambda: os.replace(folder / RUNNING, folder / FAILED), (folder / FAILED).touch):
+        for make in (lambda: os.replace(self.running, self.failed), self.failed.touch):
             try:
                 make()
                 break
             except OSError:  # no marker to rename (removed from outside): try a new one
                 pass
         try:  # the reason is a courtesy to readers; ``error`` holds it for the main thread
-            (folder / FAILED).write_text(f"{type(error).__name__}: {error}")
+            self.failed.write_text(f"{type(error).__name__}: {error}")
         except OSError:
             pass
 
@@ -278,18 +300,29 @@ class LowResBuilder(threading.Thread):
         self.stop_event.set()
         self.join(timeout=60)
 
+    def close(self) -> None:
+        """Remove the markers (once the readers are gone)."""
+        self.failed.unlink(missing_ok=True)
+        self.running.unlink(missing_ok=True)
+
 
 class ChunkReader:
-    """Per-process open chunk files (a few, least recently used closed), waiting for unwritten ones."""
+    """Per-process open chunk files (a few, least recently used closed), waiting for unwritten ones.
 
-    def __init__(self, max_open: int = 8, poll: float = 0.005) -> None:
+    ``failed``: the marker of the builder writing the chunks (default
+    ``FAILED`` in the chunk folder); when it appears, readers stop waiting.
+    """
+
+    def __init__(self, max_open: int = 8, poll: float = 0.005, failed: str | Path | None = None) -> None:
         self.poll = poll
+        self.max_open = max_open
+        self.failed = None if failed is None else Path(failed)
         self._handles = RasterHandles(max_open)
 
     def get(self, lowres: LowResRaster, bi: int, bj: int) -> rasterio.io.DatasetReader:
         path = lowres.chunk_path(bi, bj)
         while not path.exists():  # the pre-pass thread has not written it yet
-            failed = Path(lowres.folder) / FAILED
+            failed = self.failed or Path(lowres.folder) / FAILED
             if failed.exists():
                 reason = failed.read_text().strip() or "no reason recorded"
                 raise RuntimeError(f"the LR pre-pass failed: {reason}")
@@ -298,6 +331,9 @@ class ChunkReader:
 
     def close(self) -> None:
         self._handles.close()
+
+    def __getstate__(self) -> dict:
+        return {"max_open": self.max_open, "poll": self.poll, "failed": self.failed}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)

@@ -32,10 +32,10 @@ import rasterio
 import shapely
 from rasterio.features import shapes, sieve
 
-from ..errors import OutputError, disk_full_guard
+from .. import atomic
+from ..errors import OutputError
 from ..spec import IGNORE_INDEX, ClassTable
 from .area import pixel_area_m2, unit_to_m
-from .io import commit_file, temp_path_for
 
 FORMATS = {".gpkg": "GPKG", ".parquet": "Parquet", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf"}
 
@@ -54,7 +54,6 @@ class VectorResult:
     features: int
     class_areas_m2: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
-    tmp: Path | None = None  # the finished file before commit
 
 
 # ---------------------------------------------------------------------------
@@ -116,8 +115,10 @@ def sieve_raster(src_path: str | Path, dst_path: str | Path, min_pixels: int, co
     Streams from file to file with GDAL's sieve filter when rasterio's libgdal
     can be reached; otherwise (or ``streaming=False``) sieves in memory.
     """
-    with rasterio.open(src_path) as src:
-        profile = src.profile
+    with rasterio.open(src_path) as src:  # the source may be a VRT: write a GeoTIFF whatever it is
+        profile = dict(driver="GTiff", width=src.width, height=src.height, count=1, dtype="uint8", crs=src.crs,
+                       transform=src.transform, nodata=src.nodata, compress="deflate", tiled=True,
+                       blockxsize=256, blockysize=256)
     with rasterio.open(dst_path, "w", **profile):
         pass
     lib = _loaded_libgdal() if streaming else None
@@ -227,50 +228,45 @@ def vectorize(
     *,
     min_area: float | None = None,
     simplify: float | None = None,
-    commit: bool = True,
     work_dir: str | Path | None = None,
+    layer: str | None = None,
 ) -> VectorResult:
-    """Polygons of ``class_path`` written to ``out_path`` (format from the extension).
+    """Polygons of ``class_path`` (a file or VRT) written to ``out_path`` (format from the extension).
 
-    The file is written under a temporary name; with ``commit`` it is renamed
-    at the end, otherwise the caller renames ``result.tmp`` (so several
-    outputs can be renamed together).
+    The file appears complete or not at all (written under a temporary name,
+    then renamed). ``out_path`` may itself be a temporary name of an
+    output set; ``layer`` then names the layer after the real destination.
+    ``work_dir``: where the sieved raster goes (default: beside ``out_path``).
     """
     t0 = time.perf_counter()
     out_path = Path(out_path)
     vector_format(out_path)
-    source = Path(class_path)
-    sieved = None
-    try:
-        if min_area:
-            with rasterio.open(class_path) as src:
-                px = pixel_area_m2(src.crs, src.transform)
-                if px is None:
-                    px = abs(src.transform.a * src.transform.e)
-                    warnings.warn("the class raster has no projected CRS: --min-area is taken in pixels", stacklevel=2)
-            threshold = max(1, math.ceil(min_area / px - 1e-9))
-            sieved = temp_path_for(Path(work_dir or out_path.parent) / "sieved.tif", ".tif")
-            sieve_raster(class_path, sieved, threshold)
-            source = sieved
-        gdf = polygonize(source, classes, simplify=simplify)
-    finally:
-        if sieved is not None:
-            sieved.unlink(missing_ok=True)
-    tmp = temp_path_for(out_path)
-    try:
-        tmp.unlink()  # drivers want to create the file themselves
-        with disk_full_guard(out_path.parent):  # a GeoPackage on a full disk says "no such table"
-            write_vectors(gdf, tmp, layer=out_path.stem)
-        if commit:
-            commit_file(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    source = class_path
+    work = Path(work_dir or out_path.parent)
+    with atomic.holding(work):
+        sieved = None
+        try:
+            if min_area:
+                with rasterio.open(class_path) as src:
+                    px = pixel_area_m2(src.crs, src.transform)
+                    if px is None:
+                        px = abs(src.transform.a * src.transform.e)
+                        warnings.warn("the class raster has no projected CRS: --min-area is taken in pixels",
+                                      stacklevel=2)
+                threshold = max(1, math.ceil(min_area / px - 1e-9))
+                sieved = atomic.temp_path(Path(os.path.abspath(work)) / "sieved.tif")
+                sieve_raster(class_path, sieved, threshold)
+                source = sieved
+            gdf = polygonize(source, classes, simplify=simplify)
+        finally:
+            if sieved is not None:
+                sieved.unlink(missing_ok=True)
+    with atomic.atomic_path(out_path) as tmp:  # a full disk is named there (a GeoPackage says "no such table")
+        write_vectors(gdf, tmp, layer=layer or out_path.stem)
     areas = gdf.groupby("class_name")["area_m2"].sum().to_dict() if len(gdf) else {}
     return VectorResult(
-        path=out_path if commit else None,
+        path=out_path,
         features=len(gdf),
         class_areas_m2={k: float(v) for k, v in areas.items()},
         seconds=time.perf_counter() - t0,
-        tmp=None if commit else tmp,
     )

@@ -1,4 +1,4 @@
-"""Model inputs of the tiles of a prediction plan, read in DataLoader workers.
+"""Model inputs of the tiles of the units to run, read in DataLoader workers.
 
 Each worker opens its own rasterio handles (the mosaic and the LR pre-pass
 raster) the first time it reads; handles never cross processes. A tile
@@ -20,10 +20,10 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
-from ..geo.context import read_canvas, read_tile_and_context
-from ..geo.io import MaskRule, mask_rule
-from ..geo.lowres import ChunkReader, LowResRaster
-from ..spec import InputSpec
+from ...geo.context import read_canvas, read_tile_and_context
+from ...geo.lowres import ChunkReader, LowResRaster
+from ...geo.masks import MaskRule, mask_rule
+from ...spec import InputSpec
 
 
 @dataclass
@@ -56,6 +56,8 @@ class PredictTiles(Dataset):
         context: "prepass" (read from ``lowres``), "direct" (kT window per
             tile) or "none" (single-stream model).
         lowres: the pre-pass raster when ``context == "prepass"``.
+        lowres_failed: the marker file of the builder writing its chunks
+            (readers stop waiting when it appears).
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class PredictTiles(Dataset):
         spec: InputSpec,
         context: str,
         lowres: LowResRaster | None = None,
+        lowres_failed: str | None = None,
     ) -> None:
         if context not in ("prepass", "direct", "none"):
             raise ValueError(f"unknown context mode {context!r}")
@@ -72,7 +75,7 @@ class PredictTiles(Dataset):
             raise ValueError("context 'prepass' needs the pre-pass raster")
         self.source, self.windows, self.spec = source, windows, spec
         self.context, self.lowres = context, lowres
-        self.chunks = ChunkReader()  # the pre-pass chunks this process has open
+        self.chunks = ChunkReader(failed=lowres_failed)  # the pre-pass chunks this process has open
         self._handles: tuple[int, rasterio.io.DatasetReader, MaskRule] | None = None
 
     def __len__(self) -> int:
@@ -118,7 +121,6 @@ class PredictTiles(Dataset):
         x_hr = torch.from_numpy(self.spec.normalize(hr))
         x_lr = None if lr is None or self.context == "none" else torch.from_numpy(self.spec.normalize(lr))
         return i, x_hr, x_lr, torch.from_numpy(valid)
-
 
     def __getitems__(self, indices: list[int]) -> list:
         """A batch (the DataLoader asks for whole batches): adjacent tiles of a row share one read."""

@@ -1,0 +1,212 @@
+"""``predict --dry-run``: the plan, pre-flight warnings and a time estimate; writes nothing.
+
+Users size a cluster job from it: inputs, area, tiles, units, shards,
+outputs, the state of an existing job, warnings about the inputs (striped
+TIFFs, missing overviews, a band 4 tagged alpha, odd nodata values, CRS
+problems) and the model's speed on this device, measured on a few real
+tiles of the mosaic (their context read per tile, so no pre-pass file is
+written).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ... import atomic
+from ...checkpoint import load_checkpoint
+from ...precision import prepare_inference
+from ...device import CpuThreads, select_device
+from ...errors import ConfigError
+from ...geo.area import pixel_area_m2
+from ...geo.mosaic import Mosaic, RasterInfo
+from .config import PredictConfig
+from .job import PLAN_FILE, Job, compare_manifest
+from .plan import PredictPlan, plan_predict, shard_units
+from .source import PredictTiles, collate_tiles
+from .units import predict_probabilities
+
+STRIPED_MIN_WIDTH = 1024  # narrower striped files read fine
+
+
+@dataclass
+class Calibration:
+    device: str
+    tiles: int  # tiles timed (after one untimed warm-up batch)
+    seconds: float
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.tiles / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass
+class DryRun:
+    plan: PredictPlan
+    input_bytes: int
+    area_km2: float | None  # ground covered by the input files (None without a projected CRS)
+    tiles: int  # tiles of every unit
+    tiles_with_data: int  # tiles that meet an input file
+    shards: int
+    job_state: str  # "none", or what an existing job folder holds
+    warnings: list[str] = field(default_factory=list)
+    calibration: Calibration | None = None
+
+    @property
+    def estimate_s(self) -> float | None:
+        """Model time of the whole job on this device (reading and writing overlap it)."""
+        if self.calibration is None:
+            return None
+        return self.tiles_with_data / self.calibration.tiles_per_s
+
+    def shard_tiles(self) -> list[int]:
+        """Tiles with data per shard."""
+        return [sum(u.weight for u in shard_units(self.plan.units, i, self.shards)) for i in range(self.shards)]
+
+
+def dry_run(config: PredictConfig, calibrate: int = 16) -> DryRun:
+    """Plan ``config`` and time ``calibrate`` tiles (0: no calibration); nothing is written."""
+    plan = plan_predict(config)
+    shards = config.shard[1] if config.shard else 1
+    report = DryRun(
+        plan=plan,
+        input_bytes=sum(Path(p).stat().st_size for p in plan.inputs),
+        area_km2=footprint_km2(plan.mosaic),
+        tiles=sum(plan.tile_count(u) for u in plan.units),
+        tiles_with_data=sum(u.weight for u in plan.units),
+        shards=shards,
+        job_state=job_state(plan),
+        warnings=plan.warnings + preflight_warnings(plan.mosaic),
+    )
+    if calibrate > 0:
+        report.calibration = calibration(plan, config, calibrate)
+    return report
+
+
+def footprint_km2(mosaic: Mosaic) -> float | None:
+    total = 0.0
+    for info in mosaic.files:
+        px = pixel_area_m2(mosaic.crs, info.transform)
+        if px is None:
+            return None
+        total += info.width * info.height * px
+    return total / 1e6
+
+
+def job_state(plan: PredictPlan) -> str:
+    """What an existing job folder of these outputs holds, and whether this command can continue it."""
+    job_dir = plan.job_dir
+    if not job_dir.exists():
+        return "none"
+    try:
+        stored = json.loads((job_dir / PLAN_FILE).read_text())
+        total = len(stored["units"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{job_dir} exists but its plan cannot be read (--overwrite starts again)"
+    done = len(Job(job_dir, stored).done_units())
+    live = atomic.live_owners(job_dir)
+    if live:
+        return f"running ({atomic.describe_owner(job_dir, live[0])}): {done} of {total} units done"
+    try:
+        compare_manifest(stored, plan, "--resume")
+    except ConfigError as e:
+        return f"interrupted: {done} of {total} units done; this command cannot continue it ({e})"
+    return f"interrupted: {done} of {total} units done (--resume continues it)"
+
+
+def preflight_warnings(mosaic: Mosaic) -> list[str]:
+    """What in the inputs will be slow or wrong, one line per kind of problem (with an example file)."""
+    kinds: dict[str, list[RasterInfo]] = defaultdict(list)
+    for info in mosaic.files:
+        bh, bw = info.block_shape
+        if bw >= info.width and info.width >= STRIPED_MIN_WIDTH:
+            kinds["striped"].append(info)
+        if info.overviews == 0 and max(info.width, info.height) >= 1024:
+            kinds["no overviews"].append(info)
+        used = [info.nodata[b - 1] for b in mosaic.bands if b - 1 < len(info.nodata)]
+        values = {v for v in used if v is not None}
+        if any(v is None for v in used) and values:
+            kinds["partial nodata"].append(info)
+        vmax = float(np.iinfo(np.dtype(info.dtype)).max) if info.dtype in ("uint8", "uint16") else None
+        for v in values:
+            if v != int(v) or v < 0 or (vmax is not None and v > vmax):
+                kinds["impossible nodata"].append(info)
+            elif vmax is not None and v not in (0, vmax):
+                kinds["odd nodata"].append(info)
+    nodatas = {tuple(i.nodata[b - 1] for b in mosaic.bands) for i in mosaic.files}
+    n = len(mosaic.files)
+
+    def some(kind: str) -> str:
+        files = kinds[kind]
+        return f"{files[0].name}" if len(files) == 1 else f"{len(files)} of {n} files (e.g. {files[0].name})"
+
+    notes = []
+    if kinds["striped"]:
+        notes.append(f"{some('striped')}: striped TIFF without internal tiling; every tile row decodes whole "
+                     "strips (gdal_translate -co TILED=YES makes a tiled copy)")
+    if kinds["no overviews"]:
+        notes.append(f"{some('no overviews')}: no overviews; --preview and GIS viewers read them slowly "
+                     "(gdaladdo adds them)")
+    if kinds["partial nodata"]:
+        notes.append(f"{some('partial nodata')}: a nodata value on some bands only; a pixel is nodata only "
+                     "where every band with one equals it")
+    if kinds["impossible nodata"]:
+        notes.append(f"{some('impossible nodata')}: a nodata value the data type cannot hold; "
+                     "no pixel will be nodata")
+    if kinds["odd nodata"]:
+        info = kinds["odd nodata"][0]
+        value = next(v for v in info.nodata if v is not None)
+        notes.append(f"{some('odd nodata')}: nodata value {value:g} lies inside the range of real pixel values; "
+                     "real pixels of that value become nodata")
+    if len(nodatas) > 1:
+        notes.append(f"the inputs have {len(nodatas)} different nodata settings; each file's own applies to it")
+    if mosaic.crs is not None and mosaic.crs.to_epsg() is None:
+        notes.append(f"{mosaic.files[0].name}: CRS without an EPSG code; check it is the one you expect")
+    return notes
+
+
+def calibration(plan: PredictPlan, config: PredictConfig, tiles: int) -> Calibration | None:
+    """Forward passes on up to ``tiles`` tiles with data (after an untimed warm-up batch)."""
+    device = select_device(config.device)
+    model, _ = load_checkpoint(plan.weights, device=device)
+    prepare_inference(model, plan.precision)
+    context = "none" if plan.context == "none" else "direct"
+    windows = []
+    for unit in plan.units:
+        windows += [w for _, w in plan.tiles(unit)]
+        if len(windows) >= 16 * tiles:
+            break
+    source = PredictTiles(plan.mosaic.source, windows, plan.spec, context)
+    bs = max(1, min(config.batch_size, tiles))
+    items = []
+    try:
+        for i in range(len(windows)):
+            item = source[i]
+            if item[1] is not None:
+                items.append(item)
+            if len(items) >= tiles + bs:
+                break
+    finally:
+        source.close()
+    if not items:
+        return None
+    batches = [collate_tiles(items[s : s + bs]) for s in range(0, len(items), bs)]
+    with CpuThreads(device, 0):
+        predict_probabilities(model, batches[0].hr, batches[0].lr, plan.precision)  # warm-up
+        timed = batches[1:] or batches
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        n = 0
+        for b in timed:
+            probs = predict_probabilities(model, b.hr, b.lr, plan.precision)
+            probs.max(dim=1)[1].cpu()
+            n += len(b.hr)
+        seconds = time.perf_counter() - t0
+    return Calibration(str(device), n, seconds)

@@ -1,0 +1,197 @@
+"""Step 3 of ``predict``: finalize. Assemble the parts, then vectors and preview, then commit.
+
+Every output (class rasters with their legends, confidence rasters,
+polygons, preview) is written under a temporary name of the job's
+:class:`~caswit_geo.outputs.OutputSet` and renamed with the others at the
+end: the outputs appear together or not at all (a preview that fails
+leaves no class raster behind). Then the job folder goes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
+
+from ... import atomic
+from ...geo.assemble import parts_vrt, write_raster
+from ...geo.pyramid import level_shape, pack_layout, pyramid
+from ...geo.class_raster import CONFIDENCE_DESCRIPTION, class_description, pam_xml
+from ...geo.vectorize import VectorResult, vectorize
+from ...outputs import OutputSet
+from ...preview import write_preview
+from .job import Job, remove_job
+from .plan import PredictPlan
+from .sink import UnitDone
+
+
+@dataclass
+class Finalized:
+    outputs: list[Path]
+    confidence: list[Path]
+    vector: VectorResult | None
+    preview: Path | None
+    seconds: float
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+def unit_reports(job: Job, plan: PredictPlan) -> list[UnitDone]:
+    """The reports stored in the part files of the units done so far."""
+    out = []
+    done = job.done_units()
+    for unit in plan.units:
+        if unit.id not in done:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(job.part_path(unit.id)) as src:
+                out.append(UnitDone.from_dict(json.loads(src.tags()["CASWIT_UNIT"])))
+    return out
+
+
+def class_totals(reports: list[UnitDone]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pixels per class id (256, 255 = nodata) and areas in m2 (None without a usable CRS)."""
+    pixels = np.zeros(256, np.int64)
+    areas: np.ndarray | None = np.zeros(256, np.float64)
+    for r in reports:
+        for k, v in r.pixels.items():
+            pixels[k] += v
+        if r.areas is None or areas is None:
+            areas = None
+        else:
+            for k, v in r.areas.items():
+                areas[k] += v
+    return pixels, areas
+
+
+def raster_parts(plan: PredictPlan, job: Job, index: int) -> list[tuple[Window, Path]]:
+    return [(u.window, job.part_path(u.id)) for u in plan.units if u.raster == index]
+
+
+def overview_levels(plan: PredictPlan, job: Job, index: int, band: int, folder: Path) -> list[Path]:
+    """The overview levels of raster ``index``, band ``band``, as rasters in ``folder``.
+
+    The levels up to the block come from the units' pyramids (a VRT over
+    their packed levels); the few coarser ones are computed here from the
+    coarsest of those, which is small (the raster divided by the block).
+    """
+    factors = plan.raster_levels(index)
+    if not factors:
+        return []
+    raster = plan.rasters[index]
+    width, height = int(raster.window.width), int(raster.window.height)
+    units = [u for u in plan.units if u.raster == index]
+    fine = [f for f in factors if f <= plan.block]
+    paths = []
+    for k, f in enumerate(fine):
+        parts = []
+        for u in units:
+            x, rows, cols = pack_layout(int(u.window.height), int(u.window.width), fine)[0][k]
+            parts.append((Window(int(u.window.col_off) // f, int(u.window.row_off) // f, cols, rows),
+                          job.pyramid_path(u.id), Window(x, 0, cols, rows)))
+        rows, cols = level_shape(height, width, f)
+        path = folder / f"r{index:05d}_b{band}_x{f}.vrt"
+        atomic.write_text(path, parts_vrt(parts, cols, rows, plan.mosaic.crs,
+                                          raster.transform @ Affine.scale(f), band))
+        paths.append(path)
+    coarse = [f for f in factors if f > plan.block]
+    if coarse:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(paths[-1]) as src:
+                base = src.read(1)
+        for f, image in zip(coarse, pyramid(base, [f // fine[-1] for f in coarse], band == 1)):
+            path = folder / f"r{index:05d}_b{band}_x{f}.tif"
+            with atomic.atomic_path(path) as tmp, warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(tmp, "w", driver="GTiff", width=image.shape[1], height=image.shape[0], count=1,
+                                   dtype="uint8", nodata=255, crs=plan.mosaic.crs,
+                                   transform=raster.transform @ Affine.scale(f)) as dst:
+                    dst.write(image, 1)
+            paths.append(path)
+    return paths
+
+
+def finalize_job(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
+    """Assemble every output of ``plan`` from ``job``'s parts and commit them through ``outputs``.
+
+    ``outputs`` holds the job's destinations (added and claimed when the
+    run started). On any failure nothing is committed and the job stays,
+    complete, for ``--resume`` or ``--finalize`` to assemble again.
+    """
+    t0 = time.perf_counter()
+    phases: dict[str, float] = {}
+    classes = plan.classes
+    crs = plan.mosaic.crs
+    work = job.dir / "assemble"
+    work.mkdir(exist_ok=True)
+    for index, raster in enumerate(plan.rasters):
+        parts = raster_parts(plan, job, index)
+        w, h = int(raster.window.width), int(raster.window.height)
+        tags = {**plan.tags, "CASWIT_SOURCES": json.dumps(list(raster.sources))}
+        cog = plan.format == "cog"
+        levels = overview_levels(plan, job, index, 1, work) if cog else []
+        vrt = parts_vrt(parts, w, h, crs, raster.transform, 1, colormap=classes.colormap(),
+                        description=class_description(classes), tags=tags, overviews=levels)
+        write_raster(vrt, outputs.temp(raster.classes), fmt=plan.format, block=plan.block, is_classes=True)
+        outputs.temp(Path(f"{raster.classes}.aux.xml")).write_text(pam_xml(classes))
+        if raster.confidence is not None:
+            levels = overview_levels(plan, job, index, 2, work) if cog else []
+            vrt = parts_vrt(parts, w, h, crs, raster.transform, 2, description=CONFIDENCE_DESCRIPTION, tags=tags,
+                            overviews=levels)
+            write_raster(vrt, outputs.temp(raster.confidence), fmt=plan.format, block=plan.block, is_classes=False)
+    phases["assemble"] = time.perf_counter() - t0
+
+    vector_result = None
+    if plan.vector is not None:
+        t1 = time.perf_counter()
+        vector_result = vectorize(
+            mosaic_classes(plan, job, outputs), outputs.temp(plan.vector), classes,
+            min_area=plan.min_area, simplify=plan.simplify, work_dir=job.dir, layer=plan.vector.stem,
+        )
+        phases["vector"] = time.perf_counter() - t1
+    if plan.preview is not None:
+        # the class raster is complete and has overviews: the quick-look reads a screenful
+        t1 = time.perf_counter()
+        first = plan.rasters[0]
+        image = str(plan.inputs[0]) if plan.per_file else plan.mosaic.source
+        write_preview(outputs.temp(first.classes), outputs.temp(plan.preview), classes, image=image,
+                      bands=plan.spec.bands[:3], title=first.classes.name)
+        phases["preview"] = time.perf_counter() - t1
+
+    t1 = time.perf_counter()
+    outputs.commit()
+    remove_job(job.dir, [d for d, _ in plan.destinations()])
+    phases["commit"] = time.perf_counter() - t1
+    return Finalized(
+        outputs=[r.classes for r in plan.rasters],
+        confidence=[r.confidence for r in plan.rasters if r.confidence is not None],
+        vector=vector_result,
+        preview=plan.preview,
+        seconds=time.perf_counter() - t0,
+        phases=phases,
+    )
+
+
+def mosaic_classes(plan: PredictPlan, job: Job, outputs: OutputSet) -> str | Path:
+    """The class raster of the whole mosaic, for polygons: the output itself, or for per-file
+    outputs a VRT of every part placed on the mosaic grid (overlapping files composite)."""
+    if len(plan.rasters) == 1:
+        return outputs.temp(plan.rasters[0].classes)
+    parts = []
+    for unit in plan.units:
+        region = plan.region(unit)
+        parts.append((region, job.part_path(unit.id)))
+    m = plan.mosaic
+    return parts_vrt(parts, m.width, m.height, m.crs, m.transform, 1, composite=True)
+
+
+__all__ = ["Finalized", "class_totals", "finalize_job", "unit_reports"]

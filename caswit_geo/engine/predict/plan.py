@@ -1,0 +1,523 @@
+"""Step 1 of ``predict``: the plan.
+
+Everything decided before any file is written or the model is built: the
+inputs and their virtual mosaic, the outputs, the tile grid, the units of
+work and the context mode. Only the checkpoint's header is read (bands,
+tile size, classes), so the plan, and every test of it, needs no model.
+
+Units
+-----
+Each output raster (the mosaic's, or one per input file) is cut into
+rectangles of about ``unit_size`` pixels a side (no wider than a blending
+strip), of near-equal sizes, whose offsets are multiples of the output
+block and of the tile (:func:`plan_units`). A unit predicts every tile of the mosaic grid that
+touches its pixels, in a fixed order (strips of bounded memory, row-major
+within a strip), with batches that never span two units, and writes its
+pixels as one part file. So whoever computes a unit (this run, a resumed
+one, another shard or GPU) computes the same pixels, and the outputs
+assembled from the parts equal a single uninterrupted run's. Without
+overlap and with block-aligned units, no tile is computed twice; with
+overlap, tiles on unit borders are computed by both neighbours.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from affine import Affine
+from rasterio.windows import Window
+
+from ...bounds import check_settings
+from ...checkpoint import CheckpointMeta, read_meta, shape_model
+from ...device import select_device
+from ...errors import CheckpointError, ConfigError, OutputError
+from ...geo.area import unit_to_m
+from ...geo.class_raster import model_tags, output_block
+from ...geo.grid import TileGrid, plan_tiles, split_span, strips, touching
+from ...geo.lowres import prepass_supported
+from ...geo.mosaic import Mosaic, expand_inputs, open_mosaic
+from ...geo.pyramid import levels_for
+from ...geo.vectorize import vector_format
+from ...outputs import OutputSet
+from ...precision import Precision, resolve_precision
+from ...spec import ClassTable, InputSpec
+from ...weights import resolve_weights
+from .config import FORMATS, PredictConfig
+
+GSD_TOLERANCE = 0.10  # relative pixel-size difference that deserves a warning
+RASTER_OUT_SUFFIXES = (".tif", ".tiff")
+UNIT_TILES = 8  # default side of a unit, in tiles (twice that with overlap)
+JOB_SUFFIX = ".caswit-job"
+
+
+@dataclass(frozen=True)
+class OutputRaster:
+    """One class raster (and its confidence raster) of the job.
+
+    ``window``: its extent in mosaic pixels; ``transform``: its own
+    georeferencing; ``source``: the input file whose own mask applies to
+    it (per-file outputs of a mosaic of several files, where another file
+    may cover the same ground), None when the mosaic's mask is its own.
+    """
+
+    classes: Path
+    confidence: Path | None
+    window: Window
+    transform: Affine
+    source: int | None
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A unit of work: ``window`` in pixels of output raster ``raster``.
+
+    ``weight``: tiles touching it that meet an input file (tiles over gaps
+    between files are all nodata and cost nothing), which shards balance.
+    """
+
+    id: int
+    raster: int
+    window: Window
+    weight: int
+
+
+@dataclass
+class PredictPlan:
+    inputs: list[Path]
+    weights: Path
+    meta: CheckpointMeta
+    mosaic: Mosaic
+    grid: TileGrid
+    block: int  # output GeoTIFF block; unit offsets are multiples of it
+    strip_width: int  # columns assembled at once inside a unit (bounded memory)
+    unit_size: int
+    context: str  # "prepass", "direct" or "none"
+    per_file: bool
+    rasters: list[OutputRaster]
+    units: list[Unit]
+    vector: Path | None
+    preview: Path | None
+    format: str
+    tags: dict[str, str]
+    warnings: list[str]
+    cache_bytes: int
+    job_dir: Path
+    precision: Precision = field(default_factory=lambda: Precision("fp32", "cpu", "default"))
+    min_area: float | None = None
+    simplify: float | None = None
+    options: dict = field(default_factory=dict)  # the pixel-changing options (plan.json, --resume)
+
+    @property
+    def spec(self) -> InputSpec:
+        return self.meta.input_spec
+
+    @property
+    def classes(self) -> ClassTable:
+        return self.meta.classes
+
+    @property
+    def soft(self) -> bool:
+        """Probabilities are blended (overlapping tiles) rather than pasted."""
+        return self.grid.overlap > 0
+
+    @property
+    def with_confidence(self) -> bool:
+        return bool(self.rasters) and self.rasters[0].confidence is not None
+
+    def region(self, unit: Unit) -> Window:
+        """The unit's pixels in mosaic pixels."""
+        r = self.rasters[unit.raster].window
+        w = unit.window
+        return Window(int(r.col_off + w.col_off), int(r.row_off + w.row_off), int(w.width), int(w.height))
+
+    def tiles(self, unit: Unit) -> list[tuple[int, Window]]:
+        """(strip index, tile window in mosaic pixels) of the unit, in processing order."""
+        return plan_tiles(self.grid, self.strip_width, self.region(unit))
+
+    def tile_count(self, unit: Unit) -> int:
+        """len(self.tiles(unit)), without listing them."""
+        region = self.region(unit)
+        r0, c0 = int(region.row_off), int(region.col_off)
+        rows = len(touching(self.grid.row_offsets, self.grid.tile, r0, r0 + int(region.height)))
+        cols = sum(len(touching(self.grid.col_offsets, self.grid.tile, c0 + x0, c0 + x1))
+                   for x0, x1 in strips(int(region.width), self.strip_width))
+        return rows * cols
+
+    def raster_levels(self, index: int) -> list[int]:
+        """Overview factors of output raster ``index`` (COG rule: down to one block)."""
+        w = self.rasters[index].window
+        return levels_for(int(w.width), int(w.height), self.block)
+
+    def unit_levels(self, unit: Unit) -> list[int]:
+        """The overview levels a unit computes itself: those whose 2 x 2 blocks stay inside output blocks."""
+        return [f for f in self.raster_levels(unit.raster) if f <= self.block]
+
+    def unit_transform(self, unit: Unit) -> Affine:
+        w = unit.window
+        return self.rasters[unit.raster].transform @ Affine.translation(int(w.col_off), int(w.row_off))
+
+    def destinations(self) -> list[tuple[Path, str]]:
+        """Every output file with the option naming it (class rasters, their legends, confidence, ...)."""
+        out = []
+        for r in self.rasters:
+            out.append((r.classes, "--out"))
+            out.append((Path(f"{r.classes}.aux.xml"), "--out"))
+        out += [(r.confidence, "--confidence") for r in self.rasters if r.confidence is not None]
+        if self.vector is not None:
+            out.append((self.vector, "--vector"))
+        if self.preview is not None:
+            out.append((self.preview, "--preview"))
+        return out
+
+
+# ---------------------------------------------------------------------------
+# The plan
+# ---------------------------------------------------------------------------
+
+
+def check_options(config: PredictConfig) -> None:
+    """Option values and combinations (before anything is opened)."""
+    check_settings(config)  # every numeric option within its declared bounds, NaN refused
+    if (config.min_area or config.simplify) and not config.vector:
+        raise ConfigError("--min-area and --simplify apply to polygons: add --vector PATH")
+    if config.shard is not None:
+        i, n = config.shard
+        if not (n >= 1 and 0 <= i < n):
+            raise ConfigError(f"--shard {i}/{n}: expected I/N with 0 <= I < N")
+    if config.finalize_only and config.shard is not None:
+        raise ConfigError("--finalize assembles a whole job: it takes no --shard")
+    if config.finalize_only and config.defer_finalize:
+        raise ConfigError("--finalize and --no-finalize contradict each other")
+
+
+def plan_predict(config: PredictConfig) -> PredictPlan:
+    """The whole plan of ``config`` (see the module docstring); writes nothing, builds no model."""
+    check_options(config)
+    weights = resolve_weights(config.weights)
+    inputs = expand_inputs(config.inputs)
+    meta = read_meta(weights)
+    if meta.kind != "segmentation":
+        raise CheckpointError(f"{weights}: a {meta.kind} checkpoint cannot predict classes")
+    spec = meta.input_spec
+    tile, k = spec.tile_size, spec.context_factor
+    # resolved here, once, for the whole job: every shard and resume then computes in the same
+    # precision (a job started with "auto" on one machine is not silently continued in another)
+    precision = resolve_precision(config.precision, select_device(config.device), shape_model(meta, weights),
+                                  model_name=meta.name)
+    if not 0 <= config.overlap < tile:
+        raise ConfigError(f"--overlap must be in [0, {tile}) pixels for {tile} px tiles, got {config.overlap}")
+
+    per_file, classes_dests, conf_dests, vector, preview = plan_outputs(config, inputs)
+
+    mosaic = open_mosaic(inputs, spec.bands)
+    target_res, notes = check_resolution(mosaic, spec, config.resample)
+    if target_res is not None:
+        mosaic = open_mosaic(inputs, spec.bands, target_res=target_res)
+    cache_bytes, cache_notes = gdal_cache_bytes(mosaic, tile, config.gdal_cache_mb)
+    notes = mosaic.warnings + notes + check_scaling(mosaic, spec) + cache_notes
+
+    grid = TileGrid(mosaic.width, mosaic.height, tile, config.overlap)
+    soft = config.overlap > 0
+    block = output_block(tile)
+    strip_width = config.strip_width or choose_strip_width(
+        mosaic.width, tile, block, len(meta.classes) if soft else None, config.blend_memory_mb
+    )
+    if strip_width % block or (not soft and strip_width % tile):
+        raise ConfigError(f"strip width {strip_width} must be a multiple of the block ({block}) and tile")
+    # with overlap, tiles on unit borders are predicted by both neighbours: taller units, as wide as
+    # the blending strips (whose borders duplicate tiles anyway), keep that to a few percent
+    unit_size = config.unit_size or UNIT_TILES * tile * (2 if soft else 1)
+    unit_width = min(unit_size, strip_width)
+
+    if not meta.model_config.dual:
+        context = "none"
+    elif config.lr_prepass and prepass_supported(tile, grid.stride, k):
+        context = "prepass"
+    else:
+        context = "direct"
+
+    rasters = output_rasters(mosaic, per_file, classes_dests, conf_dests)
+    units = plan_units(rasters, grid, block, unit_size, file_windows(mosaic), unit_width)
+    tags = model_tags(
+        meta.name,
+        str(weights),
+        meta.classes,
+        extra=dict(
+            input_spec=spec.to_dict(),
+            tile_size=str(tile),
+            context_factor=str(k),
+            overlap=str(config.overlap),
+            precision=precision.name,
+            sources=[p.name for p in inputs],
+            metadata=meta.metadata,
+            provenance=meta.provenance,
+        ),
+    )
+    plan = PredictPlan(
+        inputs=inputs, weights=weights, meta=meta, mosaic=mosaic, grid=grid, block=block,
+        strip_width=strip_width, unit_size=unit_size, context=context, per_file=per_file, rasters=rasters,
+        units=units, vector=vector, preview=preview, format=config.format, tags=tags, warnings=notes,
+        cache_bytes=cache_bytes, job_dir=job_dir_for(config.out, per_file), min_area=config.min_area,
+        simplify=config.simplify, precision=precision,
+    )
+    plan.options = pixel_options(config, plan)
+    return plan
+
+
+def pixel_options(config: PredictConfig, plan: PredictPlan) -> dict:
+    """The options that change output pixels or the parts: a resumed job must have the same.
+
+    Batch size, workers, device and progress do not change pixels (on one
+    device); the output format, vectors and preview are applied when the
+    outputs are assembled, by whichever run does it.
+    """
+    options = {
+        "overlap": config.overlap,
+        "resample": bool(config.resample),
+        "context": plan.context,
+        "precision": plan.precision.name,  # resolved: "auto" may mean another one on another machine
+        "tile": plan.grid.tile,
+        "context_factor": plan.spec.context_factor,
+        "bands": list(plan.spec.bands),
+        "per_file": plan.per_file,
+        "confidence": plan.with_confidence,
+    }
+    return options
+
+
+def job_dir_for(out: str | Path, per_file: bool) -> Path:
+    """The job folder: ``.<name>.caswit-job`` beside a single output, ``<out>/.caswit-job`` for per-file outputs."""
+    out = Path(os.path.abspath(out))
+    return out / JOB_SUFFIX if per_file else out.with_name(f".{out.name}{JOB_SUFFIX}")
+
+
+# ---------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------
+
+
+def _is_folder_arg(p: str | Path) -> bool:
+    s = str(p)
+    return Path(s).is_dir() or s.endswith(("/", os.sep))
+
+
+def plan_outputs(
+    config: PredictConfig, inputs: list[Path]
+) -> tuple[bool, list[Path], list[Path], Path | None, Path | None]:
+    """Decide and check every destination (nothing is created, nothing claimed).
+
+    Returns (per_file, class rasters, confidence rasters, vector, preview).
+    """
+    out = Path(config.out)
+    per_file = _is_folder_arg(config.out)
+    if per_file:
+        _check_folder(out, "--out")
+        classes = [out / f"{p.stem}_landcover.tif" for p in inputs]
+    else:
+        if out.suffix.lower() not in RASTER_OUT_SUFFIXES:
+            raise OutputError(f"--out {out}: expected a .tif file or an existing folder")
+        classes = [out]
+    confidence: list[Path] = []
+    if config.confidence:
+        if per_file:
+            if not _is_folder_arg(config.confidence):
+                raise OutputError("--confidence: must be a folder when --out is a folder")
+            cfolder = _check_folder(Path(config.confidence), "--confidence")
+            confidence = [cfolder / f"{p.stem}_confidence.tif" for p in inputs]
+        else:
+            c = Path(config.confidence)
+            if _is_folder_arg(c) or c.suffix.lower() not in RASTER_OUT_SUFFIXES:
+                raise OutputError(f"--confidence {c}: expected a .tif file (--out is a file)")
+            confidence = [c]
+    vector = Path(config.vector) if config.vector else None
+    if vector is not None:
+        vector_format(vector)
+    preview = Path(config.preview) if config.preview else None
+    if preview is not None and preview.suffix.lower() != ".png":
+        raise OutputError(f"--preview {preview}: expected a .png file")
+    named = [(p, "--out") for p in classes] + [(p, "--confidence") for p in confidence]
+    named += ([(vector, "--vector")] if vector else []) + ([(preview, "--preview")] if preview else [])
+    everything = [p.resolve() for p, _ in named]
+    if len(set(everything)) != len(everything):
+        raise OutputError("two outputs have the same path (--out, --confidence, --vector, --preview)")
+    checks = OutputSet(overwrite=config.overwrite, inputs=inputs)
+    for path, option in named + [(Path(f"{p}.aux.xml"), "--out") for p in classes]:
+        checks.check(path, option)
+    return per_file, classes, confidence, vector, preview
+
+
+def _check_folder(folder: Path, option: str) -> Path:
+    if not folder.exists():
+        raise OutputError(f"{option}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise OutputError(f"{option}: {folder} is not a folder")
+    return folder
+
+
+def output_rasters(mosaic: Mosaic, per_file: bool, classes: list[Path], confidence: list[Path]) -> list[OutputRaster]:
+    """The class rasters: the mosaic's grid, or each input file's own grid (its extent at the
+    mosaic's pixel size when resampled)."""
+    conf = confidence or [None] * len(classes)
+    whole = Window(0, 0, mosaic.width, mosaic.height)
+    if not per_file or (len(mosaic.files) == 1 and not mosaic.resampled):
+        names = tuple(Path(i.path).name for i in mosaic.files)
+        return [OutputRaster(classes[0], conf[0], whole, mosaic.transform, None, names)]
+    out = []
+    for i, (info, dest, cdest) in enumerate(zip(mosaic.files, classes, conf)):
+        window = mosaic.file_window(info)
+        w, h = int(window.width), int(window.height)
+        if not mosaic.resampled and (w, h) == (info.width, info.height):
+            transform = info.transform
+        else:
+            transform = mosaic.transform @ Affine.translation(window.col_off, window.row_off)
+        out.append(OutputRaster(dest, cdest, window, transform, i, (info.name,)))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Units
+# ---------------------------------------------------------------------------
+
+
+def file_windows(mosaic: Mosaic) -> list[Window]:
+    """The windows of the input files in mosaic pixels."""
+    return [mosaic.file_window(info) for info in mosaic.files]
+
+
+def plan_units(
+    rasters: list[OutputRaster], grid: TileGrid, block: int, unit_size: int, files: list[Window] | None = None,
+    unit_width: int | None = None,
+) -> list[Unit]:
+    """Units of every raster (raster by raster, column by column, top to bottom).
+
+    About ``unit_width`` (default ``unit_size``) by ``unit_size`` pixels.
+    Unit offsets are multiples of lcm(block, tile) in the raster's pixels,
+    so a unit's pixels fill whole output blocks and, for rasters on the
+    tile grid without overlap, whole tiles. ``files``: the input files'
+    windows (mosaic pixels), for the units' weights; None weighs every tile.
+    """
+    align = math.lcm(block, grid.tile)
+    cover = _tile_cover(grid, files)
+    units: list[Unit] = []
+    for index, raster in enumerate(rasters):
+        w, h = int(raster.window.width), int(raster.window.height)
+        c_off, r_off = int(raster.window.col_off), int(raster.window.row_off)
+        for x0, x1 in split_span(w, unit_width or unit_size, align):
+            for y0, y1 in split_span(h, unit_size, align):
+                rows = touching(grid.row_offsets, grid.tile, r_off + y0, r_off + y1)
+                cols = touching(grid.col_offsets, grid.tile, c_off + x0, c_off + x1)
+                weight = int(cover[rows.start : rows.stop, cols.start : cols.stop].sum())
+                units.append(Unit(len(units), index, Window(x0, y0, x1 - x0, y1 - y0), weight))
+    return units
+
+
+def _tile_cover(grid: TileGrid, files: list[Window] | None) -> np.ndarray:
+    """(rows, cols) of tiles: 1 where a tile meets an input file."""
+    rows, cols = grid.shape
+    if files is None:
+        return np.ones((rows, cols), np.int64)
+    cover = np.zeros((rows, cols), np.int64)
+    for f in files:
+        r0, c0 = int(f.row_off), int(f.col_off)
+        rr = touching(grid.row_offsets, grid.tile, r0, r0 + int(f.height))
+        cc = touching(grid.col_offsets, grid.tile, c0, c0 + int(f.width))
+        cover[rr.start : rr.stop, cc.start : cc.stop] = 1
+    return cover
+
+
+def shard_units(units: list[Unit], index: int, count: int) -> list[Unit]:
+    """Share ``index`` of ``count``: a contiguous run of units (neighbours share their LR context
+    and source blocks), cut where the cumulative weight crosses index/count of the total."""
+    weights = np.array([max(u.weight, 0) + 1e-9 for u in units])  # empty units still count a little
+    ends = np.cumsum(weights)
+    total = ends[-1] if len(ends) else 0.0
+    centre = ends - weights / 2  # a unit goes to the share holding its middle
+    share = np.minimum((centre / total * count).astype(int), count - 1) if len(units) else np.array([], int)
+    return [u for u, s in zip(units, share) if s == index]
+
+
+# ---------------------------------------------------------------------------
+# Checks against the checkpoint
+# ---------------------------------------------------------------------------
+
+
+def check_resolution(mosaic: Mosaic, spec: InputSpec, resample: bool) -> tuple[float | None, list[str]]:
+    """Pixel size against the checkpoint's GSD: (resolution to read at or None, warnings)."""
+    notes = []
+    crs = mosaic.crs
+    factor = unit_to_m(crs)
+    if crs is None:
+        notes.append(f"{mosaic.files[0].name}: no CRS; working in pixel coordinates, outputs have no CRS")
+        if resample:
+            raise ConfigError("--resample needs a raster with a CRS")
+        return None, notes
+    if spec.gsd is None:
+        if resample:
+            raise ConfigError("--resample: the checkpoint does not record a ground sampling distance")
+        return None, notes
+    if factor is None:
+        notes.append(f"{mosaic.files[0].name}: geographic CRS; its pixel size cannot be compared with the model's GSD")
+        if resample:
+            raise ConfigError("--resample needs a projected CRS (metres)")
+        return None, notes
+    # the pixel's sides are the affine's column vectors: a rotated grid has them off the axes
+    t = mosaic.transform
+    px = (math.hypot(t.a, t.d) + math.hypot(t.b, t.e)) / 2 * factor
+    north_up = t.b == 0 and t.d == 0 and t.a > 0 and t.e < 0
+    if not north_up and resample:
+        raise ConfigError(
+            f"--resample: {mosaic.files[0].name} is rotated or south-up; warp it to a north-up grid first "
+            f"(gdalwarp -tr {spec.gsd:g} {spec.gsd:g})"
+        )
+    if resample:
+        return spec.gsd / factor, notes
+    if abs(px - spec.gsd) > GSD_TOLERANCE * spec.gsd:
+        fix = (f"--resample reads the input at {spec.gsd:.3g} m" if north_up else
+               f"the raster is rotated: warp it to {spec.gsd:.3g} m (gdalwarp -tr {spec.gsd:g} {spec.gsd:g})")
+        notes.append(
+            f"pixel size {px:.3g} m differs from the model's {spec.gsd:.3g} m by "
+            f"{abs(px / spec.gsd - 1) * 100:.0f}%; {fix}"
+        )
+    return None, notes
+
+
+def check_scaling(mosaic: Mosaic, spec: InputSpec) -> list[str]:
+    if mosaic.dtype == "uint16" and spec.scale <= 255:
+        return [f"16-bit input but the checkpoint scales values by {spec.scale:g} (8-bit imagery)"]
+    if mosaic.dtype == "uint8" and spec.scale > 255:
+        return [f"8-bit input but the checkpoint scales values by {spec.scale:g} (16-bit imagery)"]
+    return []
+
+
+def choose_strip_width(width: int, tile: int, block: int, soft_classes: int | None, memory_mb: int) -> int:
+    """Strip width (multiple of the block, and of the tile without blending) within the memory budget."""
+    if soft_classes is None:  # two uint8 rows buffers of (tile + block) rows
+        return max(tile, (8192 // tile) * tile)
+    per_column = (soft_classes + 1) * (tile + block) * 4
+    w = (memory_mb * 2**20 // per_column) // block * block
+    return max(w, 2 * tile, block)
+
+
+def gdal_cache_bytes(mosaic: Mosaic, tile: int, base_mb: int) -> tuple[int, list[str]]:
+    """GDAL block cache for the run, and a warning for striped inputs.
+
+    Tiled inputs need little cache (a tile row of blocks of one strip). A
+    striped file's blocks span its whole width: without room for a tile row
+    of them, every tile would decode them again.
+    """
+    notes, extra = [], 0
+    itemsize = np.dtype(mosaic.dtype).itemsize
+    for info in mosaic.files:
+        bh, bw = info.block_shape
+        if bw >= info.width and info.width > 2048:
+            notes.append(
+                f"{info.name} is a striped TIFF: reading it is slow and needs a larger cache; "
+                "gdal_translate -co TILED=YES makes a tiled copy"
+            )
+            extra = max(extra, mosaic.width * (tile + bh) * mosaic.count * itemsize)
+    return base_mb * 2**20 + int(extra * 1.25), notes[:1]

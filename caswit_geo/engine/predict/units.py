@@ -1,0 +1,308 @@
+"""Step 2 of ``predict``: run units (reader, model, writer). The only part a shard executes.
+
+Reading, the model and writing overlap: DataLoader workers read batches of
+tiles (HR tile, LR context from the pre-pass chunks, validity), a thread
+writes the pre-pass chunks in the order the tiles need them, the main
+thread runs the model, a writer thread assembles each unit's rows and
+writes its part file. Batches never span two units, and a unit's tiles come
+in a fixed order, so a unit's pixels do not depend on which run computes it.
+Memory is bounded: strip buffers, bounded queues, no full-raster array.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import rasterio
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from ...device import CpuThreads, stop_workers
+from ...errors import CaswitError, no_space_error
+from ...geo.blend import NODATA
+from ...geo.lowres import LowResBuilder, chunk_order, plan_lowres
+from ...geo.sources import read_error
+from ...precision import Precision
+from .job import Job
+from .plan import PredictPlan, Unit
+from .sink import SinkThread, UnitDone, UnitWriter
+from .source import PredictTiles, TileBatch, collate_tiles
+
+GDAL_POOL = 32  # files of a mosaic kept open per process (a tile row touches a few)
+
+
+def predict_probabilities(model: torch.nn.Module, hr: torch.Tensor, lr: torch.Tensor | None,
+                          precision: Precision | None = None) -> torch.Tensor:
+    """(B, C, T, T) normalised HR (and LR) -> (B, K, T, T) float32 class probabilities.
+
+    ``precision``: the autocast of the forward pass (None = fp32).
+    """
+    device = next(model.parameters()).device
+    autocast = precision.autocast() if precision is not None else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        logits = model(hr.to(device, non_blocking=True), None if lr is None else lr.to(device, non_blocking=True))
+    return logits.float().softmax(dim=1)
+
+
+def workers_for(n: int | None, device: torch.device | None = None) -> int:
+    """Reader processes. Default: on CUDA one fewer than the CPUs (max 4); on the CPU, where the
+    model itself needs the cores, none on small machines (reading is cheap next to a forward
+    pass) and one otherwise."""
+    if n is not None:
+        return n
+    cpus = os.cpu_count() or 1
+    if device is not None and device.type == "cpu":
+        return 0 if cpus <= 4 else 1
+    return max(0, min(4, cpus - 1))
+
+
+class UnitBatches(Sampler):
+    """Batches of tile positions that never span two units (``sizes``: tiles per unit, in order).
+
+    So a tile's batch, and with it the floating-point path of its forward
+    pass, is the same whichever run computes its unit.
+    """
+
+    def __init__(self, sizes: list[int], batch_size: int) -> None:
+        self.sizes, self.batch_size = sizes, batch_size
+
+    def __iter__(self):
+        start = 0
+        for n in self.sizes:
+            for s in range(0, n, self.batch_size):
+                yield list(range(start + s, start + min(s + self.batch_size, n)))
+            start += n
+
+    def __len__(self) -> int:
+        return sum(-(-n // self.batch_size) for n in self.sizes)
+
+
+def _init_reader(worker_id: int) -> None:
+    # Share batches by shared-memory file name rather than by passing descriptors: the descriptor
+    # server thread prints a traceback when an interrupted run stops its readers.
+    torch.multiprocessing.set_sharing_strategy("file_system")
+
+
+def make_loader(dataset: PredictTiles, sizes: list[int], batch_size: int, workers: int,
+                device: torch.device) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_sampler=UnitBatches(sizes, batch_size),
+        num_workers=workers,
+        collate_fn=collate_tiles,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=2 if workers else None,
+        persistent_workers=False,
+        worker_init_fn=_init_reader if workers else None,
+    )
+
+
+class Progress:
+    """Tiles done over the whole job (every shard and earlier runs), rate and ETA.
+
+    This process's batches move the bar; the units other processes finish
+    (their part files appear in the job folder) are added every few seconds.
+    """
+
+    def __init__(self, plan: PredictPlan, job: Job, mine: list[Unit], enabled: bool, desc: str = "predict",
+                 refresh_s: float = 5.0) -> None:
+        self.job, self.refresh_s = job, refresh_s
+        self.counts = {u.id: plan.tile_count(u) for u in plan.units}
+        self.mine = {u.id for u in mine}
+        self.others_done = self._others()
+        done = job.done_units()
+        initial = sum(self.counts[i] for i in done)
+        self.bar = tqdm(total=sum(self.counts.values()), initial=initial, unit="tile", desc=desc,
+                        disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+        self.last = time.monotonic()
+
+    def _others(self) -> int:
+        return sum(self.counts.get(i, 0) for i in self.job.done_units() if i not in self.mine)
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        if time.monotonic() - self.last > self.refresh_s:
+            self.last = time.monotonic()
+            others = self._others()
+            if others > self.others_done:
+                self.bar.update(others - self.others_done)
+                self.others_done = others
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@dataclass
+class UnitsRun:
+    """What :func:`run_units` did."""
+
+    done: list[UnitDone] = field(default_factory=list)
+    tiles: int = 0  # tiles of the units run (predicted or skipped as nodata)
+    tiles_run: int = 0
+    forward_seconds: float = 0.0
+    seconds: float = 0.0
+    stopped: bool = False  # the deadline stopped the run between units
+    lowres_chunks: int = 0  # pre-pass chunks this run computed
+
+    @property
+    def area_m2(self) -> float | None:
+        if any(d.areas is None for d in self.done):
+            return None
+        return float(sum(sum(d.areas.values()) for d in self.done))
+
+
+def run_units(
+    plan: PredictPlan,
+    job: Job,
+    units: list[Unit],
+    model: torch.nn.Module,
+    device: torch.device,
+    *,
+    batch_size: int = 8,
+    workers: int | None = None,
+    precision: Precision | None = None,
+    progress: Progress | None = None,
+    deadline: float | None = None,
+) -> UnitsRun:
+    """Predict ``units`` of ``plan`` into part files of ``job``.
+
+    ``deadline`` (``time.monotonic()`` value): after it, stop once the
+    current unit is complete (the run stays resumable). The caller holds
+    the job folder (``job.hold()``).
+    """
+    run = UnitsRun()
+    if not units:
+        return run
+    t0 = time.perf_counter()
+    tiles = [plan.tiles(u) for u in units]
+    sizes = [len(t) for t in tiles]
+    windows = [w for t in tiles for _, w in t]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    workers = workers_for(workers, device)
+    soft = plan.soft
+    lock = threading.Lock()
+
+    def on_done(done: UnitDone) -> None:  # in the writer thread
+        with lock:
+            run.done.append(done)
+        job.log("unit", unit=done.unit, tiles=done.tiles, tiles_run=done.tiles_run, seconds=round(done.seconds, 3))
+
+    builder: LowResBuilder | None = None
+    sink_thread: SinkThread | None = None
+    dataset: PredictTiles | None = None
+    # a bounded GDAL block cache (by default it grows with the raster up to 5% of the RAM, in
+    # every process) and a smaller pool of open mosaic files (each costs about 1 MB)
+    with rasterio.Env(GDAL_CACHEMAX=plan.cache_bytes, GDAL_MAX_DATASET_POOL_SIZE=GDAL_POOL):
+        try:
+            lowres = None
+            if plan.context == "prepass":
+                with plan.mosaic.open() as src:
+                    lowres = plan_lowres(src, plan.spec.bands, plan.grid, plan.spec.context_factor, job.lowres_dir)
+                order = chunk_order(lowres, windows, complete=False)
+                builder = LowResBuilder(plan.mosaic.source, plan.spec.bands, lowres, order)
+            dataset = PredictTiles(plan.mosaic.source, windows, plan.spec, plan.context, lowres,
+                                   lowres_failed=None if builder is None else str(builder.failed))
+            loader = make_loader(dataset, sizes, batch_size, workers, device)
+            batches = iter(loader)  # forks the readers first: never fork while our threads hold GDAL locks
+            if builder is not None:
+                builder.start()
+            sink_thread = SinkThread(UnitWriter(plan, job, units, tiles, on_done))
+            sink_thread.start()
+            try:
+                _model_loop(model, batches, workers, sink_thread, device, precision, soft, starts, units, job, run,
+                            progress, deadline, builder is not None)
+            finally:
+                stop_workers(batches)  # shuts the readers down at once
+            sink_thread.finish()
+            if builder is not None:
+                builder.join()
+                if builder.error is not None:
+                    raise builder.error
+                run.lowres_chunks = builder.written
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: keep the units whose tiles are all computed
+            if builder is not None and builder.is_alive():
+                builder.stop()
+            if sink_thread is not None and sink_thread.is_alive():
+                sink_thread.drain()
+            raise
+        except BaseException as exc:
+            # decided before the temporaries go: a full disk is recognised by what is left of it
+            failure = _user_failure(exc, builder, job.dir.parent, plan)
+            if builder is not None and builder.is_alive():
+                builder.stop()
+            if sink_thread is not None and sink_thread.is_alive():
+                sink_thread.abort()
+            if failure is not None:
+                raise failure from failure.__cause__
+            raise
+        finally:
+            if dataset is not None:
+                dataset.close()
+            if builder is not None:
+                builder.close()
+    run.tiles = sum(d.tiles for d in run.done)
+    run.seconds = time.perf_counter() - t0
+    return run
+
+
+def _user_failure(exc: BaseException, builder: LowResBuilder | None, work_dir, plan: PredictPlan) -> CaswitError | None:
+    """The user error behind a failed run (full disk, unreadable input), or None for the exception as is.
+
+    A reader that stopped waiting for the LR pre-pass says less than the
+    pre-pass thread's own error, which is preferred.
+    """
+    if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM
+        return None
+    cause = builder.error if builder is not None and builder.error is not None else exc
+    return no_space_error(cause, work_dir) or read_error(
+        cause, [info.path for info in plan.mosaic.files], fallback=", ".join(str(p) for p in plan.inputs[:3])
+    )
+
+
+def _model_loop(model, batches, workers, sink_thread, device, precision, soft, starts, units, job, run, progress,
+                deadline, builder_busy) -> None:
+    """Batches in order -> the model -> results to the writer thread; stops between units after ``deadline``."""
+    unit_of = lambda pos: int(np.searchsorted(starts, pos, side="right")) - 1  # noqa: E731
+    with CpuThreads(device, workers) as threads:
+        # decided once, not as the pre-pass thread comes and goes: on the CPU the number of
+        # threads changes the last bits of the sums, and a unit must not depend on timing
+        threads.update(int(builder_busy))
+        job.log("threads", threads=torch.get_num_threads())
+        for batch in batches:
+            batch: TileBatch
+            first, last = int(batch.index[0]), int(batch.index[-1])
+            j = unit_of(first)
+            if first == starts[j]:
+                job.log("unit-start", unit=units[j].id)
+            results: list = [None] * len(batch.index)  # None: all nodata, not run
+            if len(batch.hr):
+                t0 = time.perf_counter()
+                probs = predict_probabilities(model, batch.hr, batch.lr, precision)  # (N, K, T, T)
+                if soft:
+                    host = probs.half().cpu().numpy()
+                    payload = [(host[i], batch.valid[i].numpy()) for i in range(len(host))]
+                else:
+                    valid = batch.valid.to(probs.device, non_blocking=True)
+                    conf, cls = probs.max(dim=1)  # (N, T, T)
+                    conf = (conf * 100).round().to(torch.uint8)
+                    cls = cls.to(torch.uint8)
+                    cls = torch.where(valid, cls, torch.full_like(cls, NODATA)).cpu().numpy()
+                    conf = torch.where(valid, conf, torch.full_like(conf, NODATA)).cpu().numpy()
+                    payload = list(zip(cls, conf))
+                run.forward_seconds += time.perf_counter() - t0
+                ran = iter(payload)
+                results = [next(ran) if r else None for r in batch.run.tolist()]
+                run.tiles_run += len(payload)
+            sink_thread.submit(list(zip(batch.index.tolist(), results)))
+            if progress is not None:
+                progress.update(len(batch.index))
+            if last == starts[j + 1] - 1 and deadline is not None and time.monotonic() >= deadline:
+                run.stopped = j + 1 < len(units)
+                if run.stopped:
+                    return
