@@ -427,7 +427,7 @@ def test_sigterm_midway_leaves_no_output(tmp_path, weights):
         buf += proc.stderr.read(1)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, buf + err
+    assert proc.returncode == 143, buf + err  # 128 + SIGTERM, as shells report it
     assert "interrupted, no output written" in err and "--resume to continue" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["in.tif"]
     job = tmp_path / ".out.tif.caswit-job"  # the finished units are kept, without temporaries or locks
