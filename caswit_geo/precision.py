@@ -235,6 +235,9 @@ def prepare_inference(model: nn.Module, precision: Precision) -> nn.Module:
     * Swin window attention through one SDPA kernel (timm's fused path)
       instead of matmul, bias, mask, softmax, matmul: encoders 2.0x faster in
       fp32 and 1.3-1.6x in bf16 on the CPU, class maps identical in fp32.
+      Not on the CPU for models narrower than :data:`MIN_BF16_WIDTH`
+      channels: their windows are too small for the kernel to pay
+      (caswit-nano: 0.86x).
     * Under bf16 / fp16, the convolutional decoder in channels_last (NHWC):
       the Swin stages hand it NHWC maps, and with NCHW weights it mixes
       layouts and copies across them in every concatenation. 1.3-1.5x faster
@@ -247,7 +250,8 @@ def prepare_inference(model: nn.Module, precision: Precision) -> nn.Module:
     import torch
 
     if hasattr(model, "set_fused_attention"):
-        model.set_fused_attention(True)
+        wide = (matmul_width(model) or 0) >= MIN_BF16_WIDTH
+        model.set_fused_attention(precision.device_type == "cuda" or wide)
     decoder = getattr(model, "decoder", None)
     if precision.mixed and decoder is not None:
         decoder.to(memory_format=torch.channels_last)

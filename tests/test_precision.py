@@ -120,25 +120,33 @@ def test_prepare_inference_keeps_the_maths(nano, tmp_path):
         with torch.inference_mode(), precision.autocast():
             return model(hr, lr).float()
 
+    def fused(model):
+        attention = [m for m in model.modules() if hasattr(m, "relative_position_bias_table")]
+        assert attention
+        return all(m.fused_attn for m in attention)
+
+    # a model too narrow for the fused kernel to pay on the CPU keeps timm's plain path
+    assert not fused(prepare_inference(copy.deepcopy(nano).eval(), fp32))
+    assert fused(prepare_inference(copy.deepcopy(nano).eval(), Precision("fp32", "cuda", "requested")))
+    wide = wide_nano(32).eval()
     for precision in (fp32, bf16):
-        prepared = prepare_inference(copy.deepcopy(nano).eval(), precision)
-        attention = [m for m in prepared.modules() if hasattr(m, "relative_position_bias_table")]
-        assert attention and all(m.fused_attn for m in attention)  # window attention through SDPA
+        prepared = prepare_inference(copy.deepcopy(wide).eval(), precision)
+        assert fused(prepared)  # window attention through SDPA
         weight = prepared.decoder.fuse[0].weight
         assert weight.is_contiguous(memory_format=torch.channels_last) == (precision is bf16)
-        ref, got = run(nano.eval(), precision), run(prepared, precision)
+        ref, got = run(wide, precision), run(prepared, precision)
         if precision is fp32:  # the same maths: fp32 logits to rounding, identical classes
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
             assert torch.equal(got.argmax(1), ref.argmax(1))
         else:  # the decoder layout changes nothing, bit for bit; fused attention rounds its bias in bf16
-            fused_only = copy.deepcopy(nano).eval()
+            fused_only = copy.deepcopy(wide).eval()
             fused_only.set_fused_attention(True)
             assert torch.equal(got, run(fused_only, bf16))
             assert (got.argmax(1) == ref.argmax(1)).float().mean() > 0.98
     # a prepared model still saves and reloads (safetensors wants contiguous tensors)
     caswit_geo.save_checkpoint(prepared, tmp_path / "p.safetensors")
     reloaded, _ = caswit_geo.load_checkpoint(tmp_path / "p.safetensors")
-    weights = nano.state_dict()
+    weights = wide.state_dict()
     assert all(torch.equal(v, weights[k]) for k, v in reloaded.state_dict().items())
 
 

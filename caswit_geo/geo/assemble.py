@@ -42,6 +42,10 @@ from rasterio.windows import Window
 
 from .class_raster import NODATA, overview_factors
 
+# DEFLATE level: 4 compresses a class map about 4x faster than GDAL's default 6 for files about
+# 4 % larger (8192 px land-cover map: 0.36 s against 1.37 s); assembly is then a few % of a run
+DEFLATE_LEVEL = 4
+
 
 def parts_vrt(
     parts: Sequence[tuple],
@@ -121,10 +125,12 @@ def write_raster(source: str, dest: str | Path, *, fmt: str, block: int, is_clas
             width, height = src.width, src.height
             if fmt == "cog":
                 gdal_copy(src, dest, driver="COG", BLOCKSIZE=block, COMPRESS="DEFLATE", PREDICTOR="YES",
+                          LEVEL=DEFLATE_LEVEL,
                           OVERVIEWS="FORCE_USE_EXISTING" if src.overviews(1) else "NONE", NUM_THREADS="ALL_CPUS",
                           BIGTIFF="IF_SAFER")
             else:
-                options = dict(COMPRESS="DEFLATE", PREDICTOR=2, BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
+                options = dict(COMPRESS="DEFLATE", PREDICTOR=2, ZLEVEL=DEFLATE_LEVEL, BIGTIFF="IF_SAFER",
+                               NUM_THREADS="ALL_CPUS")
                 if width >= 16 and height >= 16:
                     options.update(TILED="YES", BLOCKXSIZE=block, BLOCKYSIZE=block)
                 gdal_copy(src, dest, driver="GTiff", **options)
