@@ -111,14 +111,17 @@ BASE = ["predict", "{tmp}/in.tif", "--out", "{tmp}/map.tif", "--weights", "{tmp}
         "--quiet", "--unit-size", str(T)]
 JOB = (".map.tif.caswit-job",)  # the other run's job folder changes while the case runs
 
-CASES = [
-    # 4: two runs to one destination
-    Case("4-predict-live-run-holds-the-destination", BASE, live_run,
+# 4: two runs to one destination; the three cases meet the same live run (one process started)
+LIVE_CASES = [
+    Case("4-predict-live-run-holds-the-destination", BASE,
          expect=("--out", "map.tif", "another run is writing it", "caswit-geo pid"), changes=JOB),
-    Case("4-predict-overwrite-never-takes-a-live-run", BASE + ["--overwrite"], live_run,
+    Case("4-predict-overwrite-never-takes-a-live-run", BASE + ["--overwrite"],
          expect=("--out", "map.tif", "another run is writing it"), changes=JOB),
-    Case("4-predict-resume-of-a-live-job", BASE + ["--resume"], live_run,
+    Case("4-predict-resume-of-a-live-job", BASE + ["--resume"],
          expect=("--resume", "another run is working on this job", "caswit-geo pid"), changes=JOB),
+]
+
+CASES = [
     Case("4-predict-interrupted-job-needs-resume-or-overwrite", BASE, interrupted_job,
          expect=("--out", "map.tif", "interrupted job exists", "--resume", "--overwrite")),
     # a job continues only as it was planned
@@ -152,6 +155,12 @@ CASES = [
 @pytest.mark.parametrize("case", [c.param() for c in CASES])
 def test_hostile_predict(case, tmp_path, capsys):
     run_case(case, tmp_path / "case", capsys)
+
+
+def test_hostile_predict_against_a_live_run(tmp_path, capsys):
+    live_run(tmp_path)
+    for case in LIVE_CASES:
+        run_case(case, tmp_path, capsys)
 
 
 # -- 4 and 5 with a failure injected during the run ------------------------------------------------------
