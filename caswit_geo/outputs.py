@@ -282,19 +282,3 @@ class OutputSet:
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.closed:
             self.abort()
-
-
-def check_output_path(path: str | Path, overwrite: bool, option: str = "--out") -> Path:
-    """One destination checked at once (no claim): for commands not yet writing through an OutputSet.
-
-    Refuses a folder, an existing file without ``overwrite`` and a folder
-    that does not exist or cannot be written to.
-    """
-    path = OutputSet(overwrite=overwrite).check(path, option)
-    folder = Path(os.path.abspath(path)).parent
-    try:
-        with atomic.holding(folder):
-            pass
-    except OSError as e:
-        raise OutputError(f"{option}: cannot write in {folder} ({e.strerror or e})") from None
-    return path

@@ -13,7 +13,7 @@ from caswit_geo.errors import InputError, OutputError
 from caswit_geo.geo.class_raster import AtomicRasterWriter, class_description, overview_factors, read_pam_categories
 from caswit_geo.geo.masks import valid_mask
 from caswit_geo.geo.mosaic import describe_raster, expand_inputs, open_mosaic
-from caswit_geo.outputs import check_output_path
+from caswit_geo.outputs import OutputSet
 from caswit_geo.spec import ClassInfo, ClassTable
 
 RES = 0.5
@@ -232,17 +232,17 @@ def test_writer_abort_leaves_nothing(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["classes.tif"]
 
 
-def test_check_output_path(tmp_path):
+def test_output_checks(tmp_path):
     existing = tmp_path / "x.tif"
     existing.write_text("x")
     with pytest.raises(OutputError, match="exists \\(pass --overwrite"):
-        check_output_path(existing, overwrite=False)
-    assert check_output_path(existing, overwrite=True) == existing
+        OutputSet().check(existing)
+    assert OutputSet(overwrite=True).check(existing) == existing
     with pytest.raises(OutputError, match="does not exist"):
-        check_output_path(tmp_path / "missing" / "x.tif", overwrite=False)
+        OutputSet().check(tmp_path / "missing" / "x.tif")
     with pytest.raises(OutputError, match="is not a folder"):
-        check_output_path(existing / "y.tif", overwrite=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.tif"]  # no lock or probe file left
+        OutputSet().check(existing / "y.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.tif"]  # checking writes nothing
 
 
 @pytest.mark.parametrize("w, h, expected", [(100, 100, []), (300, 200, [2]), (2000, 600, [2, 4, 8])])

@@ -279,10 +279,13 @@ FORKER = textwrap.dedent(
     import os, sys, time
     from caswit_geo import atomic
     atomic.hold_folder(sys.argv[1])
+    ready_r, ready_w = os.pipe()
     child = os.fork()
     if child == 0:  # a reader process, like a DataLoader worker: outlives a killed parent a while
+        os.write(ready_w, b"x")  # the fork handlers have run
         time.sleep(60)
         os._exit(0)
+    os.read(ready_r, 1)
     print(atomic.process_token(), child, flush=True)
     time.sleep(600)
     """
