@@ -84,6 +84,9 @@ class SwinEncoder(nn.Module):
             # shifted windows at every stage, as UPerNet-Swin: timm otherwise drops the
             # shift (and shrinks the window) where a stage grid fits in one window
             kwargs["always_partition"] = True
+        if torch.empty(0).device.type == "meta":
+            # shapes only (checkpoint checks, parameter counts): random init on meta costs ~0.5 s
+            kwargs["weight_init"] = "skip"
         if weights is not None:
             weights = Path(weights)
             if not weights.is_file():
