@@ -154,14 +154,19 @@ def owner_alive(folder: str | Path, token: str) -> bool:
     return False
 
 
-def live_owners(folder: str | Path) -> list[str]:
-    """Tokens of the other processes that hold their liveness lock in ``folder`` now."""
+def _other_locks(folder: Path) -> list[tuple[Path, str]]:
+    """(lock file, token) of every liveness lock in ``folder`` but this process's own."""
     try:
-        names = [p.name for p in Path(folder).iterdir()]
+        names = [p.name for p in folder.iterdir()]
     except OSError:
         return []
-    tokens = [n[len(MARK) : -len(".lock")] for n in names if n.startswith(MARK) and n.endswith(".lock")]
-    return sorted(t for t in tokens if t != process_token() and owner_alive(folder, t))
+    tokens = [(n, n[len(MARK) : -len(".lock")]) for n in names if n.startswith(MARK) and n.endswith(".lock")]
+    return [(folder / n, t) for n, t in tokens if t != process_token()]
+
+
+def live_owners(folder: str | Path) -> list[str]:
+    """Tokens of the other processes that hold their liveness lock in ``folder`` now."""
+    return sorted(t for _, t in _other_locks(Path(folder)) if owner_alive(folder, t))
 
 
 def owner_info(folder: str | Path, token: str) -> dict:
@@ -189,14 +194,7 @@ def sweep_stale(folder: str | Path) -> list[Path]:
     """
     folder = Path(folder)
     removed: list[Path] = []
-    try:
-        locks = [p for p in folder.iterdir() if p.name.startswith(MARK) and p.name.endswith(".lock")]
-    except OSError:
-        return removed
-    for lock in locks:
-        token = lock.name[len(MARK) : -len(".lock")]
-        if token == process_token():
-            continue
+    for lock, token in _other_locks(folder):
         try:
             fd = os.open(lock, os.O_RDWR)
         except OSError:

@@ -103,7 +103,8 @@ _DISK_FULL_TEXT = (
 LOW_SPACE_BYTES = 1 << 20
 
 
-def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc``, then what it was raised from or during, outward to inward (each once)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -113,7 +114,7 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
 
 def says_disk_full(exc: BaseException) -> bool:
     """True when ``exc`` or an exception it chains reports a full disk (errno or message)."""
-    for e in _chain(exc):
+    for e in exception_chain(exc):
         if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS:
             return True
         text = str(e).lower()
@@ -130,7 +131,7 @@ def _from_io(exc: BaseException) -> bool:
     """True when ``exc`` is (or chains) a failure of the file system or of a file format library."""
     if isinstance(exc, CaswitError):
         return False
-    return any(isinstance(e, OSError) or type(e).__module__.split(".")[0] in _IO_MODULES for e in _chain(exc))
+    return any(isinstance(e, OSError) or type(e).__module__.split(".")[0] in _IO_MODULES for e in exception_chain(exc))
 
 
 def free_bytes(folder: str | Path) -> int | None:

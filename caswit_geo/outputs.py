@@ -119,9 +119,7 @@ class OutputSet:
         ``create_parents``: its missing folders are created at commit.
         ``clear``: removed at commit when this command does not write it.
         """
-        dest = self.check(dest, option, folder=folder, create_parents=create_parents)
-        key = _key(dest)
-        point = claim_point(key) if create_parents else key
+        dest, key, point = self._check(dest, option, folder, create_parents)
         self._hold(point.parent, option)
         entry = _Dest(dest, option, folder, point.parent, clear)
         if claim and self.job is not None:
@@ -136,6 +134,10 @@ class OutputSet:
         self, dest: str | Path, option: str = "--out", *, folder: bool = False, create_parents: bool = False
     ) -> Path:
         """The checks of :meth:`add` that change nothing (no lock, no claim, no sweep)."""
+        return self._check(dest, option, folder, create_parents)[0]
+
+    def _check(self, dest: str | Path, option: str, folder: bool, create_parents: bool) -> tuple[Path, Path, Path]:
+        """``(dest, key, claim point)`` after :meth:`check`'s checks."""
         dest = Path(dest)
         key = _key(dest)
         if key in self.dests:
@@ -147,12 +149,13 @@ class OutputSet:
         self._check_not_input(dest, option, folder)
         if dest.exists() and not self.overwrite:
             raise OutputError(f"{option} {dest}: exists (pass --overwrite to replace it)")
-        anchor = (claim_point(key) if create_parents else key).parent
+        point = claim_point(key) if create_parents else key
+        anchor = point.parent
         if not anchor.is_dir():
             if anchor.exists():
                 raise OutputError(f"{option}: {anchor} is not a folder")
             raise OutputError(f"{option}: folder {dest.parent} does not exist")
-        return dest
+        return dest, key, point
 
     def claim(self, path: str | Path, option: str = "--out") -> None:
         """Claim ``path`` (e.g. a folder this command fills) without making it a destination."""

@@ -309,8 +309,8 @@ class LowResBuilder(threading.Thread):
 class ChunkReader:
     """Per-process open chunk files (a few, least recently used closed), waiting for unwritten ones.
 
-    ``failed``: the marker of the builder writing the chunks (default
-    ``FAILED`` in the chunk folder); when it appears, readers stop waiting.
+    ``failed``: the marker of the builder writing the chunks
+    (:attr:`LowResBuilder.failed`); when it appears, readers stop waiting.
     """
 
     def __init__(self, max_open: int = 8, poll: float = 0.005, failed: str | Path | None = None) -> None:
@@ -322,9 +322,8 @@ class ChunkReader:
     def get(self, lowres: LowResRaster, bi: int, bj: int) -> rasterio.io.DatasetReader:
         path = lowres.chunk_path(bi, bj)
         while not path.exists():  # the pre-pass thread has not written it yet
-            failed = self.failed or Path(lowres.folder) / FAILED
-            if failed.exists():
-                reason = failed.read_text().strip() or "no reason recorded"
+            if self.failed is not None and self.failed.exists():
+                reason = self.failed.read_text().strip() or "no reason recorded"
                 raise RuntimeError(f"the LR pre-pass failed: {reason}")
             time.sleep(self.poll)
         return self._handles.get(path)

@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import InputError, one_line
+from ..errors import InputError, exception_chain, one_line
 
 VRT_MAX_BYTES = 64 << 20  # a VRT larger than this is not a mosaic description
 VRT_MAX_DEPTH = 4  # VRTs of VRTs
@@ -95,17 +95,14 @@ def _is_gdal(exc: BaseException) -> bool:
 
 def gdal_messages(exc: BaseException) -> list[str]:
     """GDAL's messages about ``exc``, outermost first (worker tracebacks included)."""
-    out, seen = [], set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
+    out = []
+    for e in exception_chain(exc):
         text = str(e)
         found = _GDAL_LINE.findall(text)
         if found:  # a traceback's text: the innermost cause comes first
             out += reversed(found)
         elif _is_gdal(e):
             out.append(text)
-        e = e.__cause__ or e.__context__
     return [one_line(m) for m in out if m.strip()]
 
 
@@ -117,11 +114,11 @@ def read_error(exc: BaseException, names: Sequence[str | Path] = (), fallback: s
         names: the input files; the one GDAL's messages name is reported.
         fallback: what to name when no file is recognised (e.g. the inputs given).
     """
-    if isinstance(exc, InputError) or not (_is_gdal(exc) or any(_is_gdal(e) for e in _causes(exc))
+    if isinstance(exc, InputError) or not (any(_is_gdal(e) for e in exception_chain(exc))
                                            or _GDAL_LINE.search(str(exc))):
         return None
     messages = gdal_messages(exc)
-    if not messages or any(m.lower().startswith("write failed") for m in messages[:1]):
+    if not messages or messages[0].lower().startswith("write failed"):
         return None
     text = "\n".join(messages)
     named = None
@@ -140,10 +137,3 @@ def read_error(exc: BaseException, names: Sequence[str | Path] = (), fallback: s
     error.__cause__ = exc
     return error
 
-
-def _causes(exc: BaseException):
-    e, seen = exc.__cause__ or exc.__context__, {id(exc)}
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        yield e
-        e = e.__cause__ or e.__context__

@@ -65,7 +65,8 @@ def swin_arch(config: CaswitConfig) -> tuple[int, tuple[int, ...], tuple[int, ..
 @functools.lru_cache(maxsize=None)
 def _timm_swin_arch(backbone: str, overrides: tuple) -> tuple[int, tuple[int, ...], tuple[int, ...], int]:
     with torch.device("meta"):
-        swin = timm.create_model(backbone, pretrained=False, num_classes=0, always_partition=True, **dict(overrides))
+        swin = timm.create_model(backbone, pretrained=False, num_classes=0, always_partition=True,
+                                 weight_init="skip", **dict(overrides))  # shapes only: no random init
     blocks = [layer.blocks for layer in swin.layers]
     return (
         swin.embed_dim,

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ... import atomic
 from ...checkpoint import load_checkpoint
 from ...precision import prepare_inference
 from ...device import CpuThreads, select_device
@@ -27,7 +26,7 @@ from ...errors import ConfigError
 from ...geo.area import pixel_area_m2
 from ...geo.mosaic import Mosaic, RasterInfo
 from .config import PredictConfig
-from .job import PLAN_FILE, Job, compare_manifest
+from .job import PLAN_FILE, Job, compare_manifest, live_description
 from .plan import PredictPlan, plan_predict, shard_units
 from .source import PredictTiles, collate_tiles
 from .units import predict_probabilities
@@ -110,9 +109,9 @@ def job_state(plan: PredictPlan) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         return f"{job_dir} exists but its plan cannot be read (--overwrite starts again)"
     done = len(Job(job_dir, stored).done_units())
-    live = atomic.live_owners(job_dir)
-    if live:
-        return f"running ({atomic.describe_owner(job_dir, live[0])}): {done} of {total} units done"
+    owner = live_description(job_dir)
+    if owner:
+        return f"running ({owner}): {done} of {total} units done"
     try:
         compare_manifest(stored, plan, "--resume")
     except ConfigError as e:

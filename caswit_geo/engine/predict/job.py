@@ -48,7 +48,6 @@ from rasterio.windows import Window
 from ... import atomic, claims
 from ...errors import ConfigError, OutputError
 from ...outputs import OutputSet
-from ...weights import sha256
 from .plan import PredictPlan, Unit, shard_units
 
 FORMAT = "caswit-geo predict job"
@@ -89,12 +88,9 @@ def make_manifest(plan: PredictPlan, shards: int) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "created_by": {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:2000]},
         "inputs": [input_record(p) for p in plan.inputs],
-        "checkpoint": {"path": os.path.abspath(plan.weights), "sha256": sha256(plan.weights)},
+        "checkpoint": {"path": os.path.abspath(plan.weights), "sha256": plan.checkpoint_sha256},
         "pixels": plan.options,
-        "outputs": {
-            "classes": [str(Path(os.path.abspath(r.classes))) for r in plan.rasters],
-            "confidence": [str(Path(os.path.abspath(r.confidence))) for r in plan.rasters if r.confidence],
-        },
+        "outputs": make_outputs(plan),
         "grid": {"width": g.width, "height": g.height, "tile": g.tile, "overlap": g.overlap,
                  "block": plan.block, "strip_width": plan.strip_width, "unit_size": plan.unit_size},
         "shards": shards,
@@ -120,7 +116,7 @@ def compare_manifest(stored: dict, plan: PredictPlan, how: str) -> None:
     if len(new_inputs) != len(old_inputs):
         missing = sorted(set(old_inputs) - {r["path"] for r in new_inputs})
         raise ConfigError(f"{how}: the interrupted job also read {missing[0] if missing else 'other files'}; {restart}")
-    digest = sha256(plan.weights)
+    digest = plan.checkpoint_sha256
     if stored.get("checkpoint", {}).get("sha256") != digest:
         raise ConfigError(
             f"{how}: --weights {plan.weights} is not the checkpoint of the interrupted job "

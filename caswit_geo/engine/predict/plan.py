@@ -22,6 +22,7 @@ overlap, tiles on unit borders are computed by both neighbours.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from ...geo.vectorize import vector_format
 from ...outputs import OutputSet
 from ...precision import Precision, resolve_precision
 from ...spec import ClassTable, InputSpec
-from ...weights import resolve_weights
+from ...weights import resolve_weights, sha256
 from .config import FORMATS, PredictConfig
 
 GSD_TOLERANCE = 0.10  # relative pixel-size difference that deserves a warning
@@ -111,6 +112,11 @@ class PredictPlan:
     min_area: float | None = None
     simplify: float | None = None
     options: dict = field(default_factory=dict)  # the pixel-changing options (plan.json, --resume)
+
+    @functools.cached_property
+    def checkpoint_sha256(self) -> str:
+        """Hashed once per plan: a Swin checkpoint is hundreds of MB."""
+        return sha256(self.weights)
 
     @property
     def spec(self) -> InputSpec:
