@@ -52,7 +52,6 @@ class ConfusionMatrix:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-        self.unpredicted = 0
         self.unpredicted_by_class = np.zeros(num_classes, dtype=np.int64)  # per ground-truth class
 
     def update(self, target, pred) -> None:
@@ -71,7 +70,6 @@ class ConfusionMatrix:
         if bad_p.any():
             raise ValueError(f"predicted value {int(pred[bad_p][0])} outside 0..{k - 1}")
         gaps = labelled & ~predicted
-        self.unpredicted += int(np.count_nonzero(gaps))
         if gaps.any():
             self.unpredicted_by_class += np.bincount(target[gaps], minlength=k)
         keep = labelled & predicted
@@ -80,12 +78,16 @@ class ConfusionMatrix:
 
     def merge(self, other: "ConfusionMatrix") -> None:
         self.matrix += other.matrix
-        self.unpredicted += other.unpredicted
         self.unpredicted_by_class += other.unpredicted_by_class
 
     @property
     def total(self) -> int:
         return int(self.matrix.sum())
+
+    @property
+    def unpredicted(self) -> int:
+        """Labelled pixels without a prediction."""
+        return int(self.unpredicted_by_class.sum())
 
 
 # ---------------------------------------------------------------- per-class scores
@@ -294,33 +296,27 @@ class Protocol:
         if full.shape != (self.num_classes, self.num_classes):
             raise ValueError(f"expected a {self.num_classes}x{self.num_classes} matrix, got {full.shape}")
         ids = list(self.eval_ids)
+        n = len(ids)
         sub = full[np.ix_(ids, ids)]
+        m = sub
         if gaps is not None:  # an extra "no prediction" column: in every row total, never on the diagonal
-            n = len(ids)
-            wide = np.zeros((n + 1, n + 1), dtype=np.int64)
-            wide[:n, :n] = sub
-            wide[:n, n] = np.asarray(gaps)[ids]
-            iou, f1 = iou_per_class(wide)[:n], f1_per_class(wide)[:n]
-            return self._scores(ids, sub, iou, f1, precision_per_class(wide)[:n], recall_per_class(wide)[:n],
-                                overall_accuracy(wide), boundary, gt_pixels=wide[:n].sum(1))
-        iou, f1 = iou_per_class(sub), f1_per_class(sub)
-        return self._scores(ids, sub, iou, f1, precision_per_class(sub), recall_per_class(sub),
-                            overall_accuracy(sub), boundary, gt_pixels=sub.sum(1))
-
-    def _scores(self, ids, sub, iou, f1, precision, recall, oa, boundary, gt_pixels) -> "Scores":
+            m = np.zeros((n + 1, n + 1), dtype=np.int64)
+            m[:n, :n] = sub
+            m[:n, n] = np.asarray(gaps)[ids]
+        iou, f1 = iou_per_class(m)[:n], f1_per_class(m)[:n]
         biou = boundary.iou()[ids] if boundary is not None else None
         return Scores(
             ids=tuple(ids),
             iou=self._finish(iou),
             f1=self._finish(f1),
-            precision=self._finish(precision),
-            recall=self._finish(recall),
+            precision=self._finish(precision_per_class(m)[:n]),
+            recall=self._finish(recall_per_class(m)[:n]),
             biou=None if biou is None else self._finish(biou),
-            gt_pixels=gt_pixels,
+            gt_pixels=m[:n].sum(1),
             pred_pixels=sub.sum(0),
             miou=self._mean(iou),
             mf1=self._mean(f1),
-            oa=oa,
+            oa=overall_accuracy(m),
             mbiou=float("nan") if biou is None else self._mean(biou),
         )
 

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
 from ..errors import ConfigError, DatasetError
@@ -46,11 +45,7 @@ def aerial_mask_rule(src, bands: list[int]) -> MaskRule:
     Band 4 is near-infrared, but a 4-band 8-bit GeoTIFF is often tagged RGBA
     (GDAL's default): read as alpha, every NIR = 0 pixel would become nodata.
     """
-    rule = mask_rule(src, bands)
-    if rule.kind == "dataset" and MaskFlags.alpha in src.mask_flag_enums[0]:
-        nodata = tuple(src.nodatavals[b - 1] for b in bands)
-        return MaskRule("none") if all(v is None for v in nodata) else MaskRule("nodata", nodata)
-    return rule
+    return mask_rule(src, bands, alpha=False)
 
 
 def patch_tree(request: SplitRequest, root: Path, allow_missing: bool) -> Path:

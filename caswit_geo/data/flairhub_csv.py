@@ -29,9 +29,9 @@ from pathlib import Path, PurePosixPath
 from ..errors import DatasetError
 from .flairhub_index import IMAGE_MODALITY, LABEL_MODALITY
 
-# split name as typed (any case) -> the official file suffix
-SPLIT_SUFFIXES = {"train": "_train.csv", "val": "_valid.csv", "valid": "_valid.csv", "validation": "_valid.csv",
-                  "test": "_test.csv"}
+# split name as typed (any case) -> the official split: its file suffix, its value in the split GeoPackage
+SPLIT_VALUES = {"train": "train", "val": "valid", "valid": "valid", "validation": "valid", "test": "test"}
+SPLIT_SUFFIXES = {name: f"_{value}.csv" for name, value in SPLIT_VALUES.items()}
 MAX_CSV_BYTES = 2**30  # the full data set's largest split file is well under 200 MB
 MAX_CELL = 4096  # characters of one path
 _PATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")

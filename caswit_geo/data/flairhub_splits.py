@@ -27,14 +27,12 @@ from pathlib import Path
 import pyogrio
 
 from ..errors import DatasetError
-from .flairhub_csv import SplitRow, find_split_csv, is_split_csv, read_split_csv, split_suffix
+from .flairhub_csv import SPLIT_VALUES, SplitRow, find_split_csv, is_split_csv, read_split_csv, split_suffix
 from .flairhub_index import patch_id_from_path
 from .paths import resolve_entry
 
 SPLIT_GPKG = Path("GLOBAL_ALL_MTD") / "GLOBAL_ALL_MTD_SPLIT.gpkg"
 DEFAULT_SPLIT_COLUMN = "split_flairhub"
-# split name given by the user -> value in the GeoPackage
-SPLIT_VALUES = {"train": "train", "val": "valid", "valid": "valid", "validation": "valid", "test": "test"}
 _HEADER_WORDS = {"patch_id", "id", "patch", "name", "patch_name"}
 
 

@@ -108,7 +108,8 @@ def split_names(root: Path, split: str | None, allow_missing: bool = False) -> t
     missing = [name for name in names if _find_raster(image_dir, name) is None]
     coverage = check_coverage(str(split_file), names, missing, allow_missing=allow_missing, where=str(image_dir),
                               what="images")
-    return [name for name in names if name not in set(missing)], coverage
+    absent = set(missing)
+    return [name for name in names if name not in absent], coverage
 
 
 def build_tiles(

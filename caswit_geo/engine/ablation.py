@@ -27,7 +27,6 @@ also keeps min, max and every seed's value.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,7 @@ from ..atomic import save_figure, write_text
 from ..errors import ConfigError
 from ..synthetic import CONTEXT_CLASSES, SyntheticConfig, generate_dataset
 from .evaluate import EvalConfig, evaluate
+from .rundir import json_ready, write_json
 from .train import TrainConfig, train
 
 
@@ -173,18 +173,8 @@ class AblationResult:
 
     def to_json(self) -> dict:
         """JSON-ready (an undefined score, NaN, becomes null)."""
-        return _finite({"config": self.config, "spread": SPREAD,
+        return json_ready({"config": self.config, "spread": SPREAD,
                         "rows": [asdict(r) for r in self.rows], "runs": [asdict(r) for r in self.runs]})
-
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def aggregate(runs: list[AblationRun], variants: tuple[Variant, ...] = VARIANTS) -> list[AblationRow]:
@@ -235,7 +225,7 @@ def run_ablation(config: AblationConfig, report: Callable[[str], None] | None = 
                        f"({run.train_seconds:.0f} s)")
     result = AblationResult(aggregate(runs, variants), runs,
                             config={k: str(v) for k, v in asdict(config).items()})
-    write_text(out / "ablation.json", json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
+    write_json(out / "ablation.json", result.to_json())
     write_text(out / "ablation.md", result.markdown())
     plot_ablation(result, out / "ablation.png")
     return result

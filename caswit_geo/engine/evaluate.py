@@ -425,7 +425,7 @@ def _score_rasters(pred_path: Path, ref_path: Path, classes, dataset, tile_size:
         table = ClassTable.generic(k)
         protocol = generic_protocol(table)
         trimmed, tb = ConfusionMatrix(k), BoundaryStats(k)
-        trimmed.matrix, trimmed.unpredicted = cm.matrix[:k, :k].copy(), cm.unpredicted
+        trimmed.matrix = cm.matrix[:k, :k].copy()
         trimmed.unpredicted_by_class = cm.unpredicted_by_class[:k].copy()
         tb.intersection, tb.union = boundary.intersection[:k].copy(), boundary.union[:k].copy()
         cm, boundary = trimmed, tb

@@ -190,7 +190,7 @@ def read_json(path: Path):
 
 def write_logs(run: RunDirectory, history: list[dict]) -> None:
     """``log.csv`` and ``log.json``: one row per finished epoch (NaN/None written empty / null)."""
-    rows = [{k: _finite(v) for k, v in row.items()} for row in history]
+    rows = [{k: json_ready(v) for k, v in row.items()} for row in history]
     write_json(run.file(LOG_JSON), rows)
     columns = list(dict.fromkeys(k for row in rows for k in row))
     buf = io.StringIO()
@@ -201,5 +201,12 @@ def write_logs(run: RunDirectory, history: list[dict]) -> None:
     write_text(run.file(LOG_CSV), buf.getvalue())
 
 
-def _finite(value):
-    return None if isinstance(value, float) and not math.isfinite(value) else value
+def json_ready(value):
+    """``value`` with every NaN or infinite float (nested too) replaced by None, for strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value

@@ -24,11 +24,16 @@ class MaskRule:
     nodata: tuple[float | None, ...] = ()  # per requested band, for "nodata"
 
 
-def mask_rule(src: rasterio.io.DatasetReader, bands: Sequence[int]) -> MaskRule:
-    """The GDAL dataset-mask rule of ``src`` for ``bands`` (see :func:`valid_mask`)."""
+def mask_rule(src: rasterio.io.DatasetReader, bands: Sequence[int], alpha: bool = True) -> MaskRule:
+    """The GDAL dataset-mask rule of ``src`` for ``bands`` (see :func:`valid_mask`).
+
+    ``alpha=False``: a band tagged alpha is never the mask, even when not read
+    (data sets whose 4th band is always near-infrared).
+    """
     flags = src.mask_flag_enums[0]
     alpha_bands = {i + 1 for i, ci in enumerate(src.colorinterp) if ci == ColorInterp.alpha}
-    if MaskFlags.per_dataset in flags and not (MaskFlags.alpha in flags and alpha_bands & set(bands)):
+    alpha_read = bool(alpha_bands & set(bands)) or not alpha
+    if MaskFlags.per_dataset in flags and not (MaskFlags.alpha in flags and alpha_read):
         return MaskRule("dataset")
     nodata = tuple(src.nodatavals[b - 1] for b in bands)
     if all(v is None for v in nodata):
