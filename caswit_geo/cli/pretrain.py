@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def print_result(result: PretrainResult, console: Console | None = None) -> None:
     console = console or make_console()
     if result.stopped_by is not None:
-        return  # see stopped()
+        return  # run_options.exit_if_stopped reports it
     if not result.completed:
         last = result.history[-1]["epoch"] if result.history else 0
         console.print(f"stopped after epoch {last}; continue with: caswit-geo pretrain --resume {safe(result.run_dir)}")

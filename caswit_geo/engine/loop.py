@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from tqdm.auto import tqdm
 
+from ..bounds import check_settings
 from ..checkpoint import read_checkpoint, read_meta, save_checkpoint
 from ..device import CpuThreads
 from ..errors import CaswitError, CheckpointError, ConfigError
@@ -78,6 +79,7 @@ def open_run(config: RunConfig, command: str, env: DistEnv) -> tuple[RunConfig, 
             # a run from before --precision: its amp meant mixed precision on CUDA only
             saved = {**saved, "precision": "fp32"}
         config = resolved_for_resume(saved, config, type(config), str(run_dir / CONFIG))
+        check_settings(config)  # the run's saved settings too
         config = dataclasses.replace(config, out=run_dir)
         return config, RunDirectory(run_dir, None, resuming=True, active=env.is_master)
     config.requested_precision()  # a bad --precision fails before the run directory exists
@@ -120,8 +122,6 @@ class Loop:
 
 def train_loader(dataset: Dataset, env: DistEnv, batch_size: int, workers: int, seed: int):
     """Shuffled loader of this rank's share; full batches only (BatchNorm needs more than one tile)."""
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     sampler = SkippingSampler(DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                                  seed=seed))
     if len(sampler) < batch_size:
@@ -187,10 +187,6 @@ def build_loop(
     scaler = torch.amp.GradScaler("cuda") if precision.needs_loss_scaling else None  # bf16 needs none
     loader, sampler = train_loader(dataset, env, config.batch_size, config.workers, config.seed)
     steps = len(loader)
-    if config.epochs < 1:
-        raise ConfigError(f"--epochs must be >= 1, got {config.epochs}")
-    if config.warmup_epochs < 0:
-        raise ConfigError(f"--warmup-epochs must be >= 0, got {config.warmup_epochs}")
     schedule = CosineSchedule(config.lr, config.min_lr, config.epochs * steps, round(config.warmup_epochs * steps))
     start = resume_point(run_dir, model, optimizer, scaler, env, steps) if resuming else Start()
     ddp_model = wrap_model(model, env, find_unused_parameters)
@@ -442,12 +438,10 @@ def _epoch_line(row: dict, epochs: int) -> str:
     return "  ".join(parts)
 
 
-def training_metadata(config: RunConfig, env: DistEnv, precision: Precision | None = None) -> dict:
+def training_metadata(config: RunConfig, env: DistEnv, precision: Precision) -> dict:
     """The run's settings as recorded in its checkpoints (with the precision that ran)."""
-    meta = {**config.to_dict(), "world_size": env.world_size, "global_batch_size": config.batch_size * env.world_size}
-    if precision is not None:
-        meta["precision_used"] = precision.describe()
-    return meta
+    return {**config.to_dict(), "world_size": env.world_size, "global_batch_size": config.batch_size * env.world_size,
+            "precision_used": precision.describe()}
 
 
 def seed_run(config: RunConfig, env: DistEnv) -> None:

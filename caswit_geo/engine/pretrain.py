@@ -105,7 +105,6 @@ def _pretrain(config: PretrainConfig, env: DistEnv) -> PretrainResult:
 
 def _pretrain_in(config: PretrainConfig, run: RunDirectory, env: DistEnv) -> PretrainResult:
     run_dir, resuming = run.path, run.resuming
-    check_settings(config)  # a resumed run's saved settings too
     tile = config.resolved_tile_size()
     try:
         masks = MaskGenerator(tile, config.mask_patch_size, config.mask_ratio, config.lr_mask_ratio)

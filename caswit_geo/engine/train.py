@@ -12,7 +12,6 @@ auxiliary LR head, what ``predict`` and ``eval`` load.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -92,7 +91,6 @@ def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
 
 def _train_in(config: TrainConfig, run: RunDirectory, env: DistEnv) -> TrainResult:
     run_dir, resuming = run.path, run.resuming
-    check_settings(config)  # a resumed run's saved settings too
     _check(config)
     if config.batch_size < 2 and not (env.device.type == "cuda" and env.distributed):
         # the decoder's BatchNorm sees one value per channel after the 1x1 pyramid pooling
@@ -210,7 +208,7 @@ def _initial_model(
 
 @torch.no_grad()
 def validate(
-    model: nn.Module, loader, class_weights: torch.Tensor | None, cm, env: DistEnv, precision: Precision | None = None
+    model: nn.Module, loader, class_weights: torch.Tensor | None, cm, env: DistEnv, precision: Precision
 ) -> tuple[float, int]:
     """Accumulate this rank's share of the split into ``cm``; returns (sum of batch HR losses, batches)."""
     model.eval()
@@ -218,7 +216,7 @@ def validate(
     for batch in loader:
         hr, lr = batch["hr"].to(env.device, non_blocking=True), batch["lr"].to(env.device, non_blocking=True)
         label = batch["label"].to(env.device, non_blocking=True)
-        with precision.autocast() if precision is not None else contextlib.nullcontext():
+        with precision.autocast():
             logits = model(hr, lr)  # (B, K, T, T); eval mode: HR head only
         loss_sum += float(cross_entropy(logits, label, class_weights))
         batches += 1
