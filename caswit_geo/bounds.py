@@ -41,9 +41,10 @@ from .errors import ConfigError
 Check = Callable[[Any, str], Any]
 
 
-def _show(value: Any) -> str:
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters for a one-line message."""
     text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Int:
@@ -61,7 +62,7 @@ class Int:
         if isinstance(value, float) and value.is_integer():
             number = int(value)
         if isinstance(number, bool) or not isinstance(number, numbers.Integral):
-            raise ConfigError(f"{name} must be {self.describe()}, got {_show(value)}")
+            raise ConfigError(f"{name} must be {self.describe()}, got {short_repr(value)}")
         number = int(number)
         if not self.lo <= number <= self.hi or number % self.multiple:
             raise ConfigError(f"{name} must be {self.describe()}, got {number}")
@@ -79,7 +80,7 @@ class Real:
 
     def __call__(self, value: Any, name: str) -> float:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ConfigError(f"{name} must be {self.describe()}, got {_show(value)}")
+            raise ConfigError(f"{name} must be {self.describe()}, got {short_repr(value)}")
         number = float(value)
         low_ok = number > self.lo if self.lo_open else number >= self.lo
         high_ok = number < self.hi if self.hi_open else number <= self.hi
@@ -93,7 +94,7 @@ class Flag:
 
     def __call__(self, value: Any, name: str) -> bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false, got {_show(value)}")
+            raise ConfigError(f"{name} must be true or false, got {short_repr(value)}")
         return value
 
 
@@ -106,10 +107,10 @@ class Text:
     def __call__(self, value: Any, name: str) -> str:
         if self.choices is not None:
             if value not in self.choices:
-                raise ConfigError(f"{name} must be one of {', '.join(self.choices)}; got {_show(value)}")
+                raise ConfigError(f"{name} must be one of {', '.join(self.choices)}; got {short_repr(value)}")
             return value
         if not isinstance(value, str) or not 0 < len(value) <= self.max_len or not value.isprintable():
-            raise ConfigError(f"{name} must be printable text of 1 to {self.max_len} characters, got {_show(value)}")
+            raise ConfigError(f"{name} must be printable text of 1 to {self.max_len} characters, got {short_repr(value)}")
         return value
 
 
@@ -121,10 +122,10 @@ class Seq:
 
     def __call__(self, value: Any, name: str) -> tuple:
         if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__") or not hasattr(value, "__iter__"):
-            raise ConfigError(f"{name} must be a list, got {_show(value)}")
+            raise ConfigError(f"{name} must be a list, got {short_repr(value)}")
         if not self.min_len <= len(value) <= self.max_len:
             size = str(self.min_len) if self.min_len == self.max_len else f"{self.min_len} to {self.max_len}"
-            raise ConfigError(f"{name} must hold {size} values, got {len(value)}: {_show(value)}")
+            raise ConfigError(f"{name} must hold {size} values, got {len(value)}: {short_repr(value)}")
         return tuple(self.item(v, f"{name}[{i}]") for i, v in enumerate(value))
 
 
@@ -146,7 +147,7 @@ class Keys:
 
     def __call__(self, value: Any, name: str) -> dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{name} must be an object, got {_show(value)}")
+            raise ConfigError(f"{name} must be an object, got {short_repr(value)}")
         unknown = sorted(str(k) for k in value if k not in self.checks)
         if unknown:
             raise ConfigError(f"{name}: unknown key {unknown[0]!r} (allowed: {', '.join(self.checks)})")
@@ -191,7 +192,7 @@ def check_fields(obj: Any, prefix: str = "") -> None:
 def from_mapping(cls: type, data: Any, what: str):
     """``cls(**data)`` for a dict from a file: unknown keys refused by name; missing keys take the defaults."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{what} must be an object, got {_show(data)}")
+        raise ConfigError(f"{what} must be an object, got {short_repr(data)}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:

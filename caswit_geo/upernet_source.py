@@ -27,6 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .checkpoint import torch_load
+from .bounds import short_repr
 from .errors import CheckpointError
 from .model.upernet_keys import detect_format
 from .spec import IMAGENET_MEAN, IMAGENET_STD, InputSpec
@@ -111,7 +112,7 @@ def _read_transformers(folder: Path) -> UperNetSource:
         raise CheckpointError(f"{folder}: sharded weights are not supported; save the model as one model.safetensors")
     else:
         raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
-    if _format_of(state, weights) != "transformers":
+    if detect_format(state, str(weights)) != "transformers":
         raise CheckpointError(f"{weights}: tensor names are not those of transformers' UPerNet-Swin")
     mean, std, how = _transformers_normalisation(folder / "preprocessor_config.json", arch.in_chans)
     return UperNetSource(folder, "transformers", state, arch, decoder_channels, len(names), names, mean, std, how)
@@ -123,7 +124,7 @@ def _transformers_arch(config: dict, path: Path) -> tuple[SwinArch, int, list[st
     def need(d: dict, key: str, ok, what: str, where: str = ""):
         value = d.get(key)
         if not ok(value):
-            raise CheckpointError(f"{path}: {where}{key} is {_short(value)}; caswit-geo needs {what}")
+            raise CheckpointError(f"{path}: {where}{key} is {short_repr(value, 80)}; caswit-geo needs {what}")
         return value
 
     need(config, "model_type", lambda v: v == "upernet", '"upernet" (UperNetForSemanticSegmentation)')
@@ -155,13 +156,14 @@ def _transformers_arch(config: dict, path: Path) -> tuple[SwinArch, int, list[st
     channels = need(config, "hidden_size", small_int(1, 8192), "an integer 1..8192")
     names = _class_names_from_id2label(config.get("id2label"), path)
     if "num_labels" in config and config["num_labels"] != len(names):
-        raise CheckpointError(f"{path}: num_labels {_short(config['num_labels'])} but {len(names)} labels in id2label")
+        raise CheckpointError(
+            f"{path}: num_labels {short_repr(config['num_labels'], 80)} but {len(names)} labels in id2label")
     return SwinArch(embed_dim, tuple(depths), tuple(heads), window, in_chans), channels, names
 
 
 def _class_names_from_id2label(id2label, path: Path) -> list[str]:
     if not isinstance(id2label, dict) or not 1 <= len(id2label) <= 255:
-        raise CheckpointError(f"{path}: id2label must map 1..255 class ids to names, got {_short(id2label)}")
+        raise CheckpointError(f"{path}: id2label must map 1..255 class ids to names, got {short_repr(id2label, 80)}")
     if sorted(id2label) != sorted(str(i) for i in range(len(id2label))):
         raise CheckpointError(f"{path}: id2label keys must be 0..{len(id2label) - 1}")
     return [_class_name(id2label[str(i)], f"{path}: id2label[{i}]") for i in range(len(id2label))]
@@ -169,7 +171,7 @@ def _class_names_from_id2label(id2label, path: Path) -> list[str]:
 
 def _class_name(value, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise CheckpointError(f"{where} is {_short(value)}; expected a class name")
+        raise CheckpointError(f"{where} is {short_repr(value, 80)}; expected a class name")
     return " ".join(value.split())[:MAX_CLASS_NAME_CHARS]
 
 
@@ -186,14 +188,14 @@ def _transformers_normalisation(path: Path, in_chans: int) -> tuple[tuple[float,
     def flag(key: str, default: bool) -> bool:
         value = pre.get(key, default)
         if not isinstance(value, bool):
-            raise CheckpointError(f"{path}: {key} is {_short(value)}; expected true or false")
+            raise CheckpointError(f"{path}: {key} is {short_repr(value, 80)}; expected true or false")
         return value
 
     factor = 1.0
     if flag("do_rescale", True):
         factor = pre.get("rescale_factor", 1 / 255)
         if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not 1e-6 <= factor <= 1:
-            raise CheckpointError(f"{path}: rescale_factor is {_short(factor)}; expected a number in (0, 1]")
+            raise CheckpointError(f"{path}: rescale_factor is {short_repr(factor, 80)}; expected a number in (0, 1]")
     if not flag("do_normalize", True):
         mean, std = (0.0,) * in_chans, (1.0,) * in_chans
     else:
@@ -208,7 +210,7 @@ def _transformers_normalisation(path: Path, in_chans: int) -> tuple[tuple[float,
 def _numbers(value, n: int, where: str) -> tuple[float, ...]:
     if not (isinstance(value, list) and len(value) == n
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
-        raise CheckpointError(f"{where} is {_short(value)}; expected {n} numbers")
+        raise CheckpointError(f"{where} is {short_repr(value, 80)}; expected {n} numbers")
     return tuple(float(v) for v in value)
 
 
@@ -223,7 +225,7 @@ def _read_mmseg(path: Path) -> UperNetSource:
             f"{e}; keep only the weights, e.g. torch.save({{'state_dict': ckpt['state_dict']}}, 'upernet.pth')"
         ) from None
     state = _state_of(obj, path)
-    if _format_of(state, path) != "mmseg":
+    if detect_format(state, str(path)) != "mmseg":
         raise CheckpointError(f"{path}: tensor names are not those of mmsegmentation's UPerNet-Swin")
     arch = _mmseg_arch(state, path)
     seg = state.get("decode_head.conv_seg.weight")
@@ -273,18 +275,12 @@ def _mmseg_class_names(obj, num_classes: int, path: Path) -> list[str] | None:
     if names is None:
         return None
     if not isinstance(names, (list, tuple)) or len(names) != num_classes:
-        raise CheckpointError(f"{path}: meta names {_short(names)} classes for a {num_classes}-class classifier")
+        raise CheckpointError(
+            f"{path}: meta names {short_repr(names, 80)} classes for a {num_classes}-class classifier")
     return [_class_name(n, f"{path}: meta class {i}") for i, n in enumerate(names)]
 
 
 # --- files ----------------------------------------------------------------------------------
-
-
-def _format_of(state: dict, path: Path) -> str:
-    try:
-        return detect_format(state)
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from None
 
 
 def _bounded(path: Path, limit: int = MAX_WEIGHTS_BYTES) -> Path:
@@ -339,13 +335,8 @@ def _check_keys(keys: list, path: Path) -> None:
         raise CheckpointError(f"{path}: {len(keys)} tensors, more than a UPerNet-Swin has")
     bad = next((k for k in keys if not isinstance(k, str) or len(k) > MAX_KEY_CHARS), None)
     if bad is not None:
-        raise CheckpointError(f"{path}: invalid tensor name {_short(bad)}")
+        raise CheckpointError(f"{path}: invalid tensor name {short_repr(bad, 80)}")
 
 
 def _as_float32(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.is_floating_point() else t
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

@@ -93,7 +93,6 @@ class UperNetTransferReport:
     model_classes: int
     fusion_blocks: int  # left at their initialisation
     unused: dict[str, str]  # source tensors not loaded -> why
-    filled: list[str]  # BatchNorm counters the source lacked (set to 0)
 
     def __str__(self) -> str:
         classifier = (
@@ -124,10 +123,10 @@ def transfer_upernet(
             "a UPerNet-Swin needs pad-then-shift windows and stage norms"
         )
     b = model.backbone
-    decoder_state = model.decoder.state_dict()
-    mapped = map_upernet_state(state, b.hr_encoder.state_dict().keys(), decoder_state.keys(), fmt, source)
+    encoder_state, decoder_state = b.hr_encoder.state_dict(), model.decoder.state_dict()
+    mapped = map_upernet_state(state, encoder_state.keys(), decoder_state.keys(), fmt, source)
     hint = f"; the source is a different Swin or UPerNet than {cfg.name}"
-    check_state_fits(b.hr_encoder.state_dict(), mapped.encoder, source, "Swin backbone does not fit", hint)
+    check_state_fits(encoder_state, mapped.encoder, source, "Swin backbone does not fit", hint)
     classifier = mapped.decoder["classifier.weight"].shape == decoder_state["classifier.weight"].shape
     head = {k: v for k, v in mapped.decoder.items() if classifier or not k.startswith("classifier.")}
     expected = {k: v for k, v in decoder_state.items() if k in head}
@@ -143,5 +142,5 @@ def transfer_upernet(
         encoders=[n for n, _ in encoders], encoder_tensors=len(mapped.encoder),
         heads=[n for n, _ in heads], head_tensors=len(head), classifier=classifier,
         source_classes=int(mapped.decoder["classifier.weight"].shape[0]), model_classes=cfg.num_classes,
-        fusion_blocks=len(b.fusion), unused=mapped.unused, filled=mapped.filled,
+        fusion_blocks=len(b.fusion), unused=mapped.unused,
     )

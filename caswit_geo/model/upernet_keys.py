@@ -90,18 +90,17 @@ class MappedUperNet:
     encoder: dict[str, torch.Tensor]
     decoder: dict[str, torch.Tensor]
     unused: dict[str, str] = field(default_factory=dict)  # source key -> why it is not loaded
-    filled: list[str] = field(default_factory=list)  # BatchNorm counters the source did not have (set to 0)
 
 
-def detect_format(keys) -> str:
-    """``transformers`` or ``mmseg`` from the key names; CheckpointError if neither."""
+def detect_format(keys, source: str = "checkpoint") -> str:
+    """``transformers`` or ``mmseg`` from the key names; CheckpointError (naming ``source``) if neither."""
     keys = list(keys)
     if any(k.startswith(("backbone.embeddings.", "backbone.swin.embeddings.")) for k in keys):
         return "transformers"
     if any(k.startswith("backbone.patch_embed.") for k in keys):
         return "mmseg"
     sample = next(iter(sorted(keys)), "nothing")
-    raise CheckpointError(f"not a UPerNet-Swin state dict (no Swin patch embedding; first key {sample!r})")
+    raise CheckpointError(f"{source}: not a UPerNet-Swin state dict (no Swin patch embedding; first key {sample!r})")
 
 
 def normalise_names(state: dict[str, torch.Tensor], fmt: str) -> dict[str, torch.Tensor]:
@@ -201,20 +200,18 @@ def map_upernet_state(
     Raises a one-line CheckpointError naming the first missing source tensor,
     or the first source tensor that is neither used nor known to be unused.
     BatchNorm ``num_batches_tracked`` counters (they do not change outputs)
-    are set to 0 when the source lacks them, and listed in ``filled``.
+    are set to 0 when the source lacks them.
     """
     if fmt not in FORMATS:
         raise CheckpointError(f"{source}: unknown UPerNet format {fmt!r}")
     state = normalise_names(state, fmt)
     used: set[str] = set()
-    filled: list[str] = []
 
     def take(src: str, ours: str) -> torch.Tensor | None:
         if src in state:
             used.add(src)
             return state[src]
         if src.endswith(".num_batches_tracked"):
-            filled.append(src)
             return None
         raise CheckpointError(f"{source}: missing tensor {src!r} (for {ours})")
 
@@ -244,4 +241,4 @@ def map_upernet_state(
         raise CheckpointError(
             f"{source}: unexpected tensor {extra[0]!r} ({len(extra)} not in the UPerNet-Swin conversion table)"
         )
-    return MappedUperNet(encoder, decoder, unused, filled)
+    return MappedUperNet(encoder, decoder, unused)
