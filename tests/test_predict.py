@@ -371,19 +371,25 @@ def test_default_weights_from_registry(tmp_path, weights, monkeypatch):
 # -- interruption and overwrite ----------------------------------------------------------------------
 
 
-def test_interrupted_run_leaves_destination_untouched(tmp_path, weights, monkeypatch):
-    write(tmp_path / "in.tif", image(300, 300))
-    (tmp_path / "out.tif").write_bytes(b"old")
+def interrupt_forward_pass(monkeypatch, n: int):
+    """Ctrl-C at predict's ``n``-th forward pass; returns (call counter, the real function)."""
     calls = {"n": 0}
     real = predict_module.predict_probabilities
 
-    def flaky(*a, **kw):
+    def interrupted(*a, **kw):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == n:
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(predict_module, "predict_probabilities", flaky)
+    monkeypatch.setattr(predict_module, "predict_probabilities", interrupted)
+    return calls, real
+
+
+def test_interrupted_run_leaves_destination_untouched(tmp_path, weights, monkeypatch):
+    write(tmp_path / "in.tif", image(300, 300))
+    (tmp_path / "out.tif").write_bytes(b"old")
+    calls, real = interrupt_forward_pass(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         run(weights, [tmp_path / "in.tif"], tmp_path / "out.tif", batch_size=2, overwrite=True,
             confidence=tmp_path / "conf.tif", vector=tmp_path / "v.gpkg")

@@ -18,28 +18,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 from affine import Affine
 
 from caswit_geo.cli import main
 from caswit_geo.engine.predict import units as units_module
 from caswit_geo.engine.predict.job import Job
+from caswit_geo.errors import OutputError
 from caswit_geo.geo.class_raster import read_pam_categories
 from caswit_geo.geo.pyramid import levels_for, majority2, mean2, pyramid
 
 from hostile import snapshot
-from test_predict import CLASSES, RES, X0, Y0, image, run, weights, write  # noqa: F401  (fixture)
+from test_predict import CLASSES, RES, X0, Y0, image, interrupt_forward_pass, run, weights, write  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", COLUMNS="200")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def mosaic(folder: Path, size: int, file_size: int, seed: int = 0) -> Path:
@@ -77,6 +72,12 @@ def assert_same_raster(a: Path, b: Path) -> None:
 
 def visible(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def small_job_argv(tiles: Path, out: Path, weights: Path) -> list[str]:
+    """``predict`` of the small mosaic into ``out``: one tile per unit, in this process."""
+    return ["predict", str(tiles), "--out", str(out / "map.tif"), "--confidence", str(out / "conf.tif"),
+            "--weights", str(weights), "--unit-size", "128", "--batch-size", "1", "--workers", "0", "--quiet"]
 
 
 def cli(*argv) -> list[str]:
@@ -120,23 +121,14 @@ def test_ctrl_c_then_resume_redoes_nothing_and_equals_one_run(tmp_path, weights,
     tiles, ref = small
     out = tmp_path / "out"
     out.mkdir()
-    calls = {"n": 0}
-    real = units_module.predict_probabilities
-
-    def interrupted_at_the_fifth_forward_pass(*a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(units_module, "predict_probabilities", interrupted_at_the_fifth_forward_pass)
+    _, real = interrupt_forward_pass(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         run(weights, [tiles], out / "map.tif", confidence=out / "conf.tif", unit_size=128, batch_size=1)
     job = Job(out / ".map.tif.caswit-job", {})
     done = job.done_units()
     assert len(done) == 4 and visible(out) == []  # one tile per unit: four units, nothing at the destination
     monkeypatch.setattr(units_module, "predict_probabilities", real)
-    with pytest.raises(caswit_geo_errors().OutputError, match="interrupted job exists.*--resume.*--overwrite"):
+    with pytest.raises(OutputError, match="interrupted job exists.*--resume.*--overwrite"):
         run(weights, [tiles], out / "map.tif", confidence=out / "conf.tif", unit_size=128, batch_size=1)
     res = run(weights, [tiles], out / "map.tif", confidence=out / "conf.tif", unit_size=128, batch_size=1,
               resume=True)
@@ -144,18 +136,11 @@ def test_ctrl_c_then_resume_redoes_nothing_and_equals_one_run(tmp_path, weights,
     assert_same_as_reference(ref, out)
 
 
-def caswit_geo_errors():
-    import caswit_geo.errors
-
-    return caswit_geo.errors
-
-
 def test_stop_after_ends_between_units_and_resume_finishes(tmp_path, weights, small, capsys):
     tiles, ref = small
     out = tmp_path / "out"
     out.mkdir()
-    argv = ["predict", str(tiles), "--out", str(out / "map.tif"), "--confidence", str(out / "conf.tif"),
-            "--weights", str(weights), "--unit-size", "128", "--batch-size", "1", "--workers", "0", "--quiet"]
+    argv = small_job_argv(tiles, out, weights)
     with pytest.raises(SystemExit) as exc:
         main(argv + ["--stop-after", "0"])
     err = capsys.readouterr().err
@@ -238,8 +223,7 @@ def test_shards_in_any_order_equal_one_run_and_finalize_names_a_missing_one(tmp_
     tiles, ref = small
     out = tmp_path / "out"
     out.mkdir()
-    args = ["predict", str(tiles), "--out", str(out / "map.tif"), "--confidence", str(out / "conf.tif"),
-            "--weights", str(weights), "--unit-size", "128", "--batch-size", "1", "--workers", "0", "--quiet"]
+    args = small_job_argv(tiles, out, weights)
 
     def cli_code(*extra):
         with pytest.raises(SystemExit) as exc:
