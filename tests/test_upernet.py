@@ -115,6 +115,18 @@ def mini_model(window: int, hidden: int, **overrides) -> CASWiT:
     return CASWiT(get_config("swin-nano-upernet", **settings)).eval()
 
 
+def assert_parity(model, src, label: str, capsys):
+    """Our logits and stage maps equal ``src``'s on a random 512 px tile (printed); returns (tile, reference)."""
+    x = torch.randn(1, 3, 512, 512)
+    ref = reference(src, x)
+    diffs = max_diffs(ours(model, x), ref)
+    with capsys.disabled():
+        print(f"\n{label}: max |logit difference| {diffs['logits']:.2e}, "
+              f"stage features {['%.1e' % d for d in diffs['features']]}")
+    assert_same(diffs, ref[0])
+    return x, ref
+
+
 @pytest.mark.parametrize("window", [7, 12])
 def test_miniature_upernet_swin_equals_transformers_at_512(window, capsys):
     src = upernet(dict(MINI, window_size=window), hidden=32)
@@ -123,13 +135,7 @@ def test_miniature_upernet_swin_equals_transformers_at_512(window, capsys):
     assert report.classifier and report.fusion_blocks == 0
     assert set(report.unused.values()) == {"auxiliary FCN head (training only)",
                                            "final backbone norm (not on the stage outputs)"}
-    x = torch.randn(1, 3, 512, 512)
-    ref = reference(src, x)
-    diffs = max_diffs(ours(model, x), ref)
-    with capsys.disabled():
-        print(f"\nminiature window {window}: max |logit difference| {diffs['logits']:.2e}, "
-              f"stage features {['%.1e' % d for d in diffs['features']]}")
-    assert_same(diffs, ref[0])
+    x, ref = assert_parity(model, src, f"miniature window {window}", capsys)
 
     # the test can fail: timm 1.0's window layout (roll, then pad) is not UPerNet-Swin's
     for m in model.modules():
@@ -183,13 +189,7 @@ def test_tiny_upernet_swin_converts_to_swin_tiny_upernet(tmp_path, capsys):
     assert result.model == "swin-tiny-upernet"
     model, meta = caswit_geo.load_checkpoint(result.out)
     assert meta.input_spec.tile_size == 512 and meta.classes.names == labels
-    x = torch.randn(1, 3, 512, 512)
-    ref = reference(src_model, x)
-    diffs = max_diffs(ours(model, x), ref)
-    with capsys.disabled():
-        print(f"\nswin-tiny-upernet: max |logit difference| {diffs['logits']:.2e}, "
-              f"stage features {['%.1e' % d for d in diffs['features']]}")
-    assert_same(diffs, ref[0])
+    assert_parity(model, src_model, "swin-tiny-upernet", capsys)
 
 
 def test_caswit_initialised_from_upernet(tmp_path):
