@@ -201,7 +201,7 @@ def _result(plan: PredictPlan, job: Job, config: PredictConfig, env: DistEnv, ru
         outputs=[r.classes for r in plan.rasters],
         confidence_outputs=[r.confidence for r in plan.rasters if r.confidence is not None],
         vector=plan.vector,
-        tiles=sum(plan.tile_count(u) for u in plan.units),
+        tiles=plan.total_tiles,
         tiles_run=run.tiles_run,
         seconds=seconds,
         forward_seconds=run.forward_seconds,

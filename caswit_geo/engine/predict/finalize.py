@@ -90,11 +90,12 @@ def overview_levels(plan: PredictPlan, job: Job, index: int, band: int, folder: 
     width, height = int(raster.window.width), int(raster.window.height)
     units = [u for u in plan.units if u.raster == index]
     fine = [f for f in factors if f <= plan.block]
+    layouts = [pack_layout(int(u.window.height), int(u.window.width), fine)[0] for u in units]
     paths = []
     for k, f in enumerate(fine):
         parts = []
-        for u in units:
-            x, rows, cols = pack_layout(int(u.window.height), int(u.window.width), fine)[0][k]
+        for u, layout in zip(units, layouts):
+            x, rows, cols = layout[k]
             parts.append((Window(int(u.window.col_off) // f, int(u.window.row_off) // f, cols, rows),
                           job.pyramid_path(u.id), Window(x, 0, cols, rows)))
         rows, cols = level_shape(height, width, f)

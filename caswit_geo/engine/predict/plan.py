@@ -154,6 +154,11 @@ class PredictPlan:
                    for x0, x1 in strips(int(region.width), self.strip_width))
         return rows * cols
 
+    @property
+    def total_tiles(self) -> int:
+        """Tiles of every unit (overlap counted where units share border tiles)."""
+        return sum(self.tile_count(u) for u in self.units)
+
     def raster_levels(self, index: int) -> list[int]:
         """Overview factors of output raster ``index`` (COG rule: down to one block)."""
         w = self.rasters[index].window
