@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import DatasetError
 from .flairhub_index import IMAGE_MODALITY, LABEL_MODALITY
+from .paths import inside
 
 # split name as typed (any case) -> the official split: its file suffix, its value in the split GeoPackage
 SPLIT_VALUES = {"train": "train", "val": "valid", "valid": "valid", "validation": "valid", "test": "test"}
@@ -117,10 +118,6 @@ class _Listings:
         return name in self._names[folder]
 
 
-def _inside(path: str, root: str) -> bool:
-    return os.path.commonpath([path, root]) == root
-
-
 def _candidates(cell: str, csv_dir: str, root: str, where: str) -> list[str]:
     """Absolute, normalised places to look for one CSV path, in order (see the module docstring)."""
     text = cell.strip().replace("\\", "/")
@@ -133,9 +130,9 @@ def _candidates(cell: str, csv_dir: str, root: str, where: str) -> list[str]:
         raise DatasetError(f"{where}: path {cell!r} must be relative, like ../<DOMAIN>-<YEAR>_<MODALITY>/<ROI>/<file>.tif")
     out = []
     official = os.path.normpath(os.path.join(csv_dir, *parts))
-    if _inside(official, root):
+    if inside(official, root):
         out.append(official)
-    elif _inside(csv_dir, root):
+    elif inside(csv_dir, root):
         raise DatasetError(f"{where}: path {cell!r} leaves the data root {root}")
     out.append(os.path.join(root, *rest))
     return out

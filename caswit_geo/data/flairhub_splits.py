@@ -20,7 +20,6 @@ the list of the columns that exist.
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import pyogrio
 from ..errors import DatasetError
 from .flairhub_csv import SPLIT_VALUES, SplitRow, find_split_csv, is_split_csv, read_split_csv, split_suffix
 from .flairhub_index import patch_id_from_path
-from .paths import resolve_entry
+from .paths import inside, resolve_entry
 
 SPLIT_GPKG = Path("GLOBAL_ALL_MTD") / "GLOBAL_ALL_MTD_SPLIT.gpkg"
 DEFAULT_SPLIT_COLUMN = "split_flairhub"
@@ -96,8 +95,7 @@ def read_id_list(path: str | Path, root: str | Path | None = None) -> list[str]:
         raise DatasetError(f"{path}: split list not found")
     base = None
     if root is not None:
-        inside = Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root))
-        base = path.parent if inside else Path(root)
+        base = path.parent if inside(path, root) else Path(root)
     ids: list[str] = []
     with path.open(newline="", encoding="utf-8-sig") as f:
         rows = csv.reader(f) if path.suffix.lower() == ".csv" else ([line] for line in f)

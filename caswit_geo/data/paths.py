@@ -16,6 +16,12 @@ from pathlib import Path
 from ..errors import DatasetError
 
 
+def inside(path: str | Path, root: str | Path) -> bool:
+    """True when ``path`` is ``root`` or below it, compared lexically (symlinks not followed)."""
+    path, root = os.path.normpath(os.path.abspath(path)), os.path.normpath(os.path.abspath(root))
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
 def resolve_entry(entry: str, base: str | Path, root: str | Path, split_file: str | Path, line: int | None = None) -> Path:
     """The path ``entry`` names relative to ``base``, refused unless it stays inside ``root``.
 
@@ -34,8 +40,7 @@ def resolve_entry(entry: str, base: str | Path, root: str | Path, split_file: st
     text = entry.replace("\\", "/")
     if not text or "\x00" in text:
         raise DatasetError(f"{where}: empty or invalid entry {entry!r}")
-    root_abs = os.path.normpath(os.path.abspath(root))
     path = os.path.normpath(os.path.join(os.path.abspath(base), text))
-    if path != root_abs and not path.startswith(root_abs.rstrip(os.sep) + os.sep):
+    if not inside(path, root):
         raise DatasetError(f"{where}: entry {entry!r} points outside the data root {root}")
     return Path(path)
