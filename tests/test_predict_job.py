@@ -80,6 +80,13 @@ def small_job_argv(tiles: Path, out: Path, weights: Path) -> list[str]:
             "--weights", str(weights), "--unit-size", "128", "--batch-size", "1", "--workers", "0", "--quiet"]
 
 
+def exit_code(argv: list[str], capsys) -> tuple[int, str]:
+    """Run the CLI in this process: (exit code, what it printed to stderr)."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code, capsys.readouterr().err
+
+
 def cli(*argv) -> list[str]:
     return [sys.executable, "-m", "caswit_geo", "predict", *map(str, argv)]
 
@@ -141,15 +148,11 @@ def test_stop_after_ends_between_units_and_resume_finishes(tmp_path, weights, sm
     out = tmp_path / "out"
     out.mkdir()
     argv = small_job_argv(tiles, out, weights)
-    with pytest.raises(SystemExit) as exc:
-        main(argv + ["--stop-after", "0"])
-    err = capsys.readouterr().err
-    assert exc.value.code == 75, err
+    code, err = exit_code(argv + ["--stop-after", "0"], capsys)
+    assert code == 75, err
     assert "stopped after 0: 8 of 9 units left" in err and "--resume" in err
     assert visible(out) == []
-    with pytest.raises(SystemExit) as exc:
-        main(argv + ["--resume"])
-    assert exc.value.code == 0
+    assert exit_code(argv + ["--resume"], capsys)[0] == 0
     assert_same_as_reference(ref, out)
 
 
@@ -226,9 +229,7 @@ def test_shards_in_any_order_equal_one_run_and_finalize_names_a_missing_one(tmp_
     args = small_job_argv(tiles, out, weights)
 
     def cli_code(*extra):
-        with pytest.raises(SystemExit) as exc:
-            main(args + list(extra))
-        return exc.value.code, capsys.readouterr().err
+        return exit_code(args + list(extra), capsys)
 
     assert cli_code("--shard", "0/3")[0] == 0
     assert cli_code("--shard", "2/3")[0] == 0
