@@ -16,7 +16,10 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the reference models of the tests
 
 ARCH = {
     "tiny": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7),
@@ -32,19 +35,12 @@ def parity(variant: str, tile: int, device: str, folder: Path) -> dict:
 
     import caswit_geo
     from caswit_geo.engine.convert import ConvertConfig, convert
+    from upernet_reference import perturb_every_tensor
 
     torch.manual_seed(0)
     backbone = SwinConfig(**ARCH[variant], out_features=["stage1", "stage2", "stage3", "stage4"], drop_path_rate=0.0)
     ref = UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone, hidden_size=512, num_labels=150)).eval()
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if p.ndim == 1 or "relative_position_bias_table" in name:
-                p.add_(torch.randn_like(p) * 0.2)
-        for m in ref.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-        ref.decode_head.classifier.weight.mul_(20)
+    perturb_every_tensor(ref)
     ref.save_pretrained(folder / variant)
     result = convert(ConvertConfig(folder / variant, folder / f"{variant}.safetensors", tile_size=tile))
     ours, _ = caswit_geo.load_checkpoint(result.out, device=device)

@@ -26,6 +26,7 @@ from caswit_geo.model import CASWiT, get_config
 from caswit_geo.model.swin_windows import PadThenShiftBlock
 from caswit_geo.model.transfer import transfer_upernet
 from caswit_geo.upernet_source import read_upernet
+from upernet_reference import perturb_every_tensor
 
 transformers = pytest.importorskip("transformers")
 
@@ -50,17 +51,7 @@ def upernet(arch: dict, hidden: int, labels=LABELS, seed: int = 0):
         backbone_config=backbone, hidden_size=hidden, auxiliary_channels=16, num_labels=len(labels),
         id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
     )
-    model = UperNetForSemanticSegmentation(config).eval()
-    with torch.no_grad():  # transformers initialises norms to 1/0, position tables and BN statistics to 0/1
-        for name, p in model.named_parameters():
-            if p.ndim == 1 or "relative_position_bias_table" in name:
-                p.add_(torch.randn_like(p) * 0.2)
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-        model.decode_head.classifier.weight.mul_(20)  # logits of order 1
-    return model
+    return perturb_every_tensor(UperNetForSemanticSegmentation(config).eval())
 
 
 def save(model, folder: Path, preprocessor: dict | None = None) -> Path:
