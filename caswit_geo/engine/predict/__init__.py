@@ -221,7 +221,7 @@ def _result(plan: PredictPlan, job: Job, config: PredictConfig, env: DistEnv, ru
         complete=finished is not None,
         units=len(plan.units),
         units_run=len(run.done),
-        units_before=len(plan.units) - len(run.done) - left if finished is None else len(plan.units) - len(run.done),
+        units_before=len(plan.units) - len(run.done) - left,  # left is 0 once assembled
         units_left=left,
         tiles_in_units_run=run.tiles,
         area_km2_run=None if run.area_m2 is None else run.area_m2 / 1e6,
