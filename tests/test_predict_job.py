@@ -202,10 +202,14 @@ def test_kill_9_then_resume(tmp_path, weights, small, moment):
         events = unit_events(job)
         (resumed,) = set(events) - set(killed)
         dead = events[next(iter(killed))] if killed else {"started": [], "finished": []}
-        assert sorted(dead["finished"]) == sorted(done_at_kill)
+        # a unit is done when its part file is in place; its log line follows, so a kill between
+        # the two leaves at most one done unit that the killed run's log does not call finished
+        assert set(dead["finished"]) <= done_at_kill and len(done_at_kill - set(dead["finished"])) <= 1
+        assert done_at_kill <= set(dead["started"])
         assert not set(events[resumed]["started"]) & done_at_kill  # no finished unit computed again
-        assert sorted(dead["finished"] + events[resumed]["finished"]) == list(range(9))  # each unit once
-        in_flight = set(dead["started"]) - set(dead["finished"])
+        assert sorted(done_at_kill | set(events[resumed]["finished"])) == list(range(9))  # every unit...
+        assert len(done_at_kill) + len(events[resumed]["finished"]) == 9  # ...once
+        in_flight = set(dead["started"]) - done_at_kill
         assert len(in_flight) <= 2  # the work lost: the units the killed run had started
         with pytest.raises(SystemExit) as exc:  # assemble in this process (another owner than both runs)
             main(["predict", *map(str, base[4:]), "--finalize"])
