@@ -128,7 +128,7 @@ def predict_run(side: int, device, table: Table, work: Path) -> None:
 
     import caswit_geo
     from caswit_geo.engine.predict import PredictConfig, predict
-    from caswit_geo.spec import InputSpec
+    from caswit_geo.core.spec import InputSpec
 
     weights = work / "caswit-tiny.safetensors"
     caswit_geo.save_checkpoint(caswit_geo.build_model("caswit-tiny", 19), weights, input_spec=InputSpec(gsd=GSD))
@@ -208,7 +208,7 @@ def main() -> None:
     import copy
 
     import caswit_geo
-    from caswit_geo.precision import Precision, prepare_inference, resolve_precision
+    from caswit_geo.runtime.precision import Precision, prepare_inference, resolve_precision
 
     start = time.perf_counter()
     device = torch.device(a.device)

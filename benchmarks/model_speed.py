@@ -93,7 +93,7 @@ def measure(name: str, tile: int, batch: int, repeats: int, threads: int, with_c
     import torch
 
     import caswit_geo
-    from caswit_geo.precision import Precision, detect_cpu_features, prepare_inference
+    from caswit_geo.runtime.precision import Precision, detect_cpu_features, prepare_inference
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -106,7 +106,7 @@ def make_checkpoint(path: Path, model_name: str) -> Path:
 
     import caswit_geo
     from caswit_geo.model.configs import get_config
-    from caswit_geo.spec import InputSpec
+    from caswit_geo.core.spec import InputSpec
 
     torch.manual_seed(0)
     tile = get_config(model_name, num_classes=NUM_CLASSES).img_size
@@ -126,13 +126,13 @@ def measure(args: dict) -> dict:
     import rasterio
     import torch
 
-    from caswit_geo.checkpoint import load_checkpoint
+    from caswit_geo.model.checkpoint import load_checkpoint
     from caswit_geo.engine.predict import PredictConfig, predict, predict_probabilities
     from caswit_geo.engine.predict.source import PredictTiles, collate_tiles
     from caswit_geo.geo.grid import TileGrid, plan_tiles
     from caswit_geo.geo.mosaic import expand_inputs, open_mosaic
     from caswit_geo.geo.lowres import build_lowres
-    from caswit_geo.precision import prepare_inference, resolve_precision
+    from caswit_geo.runtime.precision import prepare_inference, resolve_precision
 
     if args["threads"]:
         torch.set_num_threads(args["threads"])
@@ -212,7 +212,7 @@ def run_measurement(**args) -> dict:
 
 def bench_vectorize(class_raster: Path, work: Path) -> list[str]:
     from caswit_geo.geo.vectorize import vectorize
-    from caswit_geo.spec import ClassTable
+    from caswit_geo.core.spec import ClassTable
 
     classes = ClassTable.generic(NUM_CLASSES)
     lines = []

@@ -30,7 +30,7 @@ from test_train import make_tiles_root, stripes  # noqa: E402
 
 SLOW_STEPS = """
 import sys, time
-from caswit_geo.engine.optim import CosineSchedule
+from caswit_geo.engine.train.optim import CosineSchedule
 from caswit_geo.cli import main
 real = CosineSchedule.apply
 def apply(self, optimizer, step):

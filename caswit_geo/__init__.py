@@ -5,12 +5,16 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "build_model", "load_checkpoint", "save_checkpoint"]
 
 # Imported on first use (PEP 562): `import caswit_geo` and the CLI's start-up must not load torch.
-_LAZY = {"build_model": ".build", "load_checkpoint": ".checkpoint", "save_checkpoint": ".checkpoint"}
+_LAZY = {
+    "build_model": "caswit_geo.model.build",
+    "load_checkpoint": "caswit_geo.model.checkpoint",
+    "save_checkpoint": "caswit_geo.model.checkpoint",
+}
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

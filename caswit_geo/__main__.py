@@ -1,5 +1,5 @@
 """``python -m caswit_geo ...`` is ``caswit-geo ...`` (e.g. ``torchrun -m caswit_geo train ...``)."""
 
-from .cli import main
+from caswit_geo.cli import main
 
 main()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from caswit_geo.engine.train import TrainConfig, train
+from caswit_geo.engine.train.training import TrainConfig, train
 
 
 def main(root: str, run_dir: str, weights_dir: str) -> None:

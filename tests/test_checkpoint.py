@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 import caswit_geo
-from caswit_geo.checkpoint import load_weights_file, read_meta
-from caswit_geo.errors import CheckpointError
-from caswit_geo.spec import ClassInfo, ClassTable, InputSpec
+from caswit_geo.model.checkpoint import load_weights_file, read_meta
+from caswit_geo.core.errors import CheckpointError
+from caswit_geo.core.spec import ClassInfo, ClassTable, InputSpec
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ def test_checkpoint_made_before_the_swin_fields_keeps_its_behaviour():
     import torch.nn.functional as F
     from pathlib import Path
 
-    from caswit_geo.checkpoint import read_checkpoint
+    from caswit_geo.model.checkpoint import read_checkpoint
     from caswit_geo.model.swin_windows import PadThenShiftBlock
 
     path = Path(__file__).resolve().parents[1] / "weights" / "caswit-nano-synthetic.safetensors"
@@ -191,9 +191,9 @@ def test_checkpoint_made_before_the_swin_fields_keeps_its_behaviour():
 def test_every_field_a_checkpoint_sets_declares_its_bounds():
     from dataclasses import dataclass, fields
 
-    from caswit_geo.bounds import check_fields
+    from caswit_geo.core.limits import check_fields
     from caswit_geo.model.caswit import CaswitConfig
-    from caswit_geo.spec import ClassInfo
+    from caswit_geo.core.spec import ClassInfo
 
     for cls in (CaswitConfig, InputSpec, ClassInfo):
         assert all("check" in f.metadata for f in fields(cls)), cls.__name__
@@ -210,7 +210,7 @@ def test_every_field_a_checkpoint_sets_declares_its_bounds():
 
 
 def test_named_models_use_only_the_allowed_backbones():
-    from caswit_geo.errors import ConfigError
+    from caswit_geo.core.errors import ConfigError
     from caswit_geo.model.caswit import CaswitConfig
     from caswit_geo.model.configs import SWIN_VARIANTS
     from caswit_geo.model.encoder import SWIN_BACKBONES, SwinEncoder
@@ -241,7 +241,7 @@ def test_named_models_use_only_the_allowed_backbones():
     ],
 )
 def test_values_out_of_bounds_are_refused_where_they_are_made(make, message):
-    from caswit_geo.errors import ConfigError
+    from caswit_geo.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message):
         make()
@@ -249,13 +249,13 @@ def test_values_out_of_bounds_are_refused_where_they_are_made(make, message):
 
 def test_save_refuses_a_class_table_that_does_not_name_every_output(tmp_path, model):
     two = ClassTable(CLASSES.classes[:2])
-    with pytest.raises(caswit_geo.errors.CheckpointError, match="2 classes given for a 3-class model"):
+    with pytest.raises(caswit_geo.core.errors.CheckpointError, match="2 classes given for a 3-class model"):
         caswit_geo.save_checkpoint(model, tmp_path / "m.safetensors", classes=two)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_shapes_are_checked_before_any_tensor_is_read(tmp_path, model, monkeypatch):
-    import caswit_geo.checkpoint as checkpoint
+    import caswit_geo.model.checkpoint as checkpoint
     from safetensors import safe_open
 
     path = caswit_geo.save_checkpoint(model, tmp_path / "m.safetensors")

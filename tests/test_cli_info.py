@@ -26,7 +26,7 @@ def test_info_list_json_has_every_named_config(capsys):
 
 
 def test_info_checkpoint_reports_components_classes_and_input(tmp_path, capsys):
-    from caswit_geo.spec import InputSpec
+    from caswit_geo.core.spec import InputSpec
 
     model = caswit_geo.build_model("caswit-nano", num_classes=4, fusion_stages="4")
     path = caswit_geo.save_checkpoint(model, tmp_path / "m.safetensors",
@@ -55,7 +55,7 @@ def test_corrupt_checkpoint_is_one_line_error_and_debug_shows_traceback(tmp_path
     bad.write_bytes(b"\x00" * 10)
     code, _, err = run(capsys, "info", str(bad))
     assert code == 1 and "bad.safetensors" in err and err.strip().count("\n") == 0
-    from caswit_geo.errors import CheckpointError
+    from caswit_geo.core.errors import CheckpointError
 
     with pytest.raises(CheckpointError):
         main(["info", str(bad), "--debug"])

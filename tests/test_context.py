@@ -1,4 +1,4 @@
-"""HR tile + LR context construction (DESIGN.md section 1) against independent references.
+"""HR tile + LR context construction (docs/ARCHITECTURE.md, "HR tile and LR context") against independent references.
 
 References: a brute-force construction on an in-memory array (zero-padded
 canvas, k x k mean), and GDAL's own average resampling of the same window

@@ -18,8 +18,8 @@ from shapely.geometry import box
 from caswit_geo.data import build_dataset
 from caswit_geo.data import flairhub_index
 from caswit_geo.data.flairhub_index import build_index, parse_patch_name
-from caswit_geo.errors import ConfigError, DatasetError
-from caswit_geo.spec import InputSpec
+from caswit_geo.core.errors import ConfigError, DatasetError
+from caswit_geo.core.spec import InputSpec
 
 P = 32  # patch size (px)
 GSD = 0.2

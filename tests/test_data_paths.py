@@ -6,7 +6,7 @@ import pytest
 
 from caswit_geo.data.flairhub_splits import read_id_list
 from caswit_geo.data.paths import resolve_entry
-from caswit_geo.errors import DatasetError
+from caswit_geo.core.errors import DatasetError
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from caswit_geo.data import Augment, build_dataset, load_tiles_meta
-from caswit_geo.errors import DatasetError
+from caswit_geo.core.errors import DatasetError
 from caswit_geo.geo.context import area_downsample
-from caswit_geo.spec import InputSpec
+from caswit_geo.core.spec import InputSpec
 
 T = 32
 CLASSES = {

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from caswit_geo.data import build_dataset
-from caswit_geo.errors import DatasetError
-from caswit_geo.spec import InputSpec
+from caswit_geo.core.errors import DatasetError
+from caswit_geo.core.spec import InputSpec
 
 T = 32
 W, H = 96, 80  # stand-in for 5120 x 5120: the last tile row is partial

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from caswit_geo.checkpoint import read_checkpoint
+from caswit_geo.model.checkpoint import read_checkpoint
 
 from test_train import brute_force_miou, make_tiles_root, stripes
 

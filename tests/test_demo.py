@@ -10,9 +10,9 @@ from PIL import Image
 import caswit_geo
 from caswit_geo.cli import main
 from caswit_geo.engine.predict import PredictConfig, predict
-from caswit_geo.metrics import ConfusionMatrix, iou_per_class
+from caswit_geo.engine.evaluate.metrics import ConfusionMatrix, iou_per_class
 from caswit_geo.synthetic import CONTEXT_CLASSES, SyntheticConfig, synthetic_classes, write_sample_mosaic
-from caswit_geo.weights import load_registry, resolve_weights, sha256, weights_dir
+from caswit_geo.model.weights import load_registry, resolve_weights, sha256, weights_dir
 
 SAMPLE = weights_dir().parent / "examples" / "sample_ortho.tif"
 SAMPLE_LABELS = weights_dir().parent / "examples" / "sample_ortho_labels.tif"

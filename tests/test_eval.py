@@ -11,10 +11,10 @@ from rasterio.transform import from_origin
 
 import caswit_geo
 from caswit_geo.cli import main
-from caswit_geo.engine.evaluate import EvalConfig, evaluate, evaluate_rasters
-from caswit_geo.errors import InputError
-from caswit_geo.metrics import BoundaryStats
-from caswit_geo.spec import ClassInfo, ClassTable, InputSpec, flairhub_classes, urur_classes
+from caswit_geo.engine.evaluate.evaluation import EvalConfig, evaluate, evaluate_rasters
+from caswit_geo.core.errors import InputError
+from caswit_geo.engine.evaluate.metrics import BoundaryStats
+from caswit_geo.core.spec import ClassInfo, ClassTable, InputSpec, flairhub_classes, urur_classes
 
 T = 64
 CLASSES = ClassTable([ClassInfo(0, "building", (200, 0, 0)), ClassInfo(1, "road", (90, 90, 90)), ClassInfo(2, "trees", (0, 120, 0))])

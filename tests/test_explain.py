@@ -9,7 +9,7 @@ from rasterio.transform import from_origin
 import caswit_geo
 from caswit_geo.cli import main
 from caswit_geo.engine.explain import ExplainConfig, explain
-from caswit_geo.spec import InputSpec
+from caswit_geo.core.spec import InputSpec
 
 
 @pytest.fixture(scope="module")

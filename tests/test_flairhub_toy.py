@@ -11,8 +11,8 @@ import caswit_geo
 from caswit_geo.cli import main
 from caswit_geo.data import build_dataset
 from caswit_geo.data.flairhub_csv import find_split_csv, read_split_csv
-from caswit_geo.errors import DatasetError
-from caswit_geo.spec import InputSpec, flairhub_classes
+from caswit_geo.core.errors import DatasetError
+from caswit_geo.core.spec import InputSpec, flairhub_classes
 from flairhub_toy import P, SPLIT_FILES, make_toy_tree, patch_transform, split_ids, split_rows, write_tif
 
 SPLITS = "FLAIR-HUB_TOY-DATASET_SPLITS"

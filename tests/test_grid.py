@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from rasterio.windows import Window
 
-from caswit_geo.errors import ConfigError
+from caswit_geo.core.errors import ConfigError
 from caswit_geo.geo.grid import TileGrid, clip_window, context_window, plan_tiles, strips, tile_offsets
 
 

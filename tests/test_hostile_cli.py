@@ -22,7 +22,7 @@ import pytest
 import rasterio
 from affine import Affine
 
-from caswit_geo.spec import ClassInfo, ClassTable, InputSpec
+from caswit_geo.core.spec import ClassInfo, ClassTable, InputSpec
 from hostile import REPO, Case, run_case
 
 T = 128  # caswit-nano tile
@@ -356,8 +356,8 @@ def test_worker_wrapper_gives_back_the_original_message():
     """torch's DataLoader re-raises a worker's error with its whole traceback as the message (item 12)."""
     from torch.utils.data import DataLoader, Dataset
 
-    from caswit_geo.device import stop_workers
-    from caswit_geo.errors import DatasetError, user_message
+    from caswit_geo.runtime.device import stop_workers
+    from caswit_geo.core.errors import DatasetError, user_message
 
     class Failing(Dataset):
         def __len__(self):
@@ -383,8 +383,8 @@ def test_disk_full_recognised_however_reported(tmp_path, monkeypatch):
     """errno, GDAL/SQLite texts, and a silent library failure on a disk with no space left (item 13)."""
     import sqlite3
 
-    from caswit_geo import errors
-    from caswit_geo.errors import DiskFullError, InputError, no_space_error
+    from caswit_geo.core import errors
+    from caswit_geo.core.errors import DiskFullError, InputError, no_space_error
 
     assert no_space_error(OSError(errno.ENOSPC, "No space left on device"), tmp_path) is not None
     assert no_space_error(sqlite3.OperationalError("database or disk is full"), tmp_path) is not None
@@ -405,13 +405,13 @@ def test_numeric_bounds_declared_once_cover_every_engine_config():
     """Every float field of every engine config refuses NaN, and bounded fields name their flag (item 15)."""
     import dataclasses
 
-    from caswit_geo.bounds import check_settings, field_check
-    from caswit_geo.engine.evaluate import EvalConfig
+    from caswit_geo.core.limits import check_settings, field_check
+    from caswit_geo.engine.evaluate.evaluation import EvalConfig
     from caswit_geo.engine.explain import ExplainConfig
     from caswit_geo.engine.predict import PredictConfig
-    from caswit_geo.engine.pretrain import PretrainConfig
-    from caswit_geo.engine.train import TrainConfig
-    from caswit_geo.errors import ConfigError
+    from caswit_geo.engine.train.pretraining import PretrainConfig
+    from caswit_geo.engine.train.training import TrainConfig
+    from caswit_geo.core.errors import ConfigError
 
     required = {PredictConfig: dict(inputs=["a.tif"], out="o.tif"), EvalConfig: dict(dataset="tiles", root=".",
                 weights=None), ExplainConfig: dict(image="a.tif", out="o.png"), TrainConfig: {}, PretrainConfig: {}}

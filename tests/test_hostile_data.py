@@ -31,11 +31,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import caswit_geo
-from caswit_geo.checkpoint import read_meta
-from caswit_geo.engine.runstate import load_state
-from caswit_geo.engine.train import TrainConfig, train
-from caswit_geo.errors import OutputError
-from caswit_geo.spec import InputSpec
+from caswit_geo.model.checkpoint import read_meta
+from caswit_geo.engine.train.runstate import load_state
+from caswit_geo.engine.train.training import TrainConfig, train
+from caswit_geo.core.errors import OutputError
+from caswit_geo.core.spec import InputSpec
 
 from hostile import REPO, Case, run_case
 from test_train import make_tiles_root, stripes
@@ -225,7 +225,7 @@ def flairhub_tree(folder: Path):
 @contextlib.contextmanager
 def signal_at_step(sig: int, step: int):
     """Send ``sig`` to this process while training step ``step`` (1-based) runs."""
-    from caswit_geo.engine.optim import CosineSchedule
+    from caswit_geo.engine.train.optim import CosineSchedule
 
     calls = {"n": 0}
     real = CosineSchedule.apply
@@ -244,7 +244,7 @@ def signal_at_step(sig: int, step: int):
 @contextlib.contextmanager
 def interrupted_while_exporting(name: str):
     """Ctrl-C twice while ``name`` is written after the state was saved (the moment of the review's kill)."""
-    import caswit_geo.engine.loop as loop
+    import caswit_geo.engine.train.loop as loop
 
     real = loop.save_checkpoint
 
@@ -262,7 +262,7 @@ def interrupted_while_exporting(name: str):
 @contextlib.contextmanager
 def sigterm_at_batch(batch: int):
     """SIGTERM to this process while eval predicts batch ``batch``."""
-    from caswit_geo.precision import Precision
+    from caswit_geo.runtime.precision import Precision
 
     calls = {"n": 0}
     real = Precision.autocast
@@ -494,7 +494,7 @@ def test_every_review_item_has_a_case():
 KILLED_WHILE_SAVING = textwrap.dedent(
     """
     import os, signal, sys
-    import caswit_geo.checkpoint as checkpoint
+    import caswit_geo.model.checkpoint as checkpoint
     from caswit_geo.cli import main
     real = checkpoint.save_file
     def save_file(tensors, path, metadata=None):
@@ -511,7 +511,7 @@ KILLED_WHILE_SAVING = textwrap.dedent(
 STEPS_SLOWLY = textwrap.dedent(
     """
     import sys, time
-    from caswit_geo.engine.optim import CosineSchedule
+    from caswit_geo.engine.train.optim import CosineSchedule
     from caswit_geo.cli import main
     real = CosineSchedule.apply
     def apply(self, optimizer, step):

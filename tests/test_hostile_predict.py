@@ -17,11 +17,11 @@ import pytest
 import torch
 
 import caswit_geo
-from caswit_geo import atomic
+from caswit_geo.safeio.liveness import MARK, live_owners
 from caswit_geo.cli import main
 from caswit_geo.engine.predict import PredictConfig, predict
 from caswit_geo.engine.predict import finalize as finalize_module
-from caswit_geo.spec import InputSpec
+from caswit_geo.core.spec import InputSpec
 
 from hostile import REPO, Case, run_case
 from test_predict import CLASSES, image, write
@@ -90,7 +90,7 @@ def live_run(folder: Path) -> None:
     _PROCS.append(proc)
     job = folder / ".map.tif.caswit-job"
     deadline = time.time() + 120
-    while not (job.is_dir() and atomic.live_owners(job)):
+    while not (job.is_dir() and live_owners(job)):
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.time() < deadline, "the other run did not start"
         time.sleep(0.05)
@@ -215,14 +215,14 @@ def test_5_litter_of_a_dead_run_is_removed_and_a_live_run_s_is_not(tmp_path):
     """kill -9 leaves temporaries named by the dead process's token; the next run removes them."""
     inputs(tmp_path)
     dead = "deadhost-999999-abcdef"
-    litter = [tmp_path / f".map.tif{atomic.MARK}{dead}.0.part.tif", tmp_path / f".map.tif{atomic.MARK}{dead}.1.part.tif.ovr.tmp",
-              tmp_path / f"{atomic.MARK}{dead}.lock"]  # a lock nobody holds: its owner is gone
+    litter = [tmp_path / f".map.tif{MARK}{dead}.0.part.tif", tmp_path / f".map.tif{MARK}{dead}.1.part.tif.ovr.tmp",
+              tmp_path / f"{MARK}{dead}.lock"]  # a lock nobody holds: its owner is gone
     for p in litter:
         p.write_bytes(b"half")
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from caswit_geo.outputs import OutputSet
+        from caswit_geo.safeio.outputs import OutputSet
         outs = OutputSet()
         d = outs.add(Path({str(tmp_path / 'other.tif')!r}))
         outs.temp(d).write_bytes(b"live")

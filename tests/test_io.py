@@ -9,12 +9,12 @@ from affine import Affine
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.windows import Window
 
-from caswit_geo.errors import InputError, OutputError
+from caswit_geo.core.errors import InputError, OutputError
 from caswit_geo.geo.class_raster import AtomicRasterWriter, class_description, overview_factors, read_pam_categories
 from caswit_geo.geo.masks import valid_mask
 from caswit_geo.geo.mosaic import describe_raster, expand_inputs, open_mosaic
-from caswit_geo.outputs import OutputSet
-from caswit_geo.spec import ClassInfo, ClassTable
+from caswit_geo.safeio.outputs import OutputSet
+from caswit_geo.core.spec import ClassInfo, ClassTable
 
 RES = 0.5
 X0, Y0 = 700_000.0, 6_600_000.0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from caswit_geo.metrics import (
+from caswit_geo.engine.evaluate.metrics import (
     BoundaryStats,
     ConfusionMatrix,
     boundary_band,
@@ -15,7 +15,7 @@ from caswit_geo.metrics import (
     generic_protocol,
     urur_protocol,
 )
-from caswit_geo.spec import ClassInfo, ClassTable
+from caswit_geo.core.spec import ClassInfo, ClassTable
 
 
 def brute_scores(gt, pred, eval_ids, zero_nan):

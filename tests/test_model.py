@@ -5,7 +5,7 @@ import timm
 import torch
 
 import caswit_geo
-from caswit_geo.errors import ConfigError
+from caswit_geo.core.errors import ConfigError
 from caswit_geo.model import CASWiT, MODEL_CONFIGS, get_config, parse_fusion_stages
 from caswit_geo.model.encoder import SwinEncoder
 
@@ -126,7 +126,7 @@ def test_named_configs_exist():
 
 
 # timm's own encoders (without their classifier norm, which CASWiT drops, plus
-# one LayerNorm per stage output) and the per-encoder sizes DESIGN.md gives, in millions.
+# one LayerNorm per stage output) and the per-encoder sizes of the paper, in millions.
 @pytest.mark.parametrize(
     "variant,expected_m,window",
     [("tiny", 27.5, 7), ("small", 48.8, 7), ("base", 86.9, 12), ("large", 195.2, 12)],
@@ -163,7 +163,7 @@ def test_backbone_weights_from_local_timm_file(tmp_path):
 
 
 def test_missing_backbone_weights_is_a_clear_error(tmp_path):
-    from caswit_geo.errors import CheckpointError
+    from caswit_geo.core.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="not found"):
         caswit_geo.build_model("caswit-nano", 3, backbone_weights=tmp_path / "none.pth")

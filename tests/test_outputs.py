@@ -11,9 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from caswit_geo import atomic, claims
-from caswit_geo.errors import OutputError
-from caswit_geo.outputs import OutputSet
+from caswit_geo.safeio.files import rename_noreplace
+from caswit_geo.safeio.liveness import owner_alive, process_token
+from caswit_geo.safeio.sweep import hold_folder, sweep_stale
+from caswit_geo.safeio.writes import write_text
+
+from caswit_geo.safeio import claims
+from caswit_geo.safeio import outputs as outputs_module
+from caswit_geo.core.errors import OutputError
+from caswit_geo.safeio.outputs import OutputSet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,7 +118,7 @@ def test_a_destination_that_appears_meanwhile_is_not_replaced(tmp_path):
 def test_a_failed_rename_rolls_back_every_output(tmp_path, monkeypatch):
     for name in ("a.tif", "b.tif"):
         (tmp_path / name).write_bytes(b"old " + name.encode())
-    real = atomic.rename_noreplace
+    real = rename_noreplace
     calls = []
 
     def flaky(src, dst):
@@ -121,7 +127,7 @@ def test_a_failed_rename_rolls_back_every_output(tmp_path, monkeypatch):
             raise OSError(5, "Input/output error")
         real(src, dst)
 
-    monkeypatch.setattr(atomic, "rename_noreplace", flaky)
+    monkeypatch.setattr(outputs_module, "rename_noreplace", flaky)
     with OutputSet(overwrite=True) as outs:
         for name in ("a.tif", "b.tif"):
             d = outs.add(tmp_path / name)
@@ -136,17 +142,17 @@ def test_rename_noreplace_refuses_files_and_folders(tmp_path):
     (tmp_path / "src").write_text("s")
     (tmp_path / "dst").write_text("d")
     with pytest.raises(FileExistsError):
-        atomic.rename_noreplace(tmp_path / "src", tmp_path / "dst")
+        rename_noreplace(tmp_path / "src", tmp_path / "dst")
     (tmp_path / "d1").mkdir()
     (tmp_path / "d2").mkdir()  # rename(2) would replace an empty folder
     with pytest.raises(FileExistsError):
-        atomic.rename_noreplace(tmp_path / "d1", tmp_path / "d2")
-    atomic.rename_noreplace(tmp_path / "src", tmp_path / "new")
+        rename_noreplace(tmp_path / "d1", tmp_path / "d2")
+    rename_noreplace(tmp_path / "src", tmp_path / "new")
     assert (tmp_path / "new").read_text() == "s" and not (tmp_path / "src").exists()
 
 
 def test_atomic_write_leaves_no_lock_or_temporary(tmp_path):
-    atomic.write_text(tmp_path / "x.json", "{}")
+    write_text(tmp_path / "x.json", "{}")
     assert listing(tmp_path) == ["x.json"]
 
 
@@ -156,7 +162,7 @@ HOLDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from caswit_geo.outputs import OutputSet
+    from caswit_geo.safeio.outputs import OutputSet
     outs = OutputSet()
     dest = outs.add(Path(sys.argv[1]))
     outs.temp(dest).write_bytes(b"half a raster")
@@ -196,7 +202,7 @@ def test_the_litter_of_a_killed_run_is_removed_by_the_next_one(holder):
         d = outs.add(dest)
         dead = [n for n in litter if not n.endswith(".caswit-claim")]
         assert not any(n in listing(dest.parent) for n in dead)
-        assert claims.read_owner(claims.claim_path(dest)) == atomic.process_token()
+        assert claims.read_owner(claims.claim_path(dest)) == process_token()
         outs.temp(d).write_bytes(b"complete")
         outs.commit()
     assert listing(dest.parent) == ["map.tif"]
@@ -205,7 +211,7 @@ def test_the_litter_of_a_killed_run_is_removed_by_the_next_one(holder):
 def test_sweep_never_touches_a_live_run(holder):
     proc, dest = holder
     before = listing(dest.parent)
-    assert atomic.sweep_stale(dest.parent) == []
+    assert sweep_stale(dest.parent) == []
     assert listing(dest.parent) == before
     assert claims.read_owner(claims.claim_path(dest)) is not None
 
@@ -219,14 +225,14 @@ def test_missing_folders_are_created_at_commit_only(tmp_path):
         outs.add(dest, "--out-dir", create_parents=True)
         outs.temp(dest).write_text("{}")
         assert not (tmp_path / "a").exists()  # nothing but hidden files before the commit
-        assert claims.read_owner(claims.claim_path(tmp_path / "a")) == atomic.process_token()
+        assert claims.read_owner(claims.claim_path(tmp_path / "a")) == process_token()
         outs.commit()
     assert dest.read_text() == "{}" and listing(tmp_path) == ["a"] and listing(dest.parent) == ["report.json"]
 
 
 def test_a_failed_commit_removes_the_folders_it_made(tmp_path, monkeypatch):
     (tmp_path / "b.tif").write_bytes(b"old")
-    monkeypatch.setattr(atomic, "rename_noreplace", lambda src, dst: (_ for _ in ()).throw(OSError(5, "EIO")))
+    monkeypatch.setattr(outputs_module, "rename_noreplace", lambda src, dst: (_ for _ in ()).throw(OSError(5, "EIO")))
     with OutputSet(overwrite=True) as outs:
         d = outs.add(tmp_path / "new" / "a.tif", create_parents=True)
         outs.temp(d).write_bytes(b"A")
@@ -259,13 +265,13 @@ KILLED_MID_COMMIT = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from caswit_geo import atomic
-    from caswit_geo.outputs import OutputSet
+    from caswit_geo.safeio import outputs
+    from caswit_geo.safeio.outputs import OutputSet
 
     def killed(src, dst):  # the old output is already moved aside: die before the new one is in place
         os.kill(os.getpid(), signal.SIGKILL)
 
-    atomic.rename_noreplace = killed
+    outputs.rename_noreplace = killed
     outs = OutputSet(overwrite=True)
     dest = outs.add(Path(sys.argv[1]))
     outs.temp(dest).write_bytes(b"new")
@@ -277,8 +283,9 @@ KILLED_MID_COMMIT = textwrap.dedent(
 FORKER = textwrap.dedent(
     """
     import os, sys, time
-    from caswit_geo import atomic
-    atomic.hold_folder(sys.argv[1])
+    from caswit_geo.safeio.liveness import process_token
+    from caswit_geo.safeio.sweep import hold_folder
+    hold_folder(sys.argv[1])
     ready_r, ready_w = os.pipe()
     child = os.fork()
     if child == 0:  # a reader process, like a DataLoader worker: outlives a killed parent a while
@@ -286,7 +293,7 @@ FORKER = textwrap.dedent(
         time.sleep(60)
         os._exit(0)
     os.read(ready_r, 1)
-    print(atomic.process_token(), child, flush=True)
+    print(process_token(), child, flush=True)
     time.sleep(600)
     """
 )
@@ -299,7 +306,7 @@ def test_an_output_moved_aside_by_a_killed_commit_is_put_back(tmp_path):
     proc = subprocess.run([sys.executable, "-c", KILLED_MID_COMMIT, str(dest)], env=env)
     assert proc.returncode == -signal.SIGKILL
     assert not dest.exists() and any(n.endswith(".part.old") for n in listing(tmp_path))
-    atomic.sweep_stale(tmp_path)  # what the next run writing in this folder does first
+    sweep_stale(tmp_path)  # what the next run writing in this folder does first
     assert listing(tmp_path) == ["map.tif"] and dest.read_bytes() == b"the previous map"
 
 
@@ -308,11 +315,11 @@ def test_a_killed_owner_is_dead_even_while_its_forked_children_live(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", FORKER, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
     token, child = proc.stdout.readline().split()
     try:
-        assert atomic.owner_alive(tmp_path, token)
+        assert owner_alive(tmp_path, token)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         os.kill(int(child), 0)  # the child is still running
-        assert not atomic.owner_alive(tmp_path, token)  # its inherited copy of the lock was closed at the fork
+        assert not owner_alive(tmp_path, token)  # its inherited copy of the lock was closed at the fork
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(child), signal.SIGKILL)

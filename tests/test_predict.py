@@ -23,7 +23,7 @@ from caswit_geo.engine.predict.source import PredictTiles
 from caswit_geo.geo.grid import TileGrid, context_window
 from caswit_geo.geo.class_raster import read_pam_categories
 from caswit_geo.geo.lowres import build_lowres
-from caswit_geo.spec import ClassInfo, ClassTable, InputSpec
+from caswit_geo.core.spec import ClassInfo, ClassTable, InputSpec
 
 T = 128  # caswit-nano tile size
 RES = 0.2
@@ -231,7 +231,7 @@ def test_mosaic_of_files_equals_the_single_raster(tmp_path, weights):
 def test_mosaic_inputs_must_agree(tmp_path, weights):
     write(tmp_path / "a.tif", image(64, 64))
     write(tmp_path / "b.tif", image(64, 64), col=64, res=0.4)
-    with pytest.raises(caswit_geo.errors.InputError, match="differ in pixel size"):
+    with pytest.raises(caswit_geo.core.errors.InputError, match="differ in pixel size"):
         run(weights, [tmp_path / "a.tif", tmp_path / "b.tif"], tmp_path / "out.tif")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif"]
 
@@ -249,7 +249,7 @@ def test_overlap_blending_is_independent_of_strip_width(tmp_path, weights):
     np.testing.assert_array_equal(read(tmp_path / "ac.tif")[0], read(tmp_path / "bc.tif")[0])
     cls = read(tmp_path / "a.tif")[0]
     assert (cls < 4).all()
-    with pytest.raises(caswit_geo.errors.ConfigError, match="--overlap"):
+    with pytest.raises(caswit_geo.core.errors.ConfigError, match="--overlap"):
         run(weights, [tmp_path / "in.tif"], tmp_path / "c.tif", overlap=T)
 
 
@@ -353,7 +353,7 @@ def test_bad_inputs_give_one_line_and_no_file(tmp_path, weights, capsys, monkeyp
 
 
 def test_default_weights_from_registry(tmp_path, weights, monkeypatch):
-    from caswit_geo.weights import resolve_weights, sha256
+    from caswit_geo.model.weights import resolve_weights, sha256
 
     reg = tmp_path / "weights" / "registry.json"
     reg.parent.mkdir()
@@ -364,7 +364,7 @@ def test_default_weights_from_registry(tmp_path, weights, monkeypatch):
     assert resolve_weights("nano") == weights  # a registry name works as --weights too
     assert resolve_weights(str(weights)) == weights
     reg.write_text('{"default": "nano", "models": {"nano": {"file": "%s", "sha256": "00"}}}' % weights)
-    with pytest.raises(caswit_geo.errors.CheckpointError, match="checksum"):
+    with pytest.raises(caswit_geo.core.errors.CheckpointError, match="checksum"):
         resolve_weights(None)
 
 
@@ -411,7 +411,7 @@ def test_overwrite_replaces_only_when_asked(tmp_path, weights):
     write(tmp_path / "in.tif", image(64, 64))
     (tmp_path / "out.tif").write_bytes(b"old")
     (tmp_path / "out.tif.aux.xml").write_text("<PAMDataset/>")
-    with pytest.raises(caswit_geo.errors.OutputError, match="exists"):
+    with pytest.raises(caswit_geo.core.errors.OutputError, match="exists"):
         run(weights, [tmp_path / "in.tif"], tmp_path / "out.tif")
     assert (tmp_path / "out.tif").read_bytes() == b"old"
     run(weights, [tmp_path / "in.tif"], tmp_path / "out.tif", overwrite=True)
@@ -494,7 +494,7 @@ def test_batched_reads_equal_tile_reads(tmp_path):
 def test_preview_png(tmp_path, weights):
     import matplotlib.image as mpimg
 
-    from caswit_geo.preview import _decimated_shape
+    from caswit_geo.geo.preview import _decimated_shape
 
     write(tmp_path / "in.tif", image(100, 300))
     res = run(weights, [tmp_path / "in.tif"], tmp_path / "out.tif", preview=tmp_path / "look.png")

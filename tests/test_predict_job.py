@@ -23,7 +23,7 @@ from affine import Affine
 from caswit_geo.cli import main
 from caswit_geo.engine.predict import units as units_module
 from caswit_geo.engine.predict.job import Job
-from caswit_geo.errors import OutputError
+from caswit_geo.core.errors import OutputError
 from caswit_geo.geo.class_raster import read_pam_categories
 from caswit_geo.geo.pyramid import levels_for, majority2, mean2, pyramid
 

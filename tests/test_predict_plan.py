@@ -8,7 +8,7 @@ import pytest
 from affine import Affine
 from rasterio.windows import Window
 
-from caswit_geo.errors import ConfigError
+from caswit_geo.core.errors import ConfigError
 from caswit_geo.engine.predict.config import PredictConfig
 from caswit_geo.engine.predict.plan import (
     OutputRaster,

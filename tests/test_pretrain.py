@@ -10,10 +10,10 @@ import torch
 from matplotlib.image import imread
 from rasterio.transform import from_origin
 
-from caswit_geo.checkpoint import read_checkpoint, read_meta
+from caswit_geo.model.checkpoint import read_checkpoint, read_meta
 from caswit_geo.cli import main
-from caswit_geo.engine.pretrain import PretrainConfig, find_images, pretrain
-from caswit_geo.errors import ConfigError, InputError
+from caswit_geo.engine.train.pretraining import PretrainConfig, find_images, pretrain
+from caswit_geo.core.errors import ConfigError, InputError
 
 from test_train import make_tiles_root, stripes
 

@@ -121,7 +121,7 @@ def test_named_models_are_new_and_stored_configs_without_the_fields_are_legacy()
     old = CaswitConfig.from_dict(stored)
     assert old.swin_windows == "shift-then-pad" and old.stage_norms is False
     assert CaswitConfig.from_dict(cfg.to_dict()) == cfg  # a config that has them keeps them
-    with pytest.raises(caswit_geo.errors.ConfigError, match="swin_windows"):
+    with pytest.raises(caswit_geo.core.errors.ConfigError, match="swin_windows"):
         CaswitConfig(swin_windows="roll")
 
 
@@ -130,8 +130,8 @@ def test_runs_continued_from_older_checkpoints_keep_their_behaviour(tmp_path):
 
     from test_train import make_tiles_root, nano_config, stripes
 
-    from caswit_geo.checkpoint import stored_behaviour
-    from caswit_geo.engine.train import train
+    from caswit_geo.model.checkpoint import stored_behaviour
+    from caswit_geo.engine.train.training import train
     from caswit_geo.model.simmim import CaswitSimMIM
 
     shipped = Path(__file__).resolve().parents[1] / "weights" / "caswit-nano-synthetic.safetensors"

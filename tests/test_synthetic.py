@@ -19,8 +19,8 @@ import rasterio
 import torch
 import torch.nn.functional as F
 
-from caswit_geo.errors import ConfigError, OutputError
-from caswit_geo.spec import ClassTable
+from caswit_geo.core.errors import ConfigError, OutputError
+from caswit_geo.core.spec import ClassTable
 from caswit_geo.synthetic import (
     BUILDING,
     CONTEXT_CLASSES,

@@ -13,13 +13,13 @@ import torch
 from rasterio.transform import from_origin
 
 import caswit_geo
-from caswit_geo.checkpoint import read_checkpoint, read_meta
+from caswit_geo.model.checkpoint import read_checkpoint, read_meta
 from caswit_geo.cli import main
-from caswit_geo.engine.config import load_config_file, make_config
-from caswit_geo.engine.optim import CosineSchedule, build_optimizer
-from caswit_geo.engine.runstate import load_state, rng_state, save_state, set_rng_state
-from caswit_geo.engine.train import TrainConfig, best_row, train
-from caswit_geo.errors import ConfigError, OutputError
+from caswit_geo.engine.train.config import load_config_file, make_config
+from caswit_geo.engine.train.optim import CosineSchedule, build_optimizer
+from caswit_geo.engine.train.runstate import load_state, rng_state, save_state, set_rng_state
+from caswit_geo.engine.train.training import TrainConfig, best_row, train
+from caswit_geo.core.errors import ConfigError, OutputError
 
 SIZE = 128
 CLASSES = 3
@@ -193,7 +193,7 @@ def test_resume_continues_exactly(data_root, tmp_path):
 
 
 def test_class_weights_come_from_the_class_table(tmp_path, monkeypatch):
-    import caswit_geo.engine.train as engine
+    import caswit_geo.engine.train.training as engine
 
     root = make_tiles_root(tmp_path / "data", {"a": stripes()})
     table = json.loads((root / "classes.json").read_text())
@@ -322,7 +322,7 @@ def test_overwrite_replaces_the_old_run_only_when_the_new_one_saves(run, data_ro
     """--overwrite: the old run stays whole until the first save, then its files all go; other files stay."""
     import shutil
 
-    import caswit_geo.engine.loop as loop
+    import caswit_geo.engine.train.loop as loop
 
     _, finished = run
     out = tmp_path / "run"

@@ -21,11 +21,11 @@ from safetensors.torch import load_file, save_file
 import caswit_geo
 from caswit_geo.cli import main
 from caswit_geo.engine.convert import ConvertConfig, convert
-from caswit_geo.errors import CheckpointError, ConfigError
+from caswit_geo.core.errors import CheckpointError, ConfigError
 from caswit_geo.model import CASWiT, get_config
 from caswit_geo.model.swin_windows import PadThenShiftBlock
 from caswit_geo.model.transfer import transfer_upernet
-from caswit_geo.upernet_source import read_upernet
+from caswit_geo.model.upernet.source import read_upernet
 from upernet_reference import perturb_every_tensor
 
 transformers = pytest.importorskip("transformers")
@@ -345,7 +345,7 @@ def test_pth_with_code_is_refused_and_train_checks_the_variant(tmp_path):
 def test_train_init_upernet_reports_what_it_loaded(tmp_path):
     from test_train import make_tiles_root, nano_config, stripes
 
-    from caswit_geo.engine.train import train
+    from caswit_geo.engine.train.training import train
 
     source = save(upernet(NANO, hidden=24), tmp_path / "upernet-nano")
     root = make_tiles_root(tmp_path / "data", {"a": stripes(), "b": stripes()[::-1].copy()})

@@ -8,9 +8,9 @@ import shapely
 from affine import Affine
 from rasterio.features import rasterize
 
-from caswit_geo.errors import OutputError
+from caswit_geo.core.errors import OutputError
 from caswit_geo.geo.vectorize import polygonize, sieve_raster, vector_format, vectorize
-from caswit_geo.spec import ClassInfo, ClassTable
+from caswit_geo.core.spec import ClassInfo, ClassTable
 
 RES = 0.5
 TRANSFORM = Affine(RES, 0, 700_000.0, 0, -RES, 6_600_000.0)

@@ -1,6 +1,6 @@
 """``caswit-geo`` command line: parses options, calls one engine, prints.
 
-Errors a user can cause are :class:`~caswit_geo.errors.CaswitError`: one line
+Errors a user can cause are :class:`~caswit_geo.core.errors.CaswitError`: one line
 on stderr, exit code 1, no traceback unless ``--debug`` (accepted anywhere on
 the command line). Usage errors (unknown option, missing argument, a value
 of the wrong type) are the parser's own message, exit code 2.
@@ -8,6 +8,8 @@ of the wrong type) are the parser's own message, exit code 2.
 Start-up stays light: this package and the command modules import only
 typer and rich. Each command imports its engine (torch, rasterio, ...) in
 its body, so ``--help``, ``--version`` and usage errors answer at once.
+
+May import: engine, model, geo, data, synthetic, runtime, safeio, core.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import warnings
 
 import typer
 
-from .. import __version__
-from ..errors import CaswitError, one_line, says_disk_full, user_message
-from ..signals import EXIT_CODES, interrupted_by, signals_interrupt
-from .console import plain
+from caswit_geo import __version__
+from caswit_geo.core.errors import CaswitError, one_line, says_disk_full, user_message
+from caswit_geo.safeio.signals import EXIT_CODES, interrupted_by, signals_interrupt
+from caswit_geo.cli.console import plain
 
 app = typer.Typer(
     name="caswit-geo",
@@ -65,7 +67,7 @@ def error_line(exc: BaseException) -> str:
     if says_disk_full(exc):  # a full disk no engine caught where it happened
         where = getattr(exc, "filename", None)
         return f"caswit-geo: error: no space left on device{f' ({plain(where)})' if where else ''}"
-    from ..geo.sources import read_error  # light: no GDAL import
+    from caswit_geo.geo.sources import read_error  # light: no GDAL import
 
     unreadable = read_error(exc)  # a raster that failed while being read, named as GDAL names it
     if unreadable is not None:

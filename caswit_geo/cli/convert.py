@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from . import app
-from .console import make_console, safe
+from caswit_geo.cli import app
+from caswit_geo.cli.console import make_console, safe
 
 
 @app.command(name="convert")
@@ -27,7 +27,7 @@ def convert_cmd(
     (ImageNet's otherwise). Nothing is downloaded. To start a CASWiT from
     such a checkpoint instead: caswit-geo train --init-upernet SOURCE.
     """
-    from ..engine.convert import ConvertConfig, convert
+    from caswit_geo.engine.convert import ConvertConfig, convert
 
     result = convert(ConvertConfig(source=source, out=out, overwrite=overwrite, tile_size=tile_size))
     console = make_console()

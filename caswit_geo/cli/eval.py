@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from ..errors import ConfigError
-from . import app
-from .console import after_outputs, make_console, safe
-from .run_options import PRECISION_HELP
+from caswit_geo.core.errors import ConfigError
+from caswit_geo.cli import app
+from caswit_geo.cli.console import after_outputs, make_console, safe
+from caswit_geo.cli.run_options import PRECISION_HELP
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ..engine.evaluate import EvalResult
+    from caswit_geo.engine.evaluate.evaluation import EvalResult
 
 
 def _pct(v: float | None) -> str:
@@ -71,7 +71,7 @@ def eval_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Score a model on a dataset split (mIoU, mF1, OA, mBIoU), or compare --pred with --ref."""
-    from ..engine.evaluate import EvalConfig, evaluate, evaluate_rasters
+    from caswit_geo.engine.evaluate.evaluation import EvalConfig, evaluate, evaluate_rasters
 
     if pred is not None or ref is not None:
         if pred is None or ref is None:

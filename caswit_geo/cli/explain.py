@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from . import app
-from .console import after_outputs, plain
-from .run_options import PRECISION_HELP
+from caswit_geo.cli import app
+from caswit_geo.cli.console import after_outputs, plain
+from caswit_geo.cli.run_options import PRECISION_HELP
 
 
 @app.command(name="explain")
@@ -25,7 +25,7 @@ def explain_cmd(
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
 ) -> None:
     """Draw the HR->LR cross-attention of one pixel at every fused stage over the LR context."""
-    from ..engine.explain import ExplainConfig, explain
+    from caswit_geo.engine.explain import ExplainConfig, explain
 
     res = explain(ExplainConfig(image=image, out=out, weights=weights, row=row, col=col, x=x, y=y,
                                 overwrite=overwrite, precision=precision))

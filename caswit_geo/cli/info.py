@@ -8,15 +8,15 @@ from typing import Optional
 
 import typer
 
-from ..errors import ConfigError
-from . import app
-from .console import make_console, safe
+from caswit_geo.core.errors import ConfigError
+from caswit_geo.cli import app
+from caswit_geo.cli.console import make_console, safe
 
 
 def _counts_for_config(config) -> dict[str, int]:
     import torch
 
-    from ..model.caswit import CASWiT
+    from caswit_geo.model.caswit import CASWiT
 
     with torch.device("meta"):  # shapes only: no memory, no initialisation time
         return CASWiT(config).parameter_counts()
@@ -24,8 +24,8 @@ def _counts_for_config(config) -> dict[str, int]:
 
 def describe(target: str) -> dict:
     """Config, parameter counts and (for checkpoints) classes and input spec."""
-    from ..checkpoint import read_meta, shape_model
-    from ..model.configs import MODEL_CONFIGS
+    from caswit_geo.model.checkpoint import read_meta, shape_model
+    from caswit_geo.model.configs import MODEL_CONFIGS
 
     if target in MODEL_CONFIGS:
         config = MODEL_CONFIGS[target]
@@ -63,7 +63,7 @@ def info(
     """Describe a named model or a checkpoint: parameters per component, config, classes, input."""
     from rich.table import Table
 
-    from ..model.configs import MODEL_CONFIGS
+    from caswit_geo.model.configs import MODEL_CONFIGS
 
     console = make_console()
     if list_ or target is None:

@@ -8,16 +8,16 @@ from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from ..errors import ConfigError
-from . import app
-from .console import after_outputs, make_console, safe
-from .run_options import PRECISION_HELP
+from caswit_geo.core.errors import ConfigError
+from caswit_geo.cli import app
+from caswit_geo.cli.console import after_outputs, make_console, safe
+from caswit_geo.cli.run_options import PRECISION_HELP
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ..engine.predict import PredictResult
-    from ..engine.predict.dryrun import DryRun
+    from caswit_geo.engine.predict import PredictResult
+    from caswit_geo.engine.predict.dryrun import DryRun
 
 EXIT_STOPPED = 75  # --stop-after ended the run: resumable (EX_TEMPFAIL: try again)
 
@@ -96,9 +96,9 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> int:
     """Predict a land-cover map of an orthophoto mosaic (HR tiles + LR context), as a resumable job."""
-    from ..engine.predict import JobInterrupted, PredictConfig
-    from ..engine.predict import predict as run_predict
-    from ..engine.predict.dryrun import dry_run
+    from caswit_geo.engine.predict import JobInterrupted, PredictConfig
+    from caswit_geo.engine.predict import predict as run_predict
+    from caswit_geo.engine.predict.dryrun import dry_run
 
     config = PredictConfig(
         inputs=inputs,

@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from . import app
-from . import run_options as opt
-from .console import after_outputs, make_console, safe
+from caswit_geo.cli import app
+from caswit_geo.cli import run_options as opt
+from caswit_geo.cli.console import after_outputs, make_console, safe
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     # the engine (torch) is imported only now; after locals() above, which must hold only the options
-    from ..engine.pretrain import PretrainResult
+    from caswit_geo.engine.train.pretraining import PretrainResult
 
 
 def print_result(result: PretrainResult, console: Console | None = None) -> None:
@@ -88,7 +88,7 @@ def pretrain_cmd(
     given["images"] = list(images) if images else None
     for key, kind in (("bands", int), ("mean", float), ("std", float)):
         given[key] = opt.parse_list(given[key], kind, "--" + key)
-    from ..engine.pretrain import PretrainConfig, pretrain as run
+    from caswit_geo.engine.train.pretraining import PretrainConfig, pretrain as run
 
     result = run(opt.build_config(PretrainConfig, "pretrain", config, given))
     with after_outputs():

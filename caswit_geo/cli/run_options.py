@@ -15,9 +15,9 @@ from typing import Optional
 
 import typer
 
-from ..engine.config import RUNTIME_FIELDS, load_config_file, make_config
-from ..errors import ConfigError
-from ..signals import EXIT_CODES
+from caswit_geo.engine.train.config import RUNTIME_FIELDS, load_config_file, make_config
+from caswit_geo.core.errors import ConfigError
+from caswit_geo.safeio.signals import EXIT_CODES
 
 CONFIG = typer.Option(None, "--config", help="JSON or TOML file of settings (keys as the flags); flags override it.")
 MODEL = typer.Option(None, "--model", help="Named model (caswit-geo info --list). (default: caswit-tiny)")

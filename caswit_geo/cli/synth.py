@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from . import app
-from .console import after_outputs, make_console, safe
+from caswit_geo.cli import app
+from caswit_geo.cli.console import after_outputs, make_console, safe
 
 
 @app.command()
@@ -28,7 +28,7 @@ def synth(
     patch (buildings within 24 m) tell them apart, which is what the LR
     context branch is for. See caswit_geo/synthetic/__init__.py for the rule.
     """
-    from ..synthetic import SyntheticConfig, generate_dataset
+    from caswit_geo.synthetic import SyntheticConfig, generate_dataset
 
     config = SyntheticConfig(seed=seed, size=size, train=train, val=val, test=test, gsd=gsd, crs=crs)
     summary = generate_dataset(config, out_dir, overwrite=overwrite, progress=True)
@@ -39,7 +39,7 @@ def synth(
 def print_summary(summary, size: int) -> None:
     from rich.table import Table
 
-    from ..synthetic import CONTEXT_CLASSES
+    from caswit_geo.synthetic import CONTEXT_CLASSES
 
     console = make_console()
     n = sum(len(v) for v in summary.names.values())

@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from . import app
-from . import run_options as opt
-from .console import after_outputs, make_console, safe
+from caswit_geo.cli import app
+from caswit_geo.cli import run_options as opt
+from caswit_geo.cli.console import after_outputs, make_console, safe
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     # the engine (torch) is imported only now; after locals() above, which must hold only the options
-    from ..engine.train import TrainResult
+    from caswit_geo.engine.train.training import TrainResult
 
 
 def print_result(result: TrainResult, console: Console | None = None) -> None:
@@ -94,7 +94,7 @@ def train_cmd(
     given.pop("config")
     for key, kind in (("bands", int), ("mean", float), ("std", float)):
         given[key] = opt.parse_list(given[key], kind, "--" + key)
-    from ..engine.train import TrainConfig, train as run
+    from caswit_geo.engine.train.training import TrainConfig, train as run
 
     result = run(opt.build_config(TrainConfig, "train", config, given))
     with after_outputs():

@@ -11,6 +11,8 @@ when unlabelled). Each dataset also has ``.classes`` (ClassTable),
 ``.input_spec``, ``.labelled`` and ``.georef(i)`` -> :class:`SampleGeo`
 (which raster and window sample i covers, for writing predictions).
 Raster handles are opened lazily in each DataLoader worker.
+
+May import: geo, runtime, safeio, core.
 """
 
 from __future__ import annotations
@@ -18,15 +20,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConfigError
-from ..spec import InputSpec
-from .augment import Augment
-from .flairhub import FlairHubDataset
-from .flairhub_splits import DEFAULT_SPLIT_COLUMN
-from .rasters import ImagePair, RasterTileDataset
-from .sample import CaswitDataset, SampleGeo
-from .tiles import TilesMeta, build_tiles, load_tiles_meta, read_classes_json
-from .urur import build_urur
+from caswit_geo.core.errors import ConfigError
+from caswit_geo.core.spec import InputSpec
+from caswit_geo.data.augment import Augment
+from caswit_geo.data.flairhub import FlairHubDataset
+from caswit_geo.data.flairhub_splits import DEFAULT_SPLIT_COLUMN
+from caswit_geo.data.rasters import ImagePair, RasterTileDataset
+from caswit_geo.data.sample import CaswitDataset, SampleGeo
+from caswit_geo.data.tiles import TilesMeta, build_tiles, load_tiles_meta, read_classes_json
+from caswit_geo.data.urur import build_urur
 
 DATASETS = ("flairhub", "urur", "tiles")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..spec import InputSpec
+from caswit_geo.core.spec import InputSpec
 
 
 class Augment:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-from ..errors import DatasetError
+from caswit_geo.core.errors import DatasetError
 
 SHOWN = 5  # missing ids named in a message
 RECORDED = 100  # missing ids kept in a report

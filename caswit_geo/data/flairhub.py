@@ -26,17 +26,17 @@ from typing import Callable
 import numpy as np
 from rasterio.windows import Window
 
-from ..errors import ConfigError, DatasetError
-from ..geo.context import area_downsample, lowres_valid, nearest_downsample
-from ..geo.grid import context_window
-from ..geo.handles import RasterHandles
-from ..geo.masks import MaskRule, mask_rule, valid_mask
-from ..spec import IGNORE_INDEX, InputSpec, flairhub_classes
-from .coverage import SplitCoverage, check_coverage
-from .flairhub_index import IMAGE_MODALITY, Patch, PatchIndex, build_index, context_reach
-from .flairhub_splits import DEFAULT_SPLIT_COLUMN, SplitRequest, resolve_split
-from .handles import open_raster
-from .sample import CaswitDataset, SampleGeo, check_label_values
+from caswit_geo.core.errors import ConfigError, DatasetError
+from caswit_geo.geo.context import area_downsample, lowres_valid, nearest_downsample
+from caswit_geo.geo.grid import context_window
+from caswit_geo.geo.raster_cache import RasterHandles
+from caswit_geo.geo.masks import MaskRule, mask_rule, valid_mask
+from caswit_geo.core.spec import IGNORE_INDEX, InputSpec, flairhub_classes
+from caswit_geo.data.coverage import SplitCoverage, check_coverage
+from caswit_geo.data.flairhub_index import IMAGE_MODALITY, Patch, PatchIndex, build_index, context_reach
+from caswit_geo.data.flairhub_splits import DEFAULT_SPLIT_COLUMN, SplitRequest, resolve_split
+from caswit_geo.data.open_raster import open_raster
+from caswit_geo.data.sample import CaswitDataset, SampleGeo, check_label_values
 
 
 def aerial_mask_rule(src, bands: list[int]) -> MaskRule:

@@ -26,9 +26,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import DatasetError
-from .flairhub_index import IMAGE_MODALITY, LABEL_MODALITY
-from .paths import inside
+from caswit_geo.core.errors import DatasetError
+from caswit_geo.data.flairhub_index import IMAGE_MODALITY, LABEL_MODALITY
+from caswit_geo.data.paths import inside
 
 # split name as typed (any case) -> the official split: its file suffix, its value in the split GeoPackage
 SPLIT_VALUES = {"train": "train", "val": "valid", "valid": "valid", "validation": "valid", "test": "test"}

@@ -1,6 +1,6 @@
 """FLAIR-HUB patch index: file names, georeferencing, geographic neighbours.
 
-Layout (DATASETS.md)::
+Layout, as IGN publishes it::
 
     <root>/{DOMAIN}-{YEAR}_{MODALITY}/{ROI}/{DOMAIN}-{YEAR}_{MODALITY}_{ROI}_{A}-{B}.tif
 
@@ -33,9 +33,9 @@ from pathlib import Path
 
 from affine import Affine
 
-from ..atomic import write_text
-from ..errors import DatasetError
-from .handles import open_raster
+from caswit_geo.safeio.writes import write_text
+from caswit_geo.core.errors import DatasetError
+from caswit_geo.data.open_raster import open_raster
 
 IMAGE_MODALITY = "AERIAL_RGBI"
 LABEL_MODALITY = "AERIAL_LABEL-COSIA"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import DatasetError
+from caswit_geo.core.errors import DatasetError
 
 
 def inside(path: str | Path, root: str | Path) -> bool:

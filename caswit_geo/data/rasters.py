@@ -21,13 +21,13 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from ..errors import DatasetError
-from ..geo.context import read_label_and_context, read_tile_context_valid
-from ..geo.grid import TileGrid
-from ..geo.handles import RasterHandles
-from ..spec import IGNORE_INDEX, ClassTable, InputSpec
-from .handles import open_raster
-from .sample import CaswitDataset, SampleGeo, check_label_values
+from caswit_geo.core.errors import DatasetError
+from caswit_geo.geo.context import read_label_and_context, read_tile_context_valid
+from caswit_geo.geo.grid import TileGrid
+from caswit_geo.geo.raster_cache import RasterHandles
+from caswit_geo.core.spec import IGNORE_INDEX, ClassTable, InputSpec
+from caswit_geo.data.open_raster import open_raster
+from caswit_geo.data.sample import CaswitDataset, SampleGeo, check_label_values
 
 
 @dataclass(frozen=True)

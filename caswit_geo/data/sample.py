@@ -24,9 +24,9 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from ..errors import DatasetError
-from ..spec import IGNORE_INDEX, ClassTable, InputSpec
-from .coverage import SplitCoverage
+from caswit_geo.core.errors import DatasetError
+from caswit_geo.core.spec import IGNORE_INDEX, ClassTable, InputSpec
+from caswit_geo.data.coverage import SplitCoverage
 
 
 @dataclass(frozen=True)

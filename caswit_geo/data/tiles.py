@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..bounds import Int, Maybe, Real, Seq
-from ..errors import ConfigError, DatasetError
-from ..spec import MAX_BANDS, ClassTable, InputSpec
-from .coverage import SplitCoverage, check_coverage
-from .paths import resolve_entry
-from .rasters import ImagePair, RasterTileDataset
+from caswit_geo.core.limits import Int, Maybe, Real, Seq
+from caswit_geo.core.errors import ConfigError, DatasetError
+from caswit_geo.core.spec import MAX_BANDS, ClassTable, InputSpec
+from caswit_geo.data.coverage import SplitCoverage, check_coverage
+from caswit_geo.data.paths import resolve_entry
+from caswit_geo.data.rasters import ImagePair, RasterTileDataset
 
 RASTER_SUFFIXES = (".tif", ".tiff")
 SPLIT_ALIASES = {"val": ("val", "valid", "validation"), "valid": ("val", "valid", "validation")}

@@ -18,9 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ..errors import DatasetError
-from ..spec import InputSpec, urur_classes
-from .rasters import ImagePair, RasterTileDataset
+from caswit_geo.core.errors import DatasetError
+from caswit_geo.core.spec import InputSpec, urur_classes
+from caswit_geo.data.rasters import ImagePair, RasterTileDataset
 
 SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg")

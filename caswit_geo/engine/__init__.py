@@ -1,1 +1,4 @@
-"""Engines: plain functions that take a config and return results."""
+"""Engines: plain functions that take a config and return results.
+
+May import: model, geo, data, synthetic, runtime, safeio, core.
+"""

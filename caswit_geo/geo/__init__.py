@@ -1,1 +1,4 @@
-"""Geospatial pieces: tile grids and context windows (pure), raster IO, vectors."""
+"""Geospatial pieces: tile grids and context windows (pure), raster IO, vectors.
+
+May import: runtime, safeio, core.
+"""

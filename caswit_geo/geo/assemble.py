@@ -40,7 +40,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.shutil import copy as gdal_copy
 from rasterio.windows import Window
 
-from .class_raster import NODATA, overview_factors
+from caswit_geo.geo.class_raster import NODATA, overview_factors
 
 # DEFLATE level: 4 compresses a class map about 4x faster than GDAL's default 6 for files about
 # 4 % larger (8192 px land-cover map: 0.36 s against 1.37 s); assembly is then a few % of a run

@@ -7,7 +7,7 @@ with a GDAL raster attribute table and category names, which QGIS and
 Confidence rasters have the same layout without the legend.
 
 :class:`AtomicRasterWriter` writes one such raster block by block under a
-temporary name (``atomic.py``) and renames it when complete; ``predict``
+temporary name (``safeio/files.py``) and renames it when complete; ``predict``
 assembles its outputs from unit parts instead (``assemble.py``).
 """
 
@@ -27,9 +27,10 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from .. import atomic
-from ..errors import disk_full_guard, one_line
-from ..spec import IGNORE_INDEX, ClassTable
+from caswit_geo.safeio.files import temp_path, usual_permissions
+from caswit_geo.safeio.sweep import hold_folder, release_folder
+from caswit_geo.core.errors import disk_full_guard, one_line
+from caswit_geo.core.spec import IGNORE_INDEX, ClassTable
 
 NODATA = IGNORE_INDEX  # nodata of every class / confidence raster we write
 CONFIDENCE_DESCRIPTION = "confidence: probability of the predicted class, percent (255 = nodata)"
@@ -108,7 +109,7 @@ def read_pam_categories(path: str | Path) -> list[str]:
 
 def model_tags(meta_name: str, checkpoint: str, classes: ClassTable, extra: dict | None = None) -> dict[str, str]:
     """Dataset tags describing the model that made a class raster."""
-    from .. import __version__
+    from caswit_geo import __version__
 
     tags = {
         "TIFFTAG_SOFTWARE": f"caswit-geo {__version__}",
@@ -132,7 +133,7 @@ class AtomicRasterWriter:
     name, :meth:`commit` renames it (finishing first if needed). Used as a
     context manager, leaving without a commit aborts (temporary files
     removed). The temporary name carries this process's token, so the
-    litter of a killed run is removed by the next one (``atomic.py``).
+    litter of a killed run is removed by the next one (``safeio/files.py``).
     """
 
     def __init__(
@@ -152,8 +153,8 @@ class AtomicRasterWriter:
         self.path = Path(path)
         self.classes = classes
         self.overviews = overviews
-        self.folder = atomic.hold_folder(self.path.parent if str(self.path.parent) else ".")
-        self.tmp = atomic.temp_path(os.path.abspath(self.path), ".tif")
+        self.folder = hold_folder(self.path.parent if str(self.path.parent) else ".")
+        self.tmp = temp_path(os.path.abspath(self.path), ".tif")
         self.finished = False
         self.committed = False
         self.closed = False
@@ -161,7 +162,7 @@ class AtomicRasterWriter:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self.dst = rasterio.open(self.tmp, "w", **gtiff_profile(width, height, crs, transform, block))
-            atomic.usual_permissions(self.tmp)
+            usual_permissions(self.tmp)
             if classes is not None:
                 self.dst.write_colormap(1, classes.colormap())
             if description:
@@ -226,7 +227,7 @@ class AtomicRasterWriter:
     def _release(self) -> None:
         if not self.closed:
             self.closed = True
-            atomic.release_folder(self.folder)
+            release_folder(self.folder)
 
     def __enter__(self) -> "AtomicRasterWriter":
         return self

@@ -1,4 +1,4 @@
-"""HR tiles and LR context read from a raster (DESIGN.md section 1).
+"""HR tiles and LR context read from a raster (docs/ARCHITECTURE.md, "HR tile and LR context").
 
 The LR input of a tile is its ``k``-times larger centred window, resampled
 to the tile size: area average for imagery, nearest for labels. Pixels
@@ -13,9 +13,9 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from ..spec import IGNORE_INDEX
-from .grid import clip_window, context_window
-from .masks import MaskRule, valid_mask
+from caswit_geo.core.spec import IGNORE_INDEX
+from caswit_geo.geo.grid import clip_window, context_window
+from caswit_geo.geo.masks import MaskRule, valid_mask
 
 
 def read_canvas(

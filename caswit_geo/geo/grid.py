@@ -14,7 +14,7 @@ from typing import Iterator
 
 from rasterio.windows import Window
 
-from ..errors import ConfigError
+from caswit_geo.core.errors import ConfigError
 
 
 def tile_offsets(length: int, tile: int, stride: int) -> list[int]:

@@ -2,7 +2,7 @@
 
 The LR input of a T x T tile at (row, col) is its kT x kT centred window,
 area-averaged k x k to T x T, black outside the raster and at nodata
-(DESIGN.md section 1; :func:`.context.read_tile_and_context` builds it per
+(docs/ARCHITECTURE.md, "HR tile and LR context"; :func:`.context.read_tile_and_context` builds it per
 tile). Read that way, every source pixel is read k^2 times for the context
 alone. Instead, one pass computes the k x k *sums* of the whole raster on a
 grid whose origin is the context origin of tile (0, 0), i.e. shifted by
@@ -39,11 +39,12 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
-from .. import atomic
-from .context import read_canvas
-from .grid import TileGrid
-from .handles import RasterHandles
-from .masks import MaskRule, mask_rule
+from caswit_geo.safeio.files import fsync_file, temp_path
+from caswit_geo.safeio.sweep import holding
+from caswit_geo.geo.context import read_canvas
+from caswit_geo.geo.grid import TileGrid
+from caswit_geo.geo.raster_cache import RasterHandles
+from caswit_geo.geo.masks import MaskRule, mask_rule
 
 RUNNING = "RUNNING"  # marker made when a builder starts (a name of its process's own)...
 FAILED = "FAILED"  # ...renamed to this when it stops early: readers must not wait (LowResBuilder.failed)
@@ -179,7 +180,7 @@ def write_chunk(
     h, w = int(out.height), int(out.width)
     src_win = Window(origin + k * int(out.col_off), origin + k * int(out.row_off), k * w, k * h)
     path = lowres.chunk_path(bi, bj)
-    tmp = atomic.temp_path(Path(os.path.abspath(path)))  # this process's own name: the folder may be shared
+    tmp = temp_path(Path(os.path.abspath(path)))  # this process's own name: the folder may be shared
     profile = dict(
         driver="GTiff", width=w, height=h, count=lowres.count, dtype=lowres.dtype, crs=lowres.crs,
         transform=lowres.transform @ Affine.translation(int(out.col_off), int(out.row_off)),
@@ -195,7 +196,7 @@ def write_chunk(
                     if not valid.all():
                         canvas[:, ~valid] = 0
                     dst.write(block_sums(canvas, k, np.dtype(lowres.dtype)))
-        atomic.fsync_file(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -235,7 +236,7 @@ def build_lowres(
     lowres = plan_lowres(src, bands, grid, factor, folder, chunk)
     rows, cols = lowres.chunk_grid
     rule = mask_rule(src, bands)
-    with atomic.holding(folder):
+    with holding(folder):
         for bi in range(rows):
             for bj in range(cols):
                 write_chunk(src, bands, lowres, bi, bj, rule)
@@ -263,14 +264,14 @@ class LowResBuilder(threading.Thread):
         self.stop_event = threading.Event()
         Path(lowres.folder).mkdir(parents=True, exist_ok=True)
         folder = Path(os.path.abspath(lowres.folder))
-        self.failed = atomic.temp_path(folder / FAILED, "")
-        self.running = atomic.temp_path(folder / RUNNING, "")
+        self.failed = temp_path(folder / FAILED, "")
+        self.running = temp_path(folder / RUNNING, "")
         self.running.touch()
         self.written = 0  # chunks this builder computed (the others existed)
 
     def run(self) -> None:
         try:
-            with atomic.holding(self.lowres.folder), rasterio.open(self.source) as src:
+            with holding(self.lowres.folder), rasterio.open(self.source) as src:
                 rule = mask_rule(src, self.bands)
                 for bi, bj in self.order:
                     if self.stop_event.is_set():

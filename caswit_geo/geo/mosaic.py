@@ -27,8 +27,8 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from ..errors import InputError
-from .sources import check_source
+from caswit_geo.core.errors import InputError
+from caswit_geo.geo.sources import check_source
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
 # what a folder contributes to a mosaic; a .vrt is taken only when named (a folder often holds

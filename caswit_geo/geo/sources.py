@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import InputError, exception_chain, one_line
+from caswit_geo.core.errors import InputError, exception_chain, one_line
 
 VRT_MAX_BYTES = 64 << 20  # a VRT larger than this is not a mosaic description
 VRT_MAX_DEPTH = 4  # VRTs of VRTs

@@ -32,10 +32,12 @@ import rasterio
 import shapely
 from rasterio.features import shapes, sieve
 
-from .. import atomic
-from ..errors import OutputError
-from ..spec import IGNORE_INDEX, ClassTable
-from .area import pixel_area_m2, unit_to_m
+from caswit_geo.safeio.files import temp_path
+from caswit_geo.safeio.sweep import holding
+from caswit_geo.safeio.writes import atomic_path
+from caswit_geo.core.errors import OutputError
+from caswit_geo.core.spec import IGNORE_INDEX, ClassTable
+from caswit_geo.geo.area import pixel_area_m2, unit_to_m
 
 FORMATS = {".gpkg": "GPKG", ".parquet": "Parquet", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf"}
 
@@ -243,7 +245,7 @@ def vectorize(
     vector_format(out_path)
     source = class_path
     work = Path(work_dir or out_path.parent)
-    with atomic.holding(work):
+    with holding(work):
         sieved = None
         try:
             if min_area:
@@ -254,14 +256,14 @@ def vectorize(
                         warnings.warn("the class raster has no projected CRS: --min-area is taken in pixels",
                                       stacklevel=2)
                 threshold = max(1, math.ceil(min_area / px - 1e-9))
-                sieved = atomic.temp_path(Path(os.path.abspath(work)) / "sieved.tif")
+                sieved = temp_path(Path(os.path.abspath(work)) / "sieved.tif")
                 sieve_raster(class_path, sieved, threshold)
                 source = sieved
             gdf = polygonize(source, classes, simplify=simplify)
         finally:
             if sieved is not None:
                 sieved.unlink(missing_ok=True)
-    with atomic.atomic_path(out_path) as tmp:  # a full disk is named there (a GeoPackage says "no such table")
+    with atomic_path(out_path) as tmp:  # a full disk is named there (a GeoPackage says "no such table")
         write_vectors(gdf, tmp, layer=layer or out_path.stem)
     areas = gdf.groupby("class_name")["area_m2"].sum().to_dict() if len(gdf) else {}
     return VectorResult(

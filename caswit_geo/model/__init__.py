@@ -1,9 +1,12 @@
-"""CASWiT model: encoders, fusion, decoder, loss, SimMIM and named configs."""
+"""CASWiT model: encoders, fusion, decoder, loss, SimMIM and named configs.
 
-from .caswit import CASWiT, CaswitBackbone, CaswitConfig, parse_fusion_stages
-from .configs import MODEL_CONFIGS, get_config
-from .fusion import FusionBlock
-from .loss import CaswitLoss
+May import: runtime, safeio, core.
+"""
+
+from caswit_geo.model.caswit import CASWiT, CaswitBackbone, CaswitConfig, parse_fusion_stages
+from caswit_geo.model.configs import MODEL_CONFIGS, get_config
+from caswit_geo.model.fusion import FusionBlock
+from caswit_geo.model.loss import CaswitLoss
 
 __all__ = [
     "CASWiT",

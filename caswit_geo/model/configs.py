@@ -13,8 +13,8 @@ from dataclasses import replace
 import timm
 import torch
 
-from ..errors import ConfigError
-from .caswit import CaswitConfig
+from caswit_geo.core.errors import ConfigError
+from caswit_geo.model.caswit import CaswitConfig
 
 # Swin variants: timm model name, tile size, decoder width, stochastic depth.
 # base/large use window 12, as the FLAIR-HUB Swin-B baseline.

@@ -26,8 +26,8 @@ import timm
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
-from .swin_windows import use_pad_then_shift
+from caswit_geo.core.errors import CheckpointError, ConfigError
+from caswit_geo.model.swin_windows import use_pad_then_shift
 
 WINDOW_LAYOUTS = ("pad-then-shift", "shift-then-pad")
 

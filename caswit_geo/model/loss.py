@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..spec import IGNORE_INDEX
+from caswit_geo.core.spec import IGNORE_INDEX
 
 
 def cross_entropy(

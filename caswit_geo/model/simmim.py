@@ -1,4 +1,4 @@
-"""Dual-stream SimMIM pretraining (paper section 3.5, DESIGN.md section 3).
+"""Dual-stream SimMIM pretraining (paper section 3.5).
 
 HR: random mask, ratio 0.75, in square cells of ``mask_patch_size`` px on
 the stage-1 token grid, exactly ceil(0.75 x cells) cells. LR: a centred
@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from .caswit import CaswitBackbone, CaswitConfig, param_groups
+from caswit_geo.model.caswit import CaswitBackbone, CaswitConfig, param_groups
 
 ENCODER_STRIDE = 32  # total downsampling of a Swin encoder
 PATCH_SIZE = 4  # Swin stage-1 patch size

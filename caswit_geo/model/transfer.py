@@ -17,9 +17,9 @@ from collections import Counter
 
 import torch
 
-from ..errors import CheckpointError
-from .caswit import CASWiT
-from .upernet_keys import map_upernet_state
+from caswit_geo.core.errors import CheckpointError
+from caswit_geo.model.caswit import CASWiT
+from caswit_geo.model.upernet.keys import map_upernet_state
 
 PREFIX = "backbone."
 

@@ -38,9 +38,11 @@ meadows stay under 0.05. Park and meadow are each about 9 % of the pixels.
 Mosaic ``i`` of a split is a pure function of (seed, split, i) and the
 scene settings. :func:`generate_dataset` writes the ``tiles`` layout;
 :func:`write_sample_mosaic` writes one standalone orthophoto.
+
+May import: runtime, safeio, core.
 """
 
-from .classes import (
+from caswit_geo.synthetic.classes import (
     BUILDING,
     CONTEXT_CLASSES,
     CROPLAND,
@@ -53,10 +55,10 @@ from .classes import (
     WATER,
     synthetic_classes,
 )
-from .config import SPLITS, SyntheticConfig
-from .dataset import DatasetSummary, generate_dataset, mosaic_transform, write_sample_mosaic
-from .rule import name_grass
-from .scene import generate_scene, scene_rng
+from caswit_geo.synthetic.settings import SPLITS, SyntheticConfig
+from caswit_geo.synthetic.dataset import DatasetSummary, generate_dataset, mosaic_transform, write_sample_mosaic
+from caswit_geo.synthetic.rule import name_grass
+from caswit_geo.synthetic.scene import generate_scene, scene_rng
 
 __all__ = [
     "BUILDING", "ROAD", "PAVED", "WATER", "TREES", "CROPLAND", "PARK", "MEADOW",

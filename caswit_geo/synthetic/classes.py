@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..spec import ClassInfo, ClassTable
+from caswit_geo.core.spec import ClassInfo, ClassTable
 
 BUILDING = 0
 ROAD = 1

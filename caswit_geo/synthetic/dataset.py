@@ -27,12 +27,12 @@ import rasterio
 from rasterio.transform import Affine
 from tqdm import tqdm
 
-from ..errors import OutputError
-from ..outputs import OutputSet
-from .classes import CONTEXT_CLASSES, synthetic_classes
-from .config import SPLITS, SyntheticConfig
-from .rule import __doc__ as RULE_TEXT
-from .scene import generate_scene, scene_rng
+from caswit_geo.core.errors import OutputError
+from caswit_geo.safeio.outputs import OutputSet
+from caswit_geo.synthetic.classes import CONTEXT_CLASSES, synthetic_classes
+from caswit_geo.synthetic.settings import SPLITS, SyntheticConfig
+from caswit_geo.synthetic.rule import __doc__ as RULE_TEXT
+from caswit_geo.synthetic.scene import generate_scene, scene_rng
 
 LAYOUT_ENTRIES = ("classes.json", "images", "labels", "splits", "synthetic.json")
 BLOCK = 256
@@ -116,7 +116,7 @@ def generate_dataset(
     Raises OutputError if ``root`` holds anything and ``overwrite`` is False;
     with ``overwrite`` only the layout's own entries are replaced. The
     entries are written under temporary names and appear together at the
-    end (:class:`~caswit_geo.outputs.OutputSet`): an interrupted run leaves
+    end (:class:`~caswit_geo.safeio.outputs.OutputSet`): an interrupted run leaves
     ``root`` as it was.
     """
     start = time.perf_counter()

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .classes import BUILDING, CROPLAND, MEADOW, PAVED, ROAD, TREES, WATER
-from .config import SyntheticConfig
-from .rule import name_grass
-from .textures import value_noise
+from caswit_geo.synthetic.classes import BUILDING, CROPLAND, MEADOW, PAVED, ROAD, TREES, WATER
+from caswit_geo.synthetic.settings import SyntheticConfig
+from caswit_geo.synthetic.rule import name_grass
+from caswit_geo.synthetic.textures import value_noise
 
 STREET_WIDTH = 12  # px, 6 m at 0.5 m: the widest road, what blocks are set back from
 ROAD_WIDTHS = (8, 10, 12)  # country roads take any, town streets the two widest

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .classes import BUILDING, CROPLAND, MEADOW, PARK, PAVED, ROAD, TREES, WATER
-from .layout import Layout, Roof
-from .textures import binomial_blur, child_rngs, smoothstep, tree_crowns, value_noise
+from caswit_geo.synthetic.classes import BUILDING, CROPLAND, MEADOW, PARK, PAVED, ROAD, TREES, WATER
+from caswit_geo.synthetic.layout import Layout, Roof
+from caswit_geo.synthetic.textures import binomial_blur, child_rngs, smoothstep, tree_crowns, value_noise
 
 ROOF_PALETTE = np.array(
     [

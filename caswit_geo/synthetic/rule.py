@@ -14,7 +14,7 @@ import numpy as np
 import rasterio.features
 from rasterio.transform import Affine
 
-from .classes import BUILDING, MEADOW, PARK
+from caswit_geo.synthetic.classes import BUILDING, MEADOW, PARK
 
 
 def grass_components(grass: np.ndarray) -> tuple[np.ndarray, int]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import SPLITS, SyntheticConfig
-from .layout import Layout, make_layout
-from .render import render
-from .textures import child_rngs
+from caswit_geo.synthetic.settings import SPLITS, SyntheticConfig
+from caswit_geo.synthetic.layout import Layout, make_layout
+from caswit_geo.synthetic.render import render
+from caswit_geo.synthetic.textures import child_rngs
 
 
 def scene_rng(config: SyntheticConfig, split: str, index: int) -> np.random.Generator:

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ...bounds import Text, bounded
-from ...precision import PRECISIONS
+from caswit_geo.core.limits import Text, bounded
+from caswit_geo.runtime.precision import PRECISIONS
 
 FORMATS = ("cog", "gtiff")
 

@@ -19,17 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...checkpoint import load_checkpoint
-from ...precision import prepare_inference
-from ...device import CpuThreads, select_device
-from ...errors import ConfigError
-from ...geo.area import pixel_area_m2
-from ...geo.mosaic import Mosaic, RasterInfo
-from .config import PredictConfig
-from .job import PLAN_FILE, Job, compare_manifest, live_description
-from .plan import PredictPlan, plan_predict, shard_units
-from .source import PredictTiles, collate_tiles
-from .units import predict_probabilities
+from caswit_geo.model.checkpoint import load_checkpoint
+from caswit_geo.runtime.precision import prepare_inference
+from caswit_geo.runtime.device import CpuThreads, select_device
+from caswit_geo.core.errors import ConfigError
+from caswit_geo.geo.area import pixel_area_m2
+from caswit_geo.geo.mosaic import Mosaic, RasterInfo
+from caswit_geo.engine.predict.config import PredictConfig
+from caswit_geo.engine.predict.job import PLAN_FILE, Job, compare_manifest, live_description
+from caswit_geo.engine.predict.plan import PredictPlan, plan_predict, shard_units
+from caswit_geo.engine.predict.source import PredictTiles, collate_tiles
+from caswit_geo.engine.predict.units import predict_probabilities
 
 STRIPED_MIN_WIDTH = 1024  # narrower striped files read fine
 

@@ -2,7 +2,7 @@
 
 Every output (class rasters with their legends, confidence rasters,
 polygons, preview) is written under a temporary name of the job's
-:class:`~caswit_geo.outputs.OutputSet` and renamed with the others at the
+:class:`~caswit_geo.safeio.outputs.OutputSet` and renamed with the others at the
 end: the outputs appear together or not at all (a preview that fails
 leaves no class raster behind). Then the job folder goes.
 """
@@ -21,16 +21,16 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from ... import atomic
-from ...geo.assemble import parts_vrt, write_raster
-from ...geo.pyramid import level_shape, pack_layout, pyramid
-from ...geo.class_raster import CONFIDENCE_DESCRIPTION, class_description, pam_xml
-from ...geo.vectorize import VectorResult, vectorize
-from ...outputs import OutputSet
-from ...preview import write_preview
-from .job import Job, remove_job
-from .plan import PredictPlan
-from .sink import UnitDone
+from caswit_geo.safeio.writes import atomic_path, write_text
+from caswit_geo.geo.assemble import parts_vrt, write_raster
+from caswit_geo.geo.pyramid import level_shape, pack_layout, pyramid
+from caswit_geo.geo.class_raster import CONFIDENCE_DESCRIPTION, class_description, pam_xml
+from caswit_geo.geo.vectorize import VectorResult, vectorize
+from caswit_geo.safeio.outputs import OutputSet
+from caswit_geo.geo.preview import write_preview
+from caswit_geo.engine.predict.job import Job, remove_job
+from caswit_geo.engine.predict.plan import PredictPlan
+from caswit_geo.engine.predict.sink import UnitDone
 
 
 @dataclass
@@ -100,7 +100,7 @@ def overview_levels(plan: PredictPlan, job: Job, index: int, band: int, folder: 
                           job.pyramid_path(u.id), Window(x, 0, cols, rows)))
         rows, cols = level_shape(height, width, f)
         path = folder / f"r{index:05d}_b{band}_x{f}.vrt"
-        atomic.write_text(path, parts_vrt(parts, cols, rows, plan.mosaic.crs,
+        write_text(path, parts_vrt(parts, cols, rows, plan.mosaic.crs,
                                           raster.transform @ Affine.scale(f), band))
         paths.append(path)
     coarse = [f for f in factors if f > plan.block]
@@ -111,7 +111,7 @@ def overview_levels(plan: PredictPlan, job: Job, index: int, band: int, folder: 
                 base = src.read(1)
         for f, image in zip(coarse, pyramid(base, [f // fine[-1] for f in coarse], band == 1)):
             path = folder / f"r{index:05d}_b{band}_x{f}.tif"
-            with atomic.atomic_path(path) as tmp, warnings.catch_warnings():
+            with atomic_path(path) as tmp, warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 with rasterio.open(tmp, "w", driver="GTiff", width=image.shape[1], height=image.shape[0], count=1,
                                    dtype="uint8", nodata=255, crs=plan.mosaic.crs,

@@ -9,11 +9,11 @@ per-file outputs it is ``<out>/.caswit-job/``::
     lowres/lr_00001_00002.tif  LR pre-pass chunks (deterministic; shared by shards and resumes)
     log/<process token>.jsonl  each process's events: start, unit-start, unit, stop
     finalize.lock            flock of the process assembling the outputs
-    .caswit-<token>.lock     liveness lock of each process working on the job (atomic.py)
+    .caswit-<token>.lock     liveness lock of each process working on the job (safeio/liveness.py)
 
 Every file in it is written under a temporary name and renamed when
 complete, so a killed process leaves only its own temporaries, which the
-next process holding the folder removes (``atomic.sweep_stale``). A unit is
+next process holding the folder removes (``safeio/sweep.py``). A unit is
 done when its part file exists.
 
 ``plan.json`` records what the job's pixels depend on: the inputs (path,
@@ -45,10 +45,14 @@ from pathlib import Path
 
 from rasterio.windows import Window
 
-from ... import atomic, claims
-from ...errors import ConfigError, OutputError
-from ...outputs import OutputSet
-from .plan import PredictPlan, Unit, shard_units
+from caswit_geo.safeio.files import fsync_file, remove_path, rename_noreplace, temp_path
+from caswit_geo.safeio.liveness import describe_owner, live_owners, process_token
+from caswit_geo.safeio.sweep import hold_folder, holding, release_folder
+
+from caswit_geo.safeio import claims
+from caswit_geo.core.errors import ConfigError, OutputError
+from caswit_geo.safeio.outputs import OutputSet
+from caswit_geo.engine.predict.plan import PredictPlan, Unit, shard_units
 
 FORMAT = "caswit-geo predict job"
 VERSION = 1
@@ -213,18 +217,18 @@ class Job:
 
     def hold(self) -> None:
         for folder in (self.dir, self.units_dir, self.lowres_dir):
-            atomic.hold_folder(folder)
+            hold_folder(folder)
 
     def release(self) -> None:
         for folder in (self.lowres_dir, self.units_dir, self.dir):
-            atomic.release_folder(folder)
+            release_folder(folder)
 
     # -- events -------------------------------------------------------------------
 
     def log(self, event: str, **fields) -> None:
         """Append one event to this process's log (one file per process: appends never interleave)."""
         line = json.dumps({"t": round(time.time(), 3), "event": event, **fields}) + "\n"
-        path = self.log_dir / f"{atomic.process_token()}.jsonl"
+        path = self.log_dir / f"{process_token()}.jsonl"
         with contextlib.suppress(OSError):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             try:
@@ -278,24 +282,24 @@ class Job:
 
 def live_description(job_dir: Path) -> str | None:
     """'pid ... on host ...' of a live process working on the job, or None."""
-    live = atomic.live_owners(job_dir)
-    return atomic.describe_owner(job_dir, live[0]) if live else None
+    live = live_owners(job_dir)
+    return describe_owner(job_dir, live[0]) if live else None
 
 
 def create_job(job_dir: Path, manifest: dict) -> Job:
     """Create the job folder whole (staged, then renamed); ``FileExistsError`` if another run just did."""
     parent = job_dir.parent
-    with atomic.holding(parent):
-        stage = atomic.temp_path(job_dir, "")
+    with holding(parent):
+        stage = temp_path(job_dir, "")
         try:
             stage.mkdir()
             for sub in ("units", "lowres", "log"):
                 (stage / sub).mkdir()
             (stage / PLAN_FILE).write_text(json.dumps(manifest, separators=(",", ":")))
-            atomic.fsync_file(stage / PLAN_FILE)
-            atomic.rename_noreplace(stage, job_dir)
+            fsync_file(stage / PLAN_FILE)
+            rename_noreplace(stage, job_dir)
         finally:
-            atomic.remove_path(stage)
+            remove_path(stage)
     return Job(job_dir, manifest)
 
 

@@ -32,22 +32,22 @@ import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
-from ...bounds import check_settings
-from ...checkpoint import CheckpointMeta, read_meta, shape_model
-from ...device import select_device
-from ...errors import CheckpointError, ConfigError, OutputError
-from ...geo.area import unit_to_m
-from ...geo.class_raster import model_tags, output_block
-from ...geo.grid import TileGrid, plan_tiles, split_span, strips, touching
-from ...geo.lowres import prepass_supported
-from ...geo.mosaic import Mosaic, expand_inputs, open_mosaic
-from ...geo.pyramid import levels_for
-from ...geo.vectorize import vector_format
-from ...outputs import OutputSet
-from ...precision import Precision, resolve_precision
-from ...spec import ClassTable, InputSpec
-from ...weights import resolve_weights, sha256
-from .config import FORMATS, PredictConfig
+from caswit_geo.core.limits import check_settings
+from caswit_geo.model.checkpoint import CheckpointMeta, read_meta, shape_model
+from caswit_geo.runtime.device import select_device
+from caswit_geo.core.errors import CheckpointError, ConfigError, OutputError
+from caswit_geo.geo.area import unit_to_m
+from caswit_geo.geo.class_raster import model_tags, output_block
+from caswit_geo.geo.grid import TileGrid, plan_tiles, split_span, strips, touching
+from caswit_geo.geo.lowres import prepass_supported
+from caswit_geo.geo.mosaic import Mosaic, expand_inputs, open_mosaic
+from caswit_geo.geo.pyramid import levels_for
+from caswit_geo.geo.vectorize import vector_format
+from caswit_geo.safeio.outputs import OutputSet
+from caswit_geo.runtime.precision import Precision, resolve_precision
+from caswit_geo.core.spec import ClassTable, InputSpec
+from caswit_geo.model.weights import resolve_weights, sha256
+from caswit_geo.engine.predict.config import FORMATS, PredictConfig
 
 GSD_TOLERANCE = 0.10  # relative pixel-size difference that deserves a warning
 RASTER_OUT_SUFFIXES = (".tif", ".tiff")

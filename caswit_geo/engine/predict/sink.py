@@ -31,15 +31,15 @@ from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from ... import atomic
-from ...geo.area import row_areas_m2
-from ...geo.blend import NODATA, RowBlock, StripAccumulator
-from ...geo.grid import strips
-from ...geo.masks import MaskRule, mask_rule, valid_mask
-from ...geo.mosaic import build_vrt_xml
-from ...geo.pyramid import pack_layout, pyramid
-from .job import Job
-from .plan import PredictPlan, Unit
+from caswit_geo.safeio.files import fsync_file, temp_path
+from caswit_geo.geo.area import row_areas_m2
+from caswit_geo.geo.blend import NODATA, RowBlock, StripAccumulator
+from caswit_geo.geo.grid import strips
+from caswit_geo.geo.masks import MaskRule, mask_rule, valid_mask
+from caswit_geo.geo.mosaic import build_vrt_xml
+from caswit_geo.geo.pyramid import pack_layout, pyramid
+from caswit_geo.engine.predict.job import Job
+from caswit_geo.engine.predict.plan import PredictPlan, Unit
 
 # A tile's result: None (skipped, all nodata), (classes, confidence) uint8 (T, T) in hard
 # mode, or (probabilities (K, T, T), validity (T, T)) in soft (blending) mode.
@@ -116,13 +116,13 @@ class PartWriter:
     comes from one part; ZSTD level 1 (fast: parts live only until the
     outputs are assembled). Written under this process's temporary name
     and renamed onto ``path`` by :meth:`commit`; the caller holds the
-    folder (``atomic.hold_folder``).
+    folder (``hold_folder``).
     """
 
     def __init__(self, path: os.PathLike, width: int, height: int, crs: CRS | None, transform: Affine,
                  block: int, confidence: bool) -> None:
         self.path = path
-        self.tmp = atomic.temp_path(os.path.abspath(path))
+        self.tmp = temp_path(os.path.abspath(path))
         profile = dict(
             driver="GTiff", width=width, height=height, count=2 if confidence else 1, dtype="uint8", crs=crs,
             transform=transform, nodata=NODATA, compress="zstd", zstd_level=1, predictor=2, interleave="band",
@@ -142,7 +142,7 @@ class PartWriter:
     def commit(self, stats: dict) -> None:
         self.dst.update_tags(CASWIT_UNIT=json.dumps(stats))
         self.dst.close()
-        atomic.fsync_file(self.tmp)  # on disk before its name says the unit is done (power loss)
+        fsync_file(self.tmp)  # on disk before its name says the unit is done (power loss)
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
@@ -177,7 +177,7 @@ class UnitPyramid:
 
     def write(self, path: os.PathLike) -> None:
         rows, cols = self.classes.shape
-        tmp = atomic.temp_path(os.path.abspath(path))
+        tmp = temp_path(os.path.abspath(path))
         profile = dict(driver="GTiff", width=cols, height=rows, count=2 if self.confidence else 1, dtype="uint8",
                        nodata=NODATA, compress="zstd", zstd_level=1, predictor=2, interleave="band")
         try:
@@ -187,7 +187,7 @@ class UnitPyramid:
                     dst.write(self.classes, 1)
                     if self.confidence:
                         dst.write(self.conf, 2)
-            atomic.fsync_file(tmp)
+            fsync_file(tmp)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
