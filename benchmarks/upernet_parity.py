@@ -19,7 +19,7 @@ import time
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the reference models of the tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the tests' reference models
 
 ARCH = {
     "tiny": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7),
@@ -35,7 +35,7 @@ def parity(variant: str, tile: int, device: str, folder: Path) -> dict:
 
     import caswit_geo
     from caswit_geo.engine.convert import ConvertConfig, convert
-    from upernet_reference import perturb_every_tensor
+    from tests.model.upernet.upernet_reference import perturb_every_tensor
 
     torch.manual_seed(0)
     backbone = SwinConfig(**ARCH[variant], out_features=["stage1", "stage2", "stage3", "stage4"], drop_path_rate=0.0)

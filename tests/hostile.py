@@ -25,7 +25,7 @@ names the outputs it writes; a case that checks a hostile situation is
 ENOSPC) through a MonkeyPatch undone after the run; ``inject`` wraps the
 command in a context manager (a signal at a given step, a write that fails).
 
-The suites (``tests/test_hostile_*.py``) are tables of cases; the item
+The suites (``tests/**/test_hostile_*.py``) are tables of cases; the item
 numbers are those of the hostile-input review (issue "Nothing lost, nothing
 trusted").
 """

@@ -56,7 +56,7 @@ def test_train_eval_predict_agree(tiles_root, tmp_path, capsys):
 
 
 def test_flairhub_train_and_eval(tmp_path):
-    from test_data_flairhub import P, make_tree, write_split_gpkg
+    from tests.data.test_flairhub import P, make_tree, write_split_gpkg
 
     make_tree(tmp_path)
     write_split_gpkg(tmp_path, ["split_flairhub"])

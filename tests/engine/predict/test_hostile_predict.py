@@ -23,8 +23,8 @@ from caswit_geo.engine.predict import PredictConfig, predict
 from caswit_geo.engine.predict import finalize as finalize_module
 from caswit_geo.core.spec import InputSpec
 
-from hostile import REPO, Case, run_case
-from test_predict import CLASSES, image, write
+from tests.hostile import REPO, Case, run_case
+from tests.engine.predict.test_predict import CLASSES, image, write
 
 T = 128
 _CHECKPOINTS: dict[str, bytes] = {}

@@ -1,6 +1,6 @@
 """Started by test_ddp.py under torchrun: train one epoch, then save this rank's weights.
 
-    python -m torch.distributed.run --nproc_per_node 2 --standalone tests/ddp_worker.py ROOT RUN_DIR WEIGHTS_DIR
+    python -m torch.distributed.run --nproc_per_node 2 --standalone tests/runtime/ddp_worker.py ROOT RUN_DIR WEIGHTS_DIR
 """
 
 import os

@@ -128,13 +128,13 @@ def test_named_models_are_new_and_stored_configs_without_the_fields_are_legacy()
 def test_runs_continued_from_older_checkpoints_keep_their_behaviour(tmp_path):
     from pathlib import Path
 
-    from test_train import make_tiles_root, nano_config, stripes
+    from tests.engine.train.test_train import make_tiles_root, nano_config, stripes
 
     from caswit_geo.model.checkpoint import stored_behaviour
     from caswit_geo.engine.train.training import train
     from caswit_geo.model.simmim import CaswitSimMIM
 
-    shipped = Path(__file__).resolve().parents[1] / "weights" / "caswit-nano-synthetic.safetensors"
+    shipped = Path(__file__).resolve().parents[2] / "weights" / "caswit-nano-synthetic.safetensors"
     assert stored_behaviour(shipped) == {"swin_windows": "shift-then-pad", "stage_norms": False}
 
     # a SimMIM checkpoint of the older behaviour initialises a model of the same behaviour

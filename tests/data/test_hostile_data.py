@@ -37,8 +37,8 @@ from caswit_geo.engine.train.training import TrainConfig, train
 from caswit_geo.core.errors import OutputError
 from caswit_geo.core.spec import InputSpec
 
-from hostile import REPO, Case, run_case
-from test_train import make_tiles_root, stripes
+from tests.hostile import REPO, Case, run_case
+from tests.engine.train.test_train import make_tiles_root, stripes
 
 ASSETS: dict[str, Path] = {}
 DEAD = "deadhost-999999-abcdef"  # the token of a process that no longer exists

@@ -27,10 +27,10 @@ from caswit_geo.core.errors import OutputError
 from caswit_geo.geo.class_raster import read_pam_categories
 from caswit_geo.geo.pyramid import levels_for, majority2, mean2, pyramid
 
-from hostile import snapshot
-from test_predict import CLASSES, RES, X0, Y0, image, interrupt_forward_pass, run, weights, write  # noqa: F401  (fixture)
+from tests.hostile import snapshot
+from tests.engine.predict.test_predict import CLASSES, RES, X0, Y0, image, interrupt_forward_pass, run, weights, write  # noqa: F401  (fixture)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", COLUMNS="200")
 
 

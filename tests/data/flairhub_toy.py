@@ -1,6 +1,6 @@
 """A miniature FLAIR-HUB tree of the real TOY patches, laid out as IGN publishes it.
 
-Every patch of IGN's TOY split files (``tests/data/flairhub``) gets its
+Every patch of IGN's TOY split files (``tests/assets/flairhub``) gets its
 ``AERIAL_RGBI`` and ``AERIAL_LABEL-COSIA`` GeoTIFF at the path its CSV row
 names (the other modalities the CSVs list are not written), 32 x 32 px at
 0.2 m in Lambert-93. The split files are copied unchanged into a folder
@@ -24,7 +24,7 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-DATA = Path(__file__).parent / "data" / "flairhub"
+DATA = Path(__file__).resolve().parents[1] / "assets" / "flairhub"
 SPLIT_FILES = {"TRAIN": DATA / "FLAIR-HUB_TOY-DATASET_TRAIN.csv", "VALID": DATA / "FLAIR-HUB_TOY-DATASET_VALID.csv"}
 P = 32  # patch size (px)
 GSD = 0.2

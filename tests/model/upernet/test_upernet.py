@@ -26,7 +26,7 @@ from caswit_geo.model import CASWiT, get_config
 from caswit_geo.model.swin_windows import PadThenShiftBlock
 from caswit_geo.model.transfer import transfer_upernet
 from caswit_geo.model.upernet.source import read_upernet
-from upernet_reference import perturb_every_tensor
+from tests.model.upernet.upernet_reference import perturb_every_tensor
 
 transformers = pytest.importorskip("transformers")
 
@@ -343,7 +343,7 @@ def test_pth_with_code_is_refused_and_train_checks_the_variant(tmp_path):
 
 
 def test_train_init_upernet_reports_what_it_loaded(tmp_path):
-    from test_train import make_tiles_root, nano_config, stripes
+    from tests.engine.train.test_train import make_tiles_root, nano_config, stripes
 
     from caswit_geo.engine.train.training import train
 

@@ -15,7 +15,7 @@ from caswit_geo.cli import main
 from caswit_geo.engine.train.pretraining import PretrainConfig, find_images, pretrain
 from caswit_geo.core.errors import ConfigError, InputError
 
-from test_train import make_tiles_root, stripes
+from tests.engine.train.test_train import make_tiles_root, stripes
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

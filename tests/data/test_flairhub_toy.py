@@ -13,7 +13,7 @@ from caswit_geo.data import build_dataset
 from caswit_geo.data.flairhub_csv import find_split_csv, read_split_csv
 from caswit_geo.core.errors import DatasetError
 from caswit_geo.core.spec import InputSpec, flairhub_classes
-from flairhub_toy import P, SPLIT_FILES, make_toy_tree, patch_transform, split_ids, split_rows, write_tif
+from tests.data.flairhub_toy import P, SPLIT_FILES, make_toy_tree, patch_transform, split_ids, split_rows, write_tif
 
 SPLITS = "FLAIR-HUB_TOY-DATASET_SPLITS"
 MISSING = ("D006-2020_FU-S2-12_3-10", "D032-2019_AF-S1-V10_21-11", "D051-2019_UN-S1-3_4-14")  # VALID rows 1, 11, 50

@@ -21,7 +21,7 @@ from caswit_geo.safeio import outputs as outputs_module
 from caswit_geo.core.errors import OutputError
 from caswit_geo.safeio.outputs import OutputSet
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def listing(folder):

@@ -23,7 +23,7 @@ import rasterio
 from affine import Affine
 
 from caswit_geo.core.spec import ClassInfo, ClassTable, InputSpec
-from hostile import REPO, Case, run_case
+from tests.hostile import REPO, Case, run_case
 
 T = 128  # caswit-nano tile
 RES = 0.2

@@ -157,7 +157,7 @@ def test_checkpoint_made_before_the_swin_fields_keeps_its_behaviour():
     from caswit_geo.model.checkpoint import read_checkpoint
     from caswit_geo.model.swin_windows import PadThenShiftBlock
 
-    path = Path(__file__).resolve().parents[1] / "weights" / "caswit-nano-synthetic.safetensors"
+    path = Path(__file__).resolve().parents[2] / "weights" / "caswit-nano-synthetic.safetensors"
     _, header = read_checkpoint(path)
     assert "swin_windows" not in header["config"] and "stage_norms" not in header["config"]
     model, meta = caswit_geo.load_checkpoint(path)
@@ -255,7 +255,7 @@ def test_save_refuses_a_class_table_that_does_not_name_every_output(tmp_path, mo
 
 
 def test_shapes_are_checked_before_any_tensor_is_read(tmp_path, model, monkeypatch):
-    import caswit_geo.model.checkpoint as checkpoint
+    import caswit_geo.model.tensor_files as tensor_files
     from safetensors import safe_open
 
     path = caswit_geo.save_checkpoint(model, tmp_path / "m.safetensors")
@@ -284,7 +284,7 @@ def test_shapes_are_checked_before_any_tensor_is_read(tmp_path, model, monkeypat
         def __getattr__(self, name):
             return getattr(self.f, name)
 
-    monkeypatch.setattr(checkpoint, "safe_open", Spy)
+    monkeypatch.setattr(tensor_files, "safe_open", Spy)
     with pytest.raises(CheckpointError, match="wide.safetensors: weights do not match .* shapes do not match"):
         caswit_geo.load_checkpoint(tmp_path / "wide.safetensors")
     assert read == []

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from caswit_geo.model.checkpoint import read_checkpoint
 
-from test_train import brute_force_miou, make_tiles_root, stripes
+from tests.engine.train.test_train import brute_force_miou, make_tiles_root, stripes
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
