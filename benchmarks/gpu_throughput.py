@@ -127,8 +127,8 @@ def predict_run(side: int, device, table: Table, work: Path) -> None:
     import torch
 
     import caswit_geo
-    from caswit_geo.engine.predict import PredictConfig, predict
     from caswit_geo.core.spec import InputSpec
+    from caswit_geo.engine.predict import PredictConfig, predict
 
     weights = work / "caswit-tiny.safetensors"
     caswit_geo.save_checkpoint(caswit_geo.build_model("caswit-tiny", 19), weights, input_spec=InputSpec(gsd=GSD))

@@ -105,8 +105,8 @@ def make_checkpoint(path: Path, model_name: str) -> Path:
     import torch
 
     import caswit_geo
-    from caswit_geo.model.configs import get_config
     from caswit_geo.core.spec import InputSpec
+    from caswit_geo.model.configs import get_config
 
     torch.manual_seed(0)
     tile = get_config(model_name, num_classes=NUM_CLASSES).img_size
@@ -126,12 +126,12 @@ def measure(args: dict) -> dict:
     import rasterio
     import torch
 
-    from caswit_geo.model.checkpoint import load_checkpoint
     from caswit_geo.engine.predict import PredictConfig, predict, predict_probabilities
     from caswit_geo.engine.predict.source import PredictTiles, collate_tiles
     from caswit_geo.geo.grid import TileGrid, plan_tiles
-    from caswit_geo.geo.mosaic import expand_inputs, open_mosaic
     from caswit_geo.geo.lowres import build_lowres
+    from caswit_geo.geo.mosaic import expand_inputs, open_mosaic
+    from caswit_geo.model.checkpoint import load_checkpoint
     from caswit_geo.runtime.precision import prepare_inference, resolve_precision
 
     if args["threads"]:
@@ -211,8 +211,8 @@ def run_measurement(**args) -> dict:
 
 
 def bench_vectorize(class_raster: Path, work: Path) -> list[str]:
-    from caswit_geo.geo.vectorize import vectorize
     from caswit_geo.core.spec import ClassTable
+    from caswit_geo.geo.vectorize import vectorize
 
     classes = ClassTable.generic(NUM_CLASSES)
     lines = []

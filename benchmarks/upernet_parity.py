@@ -14,9 +14,9 @@ the decoder reads, with the logits' own scale. Needs transformers (test extra).
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
-import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the tests' reference models

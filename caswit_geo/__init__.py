@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
+from caswit_geo.core.lazy import lazy_names
+
 __all__ = ["__version__", "build_model", "load_checkpoint", "save_checkpoint"]
 
 # Imported on first use (PEP 562): `import caswit_geo` and the CLI's start-up must not load torch.
@@ -12,9 +14,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)

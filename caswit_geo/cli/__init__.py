@@ -6,8 +6,10 @@ the command line). Usage errors (unknown option, missing argument, a value
 of the wrong type) are the parser's own message, exit code 2.
 
 Start-up stays light: this package and the command modules import only
-typer and rich. Each command imports its engine (torch, rasterio, ...) in
-its body, so ``--help``, ``--version`` and usage errors answer at once.
+typer, rich and the engines' config modules (dataclasses, whose defaults the
+options show; ``options.py`` holds the options several commands share).
+Each command imports its engine (torch, rasterio, ...) in its body, so
+``--help``, ``--version`` and usage errors answer at once.
 
 May import: engine, model, geo, data, synthetic, runtime, safeio, core.
 """
@@ -21,9 +23,9 @@ import warnings
 import typer
 
 from caswit_geo import __version__
+from caswit_geo.cli.console import plain
 from caswit_geo.core.errors import CaswitError, one_line, says_disk_full, user_message
 from caswit_geo.safeio.signals import EXIT_CODES, interrupted_by, signals_interrupt
-from caswit_geo.cli.console import plain
 
 app = typer.Typer(
     name="caswit-geo",

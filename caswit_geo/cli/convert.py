@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
 from caswit_geo.cli import app
+from caswit_geo.cli import options as opt
 from caswit_geo.cli.console import make_console, safe
 
 
@@ -15,9 +17,9 @@ def convert_cmd(
     source: Path = typer.Argument(
         ..., help="transformers UPerNet-Swin folder (config.json + model.safetensors) or mmsegmentation .pth."
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="caswit-geo checkpoint to write (.safetensors)."),
-    tile_size: Optional[int] = typer.Option(None, "--tile-size", help="Tile size T in px, a multiple of 32. (default: 512)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+    out: Path = opt.out(..., "caswit-geo checkpoint to write (.safetensors)."),
+    tile_size: Optional[int] = opt.tile_size(None, "Tile size T in px, a multiple of 32. (default: 512)"),
+    overwrite: bool = opt.overwrite(False, "Replace an existing --out."),
 ) -> None:
     """Turn a UPerNet-Swin checkpoint into the matching swin-*-upernet caswit-geo checkpoint.
 

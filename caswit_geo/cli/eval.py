@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from caswit_geo.core.errors import ConfigError
 from caswit_geo.cli import app
+from caswit_geo.cli import options as opt
 from caswit_geo.cli.console import after_outputs, make_console, safe
-from caswit_geo.cli.run_options import PRECISION_HELP
+from caswit_geo.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -46,29 +46,29 @@ def print_result(result: EvalResult, console: Console | None = None) -> None:
 
 @app.command(name="eval")
 def eval_cmd(
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="flairhub | urur | tiles (with --pred/--ref: flairhub | urur protocol)."),
-    root: Optional[Path] = typer.Option(None, "--root", help="Dataset root folder."),
-    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Checkpoint file or registry name."),
+    dataset: Optional[str] = opt.dataset(None, "flairhub | urur | tiles (with --pred/--ref: flairhub | urur protocol)."),
+    root: Optional[Path] = opt.root(None),
+    weights: Optional[str] = opt.weights(None),
     split: str = typer.Option("test", "--split", help="train | val | test (flairhub also: a .csv/.txt list of patch ids)."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Tiles per batch."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
-    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
-    workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
-    split_column: str = typer.Option("split_flairhub", "--split-column", help="FLAIR-HUB split GeoPackage column."),
-    allow_missing: bool = typer.Option(
-        False, "--allow-missing", help="Score the patches found when the split lists missing ones (else an error)."
+    batch_size: int = opt.batch_size(4, "Tiles per batch."),
+    device: str = opt.device("auto", "auto | cpu | cuda | cuda:N."),
+    precision: str = opt.precision("auto"),
+    workers: int = opt.workers(2, "DataLoader worker processes."),
+    split_column: str = opt.split_column("split_flairhub"),
+    allow_missing: bool = opt.allow_missing(
+        False, "Score the patches found when the split lists missing ones (else an error)."
     ),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="Report folder (default ./eval-<dataset>-<split>; --pred/--ref: none)."),
     save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Folder for the predicted class rasters."),
     pred: Optional[Path] = typer.Option(None, "--pred", help="Class raster to score (instead of running a model)."),
     ref: Optional[Path] = typer.Option(None, "--ref", help="Reference label raster for --pred."),
     classes: Optional[Path] = typer.Option(None, "--classes", help="classes.json for --pred/--ref."),
-    tile_size: int = typer.Option(512, "--tile-size", help="--pred/--ref: window size (px) for reading and bIoU."),
+    tile_size: int = opt.tile_size(512, "--pred/--ref: window size (px) for reading and bIoU."),
     allow_gaps: bool = typer.Option(
         False, "--allow-gaps", help="--pred/--ref: score reference pixels without a prediction as errors (else refused)."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing report and prediction files."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    overwrite: bool = opt.overwrite(False, "Replace existing report and prediction files."),
+    progress: bool = opt.progress(True, "Show a progress bar."),
 ) -> None:
     """Score a model on a dataset split (mIoU, mF1, OA, mBIoU), or compare --pred with --ref."""
     from caswit_geo.engine.evaluate.evaluation import EvalConfig, evaluate, evaluate_rasters

@@ -8,21 +8,21 @@ from typing import Optional
 import typer
 
 from caswit_geo.cli import app
+from caswit_geo.cli import options as opt
 from caswit_geo.cli.console import after_outputs, plain
-from caswit_geo.cli.run_options import PRECISION_HELP
 
 
 @app.command(name="explain")
 def explain_cmd(
     image: Path = typer.Argument(..., help="Orthophoto (any GDAL raster)."),
-    out: Path = typer.Option(..., "--out", "-o", help="PNG to write."),
-    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Checkpoint file or registry name."),
+    out: Path = opt.out(..., "PNG to write."),
+    weights: Optional[str] = opt.weights(None),
     row: Optional[int] = typer.Option(None, help="Pixel row (default: raster centre)."),
     col: Optional[int] = typer.Option(None, help="Pixel column."),
     x: Optional[float] = typer.Option(None, help="Point X in the raster's CRS (instead of row/col)."),
     y: Optional[float] = typer.Option(None, help="Point Y in the raster's CRS."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing PNG."),
-    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+    overwrite: bool = opt.overwrite(False, "Replace an existing PNG."),
+    precision: str = opt.precision("auto"),
 ) -> None:
     """Draw the HR->LR cross-attention of one pixel at every fused stage over the LR context."""
     from caswit_geo.engine.explain import ExplainConfig, explain

@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 
-from caswit_geo.core.errors import ConfigError
 from caswit_geo.cli import app
 from caswit_geo.cli.console import make_console, safe
+from caswit_geo.core.errors import ConfigError
 
 
 def _counts_for_config(config) -> dict[str, int]:

@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from caswit_geo.core.errors import ConfigError
 from caswit_geo.cli import app
+from caswit_geo.cli import options as opt
 from caswit_geo.cli.console import after_outputs, make_console, safe
-from caswit_geo.cli.run_options import PRECISION_HELP
+from caswit_geo.core.errors import ConfigError
+from caswit_geo.engine.predict.config import PredictConfig  # a dataclass: no torch
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -20,19 +21,17 @@ if TYPE_CHECKING:
     from caswit_geo.engine.predict.dryrun import DryRun
 
 EXIT_STOPPED = 75  # --stop-after ended the run: resumable (EX_TEMPFAIL: try again)
+DEFAULT = opt.defaults(PredictConfig)  # the options default to the engine's settings
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:
-    """``"I/N"`` -> (I, N)."""
+    """``"I/N"`` -> (I, N); the engine checks that 0 <= I < N."""
     if value is None:
         return None
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
     if not m:
         raise ConfigError(f"--shard {value}: expected I/N, e.g. 0/4 (share I of N, counted from 0)")
-    i, n = int(m.group(1)), int(m.group(2))
-    if not 0 <= i < n:
-        raise ConfigError(f"--shard {value}: expected I/N with 0 <= I < N")
-    return i, n
+    return int(m.group(1)), int(m.group(2))
 
 
 def parse_duration(value: str | None) -> float | None:
@@ -54,49 +53,53 @@ def predict(
     inputs: List[str] = typer.Argument(
         ..., metavar="INPUT...", help="Raster(s): files, a folder, a glob or a VRT, read as one mosaic."
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Class raster (.tif), or a folder for one output per input."),
-    weights: Optional[str] = typer.Option(
-        None, "--weights", "-w", help="Checkpoint file or registry name; default: weights/registry.json."
+    out: Path = opt.out(..., "Class raster (.tif), or a folder for one output per input."),
+    weights: Optional[str] = opt.weights(DEFAULT.weights, "Checkpoint file or registry name; default: weights/registry.json."),
+    overwrite: bool = opt.overwrite(
+        DEFAULT.overwrite, "Replace existing outputs; without --resume/--shard, discard an interrupted job."
     ),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace existing outputs; without --resume/--shard, discard an interrupted job."
+    batch_size: int = opt.batch_size(DEFAULT.batch_size, "Tiles per forward pass.", "-b"),
+    device: str = opt.device(DEFAULT.device, "auto, cpu, cuda or cuda:N (under torchrun: LOCAL_RANK)."),
+    precision: str = opt.precision(DEFAULT.precision),
+    workers: Optional[int] = opt.workers(
+        DEFAULT.workers, "Reader processes (default: on CUDA, CPUs - 1, max 4; on the CPU, 0 up to 4 CPUs, else 1)."
     ),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Tiles per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (under torchrun: LOCAL_RANK)."),
-    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Reader processes (default: CPUs - 1, max 4)."),
-    overlap: int = typer.Option(0, "--overlap", help="Pixels shared by neighbouring tiles; >0 blends probabilities."),
-    resample: bool = typer.Option(False, "--resample", help="Read the input at the model's ground sampling distance."),
+    overlap: int = typer.Option(DEFAULT.overlap, "--overlap", help="Pixels shared by neighbouring tiles; >0 blends probabilities."),
+    resample: bool = typer.Option(DEFAULT.resample, "--resample", help="Read the input at the model's ground sampling distance."),
     confidence: Optional[Path] = typer.Option(
-        None, "--confidence", help="Also write the winning class probability (uint8 percent)."
+        DEFAULT.confidence, "--confidence", help="Also write the winning class probability (uint8 percent)."
     ),
-    vector: Optional[Path] = typer.Option(
-        None, "--vector", help="Also write polygons (.gpkg, .parquet, .geojson, .fgb)."
-    ),
-    min_area: Optional[float] = typer.Option(None, "--min-area", help="Merge regions smaller than this (m2) first."),
-    simplify: Optional[float] = typer.Option(None, "--simplify", help="Simplify polygons (tolerance in m)."),
+    vector: Optional[Path] = typer.Option(DEFAULT.vector, "--vector", help="Also write polygons (.gpkg, .parquet, .geojson, .fgb)."),
+    min_area: Optional[float] = typer.Option(DEFAULT.min_area, "--min-area", help="Merge regions smaller than this (m2) first."),
+    simplify: Optional[float] = typer.Option(DEFAULT.simplify, "--simplify", help="Simplify polygons (tolerance in m)."),
     preview: Optional[Path] = typer.Option(
-        None, "--preview", help="Also write a quick-look PNG: input beside the coloured classes, with a legend."
+        DEFAULT.preview, "--preview", help="Also write a quick-look PNG: input beside the coloured classes, with a legend."
     ),
-    output_format: str = typer.Option("cog", "--format", help="Rasters as 'cog' (Cloud Optimized GeoTIFF) or 'gtiff'."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted job of these outputs (or start it)."),
+    output_format: str = typer.Option(DEFAULT.format, "--format", help="Rasters as 'cog' (Cloud Optimized GeoTIFF) or 'gtiff'."),
+    resume: bool = typer.Option(DEFAULT.resume, "--resume", help="Continue the interrupted job of these outputs (or start it)."),
     shard: Optional[str] = typer.Option(
-        None, "--shard", metavar="I/N", help="Run share I of N and exit; the last share to finish assembles the outputs."
+        DEFAULT.shard, "--shard", metavar="I/N",
+        help="Run share I of N and exit; the last share to finish assembles the outputs.",
     ),
-    finalize: bool = typer.Option(False, "--finalize", help="Only assemble the outputs of a job whose units are all done."),
-    no_finalize: bool = typer.Option(False, "--no-finalize", help="Run the units; leave the assembly to --finalize."),
+    finalize: bool = typer.Option(
+        DEFAULT.finalize_only, "--finalize", help="Only assemble the outputs of a job whose units are all done."
+    ),
+    no_finalize: bool = typer.Option(
+        DEFAULT.defer_finalize, "--no-finalize", help="Run the units; leave the assembly to --finalize."
+    ),
     stop_after: Optional[str] = typer.Option(
-        None, "--stop-after", metavar="DURATION", help="Stop cleanly between units after this time (e.g. 3h50m); "
-        f"exit code {EXIT_STOPPED}, continue with --resume."
+        DEFAULT.stop_after, "--stop-after", metavar="DURATION",
+        help=f"Stop cleanly between units after this time (e.g. 3h50m); exit code {EXIT_STOPPED}, continue with --resume.",
     ),
     unit_size: Optional[int] = typer.Option(
-        None, "--unit-size", metavar="PIXELS", help="Side of a unit of work (resume and shard granularity); default 8 tiles, 16 with --overlap."
+        DEFAULT.unit_size, "--unit-size", metavar="PIXELS",
+        help="Side of a unit of work (resume and shard granularity); default 8 tiles, 16 with --overlap.",
     ),
     dry: bool = typer.Option(False, "--dry-run", help="Print the plan, warnings and an estimated time; write nothing."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    quiet: bool = typer.Option(not DEFAULT.progress, "--quiet", "-q", help="No progress bar or summary."),
 ) -> int:
     """Predict a land-cover map of an orthophoto mosaic (HR tiles + LR context), as a resumable job."""
-    from caswit_geo.engine.predict import JobInterrupted, PredictConfig
+    from caswit_geo.engine.predict import JobInterrupted
     from caswit_geo.engine.predict import predict as run_predict
     from caswit_geo.engine.predict.dryrun import dry_run
 

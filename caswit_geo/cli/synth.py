@@ -7,20 +7,21 @@ from pathlib import Path
 import typer
 
 from caswit_geo.cli import app
+from caswit_geo.cli import options as opt
 from caswit_geo.cli.console import after_outputs, make_console, safe
 
 
 @app.command()
 def synth(
     out_dir: Path = typer.Argument(..., help="Folder of the data set (created; must be empty unless --overwrite)."),
-    seed: int = typer.Option(0, "--seed", help="Master seed: same seed, same bytes."),
+    seed: int = opt.seed(0, "Master seed: same seed, same bytes."),
     size: int = typer.Option(1024, "--size", help="Side of each square mosaic, px."),
     train: int = typer.Option(8, "--train", help="Number of training mosaics."),
     val: int = typer.Option(4, "--val", help="Number of validation mosaics."),
     test: int = typer.Option(4, "--test", help="Number of test mosaics."),
     gsd: float = typer.Option(0.5, "--gsd", help="Pixel size, m."),
     crs: str = typer.Option("EPSG:2154", "--crs", help="Projected CRS of the mosaics."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the data set already in OUT_DIR."),
+    overwrite: bool = opt.overwrite(False, "Replace the data set already in OUT_DIR."),
 ) -> None:
     """Generate synthetic georeferenced orthophoto mosaics with land-cover labels.
 

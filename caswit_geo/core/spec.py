@@ -2,7 +2,9 @@
 
 Both travel inside every checkpoint (see ``checkpoint.py``) so that predict,
 eval and train agree on band selection, value scaling and normalisation, and
-so that the class raster can carry names and colours.
+so that the class raster can carry names and colours. :func:`scale_warning`
+is the one rule, for predict and train alike, of whether imagery's data type
+fits a spec's value scale.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from caswit_geo.core.limits import Int, Maybe, Real, Seq, Text, bounded, check_fields, from_mapping
 from caswit_geo.core.errors import ConfigError
+from caswit_geo.core.limits import Int, Maybe, Real, Seq, Text, bounded, check_fields, from_mapping
 
 IGNORE_INDEX = 255
 MAX_CLASSES = 255  # class ids 0..254; 255 is nodata / ignore
@@ -85,6 +87,27 @@ class InputSpec:
     def from_dict(cls, d: dict, what: str = "input spec") -> "InputSpec":
         """Spec of a checkpoint header: unknown keys and values out of bounds are refused."""
         return from_mapping(cls, d, what)
+
+
+# Integer data types by width: the rule below tells 8-bit imagery from wider imagery by them.
+EIGHT_BIT_DTYPES = ("uint8", "int8")
+WIDE_INTEGER_DTYPES = ("uint16", "int16", "uint32", "int32", "uint64", "int64")
+
+
+def scale_warning(dtype: str, scale: float) -> str | None:
+    """Why imagery of data type ``dtype`` looks wrongly scaled by ``scale``, or None.
+
+    Wider-than-8-bit integers at a scale of 255 or less, signed ones
+    included: a 16-bit raster normalised as 8-bit is almost surely a
+    mistake, its values land far above 1. 8-bit imagery at a scale above 255
+    never reaches 1. Floating-point imagery can hold any range
+    (reflectances, 0..255, ...): never warned about.
+    """
+    if dtype in WIDE_INTEGER_DTYPES and scale <= 255:
+        return f"{dtype} imagery but a value scale of {scale:g} (8-bit or less): its values reach far above 1"
+    if dtype in EIGHT_BIT_DTYPES and scale > 255:
+        return f"{dtype} imagery but a value scale of {scale:g} (more than 8-bit): values never reach 1"
+    return None
 
 
 @dataclass

@@ -27,16 +27,16 @@ import numpy as np
 from rasterio.windows import Window
 
 from caswit_geo.core.errors import ConfigError, DatasetError
-from caswit_geo.geo.context import area_downsample, lowres_valid, nearest_downsample
-from caswit_geo.geo.grid import context_window
-from caswit_geo.geo.raster_cache import RasterHandles
-from caswit_geo.geo.masks import MaskRule, mask_rule, valid_mask
 from caswit_geo.core.spec import IGNORE_INDEX, InputSpec, flairhub_classes
 from caswit_geo.data.coverage import SplitCoverage, check_coverage
 from caswit_geo.data.flairhub_index import IMAGE_MODALITY, Patch, PatchIndex, build_index, context_reach
 from caswit_geo.data.flairhub_splits import DEFAULT_SPLIT_COLUMN, SplitRequest, resolve_split
 from caswit_geo.data.open_raster import open_raster
 from caswit_geo.data.sample import CaswitDataset, SampleGeo, check_label_values
+from caswit_geo.geo.context import area_downsample, lowres_valid, nearest_downsample
+from caswit_geo.geo.grid import context_window
+from caswit_geo.geo.masks import MaskRule, mask_rule, valid_mask
+from caswit_geo.geo.raster_cache import RasterHandles
 
 
 def aerial_mask_rule(src, bands: list[int]) -> MaskRule:

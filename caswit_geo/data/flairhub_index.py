@@ -33,9 +33,9 @@ from pathlib import Path
 
 from affine import Affine
 
-from caswit_geo.safeio.writes import write_text
 from caswit_geo.core.errors import DatasetError
 from caswit_geo.data.open_raster import open_raster
+from caswit_geo.safeio.writes import write_text
 
 IMAGE_MODALITY = "AERIAL_RGBI"
 LABEL_MODALITY = "AERIAL_LABEL-COSIA"

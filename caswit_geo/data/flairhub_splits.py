@@ -26,7 +26,14 @@ from pathlib import Path
 import pyogrio
 
 from caswit_geo.core.errors import DatasetError
-from caswit_geo.data.flairhub_csv import SPLIT_VALUES, SplitRow, find_split_csv, is_split_csv, read_split_csv, split_suffix
+from caswit_geo.data.flairhub_csv import (
+    SPLIT_VALUES,
+    SplitRow,
+    find_split_csv,
+    is_split_csv,
+    read_split_csv,
+    split_suffix,
+)
 from caswit_geo.data.flairhub_index import patch_id_from_path
 from caswit_geo.data.paths import inside, resolve_entry
 

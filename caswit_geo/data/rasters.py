@@ -22,12 +22,12 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from caswit_geo.core.errors import DatasetError
-from caswit_geo.geo.context import read_label_and_context, read_tile_context_valid
-from caswit_geo.geo.grid import TileGrid
-from caswit_geo.geo.raster_cache import RasterHandles
 from caswit_geo.core.spec import IGNORE_INDEX, ClassTable, InputSpec
 from caswit_geo.data.open_raster import open_raster
 from caswit_geo.data.sample import CaswitDataset, SampleGeo, check_label_values
+from caswit_geo.geo.context import read_label_and_context, read_tile_context_valid
+from caswit_geo.geo.grid import TileGrid
+from caswit_geo.geo.raster_cache import RasterHandles
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from caswit_geo.core.limits import Int, Maybe, Real, Seq
 from caswit_geo.core.errors import ConfigError, DatasetError
+from caswit_geo.core.limits import Int, Maybe, Real, Seq
 from caswit_geo.core.spec import MAX_BANDS, ClassTable, InputSpec
 from caswit_geo.data.coverage import SplitCoverage, check_coverage
 from caswit_geo.data.paths import resolve_entry

@@ -35,12 +35,12 @@ from typing import Callable
 
 import numpy as np
 
-from caswit_geo.safeio.writes import save_figure, write_text
 from caswit_geo.core.errors import ConfigError
-from caswit_geo.synthetic import CONTEXT_CLASSES, SyntheticConfig, generate_dataset
 from caswit_geo.engine.evaluate.evaluation import EvalConfig, evaluate
 from caswit_geo.engine.train.rundir import json_ready, write_json
 from caswit_geo.engine.train.training import TrainConfig, train
+from caswit_geo.safeio.writes import save_figure, write_text
+from caswit_geo.synthetic import CONTEXT_CLASSES, SyntheticConfig, generate_dataset
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from caswit_geo.core.limits import bounded, check_settings
-from caswit_geo.model.checkpoint import save_checkpoint
 from caswit_geo.core.errors import ConfigError, OutputError
+from caswit_geo.core.limits import bounded, check_settings
+from caswit_geo.core.spec import ClassInfo, ClassTable
 from caswit_geo.model.caswit import CASWiT, CaswitConfig
+from caswit_geo.model.checkpoint import save_checkpoint
 from caswit_geo.model.configs import get_config, swin_arch, variant_of
 from caswit_geo.model.transfer import UperNetTransferReport, transfer_upernet
-from caswit_geo.safeio.outputs import OutputSet
-from caswit_geo.core.spec import ClassInfo, ClassTable
 from caswit_geo.model.upernet.source import UperNetSource, read_upernet
+from caswit_geo.safeio.outputs import OutputSet
 
 SOURCE_FILES = ("config.json", "preprocessor_config.json", "model.safetensors", "pytorch_model.bin")
 

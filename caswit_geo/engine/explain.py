@@ -15,15 +15,15 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
-from caswit_geo.safeio.writes import save_figure
-from caswit_geo.core.limits import Text, bounded, check_settings
-from caswit_geo.model.checkpoint import load_checkpoint
 from caswit_geo.core.errors import ConfigError, InputError
-from caswit_geo.safeio.outputs import OutputSet
+from caswit_geo.core.limits import Text, bounded, check_settings
 from caswit_geo.geo.context import read_tile_and_context
 from caswit_geo.geo.sources import check_source
-from caswit_geo.runtime.precision import PRECISIONS, resolve_precision
+from caswit_geo.model.checkpoint import load_checkpoint
 from caswit_geo.model.weights import resolve_weights
+from caswit_geo.runtime.precision import PRECISIONS, resolve_precision
+from caswit_geo.safeio.outputs import OutputSet
+from caswit_geo.safeio.writes import save_figure
 
 
 @dataclass

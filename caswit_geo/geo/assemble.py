@@ -14,6 +14,8 @@ Two layouts (``fmt``):
 - ``gtiff``: a tiled DEFLATE GeoTIFF whose overviews are appended after the
   data (the layout of earlier versions).
 
+Their creation options are ``profiles.py``'s.
+
 A COG's overviews are the pyramid the units computed (``pyramid.py``:
 the majority class of each 2 x 2 block, level after level, so that a small
 class does not speckle the view; for confidence, the mean of the valid
@@ -40,11 +42,8 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.shutil import copy as gdal_copy
 from rasterio.windows import Window
 
-from caswit_geo.geo.class_raster import NODATA, overview_factors
-
-# DEFLATE level: 4 compresses a class map about 4x faster than GDAL's default 6 for files about
-# 4 % larger (8192 px land-cover map: 0.36 s against 1.37 s); assembly is then a few % of a run
-DEFLATE_LEVEL = 4
+from caswit_geo.geo.class_raster import overview_factors
+from caswit_geo.geo.profiles import NODATA, cog_options, gtiff_options
 
 
 def parts_vrt(
@@ -124,16 +123,9 @@ def write_raster(source: str, dest: str | Path, *, fmt: str, block: int, is_clas
         with rasterio.open(source) as src:
             width, height = src.width, src.height
             if fmt == "cog":
-                gdal_copy(src, dest, driver="COG", BLOCKSIZE=block, COMPRESS="DEFLATE", PREDICTOR="YES",
-                          LEVEL=DEFLATE_LEVEL,
-                          OVERVIEWS="FORCE_USE_EXISTING" if src.overviews(1) else "NONE", NUM_THREADS="ALL_CPUS",
-                          BIGTIFF="IF_SAFER")
+                gdal_copy(src, dest, **cog_options(block, existing_overviews=bool(src.overviews(1))))
             else:
-                options = dict(COMPRESS="DEFLATE", PREDICTOR=2, ZLEVEL=DEFLATE_LEVEL, BIGTIFF="IF_SAFER",
-                               NUM_THREADS="ALL_CPUS")
-                if width >= 16 and height >= 16:
-                    options.update(TILED="YES", BLOCKXSIZE=block, BLOCKYSIZE=block)
-                gdal_copy(src, dest, driver="GTiff", **options)
+                gdal_copy(src, dest, **gtiff_options(width, height, block))
         if fmt == "gtiff":
             factors = overview_factors(width, height)
             if factors:

@@ -7,14 +7,14 @@ with a GDAL raster attribute table and category names, which QGIS and
 Confidence rasters have the same layout without the legend.
 
 :class:`AtomicRasterWriter` writes one such raster block by block under a
-temporary name (``safeio/files.py``) and renames it when complete; ``predict``
-assembles its outputs from unit parts instead (``assemble.py``).
+temporary name (``safeio/writes.py``) and renames it when complete; ``predict``
+assembles its outputs from unit parts instead (``assemble.py``). Creation
+options come from ``profiles.py``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -27,12 +27,12 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from caswit_geo.safeio.files import temp_path, usual_permissions
-from caswit_geo.safeio.sweep import hold_folder, release_folder
 from caswit_geo.core.errors import disk_full_guard, one_line
-from caswit_geo.core.spec import IGNORE_INDEX, ClassTable
+from caswit_geo.core.spec import ClassTable
+from caswit_geo.geo.profiles import class_raster_profile
+from caswit_geo.safeio.files import usual_permissions
+from caswit_geo.safeio.writes import AtomicWrite
 
-NODATA = IGNORE_INDEX  # nodata of every class / confidence raster we write
 CONFIDENCE_DESCRIPTION = "confidence: probability of the predicted class, percent (255 = nodata)"
 
 
@@ -48,18 +48,6 @@ def overview_factors(width: int, height: int, min_size: int = 256) -> list[int]:
         factors.append(f)
         f *= 2
     return factors
-
-
-
-def gtiff_profile(width: int, height: int, crs: CRS | None, transform: Affine, block: int, count: int = 1) -> dict:
-    """Creation options of our GeoTIFFs: tiled (when at least 16 px), DEFLATE with predictor, nodata 255."""
-    profile = dict(
-        driver="GTiff", width=width, height=height, count=count, dtype="uint8", crs=crs, transform=transform,
-        nodata=NODATA, compress="deflate", predictor=2, BIGTIFF="IF_SAFER",
-    )
-    if width >= 16 and height >= 16:
-        profile.update(tiled=True, blockxsize=block, blockysize=block)
-    return profile
 
 
 def check_reads_back(tmp: Path, path: Path) -> None:
@@ -126,14 +114,16 @@ def model_tags(meta_name: str, checkpoint: str, classes: ClassTable, extra: dict
 class AtomicRasterWriter:
     """A single-band uint8 GeoTIFF written under a temporary name, renamed on :meth:`commit`.
 
-    Layout of :func:`gtiff_profile`, optional colour table and legend
-    (:func:`pam_xml`), nearest overviews. Write each block once
-    (block-aligned windows, any order): rewriting compressed blocks makes
-    GeoTIFFs grow. :meth:`finish` completes the file under its temporary
-    name, :meth:`commit` renames it (finishing first if needed). Used as a
-    context manager, leaving without a commit aborts (temporary files
-    removed). The temporary name carries this process's token, so the
-    litter of a killed run is removed by the next one (``safeio/files.py``).
+    Layout of :func:`~caswit_geo.geo.profiles.class_raster_profile`,
+    optional colour table and legend (:func:`pam_xml`, written to
+    ``legend``: by default the ``.aux.xml`` sidecar of ``path``), nearest
+    overviews. Write each block once (block-aligned windows, any order):
+    rewriting compressed blocks makes GeoTIFFs grow. :meth:`finish`
+    completes the file under its temporary name, :meth:`commit` renames it
+    (finishing first if needed). Used as a context manager, leaving without
+    a commit aborts (temporary files removed). The raster and its legend are
+    each an :class:`~caswit_geo.safeio.writes.AtomicWrite`, so the litter of
+    a killed run is removed by the next one.
     """
 
     def __init__(
@@ -149,19 +139,24 @@ class AtomicRasterWriter:
         description: str = "",
         tags: dict[str, str] | None = None,
         overviews: bool = True,
+        legend: str | Path | None = None,
     ) -> None:
         self.path = Path(path)
+        self.legend = Path(f"{path}.aux.xml") if legend is None else Path(legend)
         self.classes = classes
         self.overviews = overviews
-        self.folder = hold_folder(self.path.parent if str(self.path.parent) else ".")
-        self.tmp = temp_path(os.path.abspath(self.path), ".tif")
         self.finished = False
         self.committed = False
-        self.closed = False
+        self._raster: AtomicWrite | None = None
+        self._legend: AtomicWrite | None = None  # written only with classes
         try:
+            self._raster = AtomicWrite(self.path)
+            self.tmp = self._raster.tmp
+            if classes is not None:
+                self._legend = AtomicWrite(self.legend)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                self.dst = rasterio.open(self.tmp, "w", **gtiff_profile(width, height, crs, transform, block))
+                self.dst = rasterio.open(self.tmp, "w", **class_raster_profile(width, height, crs, transform, block))
             usual_permissions(self.tmp)
             if classes is not None:
                 self.dst.write_colormap(1, classes.colormap())
@@ -169,7 +164,7 @@ class AtomicRasterWriter:
                 self.dst.set_band_description(1, description)
             if tags:
                 self.dst.update_tags(**tags)
-        except Exception:
+        except BaseException:
             self.abort()
             raise
 
@@ -183,7 +178,7 @@ class AtomicRasterWriter:
             self.dst.write(array[None].astype(np.uint8, copy=False), window=window)
 
     def finish(self) -> None:
-        """Overviews, close, legend sidecar: a complete file, still under its temporary name."""
+        """Overviews, close, legend: a complete file, still under its temporary name."""
         if self.finished:
             return
         with disk_full_guard(self.path.parent):  # judged while the partial file still takes its space
@@ -194,23 +189,19 @@ class AtomicRasterWriter:
                     self.dst.update_tags(ns="rio_overview", resampling="nearest")
             self.dst.close()
             check_reads_back(self.tmp, self.path)
-            if self.classes is not None:
-                Path(f"{self.tmp}.aux.xml").write_text(pam_xml(self.classes))
+            if self._legend is not None:
+                self._legend.tmp.write_text(pam_xml(self.classes))
         self.finished = True
 
     def commit(self) -> Path:
-        """Rename the finished file to its destination (it appears complete or not at all)."""
+        """Rename the finished file, then its legend, to their destinations: each appears complete or not at all."""
         self.finish()
-        aux_tmp = Path(f"{self.tmp}.aux.xml")
-        aux_dst = Path(f"{self.path}.aux.xml")
-        os.replace(self.tmp, self.path)
-        if self.classes is not None:
-            os.replace(aux_tmp, aux_dst)
+        self._raster.commit()
+        if self._legend is not None:
+            self._legend.commit()
         else:  # a stale legend of a replaced file would describe the wrong classes
-            aux_tmp.unlink(missing_ok=True)
-            aux_dst.unlink(missing_ok=True)
+            self.legend.unlink(missing_ok=True)
         self.committed = True
-        self._release()
         return self.path
 
     def abort(self) -> None:
@@ -220,14 +211,9 @@ class AtomicRasterWriter:
                 dst.close()
             except Exception:
                 pass
-        for p in (self.tmp, Path(f"{self.tmp}.aux.xml")):
-            p.unlink(missing_ok=True)
-        self._release()
-
-    def _release(self) -> None:
-        if not self.closed:
-            self.closed = True
-            release_folder(self.folder)
+        for write in (self._raster, self._legend):
+            if write is not None:
+                write.abort()
 
     def __enter__(self) -> "AtomicRasterWriter":
         return self
@@ -235,3 +221,4 @@ class AtomicRasterWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None or not self.committed:
             self.abort()
+

@@ -39,12 +39,14 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
-from caswit_geo.safeio.files import fsync_file, temp_path
-from caswit_geo.safeio.sweep import holding
 from caswit_geo.geo.context import read_canvas
 from caswit_geo.geo.grid import TileGrid
-from caswit_geo.geo.raster_cache import RasterHandles
 from caswit_geo.geo.masks import MaskRule, mask_rule
+from caswit_geo.geo.profiles import lowres_chunk_profile
+from caswit_geo.geo.raster_cache import RasterHandles
+from caswit_geo.safeio.files import temp_path
+from caswit_geo.safeio.sweep import holding
+from caswit_geo.safeio.writes import atomic_path
 
 RUNNING = "RUNNING"  # marker made when a builder starts (a name of its process's own)...
 FAILED = "FAILED"  # ...renamed to this when it stops early: readers must not wait (LowResBuilder.failed)
@@ -180,26 +182,16 @@ def write_chunk(
     h, w = int(out.height), int(out.width)
     src_win = Window(origin + k * int(out.col_off), origin + k * int(out.row_off), k * w, k * h)
     path = lowres.chunk_path(bi, bj)
-    tmp = temp_path(Path(os.path.abspath(path)))  # this process's own name: the folder may be shared
-    profile = dict(
-        driver="GTiff", width=w, height=h, count=lowres.count, dtype=lowres.dtype, crs=lowres.crs,
-        transform=lowres.transform @ Affine.translation(int(out.col_off), int(out.row_off)),
-        compress="zstd", zstd_level=1, predictor=2, sparse_ok=True,
-    )
-    if w >= 16 and h >= 16:
-        profile.update(tiled=True, blockxsize=min(256, _round16(w)), blockysize=min(256, _round16(h)))
-    try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            if _intersects(src_win, src.width, src.height):  # otherwise: all black, sparse file reads 0
-                canvas, valid = read_canvas(src, src_win, bands, fill=0, with_mask=True, mask=mask)
-                if valid.any():
-                    if not valid.all():
-                        canvas[:, ~valid] = 0
-                    dst.write(block_sums(canvas, k, np.dtype(lowres.dtype)))
-        fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    profile = lowres_chunk_profile(w, h, lowres.count, lowres.dtype, lowres.crs,
+                                   lowres.transform @ Affine.translation(int(out.col_off), int(out.row_off)))
+    # this process's own temporary name (the folder may be shared), on disk before its name says it is there
+    with atomic_path(path, fsync=True) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        if _intersects(src_win, src.width, src.height):  # otherwise: all black, sparse file reads 0
+            canvas, valid = read_canvas(src, src_win, bands, fill=0, with_mask=True, mask=mask)
+            if valid.any():
+                if not valid.all():
+                    canvas[:, ~valid] = 0
+                dst.write(block_sums(canvas, k, np.dtype(lowres.dtype)))
     return path
 
 
@@ -217,10 +209,6 @@ def block_sums(x: np.ndarray, k: int, dtype: np.dtype) -> np.ndarray:
     for j in range(k):
         out += rows[:, :, j::k]
     return out
-
-
-def _round16(n: int) -> int:
-    return max(16, n // 16 * 16)
 
 
 def build_lowres(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import glob
 import math
-import os
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field

@@ -12,8 +12,8 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 
-from caswit_geo.safeio.writes import save_figure
 from caswit_geo.core.spec import IGNORE_INDEX, ClassTable
+from caswit_geo.safeio.writes import save_figure
 
 
 def _decimated_shape(width: int, height: int, max_side: int) -> tuple[int, int]:

@@ -32,12 +32,13 @@ import rasterio
 import shapely
 from rasterio.features import shapes, sieve
 
-from caswit_geo.safeio.files import temp_path
-from caswit_geo.safeio.sweep import holding
-from caswit_geo.safeio.writes import atomic_path
 from caswit_geo.core.errors import OutputError
 from caswit_geo.core.spec import IGNORE_INDEX, ClassTable
 from caswit_geo.geo.area import pixel_area_m2, unit_to_m
+from caswit_geo.geo.profiles import sieve_profile
+from caswit_geo.safeio.files import temp_path
+from caswit_geo.safeio.sweep import holding
+from caswit_geo.safeio.writes import atomic_path
 
 FORMATS = {".gpkg": "GPKG", ".parquet": "Parquet", ".geojson": "GeoJSON", ".json": "GeoJSON", ".fgb": "FlatGeobuf"}
 
@@ -118,9 +119,7 @@ def sieve_raster(src_path: str | Path, dst_path: str | Path, min_pixels: int, co
     can be reached; otherwise (or ``streaming=False``) sieves in memory.
     """
     with rasterio.open(src_path) as src:  # the source may be a VRT: write a GeoTIFF whatever it is
-        profile = dict(driver="GTiff", width=src.width, height=src.height, count=1, dtype="uint8", crs=src.crs,
-                       transform=src.transform, nodata=src.nodata, compress="deflate", tiled=True,
-                       blockxsize=256, blockysize=256)
+        profile = sieve_profile(src.width, src.height, src.crs, src.transform, src.nodata)
     with rasterio.open(dst_path, "w", **profile):
         pass
     lib = _loaded_libgdal() if streaming else None

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from caswit_geo.core.limits import Flag, Int, Keys, Real, Seq, Text, bounded, check_fields, from_mapping
 from caswit_geo.core.errors import ConfigError
+from caswit_geo.core.limits import Flag, Int, Keys, Real, Seq, Text, bounded, check_fields, from_mapping
 from caswit_geo.core.spec import MAX_BANDS, MAX_CLASSES, MAX_TILE
 from caswit_geo.model.decoder import UPerNetDecoder
 from caswit_geo.model.encoder import SWIN_BACKBONES, WINDOW_LAYOUTS, SwinEncoder

@@ -6,30 +6,36 @@ One ``.safetensors`` file holds the tensors and, under the header key
 scaling, normalisation, tile size, context factor, GSD) and free metadata
 (provenance, training settings). Nothing is ever unpickled: ``.pt``/``.pth``
 files are read with ``torch.load(weights_only=True)``, which refuses code.
+Files are read, sizes bounded, by ``tensor_files.py``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from caswit_geo import __version__
-from caswit_geo.safeio.files import usual_permissions
-from caswit_geo.safeio.writes import atomic_path
-from caswit_geo.core.limits import Keys, Text
 from caswit_geo.core.errors import CaswitError, CheckpointError, ConfigError
+from caswit_geo.core.limits import Keys, Text
+from caswit_geo.core.spec import ClassTable, InputSpec
 from caswit_geo.model.caswit import CASWiT, CaswitConfig
 from caswit_geo.model.simmim import CaswitSimMIM
+from caswit_geo.model.tensor_files import (
+    SafetensorsHeader,
+    read_safetensors_header,
+    read_safetensors_tensors,
+    state_dict_of,
+    torch_load,
+)
 from caswit_geo.model.transfer import check_state_fits, transfer_backbone
-from caswit_geo.core.spec import ClassTable, InputSpec
+from caswit_geo.safeio.files import usual_permissions
+from caswit_geo.safeio.writes import atomic_path
 
 FORMAT = "caswit-geo"
 FORMAT_VERSION = 1
@@ -142,25 +148,7 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: no such weights file")
     if path.suffix == ".safetensors":
         return read_checkpoint(path, require_header=False)[0]
-    obj = torch_load(path)
-    for key in ("state_dict", "model"):  # common wrappers of training scripts
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: holds no state dict of tensors")
-    return obj
-
-
-def torch_load(path: str | Path):
-    """The content of a ``.pt``/``.pth`` file read with ``weights_only=True``: tensors and plain
-    Python values only; a file that would run code when unpickled is refused."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise CheckpointError(f"{path}: refused to load, the file holds more than tensors ({first[:160]})") from None
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({type(e).__name__})") from None
+    return state_dict_of(torch_load(path), path)
 
 
 # ---------------------------------------------------------------------------
@@ -169,28 +157,13 @@ def torch_load(path: str | Path):
 
 HEADER_KEYS = ("format", "format_version", "kind", "name", "config", "classes", "input_spec", "metadata", "provenance")
 MAX_MODEL_BYTES = 4 * 2**30  # parameters and buffers (caswit-large: 1.9 GiB)
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
 
 
-def _open_file(path: Path) -> tuple[str | None, dict[str, torch.Tensor]]:
-    """Raw header text and the file's tensors as meta tensors (names, shapes, dtypes; no data read)."""
+def _open_file(path: Path) -> SafetensorsHeader:
+    """The file's checked safetensors header: metadata and tensor layout, no tensor data read."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            raw = (f.metadata() or {}).get(HEADER_KEY)
-            layout = {}
-            for k in f.keys():
-                sl = f.get_slice(k)
-                dtype = _DTYPES.get(sl.get_dtype())
-                if dtype is None:
-                    raise CheckpointError(f"{path}: tensor {k} has the unsupported type {sl.get_dtype()}")
-                layout[k] = torch.empty(sl.get_shape(), dtype=dtype, device="meta")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: not a valid safetensors checkpoint (truncated or corrupt: {e})") from None
-    return raw, layout
+    return read_safetensors_header(path)
 
 
 def _parse_header(raw: str, path: Path) -> dict:
@@ -277,7 +250,8 @@ def read_checkpoint(path: str | Path, require_header: bool = True) -> tuple[dict
     built on the ``meta`` device, before any tensor data is read.
     """
     path = Path(path)
-    raw, layout = _open_file(path)
+    file_header = _open_file(path)
+    raw = file_header.metadata.get(HEADER_KEY)
     header = None
     if raw is None:
         if require_header:
@@ -286,19 +260,14 @@ def read_checkpoint(path: str | Path, require_header: bool = True) -> tuple[dict
         header = _parse_header(raw, path)
         meta = check_header(header, path)
         expected = shape_model(meta, path).state_dict()
-        check_state_fits(expected, layout, str(path), f"weights do not match the {meta.name} config")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: not a valid safetensors checkpoint (truncated or corrupt: {e})") from None
-    return tensors, header
+        check_state_fits(expected, file_header.layout, str(path), f"weights do not match the {meta.name} config")
+    return read_safetensors_tensors(path, file_header), header
 
 
 def read_meta(path: str | Path) -> CheckpointMeta:
     """Metadata only, checked against the schema (no model built, no tensor read)."""
     path = Path(path)
-    raw, _ = _open_file(path)
+    raw = _open_file(path).metadata.get(HEADER_KEY)
     if raw is None:
         raise CheckpointError(f"{path}: safetensors file without caswit-geo metadata (not a caswit-geo checkpoint)")
     return check_header(_parse_header(raw, path), path)

@@ -11,9 +11,8 @@ is an error, never a silent partial load.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 
@@ -52,19 +51,14 @@ def check_state_fits(
             f"{source}: {what} (missing {len(missing)}: {missing[:3]}, "
             f"unexpected {len(unexpected)}: {unexpected[:3]}){hint}"
         )
-    bad = [k for k in expected if expected[k].shape != given[k].shape]
-    if bad:
-        k = bad[0]
-        raise CheckpointError(
-            f"{source}: {what}: {len(bad)} tensor shapes do not match, e.g. {k}: "
-            f"{tuple(given[k].shape)} vs {tuple(expected[k].shape)}{hint}"
-        )
-    bad = [k for k in expected if expected[k].dtype != given[k].dtype]
-    if bad:
-        k = bad[0]
-        raise CheckpointError(
-            f"{source}: {what}: {len(bad)} tensor types do not match, e.g. {k}: {given[k].dtype} vs {expected[k].dtype}"
-        )
+    for differs, of in (("shapes", lambda t: tuple(t.shape)), ("types", lambda t: t.dtype)):
+        bad = [k for k in expected if of(expected[k]) != of(given[k])]
+        if bad:
+            k = bad[0]
+            raise CheckpointError(
+                f"{source}: {what}: {len(bad)} tensor {differs} do not match, e.g. {k}: "
+                f"{of(given[k])} vs {of(expected[k])}{hint}"
+            )
 
 
 def transfer_backbone(model: CASWiT, state: dict[str, torch.Tensor], source: str = "checkpoint") -> TransferReport:

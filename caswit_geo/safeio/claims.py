@@ -24,8 +24,8 @@ import os
 import time
 from pathlib import Path
 
-from caswit_geo.safeio import liveness
 from caswit_geo.core.errors import OutputError
+from caswit_geo.safeio import liveness
 
 SUFFIX = ".caswit-claim"
 

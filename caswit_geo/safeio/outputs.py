@@ -38,11 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from caswit_geo.core.errors import OutputError
+from caswit_geo.safeio import claims
 from caswit_geo.safeio.files import BACKUP_SUFFIX, remove_path, rename_noreplace, temp_path
 from caswit_geo.safeio.sweep import hold_folder, release_folder
-
-from caswit_geo.safeio import claims
-from caswit_geo.core.errors import OutputError
 
 
 @dataclass

@@ -36,6 +36,36 @@ def atomic_path(path: str | Path, *, replace: bool = True, fsync: bool = False) 
             remove_path(tmp)
 
 
+class AtomicWrite:
+    """:func:`atomic_path` for a file written over many calls: ``tmp`` now, :meth:`commit` or :meth:`abort` later.
+
+    For a writer that keeps its file open between calls (a part filled block
+    by block), where one ``with`` block cannot span the writes.
+    """
+
+    def __init__(self, path: str | Path, *, replace: bool = True, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self._open = contextlib.ExitStack()
+        self.tmp = self._open.enter_context(atomic_path(path, replace=replace, fsync=fsync))
+
+    def commit(self) -> Path:
+        """Flush (with ``fsync``) and rename the temporary onto ``path``."""
+        self._open.close()
+        return self.path
+
+    def abort(self) -> None:
+        """Remove the temporary, rename nothing; never raises, and does nothing after a commit."""
+        try:
+            with self._open:  # leaving by an exception is atomic_path's failure path
+                raise _Abandoned
+        except Exception:  # _Abandoned, or the DiskFullError atomic_path makes of it during a full-disk failure
+            pass
+
+
+class _Abandoned(Exception):
+    """Raised into an :class:`AtomicWrite` to leave it without a rename."""
+
+
 def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -39,7 +39,7 @@ Mosaic ``i`` of a split is a pure function of (seed, split, i) and the
 scene settings. :func:`generate_dataset` writes the ``tiles`` layout;
 :func:`write_sample_mosaic` writes one standalone orthophoto.
 
-May import: runtime, safeio, core.
+May import: geo, runtime, safeio, core.
 """
 
 from caswit_geo.synthetic.classes import (
@@ -55,10 +55,10 @@ from caswit_geo.synthetic.classes import (
     WATER,
     synthetic_classes,
 )
-from caswit_geo.synthetic.settings import SPLITS, SyntheticConfig
 from caswit_geo.synthetic.dataset import DatasetSummary, generate_dataset, mosaic_transform, write_sample_mosaic
 from caswit_geo.synthetic.rule import name_grass
 from caswit_geo.synthetic.scene import generate_scene, scene_rng
+from caswit_geo.synthetic.settings import SPLITS, SyntheticConfig
 
 __all__ = [
     "BUILDING", "ROAD", "PAVED", "WATER", "TREES", "CROPLAND", "PARK", "MEADOW",

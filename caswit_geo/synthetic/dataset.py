@@ -28,11 +28,12 @@ from rasterio.transform import Affine
 from tqdm import tqdm
 
 from caswit_geo.core.errors import OutputError
+from caswit_geo.geo.profiles import synthetic_profile
 from caswit_geo.safeio.outputs import OutputSet
 from caswit_geo.synthetic.classes import CONTEXT_CLASSES, synthetic_classes
-from caswit_geo.synthetic.settings import SPLITS, SyntheticConfig
 from caswit_geo.synthetic.rule import __doc__ as RULE_TEXT
 from caswit_geo.synthetic.scene import generate_scene, scene_rng
+from caswit_geo.synthetic.settings import SPLITS, SyntheticConfig
 
 LAYOUT_ENTRIES = ("classes.json", "images", "labels", "splits", "synthetic.json")
 BLOCK = 256
@@ -64,12 +65,8 @@ def mosaic_transform(config: SyntheticConfig, split: str, index: int) -> Affine:
 
 
 def _profile(config: SyntheticConfig, transform: Affine, count: int) -> dict:
-    block = min(BLOCK, config.size // 16 * 16)
-    return dict(
-        driver="GTiff", width=config.size, height=config.size, count=count, dtype="uint8",
-        crs=config.projected_crs(), transform=transform, tiled=True, blockxsize=block,
-        blockysize=block, compress="deflate",
-    )
+    return synthetic_profile(config.size, config.projected_crs(), transform, count,
+                             block=min(BLOCK, config.size // 16 * 16))
 
 
 def write_image(path: Path, image: np.ndarray, config: SyntheticConfig, transform: Affine) -> None:

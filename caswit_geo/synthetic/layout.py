@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from caswit_geo.synthetic.classes import BUILDING, CROPLAND, MEADOW, PAVED, ROAD, TREES, WATER
-from caswit_geo.synthetic.settings import SyntheticConfig
 from caswit_geo.synthetic.rule import name_grass
+from caswit_geo.synthetic.settings import SyntheticConfig
 from caswit_geo.synthetic.textures import value_noise
 
 STREET_WIDTH = 12  # px, 6 m at 0.5 m: the widest road, what blocks are set back from

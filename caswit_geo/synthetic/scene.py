@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from caswit_geo.synthetic.settings import SPLITS, SyntheticConfig
 from caswit_geo.synthetic.layout import Layout, make_layout
 from caswit_geo.synthetic.render import render
+from caswit_geo.synthetic.settings import SPLITS, SyntheticConfig
 from caswit_geo.synthetic.textures import child_rngs
 
 

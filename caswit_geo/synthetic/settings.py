@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
-from caswit_geo.core.limits import bounded, check_settings
 from caswit_geo.core.errors import ConfigError
+from caswit_geo.core.limits import bounded, check_settings
 
 SPLITS = ("train", "val", "test")
 

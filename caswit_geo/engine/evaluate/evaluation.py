@@ -17,7 +17,6 @@ one per URUR/tiles image assembled tile by tile.
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -28,23 +27,31 @@ import rasterio
 import torch
 from tqdm import tqdm
 
+from caswit_geo.core.errors import CheckpointError, ConfigError, InputError, OutputError
 from caswit_geo.core.limits import Text, bounded, check_number, check_settings
-from caswit_geo.model.checkpoint import load_checkpoint, read_meta
+from caswit_geo.core.spec import IGNORE_INDEX, ClassTable, flairhub_classes, urur_classes
 from caswit_geo.data import build_dataset
 from caswit_geo.data.flairhub_splits import DEFAULT_SPLIT_COLUMN
 from caswit_geo.data.open_raster import open_raster
 from caswit_geo.data.sample import CaswitDataset
 from caswit_geo.data.tiles import read_classes_json
-from caswit_geo.runtime.device import CpuThreads, select_device, stop_workers
-from caswit_geo.core.errors import CheckpointError, ConfigError, InputError, OutputError
-from caswit_geo.geo.grid import TileGrid, clip_window
-from caswit_geo.geo.class_raster import AtomicRasterWriter, class_description
-from caswit_geo.safeio.outputs import OutputSet
-from caswit_geo.engine.evaluate.metrics import BoundaryStats, ConfusionMatrix, Protocol, Scores, boundary_dilation, generic_protocol, protocol_for
-from caswit_geo.runtime.precision import PRECISIONS, Precision, prepare_inference, resolve_precision
-from caswit_geo.core.spec import IGNORE_INDEX, ClassTable, flairhub_classes, urur_classes
-from caswit_geo.model.weights import resolve_weights
+from caswit_geo.engine.evaluate.metrics import (
+    BoundaryStats,
+    ConfusionMatrix,
+    Protocol,
+    Scores,
+    boundary_dilation,
+    generic_protocol,
+    protocol_for,
+)
 from caswit_geo.engine.evaluate.report import per_class_rows, plot_confusion, write_confusion_csv, write_json
+from caswit_geo.geo.class_raster import AtomicRasterWriter, class_description
+from caswit_geo.geo.grid import TileGrid, clip_window
+from caswit_geo.model.checkpoint import load_checkpoint, read_meta
+from caswit_geo.model.weights import resolve_weights
+from caswit_geo.runtime.device import CpuThreads, select_device, stop_workers
+from caswit_geo.runtime.precision import PRECISIONS, Precision, prepare_inference, resolve_precision
+from caswit_geo.safeio.outputs import OutputSet
 
 REPORT_FILES = {"json": "report.json", "csv": "confusion_matrix.csv", "png": "confusion_matrix.png"}
 
@@ -157,8 +164,9 @@ class PredictionSaver:
             if geo.image_id in self._done:
                 raise RuntimeError(f"samples of {geo.image_id} are not contiguous")
             tile = int(geo.window.width)
-            self._writer = AtomicRasterWriter(
-                self.outs.temp(self.folder / f"{geo.image_id}.tif"), width=geo.width, height=geo.height,
+            tif = self.folder / f"{geo.image_id}.tif"
+            self._writer = AtomicRasterWriter(  # onto the output set's temporaries: they appear at its commit
+                self.outs.temp(tif), legend=self.outs.temp(_legend(tif)), width=geo.width, height=geo.height,
                 crs=geo.crs, transform=geo.transform, classes=self.classes,
                 description=class_description(self.classes),
                 # one block per tile: each tile write fills whole blocks, written once
@@ -171,10 +179,8 @@ class PredictionSaver:
 
     def _finish(self) -> None:
         if self._writer is not None:
-            tmp = self._writer.commit()  # complete, still under the output set's temporary name
-            tif = self.folder / f"{self._current}.tif"
-            os.replace(_legend(tmp), self.outs.temp(_legend(tif)))
-            self.written.append(tif)
+            self._writer.commit()  # complete, still under the output set's temporary names
+            self.written.append(self.folder / f"{self._current}.tif")
             self._done.add(self._current)
             self._writer, self._current = None, None
 

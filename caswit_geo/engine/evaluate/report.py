@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from caswit_geo.safeio.writes import atomic_path, save_figure, write_text
-from caswit_geo.engine.evaluate.metrics import Scores
 from caswit_geo.core.spec import ClassTable
+from caswit_geo.engine.evaluate.metrics import Scores
+from caswit_geo.safeio.writes import atomic_path, save_figure, write_text
 
 
 def _num(v) -> float | None:

@@ -21,8 +21,17 @@ unless ``overlap`` is given, in which case class probabilities are blended
 with a Hann window.
 """
 
+from caswit_geo.core.lazy import lazy_names
 from caswit_geo.engine.predict.config import FORMATS, PredictConfig, PredictResult
-from caswit_geo.engine.predict.run import JobInterrupted, predict
-from caswit_geo.engine.predict.units import predict_probabilities
 
 __all__ = ["FORMATS", "JobInterrupted", "PredictConfig", "PredictResult", "predict", "predict_probabilities"]
+
+# Imported on first use (PEP 562): the CLI reads PredictConfig's defaults at start-up, without torch.
+_LAZY = {
+    "JobInterrupted": "caswit_geo.engine.predict.run",
+    "predict": "caswit_geo.engine.predict.run",
+    "predict_probabilities": "caswit_geo.engine.predict.units",
+}
+
+
+__getattr__ = lazy_names(__name__, _LAZY)

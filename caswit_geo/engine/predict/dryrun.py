@@ -19,17 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caswit_geo.model.checkpoint import load_checkpoint
-from caswit_geo.runtime.precision import prepare_inference
-from caswit_geo.runtime.device import CpuThreads, select_device
 from caswit_geo.core.errors import ConfigError
-from caswit_geo.geo.area import pixel_area_m2
-from caswit_geo.geo.mosaic import Mosaic, RasterInfo
 from caswit_geo.engine.predict.config import PredictConfig
 from caswit_geo.engine.predict.job import PLAN_FILE, Job, compare_manifest, live_description
 from caswit_geo.engine.predict.plan import PredictPlan, plan_predict, shard_units
 from caswit_geo.engine.predict.source import PredictTiles, collate_tiles
 from caswit_geo.engine.predict.units import predict_probabilities
+from caswit_geo.geo.area import pixel_area_m2
+from caswit_geo.geo.mosaic import Mosaic, RasterInfo
+from caswit_geo.model.checkpoint import load_checkpoint
+from caswit_geo.runtime.device import CpuThreads, select_device
+from caswit_geo.runtime.precision import prepare_inference
 
 STRIPED_MIN_WIDTH = 1024  # narrower striped files read fine
 
@@ -119,6 +119,16 @@ def job_state(plan: PredictPlan) -> str:
     return f"interrupted: {done} of {total} units done (--resume continues it)"
 
 
+# kinds of input file problem -> what they mean for the run (the odd nodata note names the value too)
+FILE_PROBLEMS = {
+    "striped": "striped TIFF without internal tiling; every tile row decodes whole strips "
+               "(gdal_translate -co TILED=YES makes a tiled copy)",
+    "no overviews": "no overviews; --preview and GIS viewers read them slowly (gdaladdo adds them)",
+    "partial nodata": "a nodata value on some bands only; a pixel is nodata only where every band with one equals it",
+    "impossible nodata": "a nodata value the data type cannot hold; no pixel will be nodata",
+}
+
+
 def preflight_warnings(mosaic: Mosaic) -> list[str]:
     """What in the inputs will be slow or wrong, one line per kind of problem (with an example file)."""
     kinds: dict[str, list[RasterInfo]] = defaultdict(list)
@@ -145,19 +155,7 @@ def preflight_warnings(mosaic: Mosaic) -> list[str]:
         files = kinds[kind]
         return f"{files[0].name}" if len(files) == 1 else f"{len(files)} of {n} files (e.g. {files[0].name})"
 
-    notes = []
-    if kinds["striped"]:
-        notes.append(f"{some('striped')}: striped TIFF without internal tiling; every tile row decodes whole "
-                     "strips (gdal_translate -co TILED=YES makes a tiled copy)")
-    if kinds["no overviews"]:
-        notes.append(f"{some('no overviews')}: no overviews; --preview and GIS viewers read them slowly "
-                     "(gdaladdo adds them)")
-    if kinds["partial nodata"]:
-        notes.append(f"{some('partial nodata')}: a nodata value on some bands only; a pixel is nodata only "
-                     "where every band with one equals it")
-    if kinds["impossible nodata"]:
-        notes.append(f"{some('impossible nodata')}: a nodata value the data type cannot hold; "
-                     "no pixel will be nodata")
+    notes = [f"{some(kind)}: {meaning}" for kind, meaning in FILE_PROBLEMS.items() if kinds[kind]]
     if kinds["odd nodata"]:
         info = kinds["odd nodata"][0]
         value = next(v for v in info.nodata if v is not None)

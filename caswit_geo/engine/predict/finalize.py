@@ -21,16 +21,17 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from caswit_geo.safeio.writes import atomic_path, write_text
-from caswit_geo.geo.assemble import parts_vrt, write_raster
-from caswit_geo.geo.pyramid import level_shape, pack_layout, pyramid
-from caswit_geo.geo.class_raster import CONFIDENCE_DESCRIPTION, class_description, pam_xml
-from caswit_geo.geo.vectorize import VectorResult, vectorize
-from caswit_geo.safeio.outputs import OutputSet
-from caswit_geo.geo.preview import write_preview
 from caswit_geo.engine.predict.job import Job, remove_job
 from caswit_geo.engine.predict.plan import PredictPlan
 from caswit_geo.engine.predict.sink import UnitDone
+from caswit_geo.geo.assemble import parts_vrt, write_raster
+from caswit_geo.geo.class_raster import CONFIDENCE_DESCRIPTION, class_description, pam_xml
+from caswit_geo.geo.preview import write_preview
+from caswit_geo.geo.profiles import coarse_level_profile
+from caswit_geo.geo.pyramid import level_shape, pack_layout, pyramid
+from caswit_geo.geo.vectorize import VectorResult, vectorize
+from caswit_geo.safeio.outputs import OutputSet
+from caswit_geo.safeio.writes import atomic_path, write_text
 
 
 @dataclass
@@ -113,9 +114,8 @@ def overview_levels(plan: PredictPlan, job: Job, index: int, band: int, folder: 
             path = folder / f"r{index:05d}_b{band}_x{f}.tif"
             with atomic_path(path) as tmp, warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(tmp, "w", driver="GTiff", width=image.shape[1], height=image.shape[0], count=1,
-                                   dtype="uint8", nodata=255, crs=plan.mosaic.crs,
-                                   transform=raster.transform @ Affine.scale(f)) as dst:
+                with rasterio.open(tmp, "w", **coarse_level_profile(image.shape[1], image.shape[0], plan.mosaic.crs,
+                                                                    raster.transform @ Affine.scale(f))) as dst:
                     dst.write(image, 1)
             paths.append(path)
     return paths

@@ -45,14 +45,13 @@ from pathlib import Path
 
 from rasterio.windows import Window
 
+from caswit_geo.core.errors import ConfigError, OutputError
+from caswit_geo.engine.predict.plan import PredictPlan, Unit, shard_units
+from caswit_geo.safeio import claims
 from caswit_geo.safeio.files import fsync_file, remove_path, rename_noreplace, temp_path
 from caswit_geo.safeio.liveness import describe_owner, live_owners, process_token
-from caswit_geo.safeio.sweep import hold_folder, holding, release_folder
-
-from caswit_geo.safeio import claims
-from caswit_geo.core.errors import ConfigError, OutputError
 from caswit_geo.safeio.outputs import OutputSet
-from caswit_geo.engine.predict.plan import PredictPlan, Unit, shard_units
+from caswit_geo.safeio.sweep import hold_folder, holding, release_folder
 
 FORMAT = "caswit-geo predict job"
 VERSION = 1

@@ -32,10 +32,10 @@ import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
-from caswit_geo.core.limits import check_settings
-from caswit_geo.model.checkpoint import CheckpointMeta, read_meta, shape_model
-from caswit_geo.runtime.device import select_device
 from caswit_geo.core.errors import CheckpointError, ConfigError, OutputError
+from caswit_geo.core.limits import check_settings
+from caswit_geo.core.spec import ClassTable, InputSpec, scale_warning
+from caswit_geo.engine.predict.config import PredictConfig
 from caswit_geo.geo.area import unit_to_m
 from caswit_geo.geo.class_raster import model_tags, output_block
 from caswit_geo.geo.grid import TileGrid, plan_tiles, split_span, strips, touching
@@ -43,11 +43,11 @@ from caswit_geo.geo.lowres import prepass_supported
 from caswit_geo.geo.mosaic import Mosaic, expand_inputs, open_mosaic
 from caswit_geo.geo.pyramid import levels_for
 from caswit_geo.geo.vectorize import vector_format
-from caswit_geo.safeio.outputs import OutputSet
-from caswit_geo.runtime.precision import Precision, resolve_precision
-from caswit_geo.core.spec import ClassTable, InputSpec
+from caswit_geo.model.checkpoint import CheckpointMeta, read_meta, shape_model
 from caswit_geo.model.weights import resolve_weights, sha256
-from caswit_geo.engine.predict.config import FORMATS, PredictConfig
+from caswit_geo.runtime.device import select_device
+from caswit_geo.runtime.precision import Precision, resolve_precision
+from caswit_geo.safeio.outputs import OutputSet
 
 GSD_TOLERANCE = 0.10  # relative pixel-size difference that deserves a warning
 RASTER_OUT_SUFFIXES = (".tif", ".tiff")
@@ -498,11 +498,9 @@ def check_resolution(mosaic: Mosaic, spec: InputSpec, resample: bool) -> tuple[f
 
 
 def check_scaling(mosaic: Mosaic, spec: InputSpec) -> list[str]:
-    if mosaic.dtype == "uint16" and spec.scale <= 255:
-        return [f"16-bit input but the checkpoint scales values by {spec.scale:g} (8-bit imagery)"]
-    if mosaic.dtype == "uint8" and spec.scale > 255:
-        return [f"8-bit input but the checkpoint scales values by {spec.scale:g} (16-bit imagery)"]
-    return []
+    """A warning when the inputs' data type does not fit the checkpoint's value scale (as in train)."""
+    warning = scale_warning(mosaic.dtype, spec.scale)
+    return [warning] if warning else []
 
 
 def choose_strip_width(width: int, tile: int, block: int, soft_classes: int | None, memory_mb: int) -> int:

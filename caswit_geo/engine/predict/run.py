@@ -8,15 +8,15 @@ from datetime import timedelta
 from pathlib import Path
 
 from caswit_geo.core import errors
-from caswit_geo.model.checkpoint import load_checkpoint
 from caswit_geo.core.errors import CaswitError, disk_full_guard
-from caswit_geo.runtime.precision import prepare_inference
-from caswit_geo.runtime.distributed import DistEnv, barrier, broadcast_object, process_group
 from caswit_geo.engine.predict.config import PredictConfig, PredictResult
 from caswit_geo.engine.predict.finalize import Finalized, class_totals, finalize_job, unit_reports
 from caswit_geo.engine.predict.job import Job, discard_job, join_job, open_job
 from caswit_geo.engine.predict.plan import PredictPlan, Unit, plan_predict, shard_units
 from caswit_geo.engine.predict.units import Progress, UnitsRun, run_units
+from caswit_geo.model.checkpoint import load_checkpoint
+from caswit_geo.runtime.distributed import DistEnv, barrier, broadcast_object, process_group
+from caswit_geo.runtime.precision import prepare_inference
 
 BARRIER_TIMEOUT = timedelta(days=7)  # torchrun ranks wait for the slowest one before rank 0 assembles
 

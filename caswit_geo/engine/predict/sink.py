@@ -31,15 +31,16 @@ from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from caswit_geo.safeio.files import fsync_file, temp_path
+from caswit_geo.engine.predict.job import Job
+from caswit_geo.engine.predict.plan import PredictPlan, Unit
 from caswit_geo.geo.area import row_areas_m2
 from caswit_geo.geo.blend import NODATA, RowBlock, StripAccumulator
 from caswit_geo.geo.grid import strips
 from caswit_geo.geo.masks import MaskRule, mask_rule, valid_mask
 from caswit_geo.geo.mosaic import build_vrt_xml
+from caswit_geo.geo.profiles import overview_levels_profile, part_profile
 from caswit_geo.geo.pyramid import pack_layout, pyramid
-from caswit_geo.engine.predict.job import Job
-from caswit_geo.engine.predict.plan import PredictPlan, Unit
+from caswit_geo.safeio.writes import AtomicWrite, atomic_path
 
 # A tile's result: None (skipped, all nodata), (classes, confidence) uint8 (T, T) in hard
 # mode, or (probabilities (K, T, T), validity (T, T)) in soft (blending) mode.
@@ -112,27 +113,24 @@ class TileSink:
 class PartWriter:
     """One unit's part file: classes (band 1) and confidence (band 2, when asked), uint8, nodata 255.
 
-    Blocks of the output's size, so that each block of the final raster
-    comes from one part; ZSTD level 1 (fast: parts live only until the
-    outputs are assembled). Written under this process's temporary name
-    and renamed onto ``path`` by :meth:`commit`; the caller holds the
-    folder (``hold_folder``).
+    Layout of :func:`~caswit_geo.geo.profiles.part_profile`. Written under
+    this process's temporary name and renamed onto ``path`` by
+    :meth:`commit`, flushed to disk first: its name alone says the unit is
+    done (``job.py``), so a power loss must not leave the name on missing data.
     """
 
     def __init__(self, path: os.PathLike, width: int, height: int, crs: CRS | None, transform: Affine,
                  block: int, confidence: bool) -> None:
-        self.path = path
-        self.tmp = temp_path(os.path.abspath(path))
-        profile = dict(
-            driver="GTiff", width=width, height=height, count=2 if confidence else 1, dtype="uint8", crs=crs,
-            transform=transform, nodata=NODATA, compress="zstd", zstd_level=1, predictor=2, interleave="band",
-        )
-        if width >= 16 and height >= 16:
-            profile.update(tiled=True, blockxsize=block, blockysize=block)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            self.dst = rasterio.open(self.tmp, "w", **profile)
+        self.file = AtomicWrite(path, fsync=True)
         self.confidence = confidence
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self.dst = rasterio.open(self.file.tmp, "w", **part_profile(width, height, crs, transform, block,
+                                                                            count=2 if confidence else 1))
+        except BaseException:
+            self.file.abort()
+            raise
 
     def write(self, block: RowBlock) -> None:
         self.dst.write(block.classes, 1, window=block.window)
@@ -142,8 +140,7 @@ class PartWriter:
     def commit(self, stats: dict) -> None:
         self.dst.update_tags(CASWIT_UNIT=json.dumps(stats))
         self.dst.close()
-        fsync_file(self.tmp)  # on disk before its name says the unit is done (power loss)
-        os.replace(self.tmp, self.path)
+        self.file.commit()
 
     def abort(self) -> None:
         if not self.dst.closed:
@@ -151,7 +148,7 @@ class PartWriter:
                 self.dst.close()
             except Exception:
                 pass
-        self.tmp.unlink(missing_ok=True)
+        self.file.abort()
 
 
 class UnitPyramid:
@@ -176,21 +173,15 @@ class UnitPyramid:
                 self.conf[sl] = cf
 
     def write(self, path: os.PathLike) -> None:
+        """Write the levels to ``path`` (flushed to disk first: the assembly trusts the unit's files by name)."""
         rows, cols = self.classes.shape
-        tmp = temp_path(os.path.abspath(path))
-        profile = dict(driver="GTiff", width=cols, height=rows, count=2 if self.confidence else 1, dtype="uint8",
-                       nodata=NODATA, compress="zstd", zstd_level=1, predictor=2, interleave="band")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(tmp, "w", **profile) as dst:
-                    dst.write(self.classes, 1)
-                    if self.confidence:
-                        dst.write(self.conf, 2)
-            fsync_file(tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        profile = overview_levels_profile(cols, rows, count=2 if self.confidence else 1)
+        with atomic_path(path, fsync=True) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(self.classes, 1)
+                if self.confidence:
+                    dst.write(self.conf, 2)
 
 
 @dataclass

@@ -20,10 +20,10 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
+from caswit_geo.core.spec import InputSpec
 from caswit_geo.geo.context import read_canvas, read_tile_and_context
 from caswit_geo.geo.lowres import ChunkReader, LowResRaster
 from caswit_geo.geo.masks import MaskRule, mask_rule
-from caswit_geo.core.spec import InputSpec
 
 
 @dataclass

@@ -23,16 +23,16 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from caswit_geo.runtime.device import CpuThreads, stop_workers
 from caswit_geo.core.errors import CaswitError, no_space_error
-from caswit_geo.geo.blend import NODATA
-from caswit_geo.geo.lowres import LowResBuilder, chunk_order, plan_lowres
-from caswit_geo.geo.sources import read_error
-from caswit_geo.runtime.precision import Precision
 from caswit_geo.engine.predict.job import Job
 from caswit_geo.engine.predict.plan import PredictPlan, Unit
 from caswit_geo.engine.predict.sink import SinkThread, UnitDone, UnitWriter
 from caswit_geo.engine.predict.source import PredictTiles, TileBatch, collate_tiles
+from caswit_geo.geo.blend import NODATA
+from caswit_geo.geo.lowres import LowResBuilder, chunk_order, plan_lowres
+from caswit_geo.geo.sources import read_error
+from caswit_geo.runtime.device import CpuThreads, stop_workers
+from caswit_geo.runtime.precision import Precision
 
 GDAL_POOL = 32  # files of a mosaic kept open per process (a tile row touches a few)
 

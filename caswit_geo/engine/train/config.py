@@ -17,8 +17,8 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from caswit_geo.core.limits import Text, bounded
 from caswit_geo.core.errors import ConfigError
+from caswit_geo.core.limits import Text, bounded
 from caswit_geo.runtime.precision import PRECISIONS
 
 try:

@@ -15,9 +15,9 @@ import math
 import warnings
 from pathlib import Path
 
-from caswit_geo.data.open_raster import open_raster
 from caswit_geo.core.errors import ConfigError
-from caswit_geo.core.spec import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+from caswit_geo.core.spec import IMAGENET_MEAN, IMAGENET_STD, InputSpec, scale_warning
+from caswit_geo.data.open_raster import open_raster
 from caswit_geo.engine.train.config import RunConfig
 
 RGB = (1, 2, 3)
@@ -88,7 +88,8 @@ def check_dtypes(images, spec: InputSpec, what: str) -> None:
     ``images``: the datasets' ``ImagePair`` rows (train and validation
     together). 8- and 16-bit images mixed under one scale would be
     normalised differently, silently: refused, naming one file of each.
-    A scale that does not fit the one data type is a warning, as in predict.
+    A scale that does not fit the one data type is a warning, as in predict
+    (:func:`~caswit_geo.core.spec.scale_warning`), naming one of the images.
     """
     first: dict[str, Path] = {}
     for pair in images:
@@ -102,7 +103,6 @@ def check_dtypes(images, spec: InputSpec, what: str) -> None:
     if not first:
         return
     dtype, path = next(iter(first.items()))
-    if dtype in ("uint16", "int16", "uint32", "int32") and spec.scale <= 255:
-        warnings.warn(f"{what}: {dtype} imagery ({path}) but scale {spec.scale:g} (8-bit); give --scale", stacklevel=3)
-    elif dtype == "uint8" and spec.scale > 255:
-        warnings.warn(f"{what}: 8-bit imagery ({path}) but scale {spec.scale:g}: values never reach 1", stacklevel=3)
+    warning = scale_warning(dtype, spec.scale)
+    if warning:
+        warnings.warn(f"{what}, e.g. {path}: {warning}; give --scale", stacklevel=3)

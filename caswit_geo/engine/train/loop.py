@@ -27,23 +27,17 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from tqdm.auto import tqdm
 
-from caswit_geo.core.limits import check_settings
-from caswit_geo.model.checkpoint import read_checkpoint, read_meta, save_checkpoint
-from caswit_geo.runtime.device import CpuThreads
 from caswit_geo.core.errors import CaswitError, CheckpointError, ConfigError
-from caswit_geo.model.transfer import check_state_fits
-from caswit_geo.runtime.precision import Precision, resolve_precision
-from caswit_geo.safeio.signals import GracefulStop
+from caswit_geo.core.limits import check_settings
 from caswit_geo.engine.train.config import RunConfig, resolved_for_resume
 from caswit_geo.engine.train.curves import plot_curves
-from caswit_geo.runtime.distributed import DistEnv, all_reduce_sum, broadcast_buffers, broadcast_object, gather_objects, wrap_model
 from caswit_geo.engine.train.optim import CosineSchedule, build_optimizer
 from caswit_geo.engine.train.rundir import (
     CONFIG,
@@ -58,9 +52,43 @@ from caswit_geo.engine.train.rundir import (
     write_logs,
 )
 from caswit_geo.engine.train.runstate import load_state, rng_state, save_state, seed_everything, set_rng_state
+from caswit_geo.model.checkpoint import read_checkpoint, read_meta, save_checkpoint
+from caswit_geo.model.transfer import check_state_fits
+from caswit_geo.runtime.device import CpuThreads
+from caswit_geo.runtime.distributed import (
+    DistEnv,
+    all_reduce_sum,
+    broadcast_buffers,
+    broadcast_object,
+    gather_objects,
+    process_group,
+    wrap_model,
+)
+from caswit_geo.runtime.precision import Precision, resolve_precision
+from caswit_geo.safeio.signals import GracefulStop
 
 STATE_FORMAT = "caswit-geo-train-state"
 STATE_VERSION = 2  # 2: the model weights and a stopped epoch's position are in last.pt too
+
+Settings = TypeVar("Settings", bound=RunConfig)
+Result = TypeVar("Result")
+
+
+def run_command(
+    config: Settings, command: str, body: Callable[[Settings, RunDirectory, DistEnv], Result]
+) -> Result:
+    """Run ``command`` (train, pretrain): ``body(settings, run directory, process group)``.
+
+    The settings are checked, the process joins the group (each torchrun
+    process calls this) and the run directory is opened (:func:`open_run`)
+    and held while ``body`` runs. Nothing is written before the first
+    save, so a run that fails before it leaves nothing.
+    """
+    check_settings(config)
+    with process_group(config.device) as env:
+        config, run = open_run(config, command, env)
+        with run:
+            return body(config, run, env)
 
 
 def open_run(config: RunConfig, command: str, env: DistEnv) -> tuple[RunConfig, RunDirectory]:

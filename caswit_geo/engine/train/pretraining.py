@@ -19,19 +19,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from caswit_geo.core.limits import bounded, check_settings
-from caswit_geo.model.checkpoint import stored_behaviour
-from caswit_geo.data import ImagePair, RasterTileDataset
 from caswit_geo.core.errors import ConfigError, InputError
-from caswit_geo.model.configs import get_config
-from caswit_geo.model.simmim import CaswitSimMIM, MaskGenerator
+from caswit_geo.core.limits import bounded
 from caswit_geo.core.spec import ClassTable
+from caswit_geo.data import ImagePair, RasterTileDataset
 from caswit_geo.engine.train.config import RunConfig
-from caswit_geo.runtime.distributed import DistEnv, process_group
 from caswit_geo.engine.train.inputs import check_dtypes, check_samples, run_input_spec, scale_for, with_gsd
-from caswit_geo.engine.train.loop import build_loop, fit, open_run, seed_run, training_metadata
+from caswit_geo.engine.train.loop import build_loop, fit, run_command, seed_run, training_metadata
 from caswit_geo.engine.train.reconstructions import figure_rows, save_reconstruction_figure
 from caswit_geo.engine.train.rundir import LAST_WEIGHTS, RECONSTRUCTIONS, RunDirectory
+from caswit_geo.model.checkpoint import stored_behaviour
+from caswit_geo.model.configs import get_config
+from caswit_geo.model.simmim import CaswitSimMIM, MaskGenerator
+from caswit_geo.runtime.distributed import DistEnv
 
 IMAGE_SUFFIXES = (".tif", ".tiff")
 
@@ -72,9 +72,7 @@ class PretrainResult:
 
 def pretrain(config: PretrainConfig) -> PretrainResult:
     """Pretrain (or resume) one run; under torchrun every process calls this."""
-    check_settings(config)
-    with process_group(config.device) as env:
-        return _pretrain(config, env)
+    return run_command(config, "pretrain", _pretrain_in)
 
 
 def find_images(inputs) -> list[Path]:
@@ -95,12 +93,6 @@ def find_images(inputs) -> list[Path]:
     if not files:
         raise ConfigError("--images is required: GeoTIFF files or folders of them")
     return list(dict.fromkeys(files))
-
-
-def _pretrain(config: PretrainConfig, env: DistEnv) -> PretrainResult:
-    config, run = open_run(config, "pretrain", env)
-    with run:  # nothing is written before the first save; a run that fails before it leaves nothing
-        return _pretrain_in(config, run, env)
 
 
 def _pretrain_in(config: PretrainConfig, run: RunDirectory, env: DistEnv) -> PretrainResult:

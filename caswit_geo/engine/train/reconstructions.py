@@ -15,8 +15,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from caswit_geo.model.simmim import PATCH_SIZE
 from caswit_geo.core.spec import InputSpec
+from caswit_geo.model.simmim import PATCH_SIZE
 from caswit_geo.safeio.writes import save_figure
 
 COLUMNS = ("HR tile", "HR, random mask", "LR context, centred mask", "reconstruction")

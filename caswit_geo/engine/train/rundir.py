@@ -41,9 +41,9 @@ import json
 import math
 from pathlib import Path
 
-from caswit_geo.safeio.writes import write_text
 from caswit_geo.core.errors import ConfigError, OutputError
 from caswit_geo.safeio.outputs import OutputSet
+from caswit_geo.safeio.writes import write_text
 
 CONFIG = "config.json"
 LAST_WEIGHTS = "last.safetensors"

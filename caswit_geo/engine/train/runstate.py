@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caswit_geo.safeio.writes import atomic_path
 from caswit_geo.core.errors import CheckpointError
+from caswit_geo.safeio.writes import atomic_path
 
 
 def seed_everything(seed: int) -> None:

@@ -21,24 +21,24 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from caswit_geo.core.limits import bounded, check_settings
+from caswit_geo.core.errors import ConfigError
+from caswit_geo.core.limits import bounded
+from caswit_geo.core.spec import ClassTable, InputSpec
+from caswit_geo.data import Augment, build_dataset, load_tiles_meta
+from caswit_geo.engine.convert import check_upernet_fits
+from caswit_geo.engine.evaluate.metrics import ConfusionMatrix, protocol_for
+from caswit_geo.engine.train.config import RunConfig
+from caswit_geo.engine.train.inputs import check_dtypes, check_samples, run_input_spec, scale_for, with_gsd
+from caswit_geo.engine.train.loop import build_loop, eval_loader, fit, run_command, seed_run, training_metadata
+from caswit_geo.engine.train.rundir import BEST_WEIGHTS, LAST_WEIGHTS, RunDirectory
 from caswit_geo.model.build import build_model
 from caswit_geo.model.checkpoint import load_pretrained_backbone, read_meta, save_checkpoint, stored_behaviour
-from caswit_geo.data import Augment, build_dataset, load_tiles_meta
-from caswit_geo.core.errors import ConfigError
-from caswit_geo.engine.evaluate.metrics import ConfusionMatrix, protocol_for
 from caswit_geo.model.configs import get_config
 from caswit_geo.model.loss import CaswitLoss, cross_entropy
 from caswit_geo.model.transfer import transfer_upernet
-from caswit_geo.runtime.precision import Precision
-from caswit_geo.core.spec import ClassTable, InputSpec
 from caswit_geo.model.upernet.source import read_upernet
-from caswit_geo.engine.train.config import RunConfig
-from caswit_geo.engine.convert import check_upernet_fits
-from caswit_geo.runtime.distributed import DistEnv, all_reduce_sum, process_group
-from caswit_geo.engine.train.inputs import check_dtypes, check_samples, run_input_spec, scale_for, with_gsd
-from caswit_geo.engine.train.loop import build_loop, eval_loader, fit, open_run, seed_run, training_metadata
-from caswit_geo.engine.train.rundir import BEST_WEIGHTS, LAST_WEIGHTS, RunDirectory
+from caswit_geo.runtime.distributed import DistEnv, all_reduce_sum
+from caswit_geo.runtime.precision import Precision
 
 DATASETS = ("flairhub", "urur", "tiles")
 
@@ -78,15 +78,7 @@ class TrainResult:
 
 def train(config: TrainConfig) -> TrainResult:
     """Train (or resume) one run; under torchrun every process calls this."""
-    check_settings(config)
-    with process_group(config.device) as env:
-        return _train(config, env)
-
-
-def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
-    config, run = open_run(config, "train", env)
-    with run:  # nothing is written before the first save; a run that fails before it leaves nothing
-        return _train_in(config, run, env)
+    return run_command(config, "train", _train_in)
 
 
 def _train_in(config: TrainConfig, run: RunDirectory, env: DistEnv) -> TrainResult:

@@ -24,20 +24,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
-from caswit_geo.model.checkpoint import torch_load
-from caswit_geo.core.limits import short_repr
 from caswit_geo.core.errors import CheckpointError
-from caswit_geo.model.upernet.keys import detect_format
+from caswit_geo.core.limits import short_repr
 from caswit_geo.core.spec import IMAGENET_MEAN, IMAGENET_STD, InputSpec
+from caswit_geo.model.tensor_files import (
+    check_file_size,
+    read_safetensors_header,
+    read_safetensors_tensors,
+    state_dict_of,
+    torch_load,
+)
+from caswit_geo.model.upernet.keys import detect_format
 
-MAX_WEIGHTS_BYTES = 8 * 2**30  # UPerNet-Swin-L is about 0.9 GB in float32
 MAX_JSON_BYTES = 4 * 2**20
-MAX_TENSORS = 20_000
-MAX_KEY_CHARS = 300
 MAX_CLASS_NAME_CHARS = 100
-SAFETENSORS_DTYPES = {"F32", "F16", "BF16", "F64", "I64"}
+WEIGHT_DTYPES = ("F32", "F16", "BF16", "F64", "I64")  # of a model.safetensors: floats, and BatchNorm's counters
 IMAGENET_NOTE = "ImageNet mean/std on 8-bit RGB (the mmsegmentation UPerNet-Swin setting)"
 
 
@@ -107,7 +109,7 @@ def _read_transformers(folder: Path) -> UperNetSource:
         state = _read_safetensors(weights)
     elif (folder / "pytorch_model.bin").is_file():
         weights = folder / "pytorch_model.bin"
-        state = _state_of(torch_load(_bounded(weights)), weights)
+        state = _float32_state(torch_load(weights), weights)
     elif any(folder.glob("*.index.json")):
         raise CheckpointError(f"{folder}: sharded weights are not supported; save the model as one model.safetensors")
     else:
@@ -219,12 +221,12 @@ def _numbers(value, n: int, where: str) -> tuple[float, ...]:
 
 def _read_mmseg(path: Path) -> UperNetSource:
     try:
-        obj = torch_load(_bounded(path))
+        obj = torch_load(path)
     except CheckpointError as e:  # mmsegmentation 1.x also pickles its training state
         raise CheckpointError(
             f"{e}; keep only the weights, e.g. torch.save({{'state_dict': ckpt['state_dict']}}, 'upernet.pth')"
         ) from None
-    state = _state_of(obj, path)
+    state = _float32_state(obj, path)
     if detect_format(state, str(path)) != "mmseg":
         raise CheckpointError(f"{path}: tensor names are not those of mmsegmentation's UPerNet-Swin")
     arch = _mmseg_arch(state, path)
@@ -283,16 +285,9 @@ def _mmseg_class_names(obj, num_classes: int, path: Path) -> list[str] | None:
 # --- files ----------------------------------------------------------------------------------
 
 
-def _bounded(path: Path, limit: int = MAX_WEIGHTS_BYTES) -> Path:
-    size = path.stat().st_size
-    if size > limit:
-        raise CheckpointError(f"{path}: {size / 2**30:.1f} GiB, more than the {limit / 2**30:.0f} GiB a UPerNet-Swin needs")
-    return path
-
-
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(_bounded(path, MAX_JSON_BYTES).read_text(encoding="utf-8"))
+        data = json.loads(check_file_size(path, MAX_JSON_BYTES).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
@@ -301,41 +296,13 @@ def _read_json(path: Path) -> dict:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    _bounded(path)
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            keys = list(f.keys())
-            _check_keys(keys, path)
-            state = {}
-            for key in keys:
-                dtype = f.get_slice(key).get_dtype()
-                if dtype not in SAFETENSORS_DTYPES:
-                    raise CheckpointError(f"{path}: tensor {key!r} has data type {dtype}")
-                state[key] = _as_float32(f.get_tensor(key))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from None
-    return state
+    tensors = read_safetensors_tensors(path, read_safetensors_header(path, WEIGHT_DTYPES))
+    return {k: _as_float32(v) for k, v in tensors.items()}
 
 
-def _state_of(obj, path: Path) -> dict[str, torch.Tensor]:
-    """The state dict of a torch.load result (bare, or under ``state_dict``)."""
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not obj:
-        raise CheckpointError(f"{path}: holds no state dict")
-    _check_keys(list(obj), path)
-    bad = next((k for k, v in obj.items() if not isinstance(v, torch.Tensor)), None)
-    if bad is not None:
-        raise CheckpointError(f"{path}: state dict entry {bad!r} is not a tensor")
-    return {k: _as_float32(v) for k, v in obj.items()}
-
-
-def _check_keys(keys: list, path: Path) -> None:
-    if len(keys) > MAX_TENSORS:
-        raise CheckpointError(f"{path}: {len(keys)} tensors, more than a UPerNet-Swin has")
-    bad = next((k for k in keys if not isinstance(k, str) or len(k) > MAX_KEY_CHARS), None)
-    if bad is not None:
-        raise CheckpointError(f"{path}: invalid tensor name {short_repr(bad, 80)}")
+def _float32_state(loaded, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a :func:`torch_load` result, floats as float32."""
+    return {k: _as_float32(v) for k, v in state_dict_of(loaded, path).items()}
 
 
 def _as_float32(t: torch.Tensor) -> torch.Tensor:
