@@ -16,6 +16,7 @@ import caswit_geo
 
 PACKAGE = Path(caswit_geo.__file__).parent
 REPO = PACKAGE.parent
+TESTS = Path(__file__).resolve().parent
 
 # What each subpackage may import besides itself (docs/ARCHITECTURE.md draws the same table).
 ALLOWED = {
@@ -24,7 +25,7 @@ ALLOWED = {
     "runtime": {"core"},
     "model": {"runtime", "safeio", "core"},
     "geo": {"runtime", "safeio", "core"},
-    "synthetic": {"runtime", "safeio", "core"},
+    "synthetic": {"geo", "runtime", "safeio", "core"},
     "data": {"geo", "runtime", "safeio", "core"},
     "engine": {"model", "geo", "data", "synthetic", "runtime", "safeio", "core"},
     "cli": {"engine", "model", "geo", "data", "synthetic", "runtime", "safeio", "core"},
@@ -102,6 +103,30 @@ def import_cycles(modules: dict[str, Path]) -> list[str]:
     return cycles
 
 
+def imports_of_test_modules(tests: Path = TESTS) -> list[str]:
+    """``tests/**/test_*.py`` files that import a ``test_*`` module, as "file -> module" lines.
+
+    What several test modules share belongs in tests/helpers.py or a conftest.py: importing a test
+    module runs its module-level code and makes pytest see its fixtures twice.
+    """
+    found = []
+    for path in sorted(tests.rglob("test_*.py")):
+        package = ".".join(path.relative_to(tests.parent).parent.parts)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+                source = ".".join(base + ([node.module] if node.module else []))
+                # `from pkg import test_x` imports the module pkg.test_x
+                names = [source] + [f"{source}.{a.name}" for a in node.names]
+            else:
+                continue
+            found += [f"{path.relative_to(tests.parent)} -> {n}" for n in names
+                      if n.rpartition(".")[2].startswith("test_")]
+    return sorted(set(found))
+
+
 def test_the_package_root_holds_only_init_and_main():
     loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in ROOT_FILES)
     assert loose == []
@@ -147,3 +172,22 @@ def test_docstrings_cite_only_files_in_the_repository():
             if not any(REPO.rglob(name)):
                 missing.append(f"{path.relative_to(REPO)}: {name}")
     assert missing == []
+
+
+def test_no_test_module_imports_another():
+    assert imports_of_test_modules() == []
+
+
+def test_the_check_finds_a_test_module_imported_in_any_form(tmp_path):
+    tests = tmp_path / "tests"
+    (tests / "engine").mkdir(parents=True)
+    (tests / "test_a.py").write_text("from tests.engine.test_b import make_data\nfrom tests.helpers import write\n")
+    (tests / "engine" / "test_b.py").write_text("def f():\n    from . import test_c\n    import tests.test_a\n")
+    (tests / "engine" / "test_c.py").write_text("from .test_b import f\nfrom tests.engine import helpers\n")
+    (tests / "engine" / "harness.py").write_text("from tests.test_a import x\n")  # not a test module: not checked
+    assert imports_of_test_modules(tests) == [
+        "tests/engine/test_b.py -> tests.engine.test_c",
+        "tests/engine/test_b.py -> tests.test_a",
+        "tests/engine/test_c.py -> tests.engine.test_b",
+        "tests/test_a.py -> tests.engine.test_b",
+    ]

@@ -23,6 +23,7 @@ import rasterio
 from affine import Affine
 
 from caswit_geo.core.spec import ClassInfo, ClassTable, InputSpec
+from tests.helpers import grid_transform, save_nano_checkpoint, write_geotiff, write_on_grid
 from tests.hostile import REPO, Case, run_case
 
 T = 128  # caswit-nano tile
@@ -44,16 +45,8 @@ SHARED: dict[str, Path] = {}
 @pytest.fixture(scope="module", autouse=True)
 def shared(tmp_path_factory):
     """A caswit-nano checkpoint with hostile class names, outside every case folder."""
-    import torch
-
-    import caswit_geo
-
     folder = tmp_path_factory.mktemp("hostile-cli")
-    torch.manual_seed(0)
-    model = caswit_geo.build_model("caswit-nano", num_classes=len(HOSTILE_CLASSES))
-    SHARED["ckpt"] = caswit_geo.save_checkpoint(
-        model, folder / "hostile.safetensors", classes=HOSTILE_CLASSES, input_spec=InputSpec(tile_size=T, gsd=RES)
-    )
+    SHARED["ckpt"] = save_nano_checkpoint(folder / "hostile.safetensors", HOSTILE_CLASSES, gsd=RES)
     yield
     SHARED.clear()
 
@@ -80,19 +73,12 @@ def with_escaped_names(folder: Path) -> None:
 def ortho(path: Path, size: int = T, transform: Affine | None = None, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     data = rng.integers(1, 256, (3, size, size), dtype=np.uint8)
-    transform = transform or Affine(RES, 0, 650_000, 0, -RES, 6_860_000)
-    with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
-                       crs="EPSG:2154", transform=transform, tiled=True, blockxsize=128, blockysize=128,
-                       compress="deflate") as dst:
-        dst.write(data)
-    return path
+    return write_geotiff(path, data, crs="EPSG:2154", transform=transform or grid_transform(), tiled=True,
+                         blockxsize=128, blockysize=128, compress="deflate")
 
 
 def labels(path: Path, values: np.ndarray) -> Path:
-    with rasterio.open(path, "w", driver="GTiff", width=values.shape[1], height=values.shape[0], count=1,
-                       dtype="uint8", crs="EPSG:2154", transform=Affine(RES, 0, 650_000, 0, -RES, 6_860_000)) as dst:
-        dst.write(values[None].astype(np.uint8))
-    return path
+    return write_on_grid(path, values.astype(np.uint8))
 
 
 def weights(folder: Path) -> dict:
@@ -356,8 +342,8 @@ def test_worker_wrapper_gives_back_the_original_message():
     """torch's DataLoader re-raises a worker's error with its whole traceback as the message (item 12)."""
     from torch.utils.data import DataLoader, Dataset
 
-    from caswit_geo.runtime.device import stop_workers
     from caswit_geo.core.errors import DatasetError, user_message
+    from caswit_geo.runtime.device import stop_workers
 
     class Failing(Dataset):
         def __len__(self):
@@ -405,13 +391,13 @@ def test_numeric_bounds_declared_once_cover_every_engine_config():
     """Every float field of every engine config refuses NaN, and bounded fields name their flag (item 15)."""
     import dataclasses
 
+    from caswit_geo.core.errors import ConfigError
     from caswit_geo.core.limits import check_settings, field_check
     from caswit_geo.engine.evaluate.evaluation import EvalConfig
     from caswit_geo.engine.explain import ExplainConfig
     from caswit_geo.engine.predict import PredictConfig
     from caswit_geo.engine.train.pretraining import PretrainConfig
     from caswit_geo.engine.train.training import TrainConfig
-    from caswit_geo.core.errors import ConfigError
 
     required = {PredictConfig: dict(inputs=["a.tif"], out="o.tif"), EvalConfig: dict(dataset="tiles", root=".",
                 weights=None), ExplainConfig: dict(image="a.tif", out="o.png"), TrainConfig: {}, PretrainConfig: {}}

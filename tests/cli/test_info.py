@@ -7,17 +7,11 @@ import pytest
 import caswit_geo
 from caswit_geo.cli import main
 from caswit_geo.model import MODEL_CONFIGS
-
-
-def run(capsys, *argv):
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
+from tests.helpers import run_cli
 
 
 def test_info_list_json_has_every_named_config(capsys):
-    code, out, _ = run(capsys, "info", "--list", "--json")
+    code, out, _ = run_cli(["info", "--list", "--json"], capsys)
     assert code == 0
     rows = json.loads(out)
     assert [r["name"] for r in rows] == list(MODEL_CONFIGS)
@@ -31,7 +25,7 @@ def test_info_checkpoint_reports_components_classes_and_input(tmp_path, capsys):
     model = caswit_geo.build_model("caswit-nano", num_classes=4, fusion_stages="4")
     path = caswit_geo.save_checkpoint(model, tmp_path / "m.safetensors",
                                       input_spec=InputSpec(tile_size=128, context_factor=2, gsd=0.5))
-    code, out, _ = run(capsys, "info", str(path), "--json")
+    code, out, _ = run_cli(["info", str(path), "--json"], capsys)
     assert code == 0
     d = json.loads(out)
     counts = model.parameter_counts()
@@ -40,12 +34,12 @@ def test_info_checkpoint_reports_components_classes_and_input(tmp_path, capsys):
     assert d["parameters"]["aux_head"] == 0  # inference checkpoints carry no aux head
     assert d["config"]["fusion_stages"] == [4]
     assert len(d["classes"]) == 4 and d["tile_size"] == 128 and d["context_factor"] == 2 and d["gsd"] == 0.5
-    code, out, _ = run(capsys, "info", str(path))
+    code, out, _ = run_cli(["info", str(path)], capsys)
     assert code == 0 and "hr_encoder" in out and "context factor 2" in out
 
 
 def test_unknown_target_is_one_line_error(capsys):
-    code, out, err = run(capsys, "info", "no-such-model")
+    code, out, err = run_cli(["info", "no-such-model"], capsys)
     assert code == 1
     assert err.strip().count("\n") == 0 and "no-such-model" in err and "Traceback" not in err
 
@@ -53,9 +47,9 @@ def test_unknown_target_is_one_line_error(capsys):
 def test_corrupt_checkpoint_is_one_line_error_and_debug_shows_traceback(tmp_path, capsys):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 10)
-    code, _, err = run(capsys, "info", str(bad))
+    code, _, err = run_cli(["info", str(bad)], capsys)
     assert code == 1 and "bad.safetensors" in err and err.strip().count("\n") == 0
     from caswit_geo.core.errors import CheckpointError
 
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
         main(["info", str(bad), "--debug"])

@@ -20,15 +20,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import rasterio
-from rasterio.crs import CRS
 from rasterio.transform import from_origin
+
+from tests.helpers import GSD, LAMBERT93, write_geotiff
 
 DATA = Path(__file__).resolve().parents[1] / "assets" / "flairhub"
 SPLIT_FILES = {"TRAIN": DATA / "FLAIR-HUB_TOY-DATASET_TRAIN.csv", "VALID": DATA / "FLAIR-HUB_TOY-DATASET_VALID.csv"}
-P = 32  # patch size (px)
-GSD = 0.2
-LAMBERT93 = CRS.from_epsg(2154)
+P = 32  # patch size (px), of GSD m pixels
 
 
 def split_rows(split: str) -> list[dict]:
@@ -60,13 +58,6 @@ def patch_transform(patch_id: str):
     return from_origin(x0 + a * P * GSD, y0 - b * P * GSD, GSD, GSD)
 
 
-def write_tif(path: Path, data: np.ndarray, transform, nodata=None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=data.dtype, transform=transform, crs=LAMBERT93, nodata=nodata) as dst:
-        dst.write(data)
-
-
 def make_toy_tree(
     root: Path, *, csv_folder: str | None = "FLAIR-HUB_TOY-DATASET_SPLITS", skip: tuple[str, ...] = (),
     only: set[str] | None = None, seed: int = 0,
@@ -85,8 +76,9 @@ def make_toy_tree(
             if pid in skip or (only is not None and pid not in only):
                 continue
             transform = patch_transform(pid)
-            write_tif(root / row["AERIAL_RGBI"].removeprefix("../"), image, transform)
-            write_tif(root / row["AERIAL_LABEL-COSIA"].removeprefix("../"), labels[None], transform)
+            write_geotiff(root / row["AERIAL_RGBI"].removeprefix("../"), image, transform=transform, crs=LAMBERT93)
+            write_geotiff(root / row["AERIAL_LABEL-COSIA"].removeprefix("../"), labels[None], transform=transform,
+                          crs=LAMBERT93)
             written[pid] = (image, labels)
     if csv_folder is not None:
         (root / csv_folder).mkdir(parents=True, exist_ok=True)

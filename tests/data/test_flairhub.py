@@ -4,97 +4,32 @@ import json
 import os
 import time
 
-import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
 import torch
-from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.transform import from_origin
 from rasterio.windows import Window
-from shapely.geometry import box
 
-from caswit_geo.data import build_dataset
-from caswit_geo.data import flairhub_index
-from caswit_geo.data.flairhub_index import build_index, parse_patch_name
 from caswit_geo.core.errors import ConfigError, DatasetError
 from caswit_geo.core.spec import InputSpec
-
-P = 32  # patch size (px)
-GSD = 0.2
-X0, Y0 = 651_200.0, 6_862_400.0
-LAMBERT93 = CRS.from_epsg(2154)
-# The same projection without the EPSG code, as some FLAIR files carry it.
-LOCAL_L93 = CRS.from_proj4(
-    "+proj=lcc +lat_0=46.5 +lon_0=3 +lat_1=49 +lat_2=44 +x_0=700000 +y_0=6600000 +ellps=GRS80 +units=m +no_defs"
-)
-
-# (zone, roi, row, col): D024047-2021 has a 3 x 6 block over two ROIs with a hole at (0, 3).
-PATCHES = [("D024047-2021", "AA-S1-V18", r, c) for r in range(3) for c in range(4) if (r, c) != (0, 3)]
-PATCHES += [("D024047-2021", "AB-S2-7", r, c) for r in range(3) for c in range(4, 6)]
-# Another domain-year at the same place: never a neighbour of the first.
-PATCHES += [("D012-2019", "AF-S1-27", r, c) for r in range(2) for c in range(2)]
-GRID = {"D024047-2021": (3, 6), "D012-2019": (2, 2)}
-
-
-def pid(zone, roi, r, c):
-    return f"{zone}_{roi}_{c}-{r}"
-
-
-def write_tif(path, data, transform, crs):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(
-        path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-        dtype=data.dtype, transform=transform, crs=crs,
-    ) as dst:
-        dst.write(data)
-
-
-def make_tree(root, seed=0):
-    """Write the tree; return the zone mosaics (C, H, W) with a one-patch black margin."""
-    rng = np.random.default_rng(seed)
-    mosaics = {}
-    for zone, (rows, cols) in GRID.items():
-        img = np.zeros((4, (rows + 2) * P, (cols + 2) * P), np.uint8)
-        lab = np.full(((rows + 2) * P, (cols + 2) * P), 255, np.uint8)
-        mosaics[zone] = (img, lab)
-    for n, (zone, roi, r, c) in enumerate(PATCHES):
-        img, lab = mosaics[zone]
-        data = rng.integers(0, 256, (4, P, P), dtype=np.uint8)
-        small = rng.integers(0, 19, (P // 8, P // 8))
-        labels = np.kron(small, np.ones((8, 8), int)).astype(np.uint8)[None]
-        sl = (slice((r + 1) * P, (r + 2) * P), slice((c + 1) * P, (c + 2) * P))
-        img[(slice(None), *sl)] = data
-        lab[sl] = labels[0]
-        jitter = 0.04 if (zone, r, c) == ("D024047-2021", 1, 1) else 0.0  # within tolerance
-        transform = from_origin(X0 + c * P * GSD + jitter, Y0 - r * P * GSD, GSD, GSD)
-        crs = LOCAL_L93 if n % 2 else LAMBERT93
-        stem = f"{roi}_{c}-{r}"
-        write_tif(root / f"{zone}_AERIAL_RGBI" / roi / f"{zone}_AERIAL_RGBI_{stem}.tif", data, transform, crs)
-        write_tif(root / f"{zone}_AERIAL_LABEL-COSIA" / roi / f"{zone}_AERIAL_LABEL-COSIA_{stem}.tif", labels, transform, crs)
-    return mosaics
-
-
-def write_split_gpkg(root, columns):
-    rows = []
-    for i, (zone, roi, r, c) in enumerate(PATCHES):
-        x, y = X0 + c * P * GSD, Y0 - r * P * GSD
-        row = {"patch_id": pid(zone, roi, r, c), "geometry": box(x, y - P * GSD, x + P * GSD, y)}
-        for col in columns:
-            row[col] = ("train", "valid", "test")[i % 3]
-        rows.append(row)
-    path = root / "GLOBAL_ALL_MTD" / "GLOBAL_ALL_MTD_SPLIT.gpkg"
-    path.parent.mkdir(parents=True)
-    gpd.GeoDataFrame(rows, crs="EPSG:2154").to_file(path, driver="GPKG")
-    return rows
+from caswit_geo.data import build_dataset, flairhub_index
+from caswit_geo.data.flairhub_index import build_index, parse_patch_name
+from tests.helpers import FLAIRHUB_PATCH as P  # patch size (px)
+from tests.helpers import FLAIRHUB_PATCHES as PATCHES  # (zone, roi, row, col) of every patch of the tree
+from tests.helpers import FLAIRHUB_X0 as X0
+from tests.helpers import FLAIRHUB_Y0 as Y0
+from tests.helpers import GSD, LAMBERT93
+from tests.helpers import flairhub_patch_id as pid
+from tests.helpers import make_flairhub_tree, write_flairhub_split_gpkg, write_geotiff
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("flairhub")
-    mosaics = make_tree(root)
-    rows = write_split_gpkg(root, ["split_1", "split_flairhub"])
+    mosaics = make_flairhub_tree(root)
+    rows = write_flairhub_split_gpkg(root, ["split_1", "split_flairhub"])
     return root, mosaics, rows
 
 
@@ -141,7 +76,7 @@ def gdal_reference(root, mosaic, label_mosaic, zone, r, c, bands=(1, 2, 3)):
     transform = from_origin(X0 - P * GSD, Y0 + P * GSD, GSD, GSD)
     path = root.parent / f"mosaic-{root.name}-{zone}.tif"
     if not path.exists():
-        write_tif(path, np.concatenate([mosaic, label_mosaic[None]]), transform, LAMBERT93)
+        write_geotiff(path, np.concatenate([mosaic, label_mosaic[None]]), transform=transform, crs=LAMBERT93)
     # the patch starts at (r + 1) * P in the mosaic; its context half a patch earlier
     win = Window((c + 1) * P - P // 2, (r + 1) * P - P // 2, 2 * P, 2 * P)
     with rasterio.open(path) as src:
@@ -250,10 +185,10 @@ def make_one(root, r, c, transform=None, label_transform=None, zone="D033-2020",
     rng = np.random.default_rng(r * 10 + c)
     t = transform or from_origin(X0 + c * P * GSD, Y0 - r * P * GSD, GSD, GSD)
     stem = f"{roi}_{c}-{r}"
-    write_tif(root / f"{zone}_AERIAL_RGBI" / roi / f"{zone}_AERIAL_RGBI_{stem}.tif",
-              rng.integers(0, 256, (4, P, P), dtype=np.uint8), t, LAMBERT93)
-    write_tif(root / f"{zone}_AERIAL_LABEL-COSIA" / roi / f"{zone}_AERIAL_LABEL-COSIA_{stem}.tif",
-              np.ones((1, P, P), np.uint8), label_transform or t, LAMBERT93)
+    write_geotiff(root / f"{zone}_AERIAL_RGBI" / roi / f"{zone}_AERIAL_RGBI_{stem}.tif",
+                  rng.integers(0, 256, (4, P, P), dtype=np.uint8), transform=t, crs=LAMBERT93)
+    write_geotiff(root / f"{zone}_AERIAL_LABEL-COSIA" / roi / f"{zone}_AERIAL_LABEL-COSIA_{stem}.tif",
+                  np.ones((1, P, P), np.uint8), transform=label_transform or t, crs=LAMBERT93)
     return root / f"{zone}_AERIAL_RGBI" / roi / f"{zone}_AERIAL_RGBI_{stem}.tif"
 
 

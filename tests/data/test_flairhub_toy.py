@@ -8,21 +8,15 @@ import pytest
 import rasterio
 
 import caswit_geo
-from caswit_geo.cli import main
-from caswit_geo.data import build_dataset
-from caswit_geo.data.flairhub_csv import find_split_csv, read_split_csv
 from caswit_geo.core.errors import DatasetError
 from caswit_geo.core.spec import InputSpec, flairhub_classes
-from tests.data.flairhub_toy import P, SPLIT_FILES, make_toy_tree, patch_transform, split_ids, split_rows, write_tif
+from caswit_geo.data import build_dataset
+from caswit_geo.data.flairhub_csv import find_split_csv, read_split_csv
+from tests.data.flairhub_toy import SPLIT_FILES, P, make_toy_tree, patch_transform, split_ids, split_rows
+from tests.helpers import LAMBERT93, cli_exit_code, write_geotiff
 
 SPLITS = "FLAIR-HUB_TOY-DATASET_SPLITS"
 MISSING = ("D006-2020_FU-S2-12_3-10", "D032-2019_AF-S1-V10_21-11", "D051-2019_UN-S1-3_4-14")  # VALID rows 1, 11, 50
-
-
-def cli(*argv):
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    return e.value.code
 
 
 def spec():
@@ -196,8 +190,8 @@ def test_lr_labels_255_where_the_image_is_nodata(tmp_path):
     # the west neighbour gets a nodata value and a nodata block in its east half
     image = written["D051-2019_FF-S1-8_3-6"][0].copy()
     image[:, :, P // 2 :] = 0
-    write_tif(tmp_path / "D051-2019_AERIAL_RGBI" / "FF-S1-8" / "D051-2019_AERIAL_RGBI_FF-S1-8_3-6.tif", image,
-              patch_transform("D051-2019_FF-S1-8_3-6"), nodata=0)
+    write_geotiff(tmp_path / "D051-2019_AERIAL_RGBI" / "FF-S1-8" / "D051-2019_AERIAL_RGBI_FF-S1-8_3-6.tif", image,
+                  transform=patch_transform("D051-2019_FF-S1-8_3-6"), crs=LAMBERT93, nodata=0)
     with pytest.warns(UserWarning, match="148 of the 150 patches"):
         ds = build_dataset("flairhub", tmp_path, "train", spec(), allow_missing=True)
     *_, lr, label, lr_label, _ = ds.read(ds.image_ids().index("D051-2019_FF-S1-8_4-6"))
@@ -235,8 +229,8 @@ def test_class_table_is_the_official_style():
 def test_train_and_eval_from_the_root_alone(toy, toy_missing, tmp_path, capsys):
     root, _ = toy
     run = tmp_path / "run"
-    assert cli("train", "--dataset", "flairhub", "--root", root, "--model", "caswit-nano", "--tile-size", P,
-               "--epochs", 1, "--batch-size", 50, "--workers", 0, "--out", run, "--no-progress") == 0
+    assert cli_exit_code("train", "--dataset", "flairhub", "--root", root, "--model", "caswit-nano", "--tile-size", P,
+                         "--epochs", 1, "--batch-size", 50, "--workers", 0, "--out", run, "--no-progress") == 0
     out = capsys.readouterr().out
     assert "data: train 150 of 150 requested" in out and "val 50 of 50 requested" in out
     model, meta = caswit_geo.load_checkpoint(run / "best.safetensors")
@@ -245,18 +239,19 @@ def test_train_and_eval_from_the_root_alone(toy, toy_missing, tmp_path, capsys):
     assert splits["val"]["source"].endswith("FLAIR-HUB_TOY-DATASET_VALID.csv") and splits["val"]["used"] == 50
 
     ev = tmp_path / "ev"
-    assert cli("eval", "--dataset", "flairhub", "--root", root, "--weights", run / "best.safetensors",
-               "--split", "VALID", "--workers", 0, "--out-dir", ev, "--no-progress") == 0
+    assert cli_exit_code("eval", "--dataset", "flairhub", "--root", root, "--weights", run / "best.safetensors",
+                         "--split", "VALID", "--workers", 0, "--out-dir", ev, "--no-progress") == 0
     report = json.loads((ev / "report.json").read_text())
     assert report["protocol"] == "flairhub" and report["samples"] == 50 and len(report["classes"]) == 15
     assert report["split_coverage"]["requested"] == report["split_coverage"]["evaluated"] == 50
 
     # a split listing patches that are not on disk: an error, or scored with a record
-    assert cli("eval", "--dataset", "flairhub", "--root", toy_missing, "--weights", run / "best.safetensors",
-               "--split", "val", "--workers", 0, "--out-dir", tmp_path / "ev2", "--no-progress") == 1
+    assert cli_exit_code("eval", "--dataset", "flairhub", "--root", toy_missing, "--weights", run / "best.safetensors",
+                         "--split", "val", "--workers", 0, "--out-dir", tmp_path / "ev2", "--no-progress") == 1
     assert "3 of the 50 patches" in capsys.readouterr().err and not (tmp_path / "ev2").exists()
-    assert cli("eval", "--dataset", "flairhub", "--root", toy_missing, "--weights", run / "best.safetensors",
-               "--split", "val", "--allow-missing", "--workers", 0, "--out-dir", tmp_path / "ev3", "--no-progress") == 0
+    assert cli_exit_code("eval", "--dataset", "flairhub", "--root", toy_missing, "--weights", run / "best.safetensors",
+                         "--split", "val", "--allow-missing", "--workers", 0, "--out-dir", tmp_path / "ev3",
+                         "--no-progress") == 0
     cov = json.loads((tmp_path / "ev3" / "report.json").read_text())["split_coverage"]
     assert (cov["requested"], cov["evaluated"], cov["missing"]) == (50, 47, 3)
     assert cov["missing_ids"] == list(MISSING)

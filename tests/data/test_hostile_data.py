@@ -26,19 +26,17 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from rasterio.transform import from_origin
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import caswit_geo
-from caswit_geo.model.checkpoint import read_meta
-from caswit_geo.engine.train.runstate import load_state
-from caswit_geo.engine.train.training import TrainConfig, train
 from caswit_geo.core.errors import OutputError
 from caswit_geo.core.spec import InputSpec
-
+from caswit_geo.engine.train.runstate import load_state
+from caswit_geo.engine.train.training import TrainConfig, train
+from caswit_geo.model.checkpoint import read_meta
+from tests.helpers import make_tiles_root, stripes, write_geotiff, write_on_grid
 from tests.hostile import REPO, Case, run_case
-from tests.engine.train.test_train import make_tiles_root, stripes
 
 ASSETS: dict[str, Path] = {}
 DEAD = "deadhost-999999-abcdef"  # the token of a process that no longer exists
@@ -83,19 +81,12 @@ def chain(*steps):
 # ---------------------------------------------------------------- fixture edits
 
 
-def write_raster(path: Path, data: np.ndarray, nodata=None, transform=from_origin(650000, 6860000, 0.2, 0.2)) -> None:
-    c, h, w = data.shape
-    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=c, dtype=data.dtype, crs="EPSG:2154",
-                       transform=transform, nodata=nodata) as dst:
-        dst.write(data)
-
-
 def rewrite(path: Path, change) -> None:
     """Replace a raster by ``change(its data)``, same grid."""
     with rasterio.open(path) as src:
         data, transform, nodata = src.read(), src.transform, src.nodata
     path.unlink()
-    write_raster(path, change(data), nodata, transform)
+    write_geotiff(path, change(data), nodata=nodata, transform=transform, crs="EPSG:2154")
 
 
 def float_images(nan_in: str | None):
@@ -189,8 +180,8 @@ def class_rasters(folder: Path):
     ref = stripes(64)[None]
     pred = ref.copy()
     pred[pred == 2] = 255
-    write_raster(folder / "ref.tif", ref, nodata=255)
-    write_raster(folder / "pred.tif", pred, nodata=255)
+    write_on_grid(folder / "ref.tif", ref, nodata=255)
+    write_on_grid(folder / "pred.tif", pred, nodata=255)
 
 
 def dead_litter(rel: str):
@@ -214,7 +205,7 @@ def flairhub_tree(folder: Path):
                            ("AERIAL_LABEL-COSIA", np.zeros((1, 32, 32), np.uint8))):
         path = root / f"D012-2019_{modality}" / "AF-S1-27" / f"D012-2019_{modality}_{stem}.tif"
         path.parent.mkdir(parents=True)
-        write_raster(path, data)
+        write_on_grid(path, data)
     (root / "lists").mkdir()
     (root / "lists" / "train.csv").write_text("patch_id\n../../../elsewhere/D012-2019_AERIAL_RGBI_AF-S1-27_0-0.tif\n")
 

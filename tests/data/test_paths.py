@@ -4,9 +4,9 @@ import os
 
 import pytest
 
+from caswit_geo.core.errors import DatasetError
 from caswit_geo.data.flairhub_splits import read_id_list
 from caswit_geo.data.paths import resolve_entry
-from caswit_geo.core.errors import DatasetError
 
 
 @pytest.mark.parametrize(

@@ -4,15 +4,15 @@ import json
 
 import numpy as np
 import pytest
-import rasterio
 import torch
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from caswit_geo.data import Augment, build_dataset, load_tiles_meta
 from caswit_geo.core.errors import DatasetError
-from caswit_geo.geo.context import area_downsample
 from caswit_geo.core.spec import InputSpec
+from caswit_geo.data import Augment, build_dataset, load_tiles_meta
+from caswit_geo.geo.context import area_downsample
+from tests.helpers import write_geotiff
 
 T = 32
 CLASSES = {
@@ -28,13 +28,6 @@ IMAGES = {  # name: (width, height, crs, transform)
 }
 
 
-def write(path, data, crs, transform, nodata=None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=data.dtype, crs=crs, transform=transform, nodata=nodata) as dst:
-        dst.write(data)
-
-
 def make_root(root, splits=True, seed=0):
     rng = np.random.default_rng(seed)
     data = {}
@@ -42,8 +35,8 @@ def make_root(root, splits=True, seed=0):
         img = rng.integers(1, 256, (3, h, w), dtype=np.uint8)
         lab = rng.integers(0, 3, (h, w), dtype=np.uint8)
         lab[:3] = 255
-        write(root / "images" / f"{name}.tif", img, crs, transform)
-        write(root / "labels" / f"{name}.tif", lab[None], crs, transform)
+        write_geotiff(root / "images" / f"{name}.tif", img, crs=crs, transform=transform)
+        write_geotiff(root / "labels" / f"{name}.tif", lab[None], crs=crs, transform=transform)
         data[name] = (img, lab)
     (root / "classes.json").write_text(json.dumps(CLASSES))
     if splits:
@@ -106,7 +99,7 @@ def test_image_nodata_is_ignored(tmp_path):
     w, h, crs, transform = IMAGES["south"]
     img = np.full((3, h, w), 50, np.uint8)
     img[:, 10:20, 5:15] = 0
-    write(tmp_path / "images" / "south.tif", img, crs, transform, nodata=0)
+    write_geotiff(tmp_path / "images" / "south.tif", img, crs=crs, transform=transform, nodata=0)
     ds = build_dataset("tiles", tmp_path, "test", spec())
     _, _, label, _, _ = ds.read(0)
     assert (label[10:20, 5:15] == 255).all() and (label[3:10] != 255).all()
@@ -137,7 +130,8 @@ def test_label_mismatch(tmp_path, change, message):
     make_root(tmp_path)
     w, h, crs, transform = IMAGES["south"]
     kw = dict(width=w, crs=crs, transform=transform) | change
-    write(tmp_path / "labels" / "south.tif", np.zeros((1, h, kw["width"]), np.uint8), kw["crs"], kw["transform"])
+    write_geotiff(tmp_path / "labels" / "south.tif", np.zeros((1, h, kw["width"]), np.uint8), crs=kw["crs"],
+                  transform=kw["transform"])
     with pytest.raises(DatasetError, match=message):
         build_dataset("tiles", tmp_path, "test", spec())
 
@@ -153,7 +147,7 @@ def test_bad_files(tmp_path):
     assert ds.image_ids() == ["north"]
     assert (ds.coverage.requested, ds.coverage.used, ds.coverage.missing) == (2, 1, ("missing",))
     w, h, crs, transform = IMAGES["south"]
-    write(tmp_path / "labels" / "south.tif", np.full((1, h, w), 7, np.uint8), crs, transform)
+    write_geotiff(tmp_path / "labels" / "south.tif", np.full((1, h, w), 7, np.uint8), crs=crs, transform=transform)
     ds = build_dataset("tiles", tmp_path, "test", spec())
     with pytest.raises(DatasetError, match="south.tif: label value 7 is not a class id 0..2"):
         ds[0]

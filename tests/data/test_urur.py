@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from caswit_geo.data import build_dataset
 from caswit_geo.core.errors import DatasetError
 from caswit_geo.core.spec import InputSpec
+from caswit_geo.data import build_dataset
 
 T = 32
 W, H = 96, 80  # stand-in for 5120 x 5120: the last tile row is partial

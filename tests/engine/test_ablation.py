@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from caswit_geo.model.checkpoint import read_checkpoint, read_meta
+from caswit_geo.core.errors import ConfigError
 from caswit_geo.engine.ablation import (
     VARIANTS,
     AblationConfig,
@@ -16,7 +16,7 @@ from caswit_geo.engine.ablation import (
     parse_seeds,
     run_ablation,
 )
-from caswit_geo.core.errors import ConfigError
+from caswit_geo.model.checkpoint import read_checkpoint, read_meta
 from caswit_geo.synthetic import SyntheticConfig, generate_dataset
 
 

@@ -25,19 +25,16 @@ from caswit_geo.geo.lowres import (
     prepass_supported,
     sum_dtype,
 )
+from tests.helpers import write_geotiff
 
 RES = 0.2
 ORIGIN = (600_000.0, 6_800_000.0)
 
 
-def write_raster(path, data, nodata=None, dtype=None):
-    c, h, w = data.shape
-    with rasterio.open(
-        path, "w", driver="GTiff", width=w, height=h, count=c, dtype=dtype or data.dtype,
-        crs="EPSG:2154", transform=Affine(RES, 0, ORIGIN[0], 0, -RES, ORIGIN[1]), nodata=nodata,
-    ) as dst:
-        dst.write(data)
-    return path
+def write_raster(path, data, nodata=None):
+    """``data`` on this module's grid: Lambert-93, RES m pixels from ORIGIN."""
+    return write_geotiff(path, data, crs="EPSG:2154", transform=Affine(RES, 0, ORIGIN[0], 0, -RES, ORIGIN[1]),
+                         nodata=nodata)
 
 
 def brute_force(data, valid, window, factor):
@@ -96,12 +93,8 @@ def test_lr_context_equals_gdal_average(tmp_path, factor):
     pad = factor * tile
     padded = np.zeros((3, height + 2 * pad, width + 2 * pad), np.float32)
     padded[:, pad : pad + height, pad : pad + width] = data
-    with rasterio.open(
-        tmp_path / "padded.tif", "w", driver="GTiff", width=padded.shape[2], height=padded.shape[1], count=3,
-        dtype="float32", crs="EPSG:2154",
-        transform=Affine(RES, 0, ORIGIN[0] - pad * RES, 0, -RES, ORIGIN[1] + pad * RES),
-    ) as dst:
-        dst.write(padded)
+    write_geotiff(tmp_path / "padded.tif", padded, crs="EPSG:2154",
+                  transform=Affine(RES, 0, ORIGIN[0] - pad * RES, 0, -RES, ORIGIN[1] + pad * RES))
     with rasterio.open(path) as src, rasterio.open(tmp_path / "padded.tif") as ref:
         for _, _, window in TileGrid(width, height, tile).windows():
             _, lr, _ = read_tile_and_context(src, window, [1, 2, 3], factor)
@@ -168,7 +161,7 @@ def test_prepass_not_supported_when_stride_not_multiple_of_factor():
     assert not prepass_supported(48, 48, 5)
     assert not prepass_supported(32, 31, 2)
     assert prepass_supported(48, 48, 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="stride 31 / tile 32 cannot use the x2 pre-pass"):
         plan_lowres(_FakeSrc(), [1], TileGrid(100, 100, 32, 1), 2, "unused")
 
 

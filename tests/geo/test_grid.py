@@ -27,7 +27,7 @@ def test_tile_offsets_table(length, tile, stride, expected):
 
 @pytest.mark.parametrize("length, tile, stride", [(0, 128, 128), (10, 0, 1), (10, 8, 9), (10, 8, 0)])
 def test_tile_offsets_rejects_bad_tiling(length, tile, stride):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=f"bad tiling: length={length}, tile={tile}, stride={stride}"):
         tile_offsets(length, tile, stride)
 
 
@@ -92,7 +92,7 @@ def test_context_window_is_centred_and_k_times_larger(factor, col, row):
 
 
 def test_context_window_rejects_uncentrable_tile():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="a 65x65 tile has no centred x2 context window"):
         context_window(Window(0, 0, 65, 65), 2)
 
 

@@ -1,37 +1,29 @@
 """Input validation, dataset masks, the mosaic VRT (geo/mosaic.py, masks.py) and the class-raster writer."""
 
 import os
+from functools import partial
 
 import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from caswit_geo.core.errors import InputError, OutputError
+from caswit_geo.core.spec import ClassInfo, ClassTable
 from caswit_geo.geo.class_raster import AtomicRasterWriter, class_description, overview_factors, read_pam_categories
 from caswit_geo.geo.masks import valid_mask
 from caswit_geo.geo.mosaic import describe_raster, expand_inputs, open_mosaic
 from caswit_geo.safeio.outputs import OutputSet
-from caswit_geo.core.spec import ClassInfo, ClassTable
+from tests.helpers import write_on_grid
 
 RES = 0.5
 X0, Y0 = 700_000.0, 6_600_000.0
 
 
-def write(path, data, *, col=0, row=0, nodata=None, crs="EPSG:2154", res=RES, alpha=False, mask=None):
-    c, h, w = data.shape
-    profile = dict(driver="GTiff", width=w, height=h, count=c, dtype=data.dtype, crs=crs,
-                   transform=Affine(res, 0, X0 + col * RES, 0, -res, Y0 - row * RES), nodata=nodata)
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(data)
-            if alpha:
-                dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha][:c]
-            if mask is not None:
-                dst.write_mask(mask.astype(np.uint8) * 255)
-    return path
+# rasters on this module's grid: RES m pixels from (X0, Y0); col and row count pixels of the raster's own res
+write = partial(write_on_grid, res=RES, x0=X0, y0=Y0)
 
 
 def rgb(h, w, seed=0, low=1):
@@ -160,12 +152,12 @@ def test_overlapping_files_composite_through_masks(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(crs="EPSG:32631"), "differ in CRS"),
-    (dict(res=0.25), "differ in pixel size"),
+    (dict(crs="EPSG:32631", col=10), "differ in CRS"),
+    (dict(res=0.25, col=20), "differ in pixel size"),  # b.tif starts 5 m east, where a.tif ends
 ])
 def test_mosaic_rejects_mixed_crs_or_resolution(tmp_path, kwargs, message):
     write(tmp_path / "a.tif", rgb(10, 10))
-    write(tmp_path / "b.tif", rgb(10, 10), col=10, **kwargs)
+    write(tmp_path / "b.tif", rgb(10, 10), **kwargs)
     with pytest.raises(InputError, match=message):
         open_mosaic([tmp_path / "a.tif", tmp_path / "b.tif"], [1, 2, 3])
 

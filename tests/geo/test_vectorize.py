@@ -9,8 +9,9 @@ from affine import Affine
 from rasterio.features import rasterize
 
 from caswit_geo.core.errors import OutputError
-from caswit_geo.geo.vectorize import polygonize, sieve_raster, vector_format, vectorize
 from caswit_geo.core.spec import ClassInfo, ClassTable
+from caswit_geo.geo.vectorize import polygonize, sieve_raster, vector_format, vectorize
+from tests.helpers import write_geotiff
 
 RES = 0.5
 TRANSFORM = Affine(RES, 0, 700_000.0, 0, -RES, 6_600_000.0)
@@ -38,9 +39,7 @@ def class_raster(path, h=120, w=150, seed=0, nodata_corner=True, crs="EPSG:2154"
     arr[rng.integers(0, h, 30), rng.integers(0, w, 30)] = 3
     if nodata_corner:
         arr[: h // 4, : w // 5] = 255
-    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=1, dtype="uint8", crs=crs,
-                       transform=TRANSFORM, nodata=255, tiled=True, blockxsize=64, blockysize=64) as dst:
-        dst.write(arr, 1)
+    write_geotiff(path, arr, crs=crs, transform=TRANSFORM, nodata=255, tiled=True, blockxsize=64, blockysize=64)
     return arr
 
 
@@ -131,9 +130,7 @@ def test_geographic_crs_areas_in_square_metres(tmp_path):
     arr = np.zeros((10, 10), np.uint8)
     arr[:, 5:] = 1
     t = Affine(0.001, 0, 2.0, 0, -0.001, 45.0)
-    with rasterio.open(tmp_path / "g.tif", "w", driver="GTiff", width=10, height=10, count=1, dtype="uint8",
-                       crs="EPSG:4326", transform=t, nodata=255) as dst:
-        dst.write(arr, 1)
+    write_geotiff(tmp_path / "g.tif", arr, crs="EPSG:4326", transform=t, nodata=255)
     gdf = polygonize(tmp_path / "g.tif", CLASSES)
     # 0.005 deg x 0.01 deg at 45 N: about 394 m x 1112 m
     assert gdf.area_m2.sum() == pytest.approx(2 * 0.005 * 0.01 * 111_320 * np.cos(np.radians(45)) * 111_132,

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 import caswit_geo
-from caswit_geo.model.checkpoint import load_weights_file, read_meta
 from caswit_geo.core.errors import CheckpointError
 from caswit_geo.core.spec import ClassInfo, ClassTable, InputSpec
+from caswit_geo.model.checkpoint import load_weights_file, read_meta
 
 
 @pytest.fixture
@@ -150,9 +150,10 @@ def test_pretrain_checkpoint_round_trip(tmp_path):
 def test_checkpoint_made_before_the_swin_fields_keeps_its_behaviour():
     # The shipped demo weights predate swin_windows / stage_norms: they must run as they were trained,
     # i.e. exactly as stock timm Swin stages (timm's window layout, no stage norms) + fusion + UPerNet.
+    from pathlib import Path
+
     import timm
     import torch.nn.functional as F
-    from pathlib import Path
 
     from caswit_geo.model.checkpoint import read_checkpoint
     from caswit_geo.model.swin_windows import PadThenShiftBlock
@@ -192,8 +193,8 @@ def test_every_field_a_checkpoint_sets_declares_its_bounds():
     from dataclasses import dataclass, fields
 
     from caswit_geo.core.limits import check_fields
-    from caswit_geo.model.caswit import CaswitConfig
     from caswit_geo.core.spec import ClassInfo
+    from caswit_geo.model.caswit import CaswitConfig
 
     for cls in (CaswitConfig, InputSpec, ClassInfo):
         assert all("check" in f.metadata for f in fields(cls)), cls.__name__
@@ -255,8 +256,9 @@ def test_save_refuses_a_class_table_that_does_not_name_every_output(tmp_path, mo
 
 
 def test_shapes_are_checked_before_any_tensor_is_read(tmp_path, model, monkeypatch):
-    import caswit_geo.model.tensor_files as tensor_files
     from safetensors import safe_open
+
+    import caswit_geo.model.tensor_files as tensor_files
 
     path = caswit_geo.save_checkpoint(model, tmp_path / "m.safetensors")
     with safe_open(str(path), "pt") as f:

@@ -6,7 +6,7 @@ import torch
 
 import caswit_geo
 from caswit_geo.core.errors import ConfigError
-from caswit_geo.model import CASWiT, MODEL_CONFIGS, get_config, parse_fusion_stages
+from caswit_geo.model import MODEL_CONFIGS, CASWiT, get_config, parse_fusion_stages
 from caswit_geo.model.encoder import SwinEncoder
 
 
@@ -106,9 +106,9 @@ def test_parse_fusion_stages():
     assert parse_fusion_stages("all") == (1, 2, 3, 4)
     assert parse_fusion_stages("4,1") == (1, 4)
     assert parse_fusion_stages(4) == (4,)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"fusion stages must be among 1\.\.4, got \[5\]"):
         parse_fusion_stages("5")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="fusion stages must be none, all or a list like 1,4; got 'first'"):
         parse_fusion_stages("first")
 
 

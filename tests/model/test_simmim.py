@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import caswit_geo
-from caswit_geo.model.checkpoint import load_pretrained_backbone
 from caswit_geo.core.errors import CheckpointError
 from caswit_geo.model import get_config
+from caswit_geo.model.checkpoint import load_pretrained_backbone
 from caswit_geo.model.simmim import CaswitSimMIM, MaskGenerator
 
 

@@ -14,6 +14,7 @@ import caswit_geo
 from caswit_geo.model.caswit import CaswitConfig
 from caswit_geo.model.encoder import SwinEncoder
 from caswit_geo.model.swin_windows import PadThenShiftBlock
+from tests.helpers import make_tiles_root, nano_train_config, stripes
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -128,10 +129,8 @@ def test_named_models_are_new_and_stored_configs_without_the_fields_are_legacy()
 def test_runs_continued_from_older_checkpoints_keep_their_behaviour(tmp_path):
     from pathlib import Path
 
-    from tests.engine.train.test_train import make_tiles_root, nano_config, stripes
-
-    from caswit_geo.model.checkpoint import stored_behaviour
     from caswit_geo.engine.train.training import train
+    from caswit_geo.model.checkpoint import stored_behaviour
     from caswit_geo.model.simmim import CaswitSimMIM
 
     shipped = Path(__file__).resolve().parents[2] / "weights" / "caswit-nano-synthetic.safetensors"
@@ -141,6 +140,6 @@ def test_runs_continued_from_older_checkpoints_keep_their_behaviour(tmp_path):
     old = caswit_geo.model.get_config("caswit-nano", num_classes=1, swin_windows="shift-then-pad", stage_norms=False)
     pretrained = caswit_geo.save_checkpoint(CaswitSimMIM(old), tmp_path / "old-ssl.safetensors")
     root = make_tiles_root(tmp_path / "data", {"a": stripes(), "b": stripes()[::-1].copy()})
-    result = train(nano_config(root, tmp_path / "run", init=pretrained))
+    result = train(nano_train_config(root, tmp_path / "run", init=pretrained))
     assert result.model.config.swin_windows == "shift-then-pad" and not result.model.config.stage_norms
     assert result.init_report.startswith("loaded")

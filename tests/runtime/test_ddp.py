@@ -11,8 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from caswit_geo.model.checkpoint import read_checkpoint
-
-from tests.engine.train.test_train import brute_force_miou, make_tiles_root, stripes
+from tests.helpers import brute_force_miou, make_tiles_root, stripes
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -30,7 +29,7 @@ def test_two_processes_hold_identical_weights_after_training(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     rank0, rank1 = load_file(str(weights / "rank0.safetensors")), load_file(str(weights / "rank1.safetensors"))
-    assert rank0.keys() == rank1.keys()
+    assert rank0 and rank0.keys() == rank1.keys()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # parameters and BatchNorm statistics
     saved, _ = read_checkpoint(run_dir / "last.safetensors")
     assert all(torch.equal(saved[k], rank0[k]) for k in rank0)

@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 import caswit_geo
-from caswit_geo.runtime import precision as precision_module
-from caswit_geo.engine.train.config import make_config
-from caswit_geo.engine.predict import PredictConfig, predict
-from caswit_geo.engine.train.training import TrainConfig
 from caswit_geo.core.errors import ConfigError
 from caswit_geo.engine.evaluate.metrics import ConfusionMatrix, iou_per_class
+from caswit_geo.engine.predict import PredictConfig, predict
+from caswit_geo.engine.train.config import make_config
+from caswit_geo.engine.train.training import TrainConfig
+from caswit_geo.model.weights import weights_dir
+from caswit_geo.runtime import precision as precision_module
 from caswit_geo.runtime.precision import (
     MIN_BF16_WIDTH,
     CpuFeatures,
@@ -26,7 +27,6 @@ from caswit_geo.runtime.precision import (
     prepare_inference,
     resolve_precision,
 )
-from caswit_geo.model.weights import weights_dir
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 AMX = CpuFeatures(amx_bf16=True, avx512_bf16=True)

@@ -6,20 +6,18 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from caswit_geo.safeio.files import rename_noreplace
-from caswit_geo.safeio.liveness import owner_alive, process_token
-from caswit_geo.safeio.sweep import hold_folder, sweep_stale
-from caswit_geo.safeio.writes import write_text
-
+from caswit_geo.core.errors import OutputError
 from caswit_geo.safeio import claims
 from caswit_geo.safeio import outputs as outputs_module
-from caswit_geo.core.errors import OutputError
+from caswit_geo.safeio.files import rename_noreplace
+from caswit_geo.safeio.liveness import owner_alive, process_token
 from caswit_geo.safeio.outputs import OutputSet
+from caswit_geo.safeio.sweep import sweep_stale
+from caswit_geo.safeio.writes import write_text
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -31,6 +31,9 @@ from caswit_geo.synthetic import (
     ROAD,
     WATER,
     SyntheticConfig,
+)
+from caswit_geo.synthetic import dataset as dataset_module
+from caswit_geo.synthetic import (
     generate_dataset,
     generate_scene,
     mosaic_transform,
@@ -39,7 +42,6 @@ from caswit_geo.synthetic import (
     synthetic_classes,
     write_sample_mosaic,
 )
-from caswit_geo.synthetic import dataset as dataset_module
 
 # Seeds whose 768 px scene holds both parks and meadows (asserted where used).
 BOTH_SEEDS = (1, 2)

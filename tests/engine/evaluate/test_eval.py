@@ -10,11 +10,11 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 import caswit_geo
-from caswit_geo.cli import main
-from caswit_geo.engine.evaluate.evaluation import EvalConfig, evaluate, evaluate_rasters
 from caswit_geo.core.errors import InputError
-from caswit_geo.engine.evaluate.metrics import BoundaryStats
 from caswit_geo.core.spec import ClassInfo, ClassTable, InputSpec, flairhub_classes, urur_classes
+from caswit_geo.engine.evaluate.evaluation import EvalConfig, evaluate, evaluate_rasters
+from caswit_geo.engine.evaluate.metrics import BoundaryStats
+from tests.helpers import run_cli, write_geotiff
 
 T = 64
 CLASSES = ClassTable([ClassInfo(0, "building", (200, 0, 0)), ClassInfo(1, "road", (90, 90, 90)), ClassInfo(2, "trees", (0, 120, 0))])
@@ -22,14 +22,6 @@ IMAGES = {
     "east": (150, 90, CRS.from_epsg(32631), from_origin(500_000, 5_000_000, 0.5, 0.5)),
     "west": (64, 64, CRS.from_epsg(2154), from_origin(650_000, 6_860_000, 0.2, 0.2)),
 }
-
-
-def write(path, data, crs=None, transform=None, nodata=None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    kw = {} if crs is None else dict(crs=crs, transform=transform)
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[-1], height=data.shape[-2], count=data.shape[0],
-                       dtype=data.dtype, nodata=nodata, **kw) as dst:
-        dst.write(data)
 
 
 def checkpoint(path, num_classes, classes, tile):
@@ -46,8 +38,8 @@ def tiles_root(tmp_path_factory):
         img = np.stack([(xx * 3) % 256, (yy * 5) % 256, ((xx + yy) * 2) % 256]).astype(np.uint8)
         lab = ((xx // 20 + yy // 15) % 3).astype(np.uint8)
         lab[rng.random((h, w)) < 0.05] = 255
-        write(root / "images" / f"{name}.tif", img, crs, transform)
-        write(root / "labels" / f"{name}.tif", lab[None], crs, transform)
+        write_geotiff(root / "images" / f"{name}.tif", img, crs=crs, transform=transform)
+        write_geotiff(root / "labels" / f"{name}.tif", lab[None], crs=crs, transform=transform)
     (root / "classes.json").write_text(json.dumps(CLASSES.to_dict() | {"weights": None}))
     (root / "splits").mkdir()
     (root / "splits" / "test.txt").write_text("east\nwest\n")
@@ -72,13 +64,6 @@ def brute(pairs, ids):
         correct += np.sum(ok & (lab == pred))
         total += ok.sum()
     return iou, f1, correct / total
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def test_eval_cli_tiles_end_to_end(tiles_root, tmp_path, capsys):
@@ -141,10 +126,11 @@ def test_eval_flairhub_engine_per_patch(tmp_path):
             t = from_origin(650_000 + c * p * gsd, 6_860_000 - r * p * gsd, gsd, gsd)
             stem = f"AA-S1-V18_{r}-{c}"
             lab = np.kron(rng.integers(0, 19, (4, 4)), np.ones((8, 8), int)).astype(np.uint8)
-            write(tmp_path / "D024047-2021_AERIAL_RGBI" / "AA-S1-V18" / f"D024047-2021_AERIAL_RGBI_{stem}.tif",
-                  rng.integers(0, 256, (4, p, p), dtype=np.uint8), CRS.from_epsg(2154), t)
-            write(tmp_path / "D024047-2021_AERIAL_LABEL-COSIA" / "AA-S1-V18" / f"D024047-2021_AERIAL_LABEL-COSIA_{stem}.tif",
-                  lab[None], CRS.from_epsg(2154), t)
+            write_geotiff(tmp_path / "D024047-2021_AERIAL_RGBI" / "AA-S1-V18" / f"D024047-2021_AERIAL_RGBI_{stem}.tif",
+                          rng.integers(0, 256, (4, p, p), dtype=np.uint8), crs=CRS.from_epsg(2154), transform=t)
+            write_geotiff(
+                tmp_path / "D024047-2021_AERIAL_LABEL-COSIA" / "AA-S1-V18" / f"D024047-2021_AERIAL_LABEL-COSIA_{stem}.tif",
+                lab[None], crs=CRS.from_epsg(2154), transform=t)
             labels[f"D024047-2021_AA-S1-V18_{r}-{c}"] = (lab, t)
     ckpt = checkpoint(tmp_path / "nano.safetensors", 19, flairhub_classes(), p)
     res = evaluate(EvalConfig("flairhub", tmp_path, ckpt, split="all", device="cpu", workers=0, batch_size=3,
@@ -188,8 +174,8 @@ def test_pred_ref_hand_computed(tmp_path, capsys):
     ref[0, 2:4, 2:4] = 1
     pred[0, 2:4, 3:5] = 1
     crs, t = CRS.from_epsg(2154), from_origin(650_000, 6_860_000, 0.2, 0.2)
-    write(tmp_path / "ref.tif", ref, crs, t)
-    write(tmp_path / "pred.tif", pred, crs, t)
+    write_geotiff(tmp_path / "ref.tif", ref, crs=crs, transform=t)
+    write_geotiff(tmp_path / "pred.tif", pred, crs=crs, transform=t)
     (tmp_path / "classes.json").write_text(json.dumps({"classes": [{"id": 0, "name": "ground", "color": [0, 0, 0]},
                                                                    {"id": 1, "name": "roof", "color": [255, 0, 0]}]}))
     res = evaluate_rasters(tmp_path / "pred.tif", tmp_path / "ref.tif", classes=tmp_path / "classes.json", tile_size=6)
@@ -211,8 +197,8 @@ def test_pred_ref_without_classes_and_with_nodata(tmp_path):
     crs, t = CRS.from_epsg(32631), from_origin(500_000, 5_000_000, 1, 1)
     ref = np.array([[[0, 1, 2, 2], [3, 3, 1, 1]]], np.uint8)  # 0 = nodata
     pred = np.array([[[2, 1, 2, 1], [3, 255, 1, 1]]], np.uint8)
-    write(tmp_path / "ref.tif", ref, crs, t, nodata=0)
-    write(tmp_path / "pred.tif", pred, crs, t, nodata=255)
+    write_geotiff(tmp_path / "ref.tif", ref, crs=crs, transform=t, nodata=0)
+    write_geotiff(tmp_path / "pred.tif", pred, crs=crs, transform=t, nodata=255)
     with pytest.raises(InputError, match=r"pred.tif: 1 of the 7 pixels the reference labels have no prediction"):
         evaluate_rasters(tmp_path / "pred.tif", tmp_path / "ref.tif")  # a gap is an error by default
     res = evaluate_rasters(tmp_path / "pred.tif", tmp_path / "ref.tif", allow_gaps=True)
@@ -240,7 +226,7 @@ def test_pred_ref_without_classes_and_with_nodata(tmp_path):
 )
 def test_pred_ref_errors_are_one_line(tmp_path, capsys, change, message):
     crs, t = CRS.from_epsg(2154), from_origin(650_000, 6_860_000, 0.2, 0.2)
-    write(tmp_path / "ref.tif", np.zeros((1, 4, 4), np.uint8), crs, t)
+    write_geotiff(tmp_path / "ref.tif", np.zeros((1, 4, 4), np.uint8), crs=crs, transform=t)
     data, pcrs, pt = np.zeros((1, 4, 4), np.uint8), crs, t
     if change == "size":
         data = np.zeros((1, 4, 5), np.uint8)
@@ -252,7 +238,7 @@ def test_pred_ref_errors_are_one_line(tmp_path, capsys, change, message):
         data = np.zeros((2, 4, 4), np.uint8)
     elif change == "value":
         data[0, 1, 1] = 7
-    write(tmp_path / "pred.tif", data, pcrs, pt)
+    write_geotiff(tmp_path / "pred.tif", data, crs=pcrs, transform=pt)
     if change == "missing":
         (tmp_path / "pred.tif").unlink()
     elif change == "garbage":

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from caswit_geo.core.spec import ClassInfo, ClassTable
 from caswit_geo.engine.evaluate.metrics import (
     BoundaryStats,
     ConfusionMatrix,
@@ -15,7 +16,6 @@ from caswit_geo.engine.evaluate.metrics import (
     generic_protocol,
     urur_protocol,
 )
-from caswit_geo.core.spec import ClassInfo, ClassTable
 
 
 def brute_scores(gt, pred, eval_ids, zero_nan):

@@ -14,17 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-import caswit_geo
-from caswit_geo.safeio.liveness import MARK, live_owners
-from caswit_geo.cli import main
-from caswit_geo.engine.predict import PredictConfig, predict
+from caswit_geo.engine.predict import PredictConfig
 from caswit_geo.engine.predict import finalize as finalize_module
-from caswit_geo.core.spec import InputSpec
-
+from caswit_geo.engine.predict import predict
+from caswit_geo.safeio.liveness import MARK, live_owners
+from tests.helpers import PREDICT_CLASSES, rgb_image, run_cli, save_nano_checkpoint, write_on_grid
 from tests.hostile import REPO, Case, run_case
-from tests.engine.predict.test_predict import CLASSES, image, write
 
 T = 128
 _CHECKPOINTS: dict[str, bytes] = {}
@@ -45,10 +41,7 @@ def checkpoint(folder: Path, name: str = "nano.safetensors", seed: int = 0) -> P
     """A caswit-nano checkpoint (built once per seed, copied into the case folder)."""
     key = f"{seed}"
     if key not in _CHECKPOINTS:
-        torch.manual_seed(seed)
-        model = caswit_geo.build_model("caswit-nano", num_classes=len(CLASSES))
-        tmp = folder / f".build-{seed}.safetensors"
-        caswit_geo.save_checkpoint(model, tmp, classes=CLASSES, input_spec=InputSpec(tile_size=T, gsd=0.2))
+        tmp = save_nano_checkpoint(folder / f".build-{seed}.safetensors", PREDICT_CLASSES, seed=seed)
         _CHECKPOINTS[key] = tmp.read_bytes()
         tmp.unlink()
     path = folder / name
@@ -57,7 +50,7 @@ def checkpoint(folder: Path, name: str = "nano.safetensors", seed: int = 0) -> P
 
 
 def inputs(folder: Path) -> None:
-    write(folder / "in.tif", image(256, 384, seed=3))
+    write_on_grid(folder / "in.tif", rgb_image(256, 384, seed=3))
     checkpoint(folder)
 
 
@@ -170,12 +163,6 @@ def _argv(folder: Path, *extra) -> list[str]:
     return [a.format(tmp=folder) for a in BASE] + [str(e) for e in extra]
 
 
-def _code(argv, capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    return exc.value.code, capsys.readouterr().err
-
-
 def test_5_a_preview_failure_leaves_no_output_and_the_job_to_finish(tmp_path, capsys, monkeypatch):
     inputs(tmp_path)
 
@@ -183,14 +170,15 @@ def test_5_a_preview_failure_leaves_no_output_and_the_job_to_finish(tmp_path, ca
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(finalize_module, "write_preview", no_space)
-    code, err = _code(_argv(tmp_path, "--preview", tmp_path / "map.png", "--confidence", tmp_path / "conf.tif"), capsys)
+    code, _, err = run_cli(_argv(tmp_path, "--preview", tmp_path / "map.png", "--confidence", tmp_path / "conf.tif"),
+                           capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert f"no space left on {tmp_path}" in err and "units are done and kept in" in err and "--resume" in err
     names = sorted(p.name for p in tmp_path.iterdir())
     assert "map.tif" not in names and "conf.tif" not in names and not [n for n in names if ".part" in n]
     assert ".map.tif.caswit-job" in names  # every unit is done: only the assembly is left
     monkeypatch.undo()
-    code, err = _code(_argv(tmp_path, "--resume", "--confidence", tmp_path / "conf.tif"), capsys)
+    code, _, err = run_cli(_argv(tmp_path, "--resume", "--confidence", tmp_path / "conf.tif"), capsys)
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conf.tif", "in.tif", "map.tif", "map.tif.aux.xml",
                                                           "nano.safetensors"]
@@ -205,7 +193,7 @@ def test_4_a_destination_that_appears_meanwhile_is_not_replaced(tmp_path, capsys
         real(source, dest, **kw)
 
     monkeypatch.setattr(finalize_module, "write_raster", someone_else_writes_it)
-    code, err = _code(_argv(tmp_path), capsys)
+    code, _, err = run_cli(_argv(tmp_path), capsys)
     assert code == 1 and "map.tif: appeared while this run worked; not replaced" in err
     assert (tmp_path / "map.tif").read_bytes() == b"another tool's map"
     assert not [p for p in tmp_path.iterdir() if ".part" in p.name or p.suffix == ".lock"]
@@ -235,5 +223,5 @@ def test_5_litter_of_a_dead_run_is_removed_and_a_live_run_s_is_not(tmp_path):
     predict(PredictConfig(inputs=[str(tmp_path / "in.tif")], out=str(tmp_path / "map.tif"),
                           weights=str(tmp_path / "nano.safetensors"), workers=0, progress=False))
     assert not any(p.exists() for p in litter)
-    assert all(p.exists() for p in live)  # the live run's temporary is untouched
+    assert live and all(p.exists() for p in live)  # the live run's temporary is untouched
     assert (tmp_path / "map.tif").exists()

@@ -4,72 +4,24 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 
 import numpy as np
 import pytest
 import rasterio
 import torch
-from affine import Affine
-from rasterio.enums import ColorInterp
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 import caswit_geo
-from caswit_geo.cli import main
+from caswit_geo.core.spec import InputSpec
+from caswit_geo.engine.predict import predict_probabilities
 from caswit_geo.engine.predict import units as predict_module
-from caswit_geo.engine.predict import PredictConfig, predict, predict_probabilities
 from caswit_geo.engine.predict.source import PredictTiles
-from caswit_geo.geo.grid import TileGrid, context_window
 from caswit_geo.geo.class_raster import read_pam_categories
+from caswit_geo.geo.grid import TileGrid, context_window
 from caswit_geo.geo.lowres import build_lowres
-from caswit_geo.core.spec import ClassInfo, ClassTable, InputSpec
+from tests.helpers import GSD, PREDICT_CLASSES, interrupt_forward_pass, rgb_image, run_cli, run_predict, write_on_grid
 
 T = 128  # caswit-nano tile size
-RES = 0.2
-X0, Y0 = 650_000.0, 6_860_000.0
-CLASSES = ClassTable([ClassInfo(0, "building", (219, 14, 154)), ClassInfo(1, "water", (21, 83, 174)),
-                      ClassInfo(2, "forest", (25, 74, 38)), ClassInfo(3, "field", (255, 243, 191))])
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    model = caswit_geo.build_model("caswit-nano", num_classes=len(CLASSES))
-    path = tmp_path_factory.mktemp("ckpt") / "nano.safetensors"
-    caswit_geo.save_checkpoint(model, path, classes=CLASSES, input_spec=InputSpec(tile_size=T, gsd=RES),
-                               source="test fixture")
-    return path
-
-
-def write(path, data, *, nodata=None, res=RES, col=0, row=0, crs="EPSG:2154", alpha=False, mask=None):
-    c, h, w = data.shape
-    transform = Affine(res, 0, X0 + col * res, 0, -res, Y0 - row * res) if crs else Affine.identity()
-    profile = dict(driver="GTiff", width=w, height=h, count=c, dtype=data.dtype, crs=crs, nodata=nodata,
-                   transform=transform)
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # crs=None: a raster in pixel coordinates
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(data)
-            if alpha:
-                dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
-            if mask is not None:
-                dst.write_mask(mask.astype(np.uint8) * 255)
-    return path
-
-
-def image(h, w, seed=0):
-    """Smooth-ish RGB so the random model sees structure, values 1..255 (0 is left for nodata)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(1, 256, (3, h // 16 + 1, w // 16 + 1))
-    big = np.kron(small, np.ones((1, 16, 16)))[:, :h, :w]
-    return np.clip(big + rng.integers(-20, 20, (3, h, w)), 1, 255).astype(np.uint8)
-
-
-def run(weights, inputs, out, **kw):
-    kw.setdefault("workers", 0)
-    kw.setdefault("progress", False)
-    return predict(PredictConfig(inputs=[str(i) for i in inputs], out=str(out), weights=str(weights), **kw))
 
 
 def read(path):
@@ -83,19 +35,19 @@ def read(path):
 @pytest.mark.parametrize("mask_kind", ["nodata", "alpha", "internal"])
 def test_output_raster_matches_input_grid_and_mask(tmp_path, weights, mask_kind):
     h, w = 300, 260  # not a multiple of the tile
-    data = image(h, w)
+    data = rgb_image(h, w)
     invalid = np.zeros((h, w), bool)
     invalid[:50, :70] = True
     invalid[200:, 250:] = True  # reaches the raster edge
     if mask_kind == "nodata":
         data[:, invalid] = 0
-        write(tmp_path / "in.tif", data, nodata=0)
+        write_on_grid(tmp_path / "in.tif", data, nodata=0)
     elif mask_kind == "alpha":
         alpha = np.where(invalid, 0, 255).astype(np.uint8)[None]
-        write(tmp_path / "in.tif", np.concatenate([data, alpha]), alpha=True)
+        write_on_grid(tmp_path / "in.tif", np.concatenate([data, alpha]), alpha=True)
     else:
-        write(tmp_path / "in.tif", data, mask=~invalid)
-    res = run(weights, [tmp_path / "in.tif"], tmp_path / "out.tif", confidence=tmp_path / "conf.tif")
+        write_on_grid(tmp_path / "in.tif", data, mask=~invalid)
+    res = run_predict(weights, [tmp_path / "in.tif"], tmp_path / "out.tif", confidence=tmp_path / "conf.tif")
     with rasterio.open(tmp_path / "in.tif") as src:
         in_mask = src.dataset_mask() > 0
         in_crs, in_transform = src.crs, src.transform
@@ -106,30 +58,30 @@ def test_output_raster_matches_input_grid_and_mask(tmp_path, weights, mask_kind)
         assert out.profile["tiled"] and out.compression is not None and out.overviews(1) == [2, 4]
         assert out.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"  # the default layout
         cmap = out.colormap(1)
-        assert all(cmap[c.id][:3] == c.color for c in CLASSES.classes)
+        assert all(cmap[c.id][:3] == c.color for c in PREDICT_CLASSES.classes)
         assert "2 forest" in out.descriptions[0]
         tags = out.tags()
         assert tags["CASWIT_MODEL"] == "caswit-nano" and tags["CASWIT_CHECKPOINT"] == "nano.safetensors"
         assert '"source": "test fixture"' in tags["CASWIT_METADATA"]
         assert tags["CASWIT_PRECISION"] == "fp32"  # auto: caswit-nano is too narrow for bf16 to pay
     assert res.precision.startswith("fp32 (auto: ")
-    assert read_pam_categories(tmp_path / "out.tif") == CLASSES.names
+    assert read_pam_categories(tmp_path / "out.tif") == PREDICT_CLASSES.names
     np.testing.assert_array_equal(cls == 255, ~in_mask)  # nodata exactly where the input is nodata
-    assert cls[in_mask].max() < len(CLASSES)
+    assert cls[in_mask].max() < len(PREDICT_CLASSES)
     conf = read(tmp_path / "conf.tif")[0]
     np.testing.assert_array_equal(conf == 255, ~in_mask)
     assert conf[in_mask].min() >= 25 and conf[in_mask].max() <= 100  # percent, >= 1/K
     assert res.tiles == 9 and res.context == "prepass"
     assert sum(res.class_pixels.values()) == in_mask.sum() and res.nodata_pixels == (~in_mask).sum()
-    assert sum(res.class_areas_m2.values()) == pytest.approx(in_mask.sum() * RES * RES)
+    assert sum(res.class_areas_m2.values()) == pytest.approx(in_mask.sum() * GSD * GSD)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conf.tif", "in.tif", "out.tif", "out.tif.aux.xml"]
 
 
 def test_all_nodata_tiles_are_skipped(tmp_path, weights):
-    data = image(256, 384)
+    data = rgb_image(256, 384)
     data[:, :, :256] = 0  # the two left tile columns are empty
-    write(tmp_path / "in.tif", data, nodata=0)
-    res = run(weights, [tmp_path / "in.tif"], tmp_path / "out.tif")
+    write_on_grid(tmp_path / "in.tif", data, nodata=0)
+    res = run_predict(weights, [tmp_path / "in.tif"], tmp_path / "out.tif")
     assert (res.tiles, res.tiles_run) == (6, 2)
     cls = read(tmp_path / "out.tif")[0]
     assert (cls[:, :256] == 255).all() and (cls[:, 256:] < 4).all()
@@ -137,8 +89,8 @@ def test_all_nodata_tiles_are_skipped(tmp_path, weights):
 
 def test_small_and_one_pixel_rasters(tmp_path, weights):
     for h, w in [(1, 1), (1, 200), (90, 1)]:
-        write(tmp_path / f"in{h}x{w}.tif", image(h, w))
-        res = run(weights, [tmp_path / f"in{h}x{w}.tif"], tmp_path / f"out{h}x{w}.tif")
+        write_on_grid(tmp_path / f"in{h}x{w}.tif", rgb_image(h, w))
+        res = run_predict(weights, [tmp_path / f"in{h}x{w}.tif"], tmp_path / f"out{h}x{w}.tif")
         cls, profile, _ = read(tmp_path / f"out{h}x{w}.tif")
         assert cls.shape == (h, w) and (cls < 4).all() and res.tiles == max(1, -(-w // T)) * max(1, -(-h // T))
 
@@ -148,7 +100,7 @@ def test_small_and_one_pixel_rasters(tmp_path, weights):
 
 def test_tile_depends_on_its_context_window_only(tmp_path, weights):
     h = w = 3 * T
-    base = image(h, w, seed=1)
+    base = rgb_image(h, w, seed=1)
     tile = Window(T, T, T, T)  # the centre tile
     ctx = context_window(tile, 2)  # (64, 64) .. (320, 320)
     outside = base.copy()
@@ -156,7 +108,8 @@ def test_tile_depends_on_its_context_window_only(tmp_path, weights):
     outside[:, 330:, 330:] = 7  # bottom-right corner, past the context window
     inside = base.copy()
     inside[:, 70:110, 70:110] = 255 - inside[:, 70:110, 70:110]  # in the context, outside the tile
-    paths = {n: write(tmp_path / f"{n}.tif", a) for n, a in (("base", base), ("outside", outside), ("inside", inside))}
+    paths = {n: write_on_grid(tmp_path / f"{n}.tif", a)
+             for n, a in (("base", base), ("outside", outside), ("inside", inside))}
 
     model, meta = caswit_geo.load_checkpoint(weights)
 
@@ -177,7 +130,7 @@ def test_tile_depends_on_its_context_window_only(tmp_path, weights):
     # end to end: the centre tile's output is identical when only outside pixels change
     outs = {}
     for name in ("base", "outside"):
-        run(weights, [paths[name]], tmp_path / f"{name}_cls.tif", confidence=tmp_path / f"{name}_conf.tif")
+        run_predict(weights, [paths[name]], tmp_path / f"{name}_cls.tif", confidence=tmp_path / f"{name}_conf.tif")
         outs[name] = (read(tmp_path / f"{name}_cls.tif")[0], read(tmp_path / f"{name}_conf.tif")[0])
     sl = (slice(T, 2 * T), slice(T, 2 * T))
     for a, b in zip(outs["base"], outs["outside"]):
@@ -185,9 +138,10 @@ def test_tile_depends_on_its_context_window_only(tmp_path, weights):
 
 
 def test_prepass_and_per_tile_context_give_the_same_map(tmp_path, weights):
-    write(tmp_path / "in.tif", image(200, 330, seed=4), nodata=0)
-    run(weights, [tmp_path / "in.tif"], tmp_path / "a.tif", confidence=tmp_path / "ac.tif")
-    res = run(weights, [tmp_path / "in.tif"], tmp_path / "b.tif", confidence=tmp_path / "bc.tif", lr_prepass=False)
+    write_on_grid(tmp_path / "in.tif", rgb_image(200, 330, seed=4), nodata=0)
+    run_predict(weights, [tmp_path / "in.tif"], tmp_path / "a.tif", confidence=tmp_path / "ac.tif")
+    res = run_predict(weights, [tmp_path / "in.tif"], tmp_path / "b.tif", confidence=tmp_path / "bc.tif",
+                      lr_prepass=False)
     assert res.context == "direct"
     np.testing.assert_array_equal(read(tmp_path / "a.tif")[0], read(tmp_path / "b.tif")[0])
     np.testing.assert_array_equal(read(tmp_path / "ac.tif")[0], read(tmp_path / "bc.tif")[0])
@@ -199,24 +153,24 @@ def test_prepass_and_per_tile_context_give_the_same_map(tmp_path, weights):
 def test_mosaic_of_files_equals_the_single_raster(tmp_path, weights):
     """The LR context crosses file borders: a 2 x 2 split predicts exactly like the whole."""
     h, w = 300, 270
-    data = image(h, w, seed=2)
+    data = rgb_image(h, w, seed=2)
     data[:, :20, :30] = 0
-    write(tmp_path / "whole.tif", data, nodata=0)
+    write_on_grid(tmp_path / "whole.tif", data, nodata=0)
     tiles_dir = tmp_path / "tiles"
     tiles_dir.mkdir()
     splits = [(0, 0, 140, 100), (0, 100, 140, 170), (140, 0, 160, 100), (140, 100, 160, 170)]  # row, col, h, w
     for r, c, th, tw in splits:
-        write(tiles_dir / f"t_{r}_{c}.tif", data[:, r : r + th, c : c + tw], nodata=0, col=c, row=r)
-    run(weights, [tmp_path / "whole.tif"], tmp_path / "whole_cls.tif")
+        write_on_grid(tiles_dir / f"t_{r}_{c}.tif", data[:, r : r + th, c : c + tw], nodata=0, col=c, row=r)
+    run_predict(weights, [tmp_path / "whole.tif"], tmp_path / "whole_cls.tif")
     whole = read(tmp_path / "whole_cls.tif")[0]
 
-    res = run(weights, [tiles_dir], tmp_path / "mosaic_cls.tif", workers=1)  # also the DataLoader-worker path
+    res = run_predict(weights, [tiles_dir], tmp_path / "mosaic_cls.tif", workers=1)  # also the DataLoader-worker path
     assert res.context == "prepass"
     np.testing.assert_array_equal(read(tmp_path / "mosaic_cls.tif")[0], whole)
 
     out_dir = tmp_path / "per_file"
     out_dir.mkdir()
-    res = run(weights, [tiles_dir / "t_*.tif"], out_dir, confidence=out_dir)
+    res = run_predict(weights, [tiles_dir / "t_*.tif"], out_dir, confidence=out_dir)
     names = sorted(p.name for p in out_dir.iterdir())
     assert names == sorted([f"t_{r}_{c}_{kind}.tif" for r, c, _, _ in splits for kind in ("landcover", "confidence")]
                            + [f"t_{r}_{c}_landcover.tif.aux.xml" for r, c, _, _ in splits])
@@ -229,10 +183,10 @@ def test_mosaic_of_files_equals_the_single_raster(tmp_path, weights):
 
 
 def test_mosaic_inputs_must_agree(tmp_path, weights):
-    write(tmp_path / "a.tif", image(64, 64))
-    write(tmp_path / "b.tif", image(64, 64), col=64, res=0.4)
+    write_on_grid(tmp_path / "a.tif", rgb_image(64, 64))
+    write_on_grid(tmp_path / "b.tif", rgb_image(64, 64), col=64, res=0.4)
     with pytest.raises(caswit_geo.core.errors.InputError, match="differ in pixel size"):
-        run(weights, [tmp_path / "a.tif", tmp_path / "b.tif"], tmp_path / "out.tif")
+        run_predict(weights, [tmp_path / "a.tif", tmp_path / "b.tif"], tmp_path / "out.tif")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif"]
 
 
@@ -240,28 +194,28 @@ def test_mosaic_inputs_must_agree(tmp_path, weights):
 
 
 def test_overlap_blending_is_independent_of_strip_width(tmp_path, weights):
-    write(tmp_path / "in.tif", image(250, 300, seed=5), nodata=0)
-    a = run(weights, [tmp_path / "in.tif"], tmp_path / "a.tif", overlap=64, confidence=tmp_path / "ac.tif")
-    b = run(weights, [tmp_path / "in.tif"], tmp_path / "b.tif", overlap=64, confidence=tmp_path / "bc.tif",
-            strip_width=128)  # three strips: tiles on strip borders are predicted twice
+    write_on_grid(tmp_path / "in.tif", rgb_image(250, 300, seed=5), nodata=0)
+    a = run_predict(weights, [tmp_path / "in.tif"], tmp_path / "a.tif", overlap=64, confidence=tmp_path / "ac.tif")
+    b = run_predict(weights, [tmp_path / "in.tif"], tmp_path / "b.tif", overlap=64, confidence=tmp_path / "bc.tif",
+                    strip_width=128)  # three strips: tiles on strip borders are predicted twice
     assert b.tiles > a.tiles
     np.testing.assert_array_equal(read(tmp_path / "a.tif")[0], read(tmp_path / "b.tif")[0])
     np.testing.assert_array_equal(read(tmp_path / "ac.tif")[0], read(tmp_path / "bc.tif")[0])
     cls = read(tmp_path / "a.tif")[0]
     assert (cls < 4).all()
     with pytest.raises(caswit_geo.core.errors.ConfigError, match="--overlap"):
-        run(weights, [tmp_path / "in.tif"], tmp_path / "c.tif", overlap=T)
+        run_predict(weights, [tmp_path / "in.tif"], tmp_path / "c.tif", overlap=T)
 
 
 # -- pixel size and CRS ----------------------------------------------------------------------------
 
 
 def test_pixel_size_warning_and_resample(tmp_path, weights):
-    write(tmp_path / "in.tif", image(100, 150), res=0.4)
+    write_on_grid(tmp_path / "in.tif", rgb_image(100, 150), res=0.4)
     with pytest.warns(UserWarning, match="differs from the model's 0.2 m"):
-        run(weights, [tmp_path / "in.tif"], tmp_path / "a.tif")
+        run_predict(weights, [tmp_path / "in.tif"], tmp_path / "a.tif")
     assert read(tmp_path / "a.tif")[0].shape == (100, 150)
-    res = run(weights, [tmp_path / "in.tif"], tmp_path / "b.tif", resample=True)
+    res = run_predict(weights, [tmp_path / "in.tif"], tmp_path / "b.tif", resample=True)
     with rasterio.open(tmp_path / "b.tif") as out, rasterio.open(tmp_path / "in.tif") as src:
         assert (out.width, out.height) == (300, 200)
         assert out.transform.a == pytest.approx(0.2) and out.bounds == pytest.approx(src.bounds)
@@ -271,32 +225,26 @@ def test_pixel_size_warning_and_resample(tmp_path, weights):
 
 
 def test_raster_without_crs_works_with_a_warning(tmp_path, weights):
-    write(tmp_path / "in.tif", image(100, 100), crs=None)
+    write_on_grid(tmp_path / "in.tif", rgb_image(100, 100), crs=None)
     with pytest.warns(UserWarning, match="no CRS"):
-        res = run(weights, [tmp_path / "in.tif"], tmp_path / "out.tif")
+        res = run_predict(weights, [tmp_path / "in.tif"], tmp_path / "out.tif")
     with rasterio.open(tmp_path / "out.tif") as out:
         assert out.crs is None and out.shape == (100, 100)
     assert res.class_areas_m2 is None
 
 
 def test_vector_output_with_the_raster(tmp_path, weights):
-    write(tmp_path / "in.tif", image(200, 200, seed=6))
-    res = run(weights, [tmp_path / "in.tif"], tmp_path / "out.tif", vector=tmp_path / "v.gpkg")
+    write_on_grid(tmp_path / "in.tif", rgb_image(200, 200, seed=6))
+    res = run_predict(weights, [tmp_path / "in.tif"], tmp_path / "out.tif", vector=tmp_path / "v.gpkg")
     import geopandas as gpd
 
     gdf = gpd.read_file(tmp_path / "v.gpkg")
     assert len(gdf) == res.vector_features > 0
     for name, px in res.class_pixels.items():
-        assert gdf.loc[gdf.class_name == name, "area_m2"].sum() == pytest.approx(px * RES * RES)
+        assert gdf.loc[gdf.class_name == name, "area_m2"].sum() == pytest.approx(px * GSD * GSD)
 
 
 # -- command line errors ---------------------------------------------------------------------------
-
-
-def _cli(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    return exc.value.code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case", [
@@ -305,7 +253,7 @@ def _cli(argv, capsys):
 ])
 def test_bad_inputs_give_one_line_and_no_file(tmp_path, weights, capsys, monkeypatch, case):
     monkeypatch.setenv("CASWIT_GEO_WEIGHTS_DIR", str(tmp_path / "none"))
-    good = write(tmp_path / "good.tif", image(40, 40))
+    good = write_on_grid(tmp_path / "good.tif", rgb_image(40, 40))
     inp, out, w = str(good), str(tmp_path / "out.tif"), ["--weights", str(weights)]
     expected = {
         "missing_input": "missing.tif: no such file",
@@ -325,9 +273,9 @@ def test_bad_inputs_give_one_line_and_no_file(tmp_path, weights, capsys, monkeyp
         inp = str(tmp_path / "notes.tif")
         (tmp_path / "notes.tif").write_text("hello")
     elif case == "too_few_bands":
-        inp = str(write(tmp_path / "two.tif", image(40, 40)[:2]))
+        inp = str(write_on_grid(tmp_path / "two.tif", rgb_image(40, 40)[:2]))
     elif case == "float_dtype":
-        inp = str(write(tmp_path / "f.tif", image(40, 40).astype(np.float32)))
+        inp = str(write_on_grid(tmp_path / "f.tif", rgb_image(40, 40).astype(np.float32)))
     elif case == "out_folder_missing":
         out = str(tmp_path / "nowhere" / "out.tif")
     elif case == "out_parent_is_file":
@@ -342,7 +290,7 @@ def test_bad_inputs_give_one_line_and_no_file(tmp_path, weights, capsys, monkeyp
     elif case == "exists":
         (tmp_path / "out.tif").write_bytes(b"old")
     before = sorted(p.name for p in tmp_path.iterdir())
-    code, err = _cli(["predict", inp, "--out", out, *w, "--quiet"], capsys)
+    code, _, err = run_cli(["predict", inp, "--out", out, *w, "--quiet"], capsys)
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("caswit-geo: error:") and expected in lines[0], err
@@ -371,28 +319,13 @@ def test_default_weights_from_registry(tmp_path, weights, monkeypatch):
 # -- interruption and overwrite ----------------------------------------------------------------------
 
 
-def interrupt_forward_pass(monkeypatch, n: int):
-    """Ctrl-C at predict's ``n``-th forward pass; returns (call counter, the real function)."""
-    calls = {"n": 0}
-    real = predict_module.predict_probabilities
-
-    def interrupted(*a, **kw):
-        calls["n"] += 1
-        if calls["n"] == n:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(predict_module, "predict_probabilities", interrupted)
-    return calls, real
-
-
 def test_interrupted_run_leaves_destination_untouched(tmp_path, weights, monkeypatch):
-    write(tmp_path / "in.tif", image(300, 300))
+    write_on_grid(tmp_path / "in.tif", rgb_image(300, 300))
     (tmp_path / "out.tif").write_bytes(b"old")
     calls, real = interrupt_forward_pass(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        run(weights, [tmp_path / "in.tif"], tmp_path / "out.tif", batch_size=2, overwrite=True,
-            confidence=tmp_path / "conf.tif", vector=tmp_path / "v.gpkg")
+        run_predict(weights, [tmp_path / "in.tif"], tmp_path / "out.tif", batch_size=2, overwrite=True,
+                    confidence=tmp_path / "conf.tif", vector=tmp_path / "v.gpkg")
     assert calls["n"] == 2
     assert (tmp_path / "out.tif").read_bytes() == b"old"
     # no output, no temporary, no lock: the job folder and its claims on the destinations stay
@@ -401,27 +334,27 @@ def test_interrupted_run_leaves_destination_untouched(tmp_path, weights, monkeyp
         "in.tif", "out.tif"]
     assert not [p for p in (tmp_path / ".out.tif.caswit-job").rglob("*") if ".part" in p.name or p.suffix == ".lock"]
     monkeypatch.setattr(predict_module, "predict_probabilities", real)
-    run(weights, [tmp_path / "in.tif"], tmp_path / "out.tif", batch_size=2, overwrite=True, resume=True,
-        confidence=tmp_path / "conf.tif", vector=tmp_path / "v.gpkg")
+    run_predict(weights, [tmp_path / "in.tif"], tmp_path / "out.tif", batch_size=2, overwrite=True, resume=True,
+                confidence=tmp_path / "conf.tif", vector=tmp_path / "v.gpkg")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conf.tif", "in.tif", "out.tif", "out.tif.aux.xml",
                                                           "v.gpkg"]
 
 
 def test_overwrite_replaces_only_when_asked(tmp_path, weights):
-    write(tmp_path / "in.tif", image(64, 64))
+    write_on_grid(tmp_path / "in.tif", rgb_image(64, 64))
     (tmp_path / "out.tif").write_bytes(b"old")
     (tmp_path / "out.tif.aux.xml").write_text("<PAMDataset/>")
     with pytest.raises(caswit_geo.core.errors.OutputError, match="exists"):
-        run(weights, [tmp_path / "in.tif"], tmp_path / "out.tif")
+        run_predict(weights, [tmp_path / "in.tif"], tmp_path / "out.tif")
     assert (tmp_path / "out.tif").read_bytes() == b"old"
-    run(weights, [tmp_path / "in.tif"], tmp_path / "out.tif", overwrite=True)
+    run_predict(weights, [tmp_path / "in.tif"], tmp_path / "out.tif", overwrite=True)
     assert read(tmp_path / "out.tif")[0].shape == (64, 64)
-    assert read_pam_categories(tmp_path / "out.tif") == CLASSES.names
+    assert read_pam_categories(tmp_path / "out.tif") == PREDICT_CLASSES.names
 
 
 @pytest.mark.slow
 def test_sigterm_midway_leaves_no_output(tmp_path, weights):
-    write(tmp_path / "in.tif", image(2048, 2048))
+    write_on_grid(tmp_path / "in.tif", rgb_image(2048, 2048))
     proc = subprocess.Popen(
         [sys.executable, "-c", "from caswit_geo.cli import main; main()", "predict", str(tmp_path / "in.tif"),
          "--out", str(tmp_path / "out.tif"), "--weights", str(weights), "--batch-size", "1", "--workers", "1"],
@@ -444,23 +377,23 @@ def test_sigterm_midway_leaves_no_output(tmp_path, weights):
 
 
 def test_single_stream_model_reads_no_context(tmp_path):
-    model = caswit_geo.build_model("swin-nano-upernet", num_classes=len(CLASSES))
-    ckpt = caswit_geo.save_checkpoint(model, tmp_path / "single.safetensors", classes=CLASSES,
-                                      input_spec=InputSpec(tile_size=T, gsd=RES))
-    write(tmp_path / "in.tif", image(100, 150))
-    res = run(ckpt, [tmp_path / "in.tif"], tmp_path / "out.tif")
+    model = caswit_geo.build_model("swin-nano-upernet", num_classes=len(PREDICT_CLASSES))
+    ckpt = caswit_geo.save_checkpoint(model, tmp_path / "single.safetensors", classes=PREDICT_CLASSES,
+                                      input_spec=InputSpec(tile_size=T, gsd=GSD))
+    write_on_grid(tmp_path / "in.tif", rgb_image(100, 150))
+    res = run_predict(ckpt, [tmp_path / "in.tif"], tmp_path / "out.tif")
     assert res.context == "none" and (read(tmp_path / "out.tif")[0] < 4).all()
 
 
 def test_per_file_outputs_of_a_resampled_mosaic(tmp_path, weights):
     tiles_dir = tmp_path / "tiles"
     tiles_dir.mkdir()
-    data = image(60, 100, seed=8)
-    write(tiles_dir / "a.tif", data[:, :, :50], res=0.4)
-    write(tiles_dir / "b.tif", data[:, :, 50:], res=0.4, col=50)
+    data = rgb_image(60, 100, seed=8)
+    write_on_grid(tiles_dir / "a.tif", data[:, :, :50], res=0.4)
+    write_on_grid(tiles_dir / "b.tif", data[:, :, 50:], res=0.4, col=50)
     out = tmp_path / "out"
     out.mkdir()
-    run(weights, [tiles_dir], out, resample=True)
+    run_predict(weights, [tiles_dir], out, resample=True)
     for name in ("a", "b"):
         with rasterio.open(out / f"{name}_landcover.tif") as o, rasterio.open(tiles_dir / f"{name}.tif") as src:
             assert (o.width, o.height) == (100, 120)  # the file's extent at the model's 0.2 m
@@ -471,10 +404,10 @@ def test_per_file_outputs_of_a_resampled_mosaic(tmp_path, weights):
 
 def test_batched_reads_equal_tile_reads(tmp_path):
     """Adjacent tiles of a row are read as one window: same tensors as tile by tile."""
-    data = image(300, 520, seed=9)
+    data = rgb_image(300, 520, seed=9)
     data[:, :, 300:] = 0
-    write(tmp_path / "in.tif", data, nodata=0)
-    spec = InputSpec(tile_size=T, gsd=RES)
+    write_on_grid(tmp_path / "in.tif", data, nodata=0)
+    spec = InputSpec(tile_size=T, gsd=GSD)
     for overlap in (0, 32):
         grid = TileGrid(520, 300, T, overlap)
         windows = [w for _, _, w in grid.windows()]
@@ -496,8 +429,8 @@ def test_preview_png(tmp_path, weights):
 
     from caswit_geo.geo.preview import _decimated_shape
 
-    write(tmp_path / "in.tif", image(100, 300))
-    res = run(weights, [tmp_path / "in.tif"], tmp_path / "out.tif", preview=tmp_path / "look.png")
+    write_on_grid(tmp_path / "in.tif", rgb_image(100, 300))
+    res = run_predict(weights, [tmp_path / "in.tif"], tmp_path / "out.tif", preview=tmp_path / "look.png")
     assert res.preview == tmp_path / "look.png"
     pic = mpimg.imread(res.preview)
     assert pic.shape[1] > pic.shape[0] > 100 and pic[..., :3].std() > 0.05  # screen-sized, not blank

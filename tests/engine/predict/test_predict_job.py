@@ -18,17 +18,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from affine import Affine
 
 from caswit_geo.cli import main
+from caswit_geo.core.errors import OutputError
 from caswit_geo.engine.predict import units as units_module
 from caswit_geo.engine.predict.job import Job
-from caswit_geo.core.errors import OutputError
 from caswit_geo.geo.class_raster import read_pam_categories
 from caswit_geo.geo.pyramid import levels_for, majority2, mean2, pyramid
-
+from tests.helpers import (
+    GSD,
+    PREDICT_CLASSES,
+    grid_transform,
+    interrupt_forward_pass,
+    rgb_image,
+    run_cli,
+    run_predict,
+    write_geotiff,
+    write_on_grid,
+)
 from tests.hostile import snapshot
-from tests.engine.predict.test_predict import CLASSES, RES, X0, Y0, image, interrupt_forward_pass, run, weights, write  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[3]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", COLUMNS="200")
@@ -40,12 +48,12 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def mosaic(folder: Path, size: int, file_size: int, seed: int = 0) -> Path:
     """``size`` x ``size`` RGB mosaic as a grid of ``file_size`` px GeoTIFFs (some nodata)."""
     folder.mkdir(parents=True, exist_ok=True)
-    data = image(size, size, seed)
+    data = rgb_image(size, size, seed)
     data[:, : size // 8, : size // 5] = 0
     for r in range(0, size, file_size):
         for c in range(0, size, file_size):
-            write(folder / f"t_{r:05d}_{c:05d}.tif", data[:, r : r + file_size, c : c + file_size], nodata=0,
-                  col=c, row=r)
+            write_on_grid(folder / f"t_{r:05d}_{c:05d}.tif", data[:, r : r + file_size, c : c + file_size], nodata=0,
+                          col=c, row=r)
     return folder
 
 
@@ -80,13 +88,6 @@ def small_job_argv(tiles: Path, out: Path, weights: Path) -> list[str]:
             "--weights", str(weights), "--unit-size", "128", "--batch-size", "1", "--workers", "0", "--quiet"]
 
 
-def exit_code(argv: list[str], capsys) -> tuple[int, str]:
-    """Run the CLI in this process: (exit code, what it printed to stderr)."""
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    return exc.value.code, capsys.readouterr().err
-
-
 def cli(*argv) -> list[str]:
     return [sys.executable, "-m", "caswit_geo", "predict", *map(str, argv)]
 
@@ -98,7 +99,7 @@ def small(tmp_path_factory, weights):
     tiles = mosaic(root / "tiles", 384, 128, seed=11)
     ref = root / "ref"
     ref.mkdir()
-    run(weights, [tiles], ref / "map.tif", confidence=ref / "conf.tif", unit_size=128, batch_size=1)
+    run_predict(weights, [tiles], ref / "map.tif", confidence=ref / "conf.tif", unit_size=128, batch_size=1)
     return tiles, ref
 
 
@@ -130,15 +131,15 @@ def test_ctrl_c_then_resume_redoes_nothing_and_equals_one_run(tmp_path, weights,
     out.mkdir()
     _, real = interrupt_forward_pass(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
-        run(weights, [tiles], out / "map.tif", confidence=out / "conf.tif", unit_size=128, batch_size=1)
+        run_predict(weights, [tiles], out / "map.tif", confidence=out / "conf.tif", unit_size=128, batch_size=1)
     job = Job(out / ".map.tif.caswit-job", {})
     done = job.done_units()
     assert len(done) == 4 and visible(out) == []  # one tile per unit: four units, nothing at the destination
     monkeypatch.setattr(units_module, "predict_probabilities", real)
     with pytest.raises(OutputError, match="interrupted job exists.*--resume.*--overwrite"):
-        run(weights, [tiles], out / "map.tif", confidence=out / "conf.tif", unit_size=128, batch_size=1)
-    res = run(weights, [tiles], out / "map.tif", confidence=out / "conf.tif", unit_size=128, batch_size=1,
-              resume=True)
+        run_predict(weights, [tiles], out / "map.tif", confidence=out / "conf.tif", unit_size=128, batch_size=1)
+    res = run_predict(weights, [tiles], out / "map.tif", confidence=out / "conf.tif", unit_size=128, batch_size=1,
+                      resume=True)
     assert res.complete and (res.units, res.units_run, res.units_before) == (9, 5, 4)
     assert_same_as_reference(ref, out)
 
@@ -148,11 +149,11 @@ def test_stop_after_ends_between_units_and_resume_finishes(tmp_path, weights, sm
     out = tmp_path / "out"
     out.mkdir()
     argv = small_job_argv(tiles, out, weights)
-    code, err = exit_code(argv + ["--stop-after", "0"], capsys)
+    code, _, err = run_cli(argv + ["--stop-after", "0"], capsys)
     assert code == 75, err
     assert "stopped after 0: 8 of 9 units left" in err and "--resume" in err
     assert visible(out) == []
-    assert exit_code(argv + ["--resume"], capsys)[0] == 0
+    assert run_cli(argv + ["--resume"], capsys)[0] == 0
     assert_same_as_reference(ref, out)
 
 
@@ -232,8 +233,9 @@ def test_shards_in_any_order_equal_one_run_and_finalize_names_a_missing_one(tmp_
     out.mkdir()
     args = small_job_argv(tiles, out, weights)
 
-    def cli_code(*extra):
-        return exit_code(args + list(extra), capsys)
+    def cli_code(*extra):  # (exit code, stderr)
+        code, _, err = run_cli(args + list(extra), capsys)
+        return code, err
 
     assert cli_code("--shard", "0/3")[0] == 0
     assert cli_code("--shard", "2/3")[0] == 0
@@ -267,9 +269,9 @@ def _torchrun(tmp_path, weights, size, file_size, unit_size, kinds=("map", "file
     per_file.mkdir()
     outs = {k: v for k, v in {"map": tmp_path / "ddp", "files": tmp_path / "ddp_files"}.items() if k in kinds}
     if "map" in outs:
-        run(weights, [tiles], ref / "map.tif", confidence=ref / "conf.tif", unit_size=unit_size)
+        run_predict(weights, [tiles], ref / "map.tif", confidence=ref / "conf.tif", unit_size=unit_size)
     if "files" in outs:
-        run(weights, [tiles], per_file, confidence=per_file, unit_size=unit_size)
+        run_predict(weights, [tiles], per_file, confidence=per_file, unit_size=unit_size)
     for kind, out in outs.items():
         out.mkdir()
         target = ["--out", out / "map.tif", "--confidence", out / "conf.tif"] if kind == "map" else [
@@ -305,11 +307,11 @@ def test_torchrun_two_cpu_processes_equal_one_2048(tmp_path, weights):
 
 
 def test_blending_across_unit_borders_equals_one_unit(tmp_path, weights):
-    write(tmp_path / "in.tif", image(300, 350, seed=3), nodata=0)
-    one = run(weights, [tmp_path / "in.tif"], tmp_path / "one.tif", overlap=48, confidence=tmp_path / "one_c.tif",
-              unit_size=1024)
-    many = run(weights, [tmp_path / "in.tif"], tmp_path / "many.tif", overlap=48, confidence=tmp_path / "many_c.tif",
-               unit_size=128)
+    write_on_grid(tmp_path / "in.tif", rgb_image(300, 350, seed=3), nodata=0)
+    one = run_predict(weights, [tmp_path / "in.tif"], tmp_path / "one.tif", overlap=48,
+                      confidence=tmp_path / "one_c.tif", unit_size=1024)
+    many = run_predict(weights, [tmp_path / "in.tif"], tmp_path / "many.tif", overlap=48,
+                       confidence=tmp_path / "many_c.tif", unit_size=128)
     assert (one.units, many.units) == (1, 9)
     assert many.tiles > one.tiles  # tiles on unit borders are predicted by both neighbours
     for a, b in (("one.tif", "many.tif"), ("one_c.tif", "many_c.tif")):
@@ -321,12 +323,13 @@ def test_blending_across_unit_borders_equals_one_unit(tmp_path, weights):
 
 
 def test_cog_layout_overviews_colours_and_class_names(tmp_path, weights):
-    data = image(600, 700, seed=4)
+    data = rgb_image(600, 700, seed=4)
     data[:, :100, :100] = 0
-    write(tmp_path / "in.tif", data, nodata=0)
+    write_on_grid(tmp_path / "in.tif", data, nodata=0)
     # 256 px units: the overviews are assembled from the pyramids of 9 units
-    run(weights, [tmp_path / "in.tif"], tmp_path / "cog.tif", confidence=tmp_path / "cog_c.tif", unit_size=256)
-    run(weights, [tmp_path / "in.tif"], tmp_path / "plain.tif", confidence=tmp_path / "plain_c.tif", format="gtiff")
+    run_predict(weights, [tmp_path / "in.tif"], tmp_path / "cog.tif", confidence=tmp_path / "cog_c.tif", unit_size=256)
+    run_predict(weights, [tmp_path / "in.tif"], tmp_path / "plain.tif", confidence=tmp_path / "plain_c.tif",
+                format="gtiff")
     with rasterio.open(tmp_path / "cog.tif") as cog, rasterio.open(tmp_path / "plain.tif") as plain:
         assert cog.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
         assert "LAYOUT" not in plain.tags(ns="IMAGE_STRUCTURE")
@@ -335,11 +338,11 @@ def test_cog_layout_overviews_colours_and_class_names(tmp_path, weights):
         assert cog.compression.name == "deflate" and cog.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "2"
         assert cog.block_shapes == [(128, 128)] and cog.nodata == 255
         np.testing.assert_array_equal(cog.read(1), plain.read(1))
-        assert cog.colormap(1)[1][:3] == CLASSES.classes[1].color and cog.colormap(1)[255][3] == 0
+        assert cog.colormap(1)[1][:3] == PREDICT_CLASSES.classes[1].color and cog.colormap(1)[255][3] == 0
         assert "3 field" in cog.descriptions[0] and cog.tags()["CASWIT_MODEL"] == "caswit-nano"
         assert cog.tags() == plain.tags()
         full = cog.read(1)
-    assert read_pam_categories(tmp_path / "cog.tif") == CLASSES.names
+    assert read_pam_categories(tmp_path / "cog.tif") == PREDICT_CLASSES.names
     with rasterio.open(tmp_path / "cog_c.tif") as conf:
         assert conf.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and conf.overviews(1) == [2, 4, 8]
         confidence = conf.read(1)
@@ -379,10 +382,8 @@ def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, weights, capsys):
     tiles = tmp_path / "tiles"
     mosaic(tiles, 512, 256, seed=2)
     # a striped file without overviews, 1024 px wide: both warnings
-    data = image(64, 1024, seed=1)
-    with rasterio.open(tiles / "z_striped.tif", "w", driver="GTiff", width=1024, height=64, count=3, dtype="uint8",
-                       crs="EPSG:2154", transform=Affine(RES, 0, X0, 0, -RES, Y0 - 512 * RES), nodata=0) as dst:
-        dst.write(data)
+    data = rgb_image(64, 1024, seed=1)
+    write_geotiff(tiles / "z_striped.tif", data, crs="EPSG:2154", transform=grid_transform(row=512), nodata=0)
     before = snapshot(tmp_path)
     with pytest.raises(SystemExit) as exc:
         main(["predict", str(tiles), "--out", str(tmp_path / "map.tif"), "--weights", str(weights), "--dry-run",
@@ -390,7 +391,7 @@ def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, weights, capsys):
     out = capsys.readouterr().out
     assert exc.value.code == 0
     assert snapshot(tmp_path) == before  # nothing written, not even a lock
-    area = (512 * 512 + 1024 * 64) * RES * RES / 1e6
+    area = (512 * 512 + 1024 * 64) * GSD * GSD / 1e6
     assert f"inputs: 5 file(s)" in out and f"{area:,.2f} km2" in out
     assert "mosaic: 1024 x 576 px" in out
     assert "tiles: 40 of 128 px" in out  # 8 x 5 tiles (576 rows: 4.5 tile rows -> 5)

@@ -2,6 +2,7 @@
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,12 +10,14 @@ from affine import Affine
 from rasterio.windows import Window
 
 from caswit_geo.core.errors import ConfigError
+from caswit_geo.core.spec import InputSpec, scale_warning
 from caswit_geo.engine.predict.config import PredictConfig
 from caswit_geo.engine.predict.plan import (
     OutputRaster,
     PredictPlan,
     Unit,
     check_options,
+    check_scaling,
     job_dir_for,
     plan_units,
     shard_units,
@@ -162,3 +165,9 @@ def test_job_folder_beside_the_output_or_inside_the_folder(tmp_path):
 def test_option_values_are_checked_first(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         check_options(PredictConfig(inputs=["x.tif"], out="y.tif", **kwargs))
+
+
+def test_a_scale_that_does_not_fit_is_noted_as_train_warns():
+    # the mosaic's data type is all the check reads
+    assert check_scaling(SimpleNamespace(dtype="int16"), InputSpec(scale=255.0)) == [scale_warning("int16", 255.0)]
+    assert check_scaling(SimpleNamespace(dtype="uint16"), InputSpec(scale=65535.0)) == []

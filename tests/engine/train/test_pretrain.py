@@ -5,17 +5,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import torch
 from matplotlib.image import imread
 from rasterio.transform import from_origin
 
-from caswit_geo.model.checkpoint import read_checkpoint, read_meta
 from caswit_geo.cli import main
-from caswit_geo.engine.train.pretraining import PretrainConfig, find_images, pretrain
 from caswit_geo.core.errors import ConfigError, InputError
-
-from tests.engine.train.test_train import make_tiles_root, stripes
+from caswit_geo.engine.train.pretraining import PretrainConfig, find_images, pretrain
+from caswit_geo.model.checkpoint import read_checkpoint, read_meta
+from tests.helpers import make_tiles_root, stripes, write_geotiff
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -26,11 +24,7 @@ def write_mosaic(path: Path, width: int, height: int, seed: int = 0) -> Path:
     yy, xx = np.mgrid[0:height, 0:width]
     base = np.stack([128 + 80 * np.sin(xx / 9.0), 128 + 80 * np.cos(yy / 7.0), 128 + 60 * np.sin((xx + yy) / 13.0)])
     image = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8",
-                       crs="EPSG:2056", transform=from_origin(2600000, 1200000, 0.1, 0.1)) as dst:
-        dst.write(image)
-    return path
+    return write_geotiff(path, image, crs="EPSG:2056", transform=from_origin(2600000, 1200000, 0.1, 0.1))
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +81,7 @@ def test_pretrain_resume_is_exact(straight, mosaics, tmp_path):
     pretrain(PretrainConfig(resume=tmp_path / "b", workers=0, progress=False))
     a, _ = read_checkpoint(straight.checkpoint)
     b, _ = read_checkpoint(tmp_path / "b" / "last.safetensors")
-    assert a.keys() == b.keys()
+    assert a and a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

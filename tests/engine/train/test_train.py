@@ -10,82 +10,21 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from rasterio.transform import from_origin
 
 import caswit_geo
-from caswit_geo.model.checkpoint import read_checkpoint, read_meta
 from caswit_geo.cli import main
+from caswit_geo.core.errors import ConfigError, OutputError
 from caswit_geo.engine.train.config import load_config_file, make_config
 from caswit_geo.engine.train.optim import CosineSchedule, build_optimizer
 from caswit_geo.engine.train.runstate import load_state, rng_state, save_state, set_rng_state
 from caswit_geo.engine.train.training import TrainConfig, best_row, train
-from caswit_geo.core.errors import ConfigError, OutputError
+from caswit_geo.model.checkpoint import read_checkpoint, read_meta
+from tests.helpers import TILES_CLASSES, brute_force_miou, make_tiles_root, nano_train_config, stripes
 
-SIZE = 128
-CLASSES = 3
+SIZE = 128  # stripes() and the caswit-nano tile
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def stripes(size: int = SIZE) -> np.ndarray:
-    """Labels 0 | 1 on the left/right, class 2 below."""
-    label = np.zeros((size, size), np.uint8)
-    label[:, size // 3 :] = 1
-    label[size // 2 :, :] = 2
-    return label
-
-
-def make_tiles_root(root: Path, labels: dict[str, np.ndarray], val: tuple[str, ...] = ("a",), seed: int = 0) -> Path:
-    """A ``tiles`` dataset: 3-band uint8 GeoTIFFs (EPSG:2154, 0.2 m) whose colours follow the labels."""
-    root = Path(root)
-    for sub in ("images", "labels", "splits"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i, (name, label) in enumerate(labels.items()):
-        h, w = label.shape
-        image = np.stack([label * 80 + 20, 200 - label * 60, label * 30 + 50]).astype(np.float32)
-        image = np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
-        profile = dict(driver="GTiff", width=w, height=h, crs="EPSG:2154",
-                       transform=from_origin(650000 + 1000 * i, 6860000, 0.2, 0.2))
-        with rasterio.open(root / "images" / f"{name}.tif", "w", count=3, dtype="uint8", **profile) as dst:
-            dst.write(image)
-        with rasterio.open(root / "labels" / f"{name}.tif", "w", count=1, dtype="uint8", **profile) as dst:
-            dst.write(label[None])
-    classes = [{"id": k, "name": f"class {k}", "color": [60 * k, 120, 200 - 50 * k]} for k in range(CLASSES)]
-    (root / "classes.json").write_text(json.dumps({"classes": classes}))
-    (root / "splits" / "train.txt").write_text("\n".join(labels))
-    (root / "splits" / "val.txt").write_text("\n".join(val))
-    return root
-
-
-def nano_config(root: Path, out: Path, **kw) -> TrainConfig:
-    settings = dict(model="caswit-nano", dataset="tiles", root=root, out=out, epochs=1, batch_size=2, workers=0,
-                    crops_per_image=2, progress=False)
-    settings.update(kw)
-    return TrainConfig(**settings)
-
-
-def brute_force_miou(checkpoint: Path, root: Path, split: str) -> float:
-    """mIoU of a checkpoint on a split: per-pixel loops with np.add.at, classes absent from both skipped."""
-    from caswit_geo.data import build_dataset
-
-    model, meta = caswit_geo.load_checkpoint(checkpoint)
-    dataset = build_dataset("tiles", root, split, meta.input_spec)
-    cm = np.zeros((CLASSES, CLASSES), np.int64)
-    with torch.no_grad():
-        for i in range(len(dataset)):
-            s = dataset[i]
-            pred = model(s["hr"][None], s["lr"][None])[0].argmax(0).numpy().ravel()
-            gt = s["label"].numpy().ravel()
-            keep = gt != 255
-            np.add.at(cm, (gt[keep], pred[keep]), 1)
-    ious = []
-    for c in range(CLASSES):
-        tp, fn, fp = cm[c, c], cm[c].sum() - cm[c, c], cm[:, c].sum() - cm[c, c]
-        if tp + fn + fp:
-            ious.append(tp / (tp + fn + fp))
-    return float(np.mean(ious))
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +35,7 @@ def data_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
-    return train(nano_config(data_root, out, epochs=2, command="caswit-geo train --test")), out
+    return train(nano_train_config(data_root, out, epochs=2, command="caswit-geo train --test")), out
 
 
 def test_run_directory_files_and_logs(run):
@@ -159,7 +98,7 @@ def test_non_empty_run_dir_is_refused(run, data_root, capsys):
     _, out = run
     before = (out / "last.safetensors").read_bytes()
     with pytest.raises(OutputError, match="--overwrite"):
-        train(nano_config(data_root, out))
+        train(nano_train_config(data_root, out))
     with pytest.raises(SystemExit) as e:
         main(["train", "--dataset", "tiles", "--root", str(data_root), "--out", str(out)])
     assert e.value.code == 1
@@ -169,8 +108,8 @@ def test_non_empty_run_dir_is_refused(run, data_root, capsys):
 
 def test_resume_continues_exactly(data_root, tmp_path):
     # dropout, random crops and augmentation all draw random numbers
-    base = nano_config(data_root, None, epochs=3, augment=True, warmup_epochs=0.5, crops_per_image=1,
-                       grad_checkpointing=True)
+    base = nano_train_config(data_root, None, epochs=3, augment=True, warmup_epochs=0.5, crops_per_image=1,
+                             grad_checkpointing=True)
     straight = train(replace(base, out=tmp_path / "straight"))
     assert all(layer.grad_checkpointing for layer in straight.model.backbone.hr_encoder.layers)
     first = train(replace(base, out=tmp_path / "resumed", stop_after=2))
@@ -183,9 +122,10 @@ def test_resume_continues_exactly(data_root, tmp_path):
     assert resumed.completed
     a, _ = read_checkpoint(tmp_path / "straight" / "last.safetensors")
     b, _ = read_checkpoint(tmp_path / "resumed" / "last.safetensors")
-    assert a.keys() == b.keys()
+    assert a and a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     sa, sb = load_state(tmp_path / "straight" / "last.pt"), load_state(tmp_path / "resumed" / "last.pt")
+    assert sa["optimizer"]["state"] and sa["optimizer"]["state"].keys() == sb["optimizer"]["state"].keys()
     for k, v in sa["optimizer"]["state"].items():
         assert all(torch.equal(v[n], sb["optimizer"]["state"][k][n]) for n in v)
     drop = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h]  # noqa: E731
@@ -206,7 +146,7 @@ def test_class_weights_come_from_the_class_table(tmp_path, monkeypatch):
             return super().forward(*args)
 
     monkeypatch.setattr(engine, "CaswitLoss", Recording)
-    result = train(nano_config(root, tmp_path / "run", alpha=0.0, val_split="none"))
+    result = train(nano_train_config(root, tmp_path / "run", alpha=0.0, val_split="none"))
     assert seen and seen[0] == [1.0, 2.0, 0.0]
     # alpha 0: no auxiliary head is built, and without validation the best epoch is the last
     assert result.model.aux_head is None and result.best_epoch == 1 and result.best_metrics == {}
@@ -315,7 +255,7 @@ def test_checkpoints_train_wrote_load_in_info_and_predict(run, data_root, tmp_pa
               "--out", str(tmp_path / "map.tif"), "--device", "cpu", "--quiet"])
     assert e.value.code == 0, capsys.readouterr().err
     with rasterio.open(tmp_path / "map.tif") as src:
-        assert src.read(1).max() < CLASSES and (src.width, src.height) == (SIZE, SIZE)
+        assert src.read(1).max() < TILES_CLASSES and (src.width, src.height) == (SIZE, SIZE)
 
 
 def test_overwrite_replaces_the_old_run_only_when_the_new_one_saves(run, data_root, tmp_path):
@@ -340,7 +280,7 @@ def test_overwrite_replaces_the_old_run_only_when_the_new_one_saves(run, data_ro
 
     loop.save_state = save_state
     try:
-        result = train(nano_config(data_root, out, overwrite=True, val_split="none"))
+        result = train(nano_train_config(data_root, out, overwrite=True, val_split="none"))
     finally:
         loop.save_state = real
     assert seen and result.completed

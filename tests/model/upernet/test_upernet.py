@@ -20,12 +20,13 @@ from safetensors.torch import load_file, save_file
 
 import caswit_geo
 from caswit_geo.cli import main
-from caswit_geo.engine.convert import ConvertConfig, convert
 from caswit_geo.core.errors import CheckpointError, ConfigError
+from caswit_geo.engine.convert import ConvertConfig, convert
 from caswit_geo.model import CASWiT, get_config
 from caswit_geo.model.swin_windows import PadThenShiftBlock
 from caswit_geo.model.transfer import transfer_upernet
 from caswit_geo.model.upernet.source import read_upernet
+from tests.helpers import make_tiles_root, nano_train_config, stripes
 from tests.model.upernet.upernet_reference import perturb_every_tensor
 
 transformers = pytest.importorskip("transformers")
@@ -343,15 +344,13 @@ def test_pth_with_code_is_refused_and_train_checks_the_variant(tmp_path):
 
 
 def test_train_init_upernet_reports_what_it_loaded(tmp_path):
-    from tests.engine.train.test_train import make_tiles_root, nano_config, stripes
-
     from caswit_geo.engine.train.training import train
 
     source = save(upernet(NANO, hidden=24), tmp_path / "upernet-nano")
     root = make_tiles_root(tmp_path / "data", {"a": stripes(), "b": stripes()[::-1].copy()})
     with pytest.raises(ConfigError, match="give one of them"):
-        train(nano_config(root, tmp_path / "r0", init=tmp_path, init_upernet=source))
-    result = train(nano_config(root, tmp_path / "run", init_upernet=source, stop_after=1))
+        train(nano_train_config(root, tmp_path / "r0", init=tmp_path, init_upernet=source))
+    result = train(nano_train_config(root, tmp_path / "run", init_upernet=source, stop_after=1))
     report = result.init_report
     assert report.startswith("loaded the HR and LR encoders") and "decoder and auxiliary LR head" in report
     assert "classifier fresh (3 classes, the source has 5)" in report and "4 fusion blocks fresh" in report
