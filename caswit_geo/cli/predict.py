@@ -95,6 +95,13 @@ def predict(
         DEFAULT.unit_size, "--unit-size", metavar="PIXELS",
         help="Side of a unit of work (resume and shard granularity); default 8 tiles, 16 with --overlap.",
     ),
+    tta: bool = typer.Option(
+        DEFAULT.tta == "dihedral", "--tta",
+        help="Test-time augmentation: average the 8 flips and quarter turns of each tile and its context (8x the model time).",
+    ),
+    tta_flips: bool = typer.Option(
+        DEFAULT.tta == "flips", "--tta-flips", help="Cheaper test-time augmentation: the 4 flips only (4x the model time)."
+    ),
     dry: bool = typer.Option(False, "--dry-run", help="Print the plan, warnings and an estimated time; write nothing."),
     quiet: bool = typer.Option(not DEFAULT.progress, "--quiet", "-q", help="No progress bar or summary."),
 ) -> int:
@@ -103,6 +110,8 @@ def predict(
     from caswit_geo.engine.predict import predict as run_predict
     from caswit_geo.engine.predict.dryrun import dry_run
 
+    if tta and tta_flips:
+        raise ConfigError("--tta and --tta-flips: choose one (--tta includes the flips)")
     config = PredictConfig(
         inputs=inputs,
         out=out,
@@ -127,6 +136,7 @@ def predict(
         defer_finalize=no_finalize,
         stop_after=parse_duration(stop_after),
         unit_size=unit_size,
+        tta="dihedral" if tta else "flips" if tta_flips else "none",
     )
     if dry:
         report = dry_run(config)
@@ -167,13 +177,21 @@ def _duration(seconds: float) -> str:
     return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s" if m else f"{s} s"
 
 
+def _tta_note(mode: str) -> str:
+    """What test-time augmentation adds to the model time, for the summary and the dry run."""
+    from caswit_geo.engine.predict.config import TTA_PASSES
+
+    return "" if mode == "none" else f" with test-time augmentation {mode}, {TTA_PASSES[mode]} passes a tile"
+
+
 def print_summary(result: PredictResult, console: Console) -> None:
     from rich.table import Table
 
     rate = result.tiles_run / result.seconds if result.seconds else 0.0
     line = (f"this run: {result.units_run} of {result.units} units, {result.tiles_in_units_run:,} tiles "
             f"({result.tiles_run:,} predicted) in {result.seconds:.1f} s, {rate:.1f} tiles/s "
-            f"(model {result.forward_seconds:.1f} s, {safe(result.device)}, precision {result.precision})")
+            f"(model {result.forward_seconds:.1f} s{_tta_note(result.tta)}, {safe(result.device)}, "
+            f"precision {result.precision})")
     if result.area_km2_run is not None and result.seconds:
         line += f", {result.area_km2_run:,.3f} km2 at {result.area_km2_run / result.seconds * 3600:,.2f} km2/h"
     console.print(line)
@@ -228,7 +246,7 @@ def print_dry_run(report: DryRun, console: Console) -> None:
         return
     est = report.estimate_s
     line = (f"estimate: {_duration(est)} of model time on {cal.device} "
-            f"({cal.tiles_per_s:.1f} tiles/s over {cal.tiles} tiles)")
+            f"({cal.tiles_per_s:.1f} tiles/s over {cal.tiles} tiles{_tta_note(plan.tta)})")
     if report.shards > 1:
         line += f"; about {_duration(est / report.shards)} per shard"
     console.print(line)

@@ -9,6 +9,9 @@ from typing import Sequence
 from caswit_geo.core.limits import Text, bounded
 from caswit_geo.runtime.precision import PRECISIONS
 
+TTA_PASSES = {"none": 1, "flips": 4, "dihedral": 8}  # forward passes a tile: the transforms of model/tta.py
+TTA = tuple(TTA_PASSES)
+
 FORMATS = ("cog", "gtiff")
 
 
@@ -62,6 +65,7 @@ class PredictConfig:
     defer_finalize: bool = False
     stop_after: float | None = bounded(None, ge=0)
     unit_size: int | None = bounded(None, ge=1)
+    tta: str = bounded("none", Text(choices=TTA))  # "flips": 4 passes per tile, "dihedral": 8 (model/tta.py)
 
 
 @dataclass
@@ -82,6 +86,7 @@ class PredictResult:
     context: str  # "prepass", "direct" or "none"
     precision: str = "fp32"  # what ran and why, e.g. "bf16 (auto: CPU with AMX bf16, ...)"
     preview: Path | None = None
+    tta: str = "none"  # test-time augmentation mode (its passes are in forward_seconds)
     vector_features: int = 0
     vector_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)

@@ -195,14 +195,14 @@ def calibration(plan: PredictPlan, config: PredictConfig, tiles: int) -> Calibra
         return None
     batches = [collate_tiles(items[s : s + bs]) for s in range(0, len(items), bs)]
     with CpuThreads(device, 0):
-        predict_probabilities(model, batches[0].hr, batches[0].lr, plan.precision)  # warm-up
+        predict_probabilities(model, batches[0].hr, batches[0].lr, plan.precision, plan.tta)  # warm-up
         timed = batches[1:] or batches
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         n = 0
         for b in timed:
-            probs = predict_probabilities(model, b.hr, b.lr, plan.precision)
+            probs = predict_probabilities(model, b.hr, b.lr, plan.precision, plan.tta)
             probs.max(dim=1)[1].cpu()
             n += len(b.hr)
         seconds = time.perf_counter() - t0

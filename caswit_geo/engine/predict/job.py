@@ -68,6 +68,7 @@ _OPTION_NAMES = {
     "bands": "the checkpoint's bands",
     "per_file": "--out (file or folder)",
     "confidence": "--confidence",
+    "tta": "the test-time augmentation (--tta, --tta-flips)",
 }
 
 

@@ -112,6 +112,7 @@ class PredictPlan:
     min_area: float | None = None
     simplify: float | None = None
     options: dict = field(default_factory=dict)  # the pixel-changing options (plan.json, --resume)
+    tta: str = "none"  # test-time augmentation mode (model/tta.py)
 
     @functools.cached_property
     def checkpoint_sha256(self) -> str:
@@ -264,6 +265,7 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
             context_factor=str(k),
             overlap=str(config.overlap),
             precision=precision.name,
+            tta=config.tta,
             sources=[p.name for p in inputs],
             metadata=meta.metadata,
             provenance=meta.provenance,
@@ -274,7 +276,7 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
         strip_width=strip_width, unit_size=unit_size, context=context, per_file=per_file, rasters=rasters,
         units=units, vector=vector, preview=preview, format=config.format, tags=tags, warnings=notes,
         cache_bytes=cache_bytes, job_dir=job_dir_for(config.out, per_file), min_area=config.min_area,
-        simplify=config.simplify, precision=precision,
+        simplify=config.simplify, precision=precision, tta=config.tta,
     )
     plan.options = pixel_options(config, plan)
     return plan
@@ -297,6 +299,7 @@ def pixel_options(config: PredictConfig, plan: PredictPlan) -> dict:
         "bands": list(plan.spec.bands),
         "per_file": plan.per_file,
         "confidence": plan.with_confidence,
+        "tta": plan.tta,
     }
     return options
 

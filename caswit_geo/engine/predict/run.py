@@ -193,6 +193,7 @@ def _result(plan: PredictPlan, job: Job, config: PredictConfig, env: DistEnv, ru
         context=plan.context,
         precision=plan.precision.describe(),
         preview=plan.preview,
+        tta=plan.tta,
         vector_features=finished.vector.features if finished and finished.vector else 0,
         vector_seconds=finished.vector.seconds if finished and finished.vector else 0.0,
         warnings=plan.warnings,

@@ -31,6 +31,7 @@ from caswit_geo.engine.predict.source import PredictTiles, TileBatch, collate_ti
 from caswit_geo.geo.blend import NODATA
 from caswit_geo.geo.lowres import LowResBuilder, chunk_order, plan_lowres
 from caswit_geo.geo.sources import read_error
+from caswit_geo.model.tta import average_probabilities
 from caswit_geo.runtime.device import CpuThreads, stop_workers
 from caswit_geo.runtime.precision import Precision
 
@@ -38,16 +39,23 @@ GDAL_POOL = 32  # files of a mosaic kept open per process (a tile row touches a 
 
 
 def predict_probabilities(model: torch.nn.Module, hr: torch.Tensor, lr: torch.Tensor | None,
-                          precision: Precision | None = None) -> torch.Tensor:
+                          precision: Precision | None = None, tta: str = "none") -> torch.Tensor:
     """(B, C, T, T) normalised HR (and LR) -> (B, K, T, T) float32 class probabilities.
 
-    ``precision``: the autocast of the forward pass (None = fp32).
+    ``precision``: the autocast of the forward pass (None = fp32). ``tta``:
+    test-time augmentation, a mode of ``model/tta.py`` ("none", "flips",
+    "dihedral"), applied to the HR tile and its LR context together.
     """
     device = next(model.parameters()).device
     autocast = precision.autocast() if precision is not None else contextlib.nullcontext()
-    with torch.inference_mode(), autocast:
-        logits = model(hr.to(device, non_blocking=True), None if lr is None else lr.to(device, non_blocking=True))
-    return logits.float().softmax(dim=1)
+
+    def forward(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        with autocast:
+            return model(x, y)
+
+    with torch.inference_mode():
+        return average_probabilities(forward, hr.to(device, non_blocking=True),
+                                     None if lr is None else lr.to(device, non_blocking=True), tta)
 
 
 def workers_for(n: int | None, device: torch.device | None = None) -> int:
@@ -215,7 +223,7 @@ def run_units(
             sink_thread = SinkThread(UnitWriter(plan, job, units, tiles, on_done))
             sink_thread.start()
             try:
-                _model_loop(model, batches, workers, sink_thread, device, precision, soft, starts, units, job, run,
+                _model_loop(model, batches, workers, sink_thread, device, precision, plan.tta, soft, starts, units, job, run,
                             progress, deadline, builder is not None)
             finally:
                 stop_workers(batches)  # shuts the readers down at once
@@ -265,7 +273,7 @@ def _user_failure(exc: BaseException, builder: LowResBuilder | None, work_dir, p
     )
 
 
-def _model_loop(model, batches, workers, sink_thread, device, precision, soft, starts, units, job, run, progress,
+def _model_loop(model, batches, workers, sink_thread, device, precision, tta, soft, starts, units, job, run, progress,
                 deadline, builder_busy) -> None:
     """Batches in order -> the model -> results to the writer thread; stops between units after ``deadline``."""
     unit_of = lambda pos: int(np.searchsorted(starts, pos, side="right")) - 1  # noqa: E731
@@ -283,7 +291,7 @@ def _model_loop(model, batches, workers, sink_thread, device, precision, soft, s
             results: list = [None] * len(batch.index)  # None: all nodata, not run
             if len(batch.hr):
                 t0 = time.perf_counter()
-                probs = predict_probabilities(model, batch.hr, batch.lr, precision)  # (N, K, T, T)
+                probs = predict_probabilities(model, batch.hr, batch.lr, precision, tta)  # (N, K, T, T)
                 if soft:
                     host = probs.half().cpu().numpy()
                     payload = [(host[i], batch.valid[i].numpy()) for i in range(len(host))]
