@@ -234,7 +234,7 @@ def print_dry_run(report: DryRun, console: Console) -> None:
     console.print(f"units: {len(plan.units):,} of up to {plan.unit_size} px a side; shards: {report.shards}"
                   + (f" ({', '.join(f'{t:,}' for t in report.shard_tiles())} tiles)" if report.shards > 1 else ""))
     for dest, option in plan.destinations():
-        if not str(dest).endswith(".aux.xml"):
+        if not str(dest).endswith((".aux.xml", ".qml")):
             console.print(f"output ({option}): {safe(dest)}"
                           + (f" [{plan.format}]" if str(dest).endswith((".tif", ".tiff")) else ""))
     console.print(f"job folder: {safe(plan.job_dir)} ({report.job_state})")

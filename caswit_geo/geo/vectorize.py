@@ -11,6 +11,8 @@
   after), so shared borders stay shared: no gaps, no overlaps.
 - Attributes ``class_id``, ``class_name``, ``area_m2`` (NaN without CRS;
   computed on an equal-area projection for geographic CRS).
+- A GeoPackage carries its QGIS style (categories by class, in the class
+  colours) in its ``layer_styles`` table (``qgis_style.py``).
 
 Memory grows with the number of polygons (they are simplified together),
 not with the raster size.
@@ -36,6 +38,7 @@ from caswit_geo.core.errors import OutputError
 from caswit_geo.core.spec import IGNORE_INDEX, ClassTable
 from caswit_geo.geo.area import pixel_area_m2, unit_to_m
 from caswit_geo.geo.profiles import sieve_profile
+from caswit_geo.geo.qgis_style import categorized_qml, categorized_sld, write_gpkg_style
 from caswit_geo.safeio.files import temp_path
 from caswit_geo.safeio.sweep import holding
 from caswit_geo.safeio.writes import atomic_path
@@ -264,6 +267,10 @@ def vectorize(
                 sieved.unlink(missing_ok=True)
     with atomic_path(out_path) as tmp:  # a full disk is named there (a GeoPackage says "no such table")
         write_vectors(gdf, tmp, layer=layer or out_path.stem)
+        if vector_format(out_path) == "GPKG":  # the style QGIS opens the layer with
+            name = layer or out_path.stem
+            write_gpkg_style(tmp, name, categorized_qml(classes), categorized_sld(classes, name),
+                             description="land cover classes: caswit-geo")
     areas = gdf.groupby("class_name")["area_m2"].sum().to_dict() if len(gdf) else {}
     return VectorResult(
         path=out_path,

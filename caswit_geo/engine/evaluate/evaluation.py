@@ -47,6 +47,7 @@ from caswit_geo.engine.evaluate.metrics import (
 from caswit_geo.engine.evaluate.report import per_class_rows, plot_confusion, write_confusion_csv, write_json
 from caswit_geo.geo.class_raster import AtomicRasterWriter, class_description
 from caswit_geo.geo.grid import TileGrid, clip_window
+from caswit_geo.geo.qgis_style import paletted_qml, style_path
 from caswit_geo.model.checkpoint import load_checkpoint, read_meta
 from caswit_geo.model.weights import resolve_weights
 from caswit_geo.runtime.device import CpuThreads, select_device, stop_workers
@@ -134,7 +135,8 @@ class PredictionSaver:
     """Writes each sample's (T, T) prediction into the class raster of its image, in dataset order.
 
     Rasters are single-band uint8 GeoTIFFs with nodata 255, colour table and
-    class names (``geo.class_raster.AtomicRasterWriter``) and a ``.aux.xml`` legend.
+    class names (``geo.class_raster.AtomicRasterWriter``), a ``.aux.xml`` legend and a
+    QGIS style ``<id>.qml`` listing exactly the classes (``geo.qgis_style``).
     Every one is declared in ``outs`` when the saver is built (an existing
     file needs ``--overwrite``, an input is never replaced) and written under
     a temporary name; they all appear when ``outs`` commits, with the reports.
@@ -152,6 +154,7 @@ class PredictionSaver:
             tif = self.folder / f"{image_id}.tif"
             outs.add(tif, "--save-predictions", claim=False, create_parents=True)
             outs.add(_legend(tif), "--save-predictions", claim=False, create_parents=True, clear=True)
+            outs.add(style_path(tif), "--save-predictions", claim=False, create_parents=True, clear=True)
         self._writer: AtomicRasterWriter | None = None
         self._current: str | None = None
         self._done: set[str] = set()
@@ -180,6 +183,7 @@ class PredictionSaver:
     def _finish(self) -> None:
         if self._writer is not None:
             self._writer.commit()  # complete, still under the output set's temporary names
+            self.outs.temp(style_path(self.folder / f"{self._current}.tif")).write_text(paletted_qml(self.classes))
             self.written.append(self.folder / f"{self._current}.tif")
             self._done.add(self._current)
             self._writer, self._current = None, None

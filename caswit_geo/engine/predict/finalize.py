@@ -29,7 +29,8 @@ from caswit_geo.geo.class_raster import CONFIDENCE_DESCRIPTION, class_descriptio
 from caswit_geo.geo.preview import write_preview
 from caswit_geo.geo.profiles import coarse_level_profile
 from caswit_geo.geo.pyramid import level_shape, pack_layout, pyramid
-from caswit_geo.geo.vectorize import VectorResult, vectorize
+from caswit_geo.geo.qgis_style import categorized_qml, gradient_qml, paletted_qml, style_path
+from caswit_geo.geo.vectorize import VectorResult, vector_format, vectorize
 from caswit_geo.safeio.outputs import OutputSet
 from caswit_geo.safeio.writes import atomic_path, write_text
 
@@ -144,11 +145,13 @@ def finalize_job(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
                         description=class_description(classes), tags=tags, overviews=levels)
         write_raster(vrt, outputs.temp(raster.classes), fmt=plan.format, block=plan.block, is_classes=True)
         outputs.temp(Path(f"{raster.classes}.aux.xml")).write_text(pam_xml(classes))
+        outputs.temp(style_path(raster.classes)).write_text(paletted_qml(classes))
         if raster.confidence is not None:
             levels = overview_levels(plan, job, index, 2, work) if cog else []
             vrt = parts_vrt(parts, w, h, crs, raster.transform, 2, description=CONFIDENCE_DESCRIPTION, tags=tags,
                             overviews=levels)
             write_raster(vrt, outputs.temp(raster.confidence), fmt=plan.format, block=plan.block, is_classes=False)
+            outputs.temp(style_path(raster.confidence)).write_text(gradient_qml("confidence"))
     phases["assemble"] = time.perf_counter() - t0
 
     vector_result = None
@@ -158,6 +161,8 @@ def finalize_job(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
             mosaic_classes(plan, job, outputs), outputs.temp(plan.vector), classes,
             min_area=plan.min_area, simplify=plan.simplify, work_dir=job.dir, layer=plan.vector.stem,
         )
+        if vector_format(plan.vector) != "GPKG":  # a GeoPackage got its style inside (layer_styles)
+            outputs.temp(style_path(plan.vector)).write_text(categorized_qml(classes))
         phases["vector"] = time.perf_counter() - t1
     if plan.preview is not None:
         # the class raster is complete and has overviews: the quick-look reads a screenful

@@ -46,7 +46,7 @@ from pathlib import Path
 from rasterio.windows import Window
 
 from caswit_geo.core.errors import ConfigError, OutputError
-from caswit_geo.engine.predict.plan import PredictPlan, Unit, shard_units
+from caswit_geo.engine.predict.plan import PredictPlan, Unit, is_sidecar, shard_units
 from caswit_geo.safeio import claims
 from caswit_geo.safeio.files import fsync_file, remove_path, rename_noreplace, temp_path
 from caswit_geo.safeio.liveness import describe_owner, live_owners, process_token
@@ -376,7 +376,7 @@ def open_job(plan: PredictPlan, role: str, *, overwrite: bool, shards: int = 1,
         if discard:
             discard_job(job_dir)
         for dest, option in plan.destinations():
-            outputs.add(dest, option, claim=not str(dest).endswith(".aux.xml"))
+            outputs.add(dest, option, claim=not is_sidecar(dest))
         if stored is None:
             try:
                 job = create_job(job_dir, make_manifest(plan, shards))

@@ -42,6 +42,7 @@ from caswit_geo.geo.grid import TileGrid, plan_tiles, split_span, strips, touchi
 from caswit_geo.geo.lowres import prepass_supported
 from caswit_geo.geo.mosaic import Mosaic, expand_inputs, open_mosaic
 from caswit_geo.geo.pyramid import levels_for
+from caswit_geo.geo.qgis_style import style_path
 from caswit_geo.geo.vectorize import vector_format
 from caswit_geo.model.checkpoint import CheckpointMeta, read_meta, shape_model
 from caswit_geo.model.weights import resolve_weights, sha256
@@ -174,17 +175,41 @@ class PredictPlan:
         return self.rasters[unit.raster].transform @ Affine.translation(int(w.col_off), int(w.row_off))
 
     def destinations(self) -> list[tuple[Path, str]]:
-        """Every output file with the option naming it (class rasters, their legends, confidence, ...)."""
+        """Every output file with the option naming it (class rasters, their legends and QGIS styles, ...)."""
         out = []
         for r in self.rasters:
             out.append((r.classes, "--out"))
             out.append((Path(f"{r.classes}.aux.xml"), "--out"))
-        out += [(r.confidence, "--confidence") for r in self.rasters if r.confidence is not None]
+            out.append((style_path(r.classes), "--out"))
+        for r in self.rasters:
+            if r.confidence is not None:
+                out += [(r.confidence, "--confidence"), (style_path(r.confidence), "--confidence")]
         if self.vector is not None:
             out.append((self.vector, "--vector"))
+            if vector_format(self.vector) != "GPKG":  # a GeoPackage holds its style (layer_styles)
+                out.append((style_path(self.vector), "--vector"))
         if self.preview is not None:
             out.append((self.preview, "--preview"))
         return out
+
+
+def is_sidecar(path: Path) -> bool:
+    """A legend or style file that goes with an output (claimed with it, not on its own)."""
+    return str(path).endswith((".aux.xml", ".qml"))
+
+
+def check_style_names(plan: PredictPlan) -> None:
+    """Two outputs whose QGIS styles would be the same file (``map.tif`` and ``map.geojson``) are refused."""
+    seen: dict[Path, tuple[str, Path]] = {}
+    for dest, option in plan.destinations():
+        if is_sidecar(dest):
+            continue
+        style = style_path(dest)
+        if style in seen:
+            other_option, other = seen[style]
+            raise ConfigError(f"{option} {dest} and {other_option} {other} would share the QGIS style file "
+                              f"{style.name}: give them different names")
+        seen[style] = (option, dest)
 
 
 # ---------------------------------------------------------------------------
@@ -279,6 +304,7 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
         simplify=config.simplify, precision=precision, tta=config.tta,
     )
     plan.options = pixel_options(config, plan)
+    check_style_names(plan)
     return plan
 
 
