@@ -292,3 +292,23 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
         main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return exc.value.code, out, err
+
+
+# -- QGIS styles -------------------------------------------------------------------------------------------
+
+
+def qml_palette(path) -> list[tuple[int, str, tuple[int, int, int]]]:
+    """(value, label, RGB) of the paletted renderer of a ``.qml`` file, in file order."""
+    import xml.etree.ElementTree as ET
+
+    renderer = ET.parse(path).getroot().find("pipe/rasterrenderer")
+    assert renderer is not None and renderer.get("type") == "paletted", path
+    return [(int(e.get("value")), e.get("label"), tuple(int(e.get("color")[i : i + 2], 16) for i in (1, 3, 5)))
+            for e in renderer.iter("paletteEntry")]
+
+
+def colour_table_classes(path, classes: ClassTable) -> list[tuple[int, str, tuple[int, int, int]]]:
+    """(value, name, RGB) of ``classes`` with the colours read from the GeoTIFF's own colour table."""
+    with rasterio.open(path) as src:
+        cmap = src.colormap(1)
+    return [(c.id, c.name, tuple(cmap[c.id][:3])) for c in classes.classes]

@@ -46,7 +46,7 @@ def class_raster(path, h=120, w=150, seed=0, nodata_corner=True, crs="EPSG:2154"
 def test_areas_per_class_equal_pixel_counts(tmp_path):
     arr = class_raster(tmp_path / "c.tif")
     result = vectorize(tmp_path / "c.tif", tmp_path / "v.gpkg", CLASSES)
-    gdf = gpd.read_file(tmp_path / "v.gpkg")
+    gdf = gpd.read_file(tmp_path / "v.gpkg", layer="v")
     assert result.features == len(gdf) > 10
     assert list(gdf.columns[:3]) == ["class_id", "class_name", "area_m2"]
     assert gdf.crs.to_epsg() == 2154
@@ -99,7 +99,7 @@ def test_min_area_removes_small_polygons(tmp_path):
     class_raster(tmp_path / "c.tif", seed=3, nodata_corner=False)
     min_area = 10.0  # m2 = 40 pixels of 0.25 m2
     vectorize(tmp_path / "c.tif", tmp_path / "v.gpkg", CLASSES, min_area=min_area)
-    gdf = gpd.read_file(tmp_path / "v.gpkg")
+    gdf = gpd.read_file(tmp_path / "v.gpkg", layer="v")
     assert gdf.area_m2.min() >= min_area
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # sieve temporaries removed
 
@@ -109,7 +109,7 @@ def test_formats_from_extension(tmp_path, suffix):
     class_raster(tmp_path / "c.tif", h=40, w=40)
     out = tmp_path / f"v{suffix}"
     res = vectorize(tmp_path / "c.tif", out, CLASSES)
-    gdf = gpd.read_parquet(out) if suffix == ".parquet" else gpd.read_file(out)
+    gdf = gpd.read_parquet(out) if suffix == ".parquet" else gpd.read_file(out, layer="v")
     assert len(gdf) == res.features and set(gdf.columns) >= {"class_id", "class_name", "area_m2"}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c.tif", out.name])
 

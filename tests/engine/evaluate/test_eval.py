@@ -14,7 +14,8 @@ from caswit_geo.core.errors import InputError
 from caswit_geo.core.spec import ClassInfo, ClassTable, InputSpec, flairhub_classes, urur_classes
 from caswit_geo.engine.evaluate.evaluation import EvalConfig, evaluate, evaluate_rasters
 from caswit_geo.engine.evaluate.metrics import BoundaryStats
-from tests.helpers import run_cli, write_geotiff
+from caswit_geo.model.checkpoint import read_meta
+from tests.helpers import colour_table_classes, qml_palette, run_cli, write_geotiff
 
 T = 64
 CLASSES = ClassTable([ClassInfo(0, "building", (200, 0, 0)), ClassInfo(1, "road", (90, 90, 90)), ClassInfo(2, "trees", (0, 120, 0))])
@@ -89,6 +90,8 @@ def test_eval_cli_tiles_end_to_end(tiles_root, tmp_path, capsys):
             assert p.dtypes[0] == "uint8" and p.nodata == 255 and p.colormap(1)[1][:3] == (90, 90, 90)
             pred, lab = p.read(1), lab_src.read(1)
         assert pred.max() < 3
+        # the QGIS style lists exactly the checkpoint's classes, in the colours of the colour table
+        assert qml_palette(preds / f"{name}.qml") == colour_table_classes(preds / f"{name}.tif", read_meta(ckpt).classes)
         pairs.append((lab, pred))
         # bIoU per T x T tile, edges padded with 255 as the dataset does
         hp, wp = -(-h // T) * T, -(-w // T) * T

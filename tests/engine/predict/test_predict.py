@@ -238,7 +238,7 @@ def test_vector_output_with_the_raster(tmp_path, weights):
     res = run_predict(weights, [tmp_path / "in.tif"], tmp_path / "out.tif", vector=tmp_path / "v.gpkg")
     import geopandas as gpd
 
-    gdf = gpd.read_file(tmp_path / "v.gpkg")
+    gdf = gpd.read_file(tmp_path / "v.gpkg", layer="v")
     assert len(gdf) == res.vector_features > 0
     for name, px in res.class_pixels.items():
         assert gdf.loc[gdf.class_name == name, "area_m2"].sum() == pytest.approx(px * GSD * GSD)
