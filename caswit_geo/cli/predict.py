@@ -69,6 +69,10 @@ def predict(
     confidence: Optional[Path] = typer.Option(
         DEFAULT.confidence, "--confidence", help="Also write the winning class probability (uint8 percent)."
     ),
+    probabilities: Optional[Path] = typer.Option(
+        DEFAULT.probabilities, "--probabilities",
+        help="Also write each class's probability: one band per class, uint8 percent, 255 = nodata.",
+    ),
     vector: Optional[Path] = typer.Option(DEFAULT.vector, "--vector", help="Also write polygons (.gpkg, .parquet, .geojson, .fgb)."),
     min_area: Optional[float] = typer.Option(DEFAULT.min_area, "--min-area", help="Merge regions smaller than this (m2) first."),
     simplify: Optional[float] = typer.Option(DEFAULT.simplify, "--simplify", help="Simplify polygons (tolerance in m)."),
@@ -124,6 +128,7 @@ def predict(
         overlap=overlap,
         resample=resample,
         confidence=confidence,
+        probabilities=probabilities,
         vector=vector,
         min_area=min_area,
         simplify=simplify,
@@ -214,7 +219,7 @@ def print_summary(result: PredictResult, console: Console) -> None:
         area = "" if result.class_areas_m2 is None else f"{result.class_areas_m2[name] / 1e4:,.2f}"
         table.add_row(safe(name), f"{px:,}", area, f"{100 * px / total:.1f}%")
     console.print(table)
-    for path in result.outputs + result.confidence_outputs:
+    for path in result.outputs + result.confidence_outputs + result.probability_outputs:
         console.print(f"wrote {safe(path)}")
     if result.preview is not None:
         console.print(f"wrote {safe(result.preview)}")

@@ -43,7 +43,7 @@ from rasterio.shutil import copy as gdal_copy
 from rasterio.windows import Window
 
 from caswit_geo.geo.class_raster import overview_factors
-from caswit_geo.geo.profiles import NODATA, cog_options, gtiff_options
+from caswit_geo.geo.profiles import NODATA, cog_average_options, cog_options, gtiff_options
 
 
 def parts_vrt(
@@ -52,15 +52,15 @@ def parts_vrt(
     height: int,
     crs: CRS | None,
     transform: Affine,
-    band: int = 1,
+    band: int | Sequence[int] = 1,
     *,
     colormap: dict[int, tuple[int, int, int, int]] | None = None,
-    description: str = "",
+    description: str | Sequence[str] = "",
     tags: dict[str, str] | None = None,
     composite: bool = False,
     overviews: Sequence[str | Path] = (),
 ) -> str:
-    """VRT XML of one band of ``parts`` on one grid.
+    """VRT XML of one band of ``parts`` on one grid (or of several: ``band`` and ``description`` lists).
 
     A part is (window in the VRT's pixels, file) or (window, file, window
     of the file to read: default its top-left corner of the same size).
@@ -76,18 +76,33 @@ def parts_vrt(
         md = ET.SubElement(root, "Metadata")
         for key, value in tags.items():
             ET.SubElement(md, "MDI", key=key).text = value
-    vb = ET.SubElement(root, "VRTRasterBand", dataType="Byte", band="1")
-    if description:
-        ET.SubElement(vb, "Description").text = description
-    ET.SubElement(vb, "NoDataValue").text = str(NODATA)
-    if colormap is not None:
-        ET.SubElement(vb, "ColorInterp").text = "Palette"
-        table = ET.SubElement(vb, "ColorTable")
-        for value in range(256):
-            r, g, b, a = colormap.get(value, (0, 0, 0, 0))
-            ET.SubElement(table, "Entry", c1=str(r), c2=str(g), c3=str(b), c4=str(a))
-    else:
-        ET.SubElement(vb, "ColorInterp").text = "Gray"
+    bands = [band] if isinstance(band, int) else list(band)
+    descriptions = [description] if isinstance(description, str) else list(description)
+    if len(descriptions) != len(bands) or (len(bands) > 1 and (colormap is not None or overviews)):
+        raise ValueError("one description per band; a colour table and overviews are for one band")
+    for i, (source_band, text) in enumerate(zip(bands, descriptions)):
+        vb = ET.SubElement(root, "VRTRasterBand", dataType="Byte", band=str(i + 1))
+        if text:
+            ET.SubElement(vb, "Description").text = text
+        ET.SubElement(vb, "NoDataValue").text = str(NODATA)
+        if colormap is not None:
+            ET.SubElement(vb, "ColorInterp").text = "Palette"
+            table = ET.SubElement(vb, "ColorTable")
+            for value in range(256):
+                r, g, b, a = colormap.get(value, (0, 0, 0, 0))
+                ET.SubElement(table, "Entry", c1=str(r), c2=str(g), c3=str(b), c4=str(a))
+        else:
+            ET.SubElement(vb, "ColorInterp").text = "Gray"
+        _sources(vb, parts, source_band, composite)
+    for path in overviews:
+        ov = ET.SubElement(vb, "Overview")
+        ET.SubElement(ov, "SourceFilename", relativeToVRT="0").text = os.path.abspath(path)
+        ET.SubElement(ov, "SourceBand").text = "1"
+    return ET.tostring(root, encoding="unicode")
+
+
+def _sources(vb: ET.Element, parts: Sequence[tuple], band: int, composite: bool) -> None:
+    """The parts' ``band`` placed in the VRT band ``vb``."""
     for part in parts:
         window, path = part[0], part[1]
         w, h = int(window.width), int(window.height)
@@ -101,20 +116,16 @@ def parts_vrt(
                       xSize=str(w), ySize=str(h))
         if composite:
             ET.SubElement(src, "NODATA").text = str(NODATA)
-    for path in overviews:
-        ov = ET.SubElement(vb, "Overview")
-        ET.SubElement(ov, "SourceFilename", relativeToVRT="0").text = os.path.abspath(path)
-        ET.SubElement(ov, "SourceBand").text = "1"
-    return ET.tostring(root, encoding="unicode")
 
 
 def write_raster(source: str, dest: str | Path, *, fmt: str, block: int, is_classes: bool,
-                 cache_mb: int = 256) -> None:
+                 cache_mb: int = 256, average_overviews: bool = False) -> None:
     """Copy ``source`` (a VRT over parts) to ``dest`` as a COG or a tiled GeoTIFF with overviews.
 
     A COG takes the overviews the source declares (``parts_vrt(overviews=)``,
-    the units' pyramids); a source without them gets none. A GeoTIFF gets
-    overviews computed by GDAL after its data.
+    the units' pyramids); a source without them gets none, unless
+    ``average_overviews``: GDAL then computes them (average), reading the
+    data once more. A GeoTIFF gets overviews computed by GDAL after its data.
     """
     if fmt not in ("cog", "gtiff"):
         raise ValueError(f"unknown output format {fmt!r}")
@@ -122,7 +133,9 @@ def write_raster(source: str, dest: str | Path, *, fmt: str, block: int, is_clas
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(source) as src:
             width, height = src.width, src.height
-            if fmt == "cog":
+            if fmt == "cog" and average_overviews:
+                gdal_copy(src, dest, **cog_average_options(block))
+            elif fmt == "cog":
                 gdal_copy(src, dest, **cog_options(block, existing_overviews=bool(src.overviews(1))))
             else:
                 gdal_copy(src, dest, **gtiff_options(width, height, block))

@@ -35,11 +35,15 @@ def hann_weights(tile: int, floor: float = 1e-3) -> np.ndarray:
 
 @dataclass
 class RowBlock:
-    """Final output rows of one strip: ``window`` in raster pixels, (h, w) uint8 arrays."""
+    """Final output rows of one strip: ``window`` in raster pixels, (h, w) uint8 arrays.
+
+    ``probabilities``: (K, h, w) uint8 percent per class (255 at nodata), when asked for.
+    """
 
     window: Window
     classes: np.ndarray
     confidence: np.ndarray
+    probabilities: np.ndarray | None = None
 
 
 class StripAccumulator:
@@ -52,6 +56,7 @@ class StripAccumulator:
         block: output block size; flushed rows end on multiples of it.
         num_classes: K for soft mode (probabilities); None for hard mode.
         weights: (T, T) blending weights for soft mode (default Hann).
+        probability_bands: K to hand out the class probabilities in percent too (0: not).
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class StripAccumulator:
         block: int,
         num_classes: int | None = None,
         weights: np.ndarray | None = None,
+        probability_bands: int = 0,
     ) -> None:
         self.x0, self.x1, self.height = x0, x1, height
         self.tile, self.block = tile, block
@@ -77,12 +83,15 @@ class StripAccumulator:
         else:
             self.cls = np.full((self.cap, width), NODATA, np.uint8)
             self.conf = np.full((self.cap, width), NODATA, np.uint8)
+        self.with_probs = probability_bands > 0
+        if self.with_probs and not self.soft:
+            self.prob = np.full((probability_bands, self.cap, width), NODATA, np.uint8)  # (K, rows, W)
 
     @property
     def nbytes(self) -> int:
         if self.soft:
             return self.psum.nbytes + self.wsum.nbytes
-        return self.cls.nbytes + self.conf.nbytes
+        return self.cls.nbytes + self.conf.nbytes + (self.prob.nbytes if self.with_probs else 0)
 
     def _slices(self, window: Window) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
         """(buffer slices, tile slices) of the part of ``window`` inside the strip and raster."""
@@ -97,13 +106,16 @@ class StripAccumulator:
         til = (slice(r0 - r, r1 - r), slice(c0 - c, c1 - c))
         return buf, til
 
-    def add_hard(self, window: Window, classes: np.ndarray, confidence: np.ndarray) -> None:
-        """Paste (T, T) uint8 class ids and confidences (255 already at nodata)."""
+    def add_hard(self, window: Window, classes: np.ndarray, confidence: np.ndarray,
+                 probabilities: np.ndarray | None = None) -> None:
+        """Paste (T, T) uint8 class ids and confidences, and (K, T, T) percent probabilities (255 already at nodata)."""
         s = self._slices(window)
         if s is not None:
             buf, til = s
             self.cls[buf] = classes[til]
             self.conf[buf] = confidence[til]
+            if self.with_probs:
+                self.prob[(slice(None), *buf)] = probabilities[(slice(None), *til)]
 
     def add_soft(self, window: Window, probs: np.ndarray, valid: np.ndarray) -> None:
         """Add (K, T, T) class probabilities where ``valid`` (T, T) holds, weighted."""
@@ -120,6 +132,7 @@ class StripAccumulator:
         n = end - self.top
         if n <= 0:
             return None
+        probs = None
         if self.soft:
             wsum = self.wsum[:n]
             cls = self.psum[:, :n].argmax(axis=0).astype(np.uint8)
@@ -128,6 +141,9 @@ class StripAccumulator:
             empty = wsum <= 0
             cls[empty] = NODATA
             conf[empty] = NODATA
+            if self.with_probs:
+                probs = percent(self.psum[:, :n] / np.maximum(wsum, 1e-12))
+                probs[:, empty] = NODATA
             _shift(self.psum, n, 0, axis=1)
             _shift(self.wsum, n, 0, axis=0)
         else:
@@ -135,9 +151,17 @@ class StripAccumulator:
             conf = self.conf[:n].copy()
             _shift(self.cls, n, NODATA, axis=0)
             _shift(self.conf, n, NODATA, axis=0)
-        out = RowBlock(Window(self.x0, self.top, self.x1 - self.x0, n), cls, conf)
+            if self.with_probs:
+                probs = self.prob[:, :n].copy()
+                _shift(self.prob, n, NODATA, axis=1)
+        out = RowBlock(Window(self.x0, self.top, self.x1 - self.x0, n), cls, conf, probs)
         self.top = end
         return out
+
+
+def percent(probabilities: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] -> uint8 percent, rounded to the nearest (the confidence's rule)."""
+    return np.rint(np.clip(probabilities, 0, 1) * 100).astype(np.uint8)
 
 
 def _shift(a: np.ndarray, n: int, fill, axis: int) -> None:

@@ -34,6 +34,7 @@ from caswit_geo.safeio.files import usual_permissions
 from caswit_geo.safeio.writes import AtomicWrite
 
 CONFIDENCE_DESCRIPTION = "confidence: probability of the predicted class, percent (255 = nodata)"
+PROBABILITIES_DESCRIPTION = "one band per class (its name is the band description): probability, percent (255 = nodata)"
 
 
 def output_block(tile: int) -> int:

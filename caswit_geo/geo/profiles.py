@@ -120,6 +120,11 @@ def cog_options(block: int, existing_overviews: bool, **options: Any) -> dict[st
     return laid_over(COG, dict(BLOCKSIZE=block, OVERVIEWS=overviews), options)
 
 
+def cog_average_options(block: int, **options: Any) -> dict[str, Any]:
+    """GDAL's COG driver computing its own average overviews (rasters without unit pyramids: probabilities)."""
+    return laid_over(COG, dict(BLOCKSIZE=block, OVERVIEWS="AUTO", RESAMPLING="AVERAGE"), options)
+
+
 def gtiff_options(width: int, height: int, block: int, **options: Any) -> dict[str, Any]:
     """A GeoTIFF copy, tiled as :func:`tiling` says (its overviews are built afterwards)."""
     tiles = dict(TILED="YES", BLOCKXSIZE=block, BLOCKYSIZE=block) if tiling(width, height, block) else {}

@@ -21,7 +21,9 @@ class PredictConfig:
 
     ``out``: a ``.tif`` file (one mosaic output) or a folder (one
     ``<stem>_landcover.tif`` per input file). ``confidence`` follows the
-    same rule (``<stem>_confidence.tif`` in a folder). ``overlap`` in
+    same rule (``<stem>_confidence.tif`` in a folder), and so does
+    ``probabilities`` (``<stem>_probabilities.tif``: one band per class,
+    uint8 percent, 255 where the map is nodata). ``overlap`` in
     pixels; ``min_area`` in m2; ``simplify`` in m. ``workers`` None = one
     fewer than the CPUs (max 4) on CUDA; on the CPU none up to 4 CPUs, else
     one. ``strip_width`` None = chosen from ``blend_memory_mb``.
@@ -48,6 +50,7 @@ class PredictConfig:
     overlap: int = bounded(0, ge=0)
     resample: bool = False
     confidence: str | Path | None = None
+    probabilities: str | Path | None = None  # one uint8 percent band per class (same rule as confidence)
     vector: str | Path | None = None
     min_area: float | None = bounded(None, ge=0)
     simplify: float | None = bounded(None, ge=0)
@@ -87,6 +90,7 @@ class PredictResult:
     precision: str = "fp32"  # what ran and why, e.g. "bf16 (auto: CPU with AMX bf16, ...)"
     preview: Path | None = None
     tta: str = "none"  # test-time augmentation mode (its passes are in forward_seconds)
+    probability_outputs: list[Path] = field(default_factory=list)
     vector_features: int = 0
     vector_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)

@@ -25,7 +25,12 @@ from caswit_geo.engine.predict.job import Job, remove_job
 from caswit_geo.engine.predict.plan import PredictPlan
 from caswit_geo.engine.predict.sink import UnitDone
 from caswit_geo.geo.assemble import parts_vrt, write_raster
-from caswit_geo.geo.class_raster import CONFIDENCE_DESCRIPTION, class_description, pam_xml
+from caswit_geo.geo.class_raster import (
+    CONFIDENCE_DESCRIPTION,
+    PROBABILITIES_DESCRIPTION,
+    class_description,
+    pam_xml,
+)
 from caswit_geo.geo.preview import write_preview
 from caswit_geo.geo.profiles import coarse_level_profile
 from caswit_geo.geo.pyramid import level_shape, pack_layout, pyramid
@@ -152,6 +157,9 @@ def finalize_job(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
                             overviews=levels)
             write_raster(vrt, outputs.temp(raster.confidence), fmt=plan.format, block=plan.block, is_classes=False)
             outputs.temp(style_path(raster.confidence)).write_text(gradient_qml("confidence"))
+        if raster.probabilities is not None:
+            write_probabilities(plan, job, index, outputs.temp(raster.probabilities), tags)
+            outputs.temp(style_path(raster.probabilities)).write_text(gradient_qml(classes.names[0]))
     phases["assemble"] = time.perf_counter() - t0
 
     vector_result = None
@@ -185,6 +193,22 @@ def finalize_job(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
         seconds=time.perf_counter() - t0,
         phases=phases,
     )
+
+
+def write_probabilities(plan: PredictPlan, job: Job, index: int, dest: Path, tags: dict[str, str]) -> None:
+    """Raster ``index``'s class probabilities: one band per class named after it, uint8 percent, nodata 255.
+
+    The bands of the units' probability parts, on the class raster's grid;
+    a COG gets average overviews computed by GDAL (the units keep no
+    pyramid of K bands).
+    """
+    raster = plan.rasters[index]
+    parts = [(u.window, job.probabilities_path(u.id)) for u in plan.units if u.raster == index]
+    names = plan.classes.names
+    vrt = parts_vrt(parts, int(raster.window.width), int(raster.window.height), plan.mosaic.crs, raster.transform,
+                    list(range(1, len(names) + 1)), description=names,
+                    tags={**tags, "CASWIT_PROBABILITIES": PROBABILITIES_DESCRIPTION})
+    write_raster(vrt, dest, fmt=plan.format, block=plan.block, is_classes=False, average_overviews=True)
 
 
 def mosaic_classes(plan: PredictPlan, job: Job, outputs: OutputSet) -> str | Path:

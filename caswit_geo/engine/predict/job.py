@@ -58,6 +58,7 @@ VERSION = 1
 PLAN_FILE = "plan.json"
 
 # plan.json keys -> the option a user changes to change them
+_OPTIONS_BEFORE = {"tta": "none", "probabilities": False}
 _OPTION_NAMES = {
     "overlap": "--overlap",
     "resample": "--resample",
@@ -68,6 +69,7 @@ _OPTION_NAMES = {
     "bands": "the checkpoint's bands",
     "per_file": "--out (file or folder)",
     "confidence": "--confidence",
+    "probabilities": "--probabilities",
     "tta": "the test-time augmentation (--tta, --tta-flips)",
 }
 
@@ -126,7 +128,8 @@ def compare_manifest(stored: dict, plan: PredictPlan, how: str) -> None:
             f"{how}: --weights {plan.weights} is not the checkpoint of the interrupted job "
             f"(sha256 {digest[:12]} vs {str(stored.get('checkpoint', {}).get('sha256'))[:12]}); {restart}"
         )
-    old_pixels = stored.get("pixels", {})
+    # options added since a job was started: absent means the value that was the only one then
+    old_pixels = {**_OPTIONS_BEFORE, **stored.get("pixels", {})}
     for key in sorted(set(old_pixels) | set(plan.options)):
         if old_pixels.get(key) != plan.options.get(key):
             name = _OPTION_NAMES.get(key, key)
@@ -136,8 +139,8 @@ def compare_manifest(stored: dict, plan: PredictPlan, how: str) -> None:
             )
     outputs = stored.get("outputs", {})
     now = make_outputs(plan)
-    for key, option in (("classes", "--out"), ("confidence", "--confidence")):
-        if outputs.get(key) != now[key]:
+    for key, option in (("classes", "--out"), ("confidence", "--confidence"), ("probabilities", "--probabilities")):
+        if outputs.get(key, []) != now[key]:
             raise ConfigError(f"{how}: {option} differs from the interrupted job's outputs; {restart}")
     g = stored.get("grid", {})
     if (g.get("width"), g.get("height")) != (plan.grid.width, plan.grid.height):
@@ -149,6 +152,7 @@ def make_outputs(plan: PredictPlan) -> dict:
     return {
         "classes": [str(Path(os.path.abspath(r.classes))) for r in plan.rasters],
         "confidence": [str(Path(os.path.abspath(r.confidence))) for r in plan.rasters if r.confidence],
+        "probabilities": [str(Path(os.path.abspath(r.probabilities))) for r in plan.rasters if r.probabilities],
     }
 
 
@@ -200,6 +204,10 @@ class Job:
 
     def part_path(self, unit_id: int) -> Path:
         return self.units_dir / f"u{unit_id:06d}.tif"
+
+    def probabilities_path(self, unit_id: int) -> Path:
+        """The unit's class probabilities, K bands (written before its part)."""
+        return self.units_dir / f"u{unit_id:06d}.prob.tif"
 
     def pyramid_path(self, unit_id: int) -> Path:
         """The unit's overview levels, packed side by side (written before its part)."""

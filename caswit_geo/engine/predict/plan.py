@@ -72,6 +72,7 @@ class OutputRaster:
     transform: Affine
     source: int | None
     sources: tuple[str, ...]
+    probabilities: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,11 @@ class PredictPlan:
     def with_confidence(self) -> bool:
         return bool(self.rasters) and self.rasters[0].confidence is not None
 
+    @property
+    def with_probabilities(self) -> bool:
+        """Each unit also writes a part of K uint8 bands, the class probabilities in percent."""
+        return bool(self.rasters) and self.rasters[0].probabilities is not None
+
     def region(self, unit: Unit) -> Window:
         """The unit's pixels in mosaic pixels."""
         r = self.rasters[unit.raster].window
@@ -184,6 +190,9 @@ class PredictPlan:
         for r in self.rasters:
             if r.confidence is not None:
                 out += [(r.confidence, "--confidence"), (style_path(r.confidence), "--confidence")]
+        for r in self.rasters:
+            if r.probabilities is not None:
+                out += [(r.probabilities, "--probabilities"), (style_path(r.probabilities), "--probabilities")]
         if self.vector is not None:
             out.append((self.vector, "--vector"))
             if vector_format(self.vector) != "GPKG":  # a GeoPackage holds its style (layer_styles)
@@ -249,7 +258,7 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
     if not 0 <= config.overlap < tile:
         raise ConfigError(f"--overlap must be in [0, {tile}) pixels for {tile} px tiles, got {config.overlap}")
 
-    per_file, classes_dests, conf_dests, vector, preview = plan_outputs(config, inputs)
+    per_file, classes_dests, conf_dests, prob_dests, vector, preview = plan_outputs(config, inputs)
 
     mosaic = open_mosaic(inputs, spec.bands)
     target_res, notes = check_resolution(mosaic, spec, config.resample)
@@ -262,7 +271,8 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
     soft = config.overlap > 0
     block = output_block(tile)
     strip_width = config.strip_width or choose_strip_width(
-        mosaic.width, tile, block, len(meta.classes) if soft else None, config.blend_memory_mb
+        mosaic.width, tile, block, len(meta.classes) if soft else None, config.blend_memory_mb,
+        len(meta.classes) if config.probabilities else 0,
     )
     if strip_width % block or (not soft and strip_width % tile):
         raise ConfigError(f"strip width {strip_width} must be a multiple of the block ({block}) and tile")
@@ -278,7 +288,7 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
     else:
         context = "direct"
 
-    rasters = output_rasters(mosaic, per_file, classes_dests, conf_dests)
+    rasters = output_rasters(mosaic, per_file, classes_dests, conf_dests, prob_dests)
     units = plan_units(rasters, grid, block, unit_size, file_windows(mosaic), unit_width)
     tags = model_tags(
         meta.name,
@@ -325,6 +335,7 @@ def pixel_options(config: PredictConfig, plan: PredictPlan) -> dict:
         "bands": list(plan.spec.bands),
         "per_file": plan.per_file,
         "confidence": plan.with_confidence,
+        "probabilities": plan.with_probabilities,
         "tta": plan.tta,
     }
     return options
@@ -348,10 +359,10 @@ def _is_folder_arg(p: str | Path) -> bool:
 
 def plan_outputs(
     config: PredictConfig, inputs: list[Path]
-) -> tuple[bool, list[Path], list[Path], Path | None, Path | None]:
+) -> tuple[bool, list[Path], list[Path], list[Path], Path | None, Path | None]:
     """Decide and check every destination (nothing is created, nothing claimed).
 
-    Returns (per_file, class rasters, confidence rasters, vector, preview).
+    Returns (per_file, class rasters, confidence rasters, probability rasters, vector, preview).
     """
     out = Path(config.out)
     per_file = _is_folder_arg(config.out)
@@ -362,18 +373,8 @@ def plan_outputs(
         if out.suffix.lower() not in RASTER_OUT_SUFFIXES:
             raise OutputError(f"--out {out}: expected a .tif file or an existing folder")
         classes = [out]
-    confidence: list[Path] = []
-    if config.confidence:
-        if per_file:
-            if not _is_folder_arg(config.confidence):
-                raise OutputError("--confidence: must be a folder when --out is a folder")
-            cfolder = _check_folder(Path(config.confidence), "--confidence")
-            confidence = [cfolder / f"{p.stem}_confidence.tif" for p in inputs]
-        else:
-            c = Path(config.confidence)
-            if _is_folder_arg(c) or c.suffix.lower() not in RASTER_OUT_SUFFIXES:
-                raise OutputError(f"--confidence {c}: expected a .tif file (--out is a file)")
-            confidence = [c]
+    confidence = _companion_rasters(config.confidence, "--confidence", "confidence", per_file, inputs)
+    probabilities = _companion_rasters(config.probabilities, "--probabilities", "probabilities", per_file, inputs)
     vector = Path(config.vector) if config.vector else None
     if vector is not None:
         vector_format(vector)
@@ -381,14 +382,31 @@ def plan_outputs(
     if preview is not None and preview.suffix.lower() != ".png":
         raise OutputError(f"--preview {preview}: expected a .png file")
     named = [(p, "--out") for p in classes] + [(p, "--confidence") for p in confidence]
+    named += [(p, "--probabilities") for p in probabilities]
     named += ([(vector, "--vector")] if vector else []) + ([(preview, "--preview")] if preview else [])
     everything = [p.resolve() for p, _ in named]
     if len(set(everything)) != len(everything):
-        raise OutputError("two outputs have the same path (--out, --confidence, --vector, --preview)")
+        raise OutputError("two outputs have the same path (--out, --confidence, --probabilities, --vector, --preview)")
     checks = OutputSet(overwrite=config.overwrite, inputs=inputs)
     for path, option in named + [(Path(f"{p}.aux.xml"), "--out") for p in classes]:
         checks.check(path, option)
-    return per_file, classes, confidence, vector, preview
+    return per_file, classes, confidence, probabilities, vector, preview
+
+
+def _companion_rasters(value: str | Path | None, option: str, kind: str, per_file: bool,
+                       inputs: list[Path]) -> list[Path]:
+    """The rasters that go with the class rasters (confidence, probabilities): a file, or a folder when --out is one."""
+    if not value:
+        return []
+    if per_file:
+        if not _is_folder_arg(value):
+            raise OutputError(f"{option}: must be a folder when --out is a folder")
+        folder = _check_folder(Path(value), option)
+        return [folder / f"{p.stem}_{kind}.tif" for p in inputs]
+    path = Path(value)
+    if _is_folder_arg(path) or path.suffix.lower() not in RASTER_OUT_SUFFIXES:
+        raise OutputError(f"{option} {path}: expected a .tif file (--out is a file)")
+    return [path]
 
 
 def _check_folder(folder: Path, option: str) -> Path:
@@ -399,23 +417,25 @@ def _check_folder(folder: Path, option: str) -> Path:
     return folder
 
 
-def output_rasters(mosaic: Mosaic, per_file: bool, classes: list[Path], confidence: list[Path]) -> list[OutputRaster]:
+def output_rasters(mosaic: Mosaic, per_file: bool, classes: list[Path], confidence: list[Path],
+                   probabilities: list[Path] = ()) -> list[OutputRaster]:
     """The class rasters: the mosaic's grid, or each input file's own grid (its extent at the
     mosaic's pixel size when resampled)."""
     conf = confidence or [None] * len(classes)
+    probs = list(probabilities) or [None] * len(classes)
     whole = Window(0, 0, mosaic.width, mosaic.height)
     if not per_file or (len(mosaic.files) == 1 and not mosaic.resampled):
         names = tuple(Path(i.path).name for i in mosaic.files)
-        return [OutputRaster(classes[0], conf[0], whole, mosaic.transform, None, names)]
+        return [OutputRaster(classes[0], conf[0], whole, mosaic.transform, None, names, probs[0])]
     out = []
-    for i, (info, dest, cdest) in enumerate(zip(mosaic.files, classes, conf)):
+    for i, (info, dest, cdest, pdest) in enumerate(zip(mosaic.files, classes, conf, probs)):
         window = mosaic.file_window(info)
         w, h = int(window.width), int(window.height)
         if not mosaic.resampled and (w, h) == (info.width, info.height):
             transform = info.transform
         else:
             transform = mosaic.transform @ Affine.translation(window.col_off, window.row_off)
-        out.append(OutputRaster(dest, cdest, window, transform, i, (info.name,)))
+        out.append(OutputRaster(dest, cdest, window, transform, i, (info.name,), pdest))
     return out
 
 
@@ -532,11 +552,19 @@ def check_scaling(mosaic: Mosaic, spec: InputSpec) -> list[str]:
     return [warning] if warning else []
 
 
-def choose_strip_width(width: int, tile: int, block: int, soft_classes: int | None, memory_mb: int) -> int:
-    """Strip width (multiple of the block, and of the tile without blending) within the memory budget."""
-    if soft_classes is None:  # two uint8 rows buffers of (tile + block) rows
+def choose_strip_width(width: int, tile: int, block: int, soft_classes: int | None, memory_mb: int,
+                       probability_bands: int = 0) -> int:
+    """Strip width (multiple of the block, and of the tile without blending) within the memory budget.
+
+    ``probability_bands``: K when the class probabilities are written too (K more uint8 rows per column).
+    """
+    if soft_classes is None and not probability_bands:  # two uint8 rows buffers of (tile + block) rows
         return max(tile, (8192 // tile) * tile)
-    per_column = (soft_classes + 1) * (tile + block) * 4
+    if soft_classes is None:  # classes, confidence and K probabilities, uint8
+        per_column = (2 + probability_bands) * (tile + block)
+        w = min(8192, memory_mb * 2**20 // per_column) // math.lcm(tile, block) * math.lcm(tile, block)
+        return max(w, math.lcm(tile, block))
+    per_column = (soft_classes + 1) * (tile + block) * 4 + probability_bands * (tile + block)
     w = (memory_mb * 2**20 // per_column) // block * block
     return max(w, 2 * tile, block)
 

@@ -179,6 +179,7 @@ def _result(plan: PredictPlan, job: Job, config: PredictConfig, env: DistEnv, ru
     return PredictResult(
         outputs=[r.classes for r in plan.rasters],
         confidence_outputs=[r.confidence for r in plan.rasters if r.confidence is not None],
+        probability_outputs=[r.probabilities for r in plan.rasters if r.probabilities is not None],
         vector=plan.vector,
         tiles=plan.total_tiles,
         tiles_run=run.tiles_run,

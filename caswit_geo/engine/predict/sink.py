@@ -43,8 +43,9 @@ from caswit_geo.geo.pyramid import pack_layout, pyramid
 from caswit_geo.safeio.writes import AtomicWrite, atomic_path
 
 # A tile's result: None (skipped, all nodata), (classes, confidence) uint8 (T, T) in hard
-# mode, or (probabilities (K, T, T), validity (T, T)) in soft (blending) mode.
-TileResult = tuple[np.ndarray, np.ndarray] | None
+# mode, plus (K, T, T) uint8 percent probabilities when they are written, or
+# (probabilities (K, T, T), validity (T, T)) in soft (blending) mode.
+TileResult = tuple[np.ndarray, ...] | None
 
 
 class TileSink:
@@ -58,6 +59,7 @@ class TileSink:
         block: output block size (rows are handed out block-aligned).
         out: receives each block of final rows.
         num_classes: K when blending (soft mode); None for hard mode.
+        probability_bands: K when the class probabilities are written too (0: not).
     """
 
     def __init__(
@@ -69,11 +71,13 @@ class TileSink:
         block: int,
         out: Callable[[RowBlock], None],
         num_classes: int | None = None,
+        probability_bands: int = 0,
     ) -> None:
         self.plan, self.strips, self.height = plan, strips, height
         self.tile, self.block = tile, block
         self.out = out
         self.num_classes = num_classes
+        self.probability_bands = probability_bands
         self.acc: StripAccumulator | None = None
         self.strip = -1
         self.row = None
@@ -84,7 +88,8 @@ class TileSink:
         if strip != self.strip:
             self._finish_strip()
             x0, x1 = self.strips[strip]
-            self.acc = StripAccumulator(x0, x1, self.height, self.tile, self.block, self.num_classes)
+            self.acc = StripAccumulator(x0, x1, self.height, self.tile, self.block, self.num_classes,
+                                        probability_bands=self.probability_bands)
             self.peak_buffer_bytes = max(self.peak_buffer_bytes, self.acc.nbytes)
             self.strip, self.row = strip, int(window.row_off)
         if int(window.row_off) != self.row:  # a new tile row: the rows above it are final
@@ -139,6 +144,41 @@ class PartWriter:
 
     def commit(self, stats: dict) -> None:
         self.dst.update_tags(CASWIT_UNIT=json.dumps(stats))
+        self.dst.close()
+        self.file.commit()
+
+    def abort(self) -> None:
+        if not self.dst.closed:
+            try:
+                self.dst.close()
+            except Exception:
+                pass
+        self.file.abort()
+
+
+class ProbabilityPartWriter:
+    """One unit's class probabilities: K uint8 bands, percent, nodata 255, beside its part file.
+
+    Committed (flushed to disk) before the unit's part file, whose name alone
+    says the unit is done: a done unit always has its probabilities.
+    """
+
+    def __init__(self, path: os.PathLike, width: int, height: int, crs: CRS | None, transform: Affine,
+                 block: int, bands: int) -> None:
+        self.file = AtomicWrite(path, fsync=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self.dst = rasterio.open(self.file.tmp, "w", **part_profile(width, height, crs, transform, block,
+                                                                            count=bands))
+        except BaseException:
+            self.file.abort()
+            raise
+
+    def write(self, block: RowBlock) -> None:
+        self.dst.write(block.probabilities, window=block.window)
+
+    def commit(self) -> None:
         self.dst.close()
         self.file.commit()
 
@@ -226,6 +266,7 @@ class UnitWriter:
         self.current = -1
         self.sink: TileSink | None = None
         self.part: PartWriter | None = None
+        self.probs: ProbabilityPartWriter | None = None
         self.pyramid: UnitPyramid | None = None
         self.masks: dict[int, tuple[rasterio.io.DatasetReader, MaskRule]] = {}
         self._reset_stats()
@@ -256,8 +297,12 @@ class UnitWriter:
                             int(t.width), int(t.height))) for s, t in self.tiles[j]]
         self.part = PartWriter(self.job.part_path(unit.id), w, h, self.plan.mosaic.crs,
                                self.plan.unit_transform(unit), self.plan.block, self.plan.with_confidence)
+        bands = len(self.plan.classes) if self.plan.with_probabilities else 0
+        if bands:
+            self.probs = ProbabilityPartWriter(self.job.probabilities_path(unit.id), w, h, self.plan.mosaic.crs,
+                                               self.plan.unit_transform(unit), self.plan.block, bands)
         self.sink = TileSink(local, strips(w, self.plan.strip_width), h, self.plan.grid.tile, self.plan.block,
-                             self._write, len(self.plan.classes) if self.plan.soft else None)
+                             self._write, len(self.plan.classes) if self.plan.soft else None, bands)
         factors = self.plan.unit_levels(unit)
         self.pyramid = UnitPyramid(h, w, factors, self.plan.with_confidence) if factors else None
         self.current = j
@@ -272,8 +317,12 @@ class UnitWriter:
                          int(block.window.width), int(block.window.height))
             valid = valid_mask(src, win, self.plan.mosaic.bands, rule=rule)
             block = RowBlock(block.window, np.where(valid, block.classes, NODATA).astype(np.uint8),
-                             np.where(valid, block.confidence, NODATA).astype(np.uint8))
+                             np.where(valid, block.confidence, NODATA).astype(np.uint8),
+                             None if block.probabilities is None else
+                             np.where(valid, block.probabilities, NODATA).astype(np.uint8))
         self.part.write(block)
+        if self.probs is not None:
+            self.probs.write(block)
         if self.pyramid is not None:
             self.pyramid.add(block)
         flat = block.classes.ravel()
@@ -309,8 +358,10 @@ class UnitWriter:
         )
         if self.pyramid is not None:
             self.pyramid.write(self.job.pyramid_path(unit.id))
+        if self.probs is not None:
+            self.probs.commit()
         self.part.commit(done.to_dict())  # last: the part's name says the unit is done
-        self.part, self.sink, self.pyramid = None, None, None
+        self.part, self.sink, self.pyramid, self.probs = None, None, None, None
         self.on_done(done)
 
     def close(self) -> None:
@@ -321,6 +372,9 @@ class UnitWriter:
         if self.part is not None:
             self.part.abort()
             self.part, self.sink = None, None
+        if self.probs is not None:
+            self.probs.abort()
+            self.probs = None
         for src, _ in self.masks.values():
             src.close()
         self.masks = {}
@@ -394,4 +448,4 @@ class SinkThread(threading.Thread):
             raise self.error
 
 
-__all__ = ["NODATA", "PartWriter", "SinkThread", "TileResult", "TileSink", "UnitDone", "UnitWriter"]
+__all__ = ["NODATA", "PartWriter", "ProbabilityPartWriter", "SinkThread", "TileResult", "TileSink", "UnitDone", "UnitWriter"]

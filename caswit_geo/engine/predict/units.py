@@ -223,8 +223,8 @@ def run_units(
             sink_thread = SinkThread(UnitWriter(plan, job, units, tiles, on_done))
             sink_thread.start()
             try:
-                _model_loop(model, batches, workers, sink_thread, device, precision, plan.tta, soft, starts, units, job, run,
-                            progress, deadline, builder is not None)
+                _model_loop(model, batches, workers, sink_thread, device, precision, plan.tta, plan.with_probabilities,
+                            soft, starts, units, job, run, progress, deadline, builder is not None)
             finally:
                 stop_workers(batches)  # shuts the readers down at once
             sink_thread.finish()
@@ -273,8 +273,8 @@ def _user_failure(exc: BaseException, builder: LowResBuilder | None, work_dir, p
     )
 
 
-def _model_loop(model, batches, workers, sink_thread, device, precision, tta, soft, starts, units, job, run, progress,
-                deadline, builder_busy) -> None:
+def _model_loop(model, batches, workers, sink_thread, device, precision, tta, with_probs, soft, starts, units, job,
+                run, progress, deadline, builder_busy) -> None:
     """Batches in order -> the model -> results to the writer thread; stops between units after ``deadline``."""
     unit_of = lambda pos: int(np.searchsorted(starts, pos, side="right")) - 1  # noqa: E731
     with CpuThreads(device, workers) as threads:
@@ -302,7 +302,12 @@ def _model_loop(model, batches, workers, sink_thread, device, precision, tta, so
                     cls = cls.to(torch.uint8)
                     cls = torch.where(valid, cls, torch.full_like(cls, NODATA)).cpu().numpy()
                     conf = torch.where(valid, conf, torch.full_like(conf, NODATA)).cpu().numpy()
-                    payload = list(zip(cls, conf))
+                    if with_probs:  # percent, rounded as the confidence is: its max is the confidence
+                        pct = (probs * 100).round().to(torch.uint8)
+                        pct = torch.where(valid[:, None], pct, torch.full_like(pct, NODATA)).cpu().numpy()
+                        payload = list(zip(cls, conf, pct))
+                    else:
+                        payload = list(zip(cls, conf))
                 run.forward_seconds += time.perf_counter() - t0
                 ran = iter(payload)
                 results = [next(ran) if r else None for r in batch.run.tolist()]

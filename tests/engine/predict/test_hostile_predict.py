@@ -180,8 +180,8 @@ def test_5_a_preview_failure_leaves_no_output_and_the_job_to_finish(tmp_path, ca
     monkeypatch.undo()
     code, _, err = run_cli(_argv(tmp_path, "--resume", "--confidence", tmp_path / "conf.tif"), capsys)
     assert code == 0, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf.tif", "in.tif", "map.tif", "map.tif.aux.xml",
-                                                          "nano.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf.qml", "conf.tif", "in.tif", "map.qml", "map.tif",
+                                                          "map.tif.aux.xml", "nano.safetensors"]
 
 
 def test_4_a_destination_that_appears_meanwhile_is_not_replaced(tmp_path, capsys, monkeypatch):

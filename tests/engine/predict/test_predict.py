@@ -74,7 +74,8 @@ def test_output_raster_matches_input_grid_and_mask(tmp_path, weights, mask_kind)
     assert res.tiles == 9 and res.context == "prepass"
     assert sum(res.class_pixels.values()) == in_mask.sum() and res.nodata_pixels == (~in_mask).sum()
     assert sum(res.class_areas_m2.values()) == pytest.approx(in_mask.sum() * GSD * GSD)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf.tif", "in.tif", "out.tif", "out.tif.aux.xml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf.qml", "conf.tif", "in.tif", "out.qml", "out.tif",
+                                                          "out.tif.aux.xml"]
 
 
 def test_all_nodata_tiles_are_skipped(tmp_path, weights):
@@ -336,8 +337,8 @@ def test_interrupted_run_leaves_destination_untouched(tmp_path, weights, monkeyp
     monkeypatch.setattr(predict_module, "predict_probabilities", real)
     run_predict(weights, [tmp_path / "in.tif"], tmp_path / "out.tif", batch_size=2, overwrite=True, resume=True,
                 confidence=tmp_path / "conf.tif", vector=tmp_path / "v.gpkg")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf.tif", "in.tif", "out.tif", "out.tif.aux.xml",
-                                                          "v.gpkg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf.qml", "conf.tif", "in.tif", "out.qml", "out.tif",
+                                                          "out.tif.aux.xml", "v.gpkg"]
 
 
 def test_overwrite_replaces_only_when_asked(tmp_path, weights):

@@ -85,6 +85,7 @@ def visible(folder: Path) -> list[str]:
 def small_job_argv(tiles: Path, out: Path, weights: Path) -> list[str]:
     """``predict`` of the small mosaic into ``out``: one tile per unit, in this process."""
     return ["predict", str(tiles), "--out", str(out / "map.tif"), "--confidence", str(out / "conf.tif"),
+            "--probabilities", str(out / "prob.tif"),
             "--weights", str(weights), "--unit-size", "128", "--batch-size", "1", "--workers", "0", "--quiet"]
 
 
@@ -99,14 +100,17 @@ def small(tmp_path_factory, weights):
     tiles = mosaic(root / "tiles", 384, 128, seed=11)
     ref = root / "ref"
     ref.mkdir()
-    run_predict(weights, [tiles], ref / "map.tif", confidence=ref / "conf.tif", unit_size=128, batch_size=1)
+    run_predict(weights, [tiles], ref / "map.tif", confidence=ref / "conf.tif", probabilities=ref / "prob.tif", unit_size=128, batch_size=1)
     return tiles, ref
 
 
 def assert_same_as_reference(ref: Path, out: Path) -> None:
     assert_same_raster(ref / "map.tif", out / "map.tif")
     assert_same_raster(ref / "conf.tif", out / "conf.tif")
-    assert visible(out) == ["conf.tif", "map.tif", "map.tif.aux.xml"]
+    assert_same_raster(ref / "prob.tif", out / "prob.tif")
+    assert visible(out) == ["conf.qml", "conf.tif", "map.qml", "map.tif", "map.tif.aux.xml", "prob.qml", "prob.tif"]
+    for name in ("conf.qml", "map.qml", "prob.qml"):
+        assert (out / name).read_bytes() == (ref / name).read_bytes()
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no job, claim, lock or temporary
 
 
@@ -131,14 +135,14 @@ def test_ctrl_c_then_resume_redoes_nothing_and_equals_one_run(tmp_path, weights,
     out.mkdir()
     _, real = interrupt_forward_pass(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
-        run_predict(weights, [tiles], out / "map.tif", confidence=out / "conf.tif", unit_size=128, batch_size=1)
+        run_predict(weights, [tiles], out / "map.tif", confidence=out / "conf.tif", probabilities=out / "prob.tif", unit_size=128, batch_size=1)
     job = Job(out / ".map.tif.caswit-job", {})
     done = job.done_units()
     assert len(done) == 4 and visible(out) == []  # one tile per unit: four units, nothing at the destination
     monkeypatch.setattr(units_module, "predict_probabilities", real)
     with pytest.raises(OutputError, match="interrupted job exists.*--resume.*--overwrite"):
-        run_predict(weights, [tiles], out / "map.tif", confidence=out / "conf.tif", unit_size=128, batch_size=1)
-    res = run_predict(weights, [tiles], out / "map.tif", confidence=out / "conf.tif", unit_size=128, batch_size=1,
+        run_predict(weights, [tiles], out / "map.tif", confidence=out / "conf.tif", probabilities=out / "prob.tif", unit_size=128, batch_size=1)
+    res = run_predict(weights, [tiles], out / "map.tif", confidence=out / "conf.tif", probabilities=out / "prob.tif", unit_size=128, batch_size=1,
                       resume=True)
     assert res.complete and (res.units, res.units_run, res.units_before) == (9, 5, 4)
     assert_same_as_reference(ref, out)
@@ -180,7 +184,7 @@ def test_kill_9_then_resume(tmp_path, weights, small, moment):
     out = tmp_path / "out"
     out.mkdir()
     # a reader process: it outlives the killed run a moment, which must not keep the job looking alive
-    base = cli(tiles, "--out", out / "map.tif", "--confidence", out / "conf.tif", "--weights", weights,
+    base = cli(tiles, "--out", out / "map.tif", "--confidence", out / "conf.tif", "--probabilities", out / "prob.tif", "--weights", weights,
                "--unit-size", 128, "--batch-size", 1, "--workers", 1, "--quiet")
     job = Job(out / ".map.tif.caswit-job", {})
     if moment == "finalize":
@@ -253,7 +257,7 @@ def test_shards_as_separate_processes(tmp_path, weights, small):
     tiles, ref = small
     out = tmp_path / "out"
     out.mkdir()
-    base = cli(tiles, "--out", out / "map.tif", "--confidence", out / "conf.tif", "--weights", weights,
+    base = cli(tiles, "--out", out / "map.tif", "--confidence", out / "conf.tif", "--probabilities", out / "prob.tif", "--weights", weights,
                "--unit-size", 128, "--batch-size", 1, "--workers", 0, "--quiet")
     for shard in ("0/3", "2/3", "1/3"):
         res = subprocess.run(base + ["--shard", shard], env=ENV, capture_output=True, text=True)
@@ -269,13 +273,13 @@ def _torchrun(tmp_path, weights, size, file_size, unit_size, kinds=("map", "file
     per_file.mkdir()
     outs = {k: v for k, v in {"map": tmp_path / "ddp", "files": tmp_path / "ddp_files"}.items() if k in kinds}
     if "map" in outs:
-        run_predict(weights, [tiles], ref / "map.tif", confidence=ref / "conf.tif", unit_size=unit_size)
+        run_predict(weights, [tiles], ref / "map.tif", confidence=ref / "conf.tif", probabilities=ref / "prob.tif", unit_size=unit_size)
     if "files" in outs:
-        run_predict(weights, [tiles], per_file, confidence=per_file, unit_size=unit_size)
+        run_predict(weights, [tiles], per_file, confidence=per_file, probabilities=per_file, unit_size=unit_size)
     for kind, out in outs.items():
         out.mkdir()
-        target = ["--out", out / "map.tif", "--confidence", out / "conf.tif"] if kind == "map" else [
-            "--out", out, "--confidence", out]
+        target = ["--out", out / "map.tif", "--confidence", out / "conf.tif", "--probabilities", out / "prob.tif"] if kind == "map" else [
+            "--out", out, "--confidence", out, "--probabilities", out]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
                "caswit_geo", "predict", str(tiles), *map(str, target), "--weights", str(weights),
                "--unit-size", str(unit_size), "--workers", "0", "--quiet"]
@@ -286,7 +290,7 @@ def _torchrun(tmp_path, weights, size, file_size, unit_size, kinds=("map", "file
     if "files" not in outs:
         return
     names = visible(per_file)
-    assert names == visible(outs["files"]) and len(names) == 3 * len(list(tiles.iterdir()))
+    assert names == visible(outs["files"]) and len(names) == 7 * len(list(tiles.iterdir()))
     for name in names:
         if name.endswith(".tif"):
             assert_same_raster(per_file / name, outs["files"] / name)
@@ -309,12 +313,12 @@ def test_torchrun_two_cpu_processes_equal_one_2048(tmp_path, weights):
 def test_blending_across_unit_borders_equals_one_unit(tmp_path, weights):
     write_on_grid(tmp_path / "in.tif", rgb_image(300, 350, seed=3), nodata=0)
     one = run_predict(weights, [tmp_path / "in.tif"], tmp_path / "one.tif", overlap=48,
-                      confidence=tmp_path / "one_c.tif", unit_size=1024)
+                      confidence=tmp_path / "one_c.tif", probabilities=tmp_path / "one_p.tif", unit_size=1024)
     many = run_predict(weights, [tmp_path / "in.tif"], tmp_path / "many.tif", overlap=48,
-                       confidence=tmp_path / "many_c.tif", unit_size=128)
+                       confidence=tmp_path / "many_c.tif", probabilities=tmp_path / "many_p.tif", unit_size=128)
     assert (one.units, many.units) == (1, 9)
     assert many.tiles > one.tiles  # tiles on unit borders are predicted by both neighbours
-    for a, b in (("one.tif", "many.tif"), ("one_c.tif", "many_c.tif")):
+    for a, b in (("one.tif", "many.tif"), ("one_c.tif", "many_c.tif"), ("one_p.tif", "many_p.tif")):
         with rasterio.open(tmp_path / a) as x, rasterio.open(tmp_path / b) as y:
             np.testing.assert_array_equal(x.read(), y.read())
 
