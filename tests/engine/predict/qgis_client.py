@@ -26,7 +26,8 @@ def rgb(color):
 def raster(path):
     layer = QgsRasterLayer(path, os.path.basename(path))
     renderer = layer.renderer()
-    out = {"valid": layer.isValid(), "renderer": renderer.type(), "bands": layer.bandCount()}
+    out = {"valid": layer.isValid(), "renderer": renderer.type(), "bands": layer.bandCount(),
+           "band_names": [layer.dataProvider().generateBandName(b) for b in range(1, layer.bandCount() + 1)]}
     if renderer.type() == "paletted":
         out["classes"] = [[c.value, c.label, rgb(c.color)] for c in renderer.classes()]
     out["legend"] = [[label, rgb(color)] for label, color in layer.legendSymbologyItems()]

@@ -45,11 +45,11 @@ def test_qgis_shows_exactly_the_classes(tmp_path, weights):
         pytest.skip(why)
     write_on_grid(tmp_path / "in.tif", rgb_image(256, 300, seed=5))
     run_predict(weights, [tmp_path / "in.tif"], tmp_path / "map.tif", confidence=tmp_path / "conf.tif",
-                vector=tmp_path / "poly.gpkg")
+                probabilities=tmp_path / "prob.tif", vector=tmp_path / "poly.gpkg")
     run_predict(weights, [tmp_path / "in.tif"], tmp_path / "map2.tif", vector=tmp_path / "poly2.fgb")
     (tmp_path / "bare.tif").write_bytes((tmp_path / "map.tif").read_bytes())  # the same raster without its .qml
-    report = open_in_qgis(tmp_path / "map.tif", tmp_path / "conf.tif", tmp_path / "poly.gpkg", tmp_path / "poly2.fgb",
-                          tmp_path / "bare.tif")
+    report = open_in_qgis(tmp_path / "map.tif", tmp_path / "conf.tif", tmp_path / "prob.tif", tmp_path / "poly.gpkg",
+                          tmp_path / "poly2.fgb", tmp_path / "bare.tif")
     expected = [[c.id, c.name, list(c.color)] for c in PREDICT_CLASSES.classes]
     legend = [[c.name, list(c.color)] for c in PREDICT_CLASSES.classes]
 
@@ -62,6 +62,10 @@ def test_qgis_shows_exactly_the_classes(tmp_path, weights):
 
     confidence = report[str(tmp_path / "conf.tif")]
     assert confidence["renderer"] == "singlebandpseudocolor" and len(confidence["legend"]) >= 2
+    assert confidence["legend"][0][0] == "confidence 0 %" and confidence["legend"][-1][0] == "100 %"
+    probabilities = report[str(tmp_path / "prob.tif")]
+    assert probabilities["renderer"] == "singlebandpseudocolor" and probabilities["bands"] == len(expected)
+    assert probabilities["band_names"] == [f"Band {c.id + 1}: {c.name}" for c in PREDICT_CLASSES.classes]
 
     for name in ("poly.gpkg", "poly2.fgb"):
         polygons = report[str(tmp_path / name)]
