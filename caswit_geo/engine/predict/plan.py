@@ -180,26 +180,28 @@ class PredictPlan:
         w = unit.window
         return self.rasters[unit.raster].transform @ Affine.translation(int(w.col_off), int(w.row_off))
 
+    def styled_outputs(self) -> list[tuple[Path, str]]:
+        """The outputs that get a ``.qml`` QGIS style beside them, with the option naming each."""
+        out = [(r.classes, "--out") for r in self.rasters]
+        out += [(r.confidence, "--confidence") for r in self.rasters if r.confidence is not None]
+        out += [(r.probabilities, "--probabilities") for r in self.rasters if r.probabilities is not None]
+        if self.vector is not None and vector_format(self.vector) != "GPKG":  # a GeoPackage holds its style
+            out.append((self.vector, "--vector"))
+        return out
+
     def destinations(self) -> list[tuple[Path, str]]:
         """Every output file with the option naming it (class rasters, their legends and QGIS styles, ...)."""
         out = []
         for r in self.rasters:
             out.append((r.classes, "--out"))
             out.append((Path(f"{r.classes}.aux.xml"), "--out"))
-            out.append((style_path(r.classes), "--out"))
-        for r in self.rasters:
-            if r.confidence is not None:
-                out += [(r.confidence, "--confidence"), (style_path(r.confidence), "--confidence")]
-        for r in self.rasters:
-            if r.probabilities is not None:
-                out += [(r.probabilities, "--probabilities"), (style_path(r.probabilities), "--probabilities")]
+        out += [(r.confidence, "--confidence") for r in self.rasters if r.confidence is not None]
+        out += [(r.probabilities, "--probabilities") for r in self.rasters if r.probabilities is not None]
         if self.vector is not None:
             out.append((self.vector, "--vector"))
-            if vector_format(self.vector) != "GPKG":  # a GeoPackage holds its style (layer_styles)
-                out.append((style_path(self.vector), "--vector"))
         if self.preview is not None:
             out.append((self.preview, "--preview"))
-        return out
+        return out + [(style_path(d), option) for d, option in self.styled_outputs()]
 
 
 def is_sidecar(path: Path) -> bool:
@@ -210,9 +212,7 @@ def is_sidecar(path: Path) -> bool:
 def check_style_names(plan: PredictPlan) -> None:
     """Two outputs whose QGIS styles would be the same file (``map.tif`` and ``map.geojson``) are refused."""
     seen: dict[Path, tuple[str, Path]] = {}
-    for dest, option in plan.destinations():
-        if is_sidecar(dest):
-            continue
+    for dest, option in plan.styled_outputs():
         style = style_path(dest)
         if style in seen:
             other_option, other = seen[style]
