@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from caswit_geo.core.errors import OutputError
+from caswit_geo.core.errors import ConfigError, OutputError
 from caswit_geo.engine.predict.plan import choose_strip_width
-from tests.helpers import PREDICT_CLASSES, rgb_image, run_predict, write_on_grid
+from tests.helpers import PREDICT_CLASSES, interrupt_forward_pass, rgb_image, run_predict, write_on_grid
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -94,3 +94,19 @@ def test_strip_memory_grows_with_the_bands_within_the_budget():
         assert w % tile == 0 and (2 + k) * (tile + block) * w <= 256 * 2**20
     soft = choose_strip_width(100_000, tile, block, 19, 256, probability_bands=19)
     assert (20 * 4 + 19) * (tile + block) * soft <= 256 * 2**20
+
+
+def test_resume_refuses_adding_probabilities_and_finishes_with_them(tmp_path, weights, monkeypatch):
+    write_on_grid(tmp_path / "in.tif", rgb_image(256, 256, seed=2))
+    kw = dict(unit_size=128, batch_size=1)
+    run_predict(weights, [tmp_path / "in.tif"], tmp_path / "ref.tif", probabilities=tmp_path / "ref_p.tif", **kw)
+    interrupt_forward_pass(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run_predict(weights, [tmp_path / "in.tif"], tmp_path / "map.tif", probabilities=tmp_path / "p.tif", **kw)
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="--probabilities"):
+        run_predict(weights, [tmp_path / "in.tif"], tmp_path / "map.tif", resume=True, **kw)
+    res = run_predict(weights, [tmp_path / "in.tif"], tmp_path / "map.tif", probabilities=tmp_path / "p.tif",
+                      resume=True, **kw)
+    assert res.units_before == 2
+    np.testing.assert_array_equal(read_all(tmp_path / "p.tif")[0], read_all(tmp_path / "ref_p.tif")[0])
