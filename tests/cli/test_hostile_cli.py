@@ -23,7 +23,7 @@ import rasterio
 from affine import Affine
 
 from caswit_geo.core.spec import ClassInfo, ClassTable, InputSpec
-from tests.helpers import grid_transform, save_nano_checkpoint, write_geotiff, write_on_grid
+from tests.helpers import grid_transform, qml_palette, save_nano_checkpoint, write_geotiff, write_on_grid
 from tests.hostile import REPO, Case, run_case
 
 T = 128  # caswit-nano tile
@@ -236,6 +236,7 @@ def tiny_tmpfs(folder: Path) -> dict:
 
 def summary_shows_names(folder, out, err):
     assert any(shown in err for shown in SHOWN), err  # the classes predicted, in the summary table
+    assert [label for _, label, _ in qml_palette(folder / "out.qml")] == list(SHOWN)  # the QGIS legend, as text
 
 
 def info_shows_every_name(folder, out, err):
@@ -253,7 +254,7 @@ CASES = [
     # 8: names from files are printed inert
     Case("8-info-hostile-class-names", ["info", "{w}"], weights, code=0, check=info_shows_every_name),
     Case("8-predict-summary-hostile-class-names", ["predict", "{tmp}/img.tif", "-o", "{tmp}/out.tif", "-w", "{w}"],
-         with_image, code=0, changes=("out.tif", "out.tif.aux.xml"), check=summary_shows_names),
+         with_image, code=0, changes=("out.tif", "out.tif.aux.xml", "out.qml"), check=summary_shows_names),
     Case("8-escapes-in-class-names-refused", ["info", "{tmp}/escapes.safetensors"], with_escaped_names,
          expect=("escapes.safetensors", "must be printable text", "\\x1b[31m")),
     Case("8-escape-in-file-name", ["predict", "{tmp}/\x1b]0;title\x07x.tif", "-o", "{tmp}/out.tif", "-w", "{w}"],

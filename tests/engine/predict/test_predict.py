@@ -173,7 +173,8 @@ def test_mosaic_of_files_equals_the_single_raster(tmp_path, weights):
     out_dir.mkdir()
     res = run_predict(weights, [tiles_dir / "t_*.tif"], out_dir, confidence=out_dir)
     names = sorted(p.name for p in out_dir.iterdir())
-    assert names == sorted([f"t_{r}_{c}_{kind}.tif" for r, c, _, _ in splits for kind in ("landcover", "confidence")]
+    assert names == sorted([f"t_{r}_{c}_{kind}.{ext}" for r, c, _, _ in splits for kind in ("landcover", "confidence")
+                            for ext in ("tif", "qml")]
                            + [f"t_{r}_{c}_landcover.tif.aux.xml" for r, c, _, _ in splits])
     for r, c, th, tw in splits:
         with rasterio.open(out_dir / f"t_{r}_{c}_landcover.tif") as out, rasterio.open(
