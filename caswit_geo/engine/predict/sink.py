@@ -115,35 +115,26 @@ class TileSink:
             self.out(block)
 
 
-class PartWriter:
-    """One unit's part file: classes (band 1) and confidence (band 2, when asked), uint8, nodata 255.
+class _PartRaster:
+    """A part raster of the job, open for writing under a temporary name until :meth:`commit`.
 
-    Layout of :func:`~caswit_geo.geo.profiles.part_profile`. Written under
-    this process's temporary name and renamed onto ``path`` by
-    :meth:`commit`, flushed to disk first: its name alone says the unit is
+    Flushed to disk before it is renamed: a part's name alone says what is
     done (``job.py``), so a power loss must not leave the name on missing data.
     """
 
-    def __init__(self, path: os.PathLike, width: int, height: int, crs: CRS | None, transform: Affine,
-                 block: int, confidence: bool) -> None:
+    def __init__(self, path: os.PathLike, profile: dict) -> None:
         self.file = AtomicWrite(path, fsync=True)
-        self.confidence = confidence
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                self.dst = rasterio.open(self.file.tmp, "w", **part_profile(width, height, crs, transform, block,
-                                                                            count=2 if confidence else 1))
+                self.dst = rasterio.open(self.file.tmp, "w", **profile)
         except BaseException:
             self.file.abort()
             raise
 
-    def write(self, block: RowBlock) -> None:
-        self.dst.write(block.classes, 1, window=block.window)
-        if self.confidence:
-            self.dst.write(block.confidence, 2, window=block.window)
-
-    def commit(self, stats: dict) -> None:
-        self.dst.update_tags(CASWIT_UNIT=json.dumps(stats))
+    def commit(self, tags: dict[str, str] | None = None) -> None:
+        if tags:
+            self.dst.update_tags(**tags)
         self.dst.close()
         self.file.commit()
 
@@ -154,41 +145,50 @@ class PartWriter:
             except Exception:
                 pass
         self.file.abort()
+
+
+class PartWriter:
+    """One unit's part file: classes (band 1) and confidence (band 2, when asked), uint8, nodata 255.
+
+    Layout of :func:`~caswit_geo.geo.profiles.part_profile`; its tags carry the unit's statistics.
+    """
+
+    def __init__(self, path: os.PathLike, width: int, height: int, crs: CRS | None, transform: Affine,
+                 block: int, confidence: bool) -> None:
+        self.confidence = confidence
+        self.part = _PartRaster(path, part_profile(width, height, crs, transform, block, count=2 if confidence else 1))
+
+    def write(self, block: RowBlock) -> None:
+        self.part.dst.write(block.classes, 1, window=block.window)
+        if self.confidence:
+            self.part.dst.write(block.confidence, 2, window=block.window)
+
+    def commit(self, stats: dict) -> None:
+        self.part.commit({"CASWIT_UNIT": json.dumps(stats)})
+
+    def abort(self) -> None:
+        self.part.abort()
 
 
 class ProbabilityPartWriter:
     """One unit's class probabilities: K uint8 bands, percent, nodata 255, beside its part file.
 
-    Committed (flushed to disk) before the unit's part file, whose name alone
-    says the unit is done: a done unit always has its probabilities.
+    Committed before the unit's part file, whose name alone says the unit is
+    done: a done unit always has its probabilities.
     """
 
     def __init__(self, path: os.PathLike, width: int, height: int, crs: CRS | None, transform: Affine,
                  block: int, bands: int) -> None:
-        self.file = AtomicWrite(path, fsync=True)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                self.dst = rasterio.open(self.file.tmp, "w", **part_profile(width, height, crs, transform, block,
-                                                                            count=bands))
-        except BaseException:
-            self.file.abort()
-            raise
+        self.part = _PartRaster(path, part_profile(width, height, crs, transform, block, count=bands))
 
     def write(self, block: RowBlock) -> None:
-        self.dst.write(block.probabilities, window=block.window)
+        self.part.dst.write(block.probabilities, window=block.window)
 
     def commit(self) -> None:
-        self.dst.close()
-        self.file.commit()
+        self.part.commit()
 
     def abort(self) -> None:
-        if not self.dst.closed:
-            try:
-                self.dst.close()
-            except Exception:
-                pass
-        self.file.abort()
+        self.part.abort()
 
 
 class UnitPyramid:
