@@ -218,8 +218,9 @@ def training_positions(data: VectorData, split: str, tile: int, factor: int) -> 
     inv = ~m.transform
     left, bottom, right, top = shapely.bounds(region)
     cs, rs = zip(*(inv * xy for xy in ((left, top), (right, bottom), (left, bottom), (right, top))))
-    c_lo, c_hi = max(int(np.floor(min(cs))) - tile, -tile + 1), min(int(np.ceil(max(cs))), m.width - 1)
-    r_lo, r_hi = max(int(np.floor(min(rs))) - tile, -tile + 1), min(int(np.ceil(max(rs))), m.height - 1)
+    # HR windows inside the imagery (as the tiles dataset's random crops) when it is at least T wide and high
+    c_lo, c_hi = max(int(np.floor(min(cs))) - tile, 0), min(int(np.ceil(max(cs))), max(m.width - tile, 0))
+    r_lo, r_hi = max(int(np.floor(min(rs))) - tile, 0), min(int(np.ceil(max(rs))), max(m.height - tile, 0))
     cols = np.arange(c_lo - c_lo % step, c_hi + 1, step)
     rows = np.arange(r_lo - r_lo % step, r_hi + 1, step)
     if cols.size == 0 or rows.size == 0:
@@ -351,7 +352,10 @@ class VectorDataset(CaswitDataset):
         return out[0], out[1]
 
     def read(self, index: int):
-        window = self.window(index)
+        return self.read_window(self.window(index))
+
+    def read_window(self, window: Window):
+        """Raw (hr, lr, label, lr_label, id) of the tile at ``window`` (mosaic pixels)."""
         src, rule = self._open()
         k = self.input_spec.context_factor
         hr, lr, hr_valid, lr_valid = read_tile_context_valid(src, window, self.input_spec.bands, k, mask=rule)
