@@ -70,10 +70,15 @@ class PolygonIndex:
     def burn(self, transform: Affine, height: int, width: int, fill: int) -> np.ndarray:
         """(height, width) uint8: the last polygon's value under each pixel centre, else ``fill``."""
         out = np.full((height, width), fill, np.uint8)
-        hits = self.query(grid_bounds(transform, height, width))
+        left, bottom, right, top = grid_bounds(transform, height, width)
+        hits = self.query((left, bottom, right, top))
         if hits.size == 0:
             return out
-        shapes = zip(self.geoms[hits], self.values[hits].tolist())
+        # large polygons (a field, a forest with clearings) are cut to the window plus a pixel first:
+        # GDAL then walks a few edges instead of the whole outline; no pixel centre changes
+        mx, my = abs(transform.a) + abs(transform.b), abs(transform.d) + abs(transform.e)
+        geoms = shapely.clip_by_rect(self.geoms[hits], left - mx, bottom - my, right + mx, top + my)
+        shapes = zip(geoms, self.values[hits].tolist())
         return rasterize(shapes, out=out, transform=transform, all_touched=False)
 
     def overlapping_pairs(self) -> int:
