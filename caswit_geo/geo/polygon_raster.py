@@ -1,10 +1,11 @@
 """Polygons burnt into raster windows, through a spatial index (labels from vector data).
 
 The polygons are indexed once (a shapely STRtree); each window selects the
-polygons that meet it and burns them with ``rasterio.features.rasterize``
-by GDAL's pixel-centre rule (``all_touched=False``), in the layer's order,
-so where polygons overlap the later one wins. A window costs the polygons
-it meets, never the whole layer.
+polygons that meet it, cuts them to the window and fills them by GDAL's
+pixel-centre rule (``all_touched=False``, as ``rasterio.features.rasterize``;
+``scanline.py`` does it vectorised), in the layer's order, so where polygons
+overlap the later one wins. A window costs the polygons it meets, never the
+whole layer.
 
 The LR labels of a context window (the pixel under the centre of each
 ``k x k`` block, ``context.nearest_downsample`` of the ``kT`` canvas) are
@@ -18,8 +19,9 @@ from __future__ import annotations
 import numpy as np
 import shapely
 from affine import Affine
-from rasterio.features import rasterize
 from rasterio.windows import Window
+
+from caswit_geo.geo.scanline import fill_polygons
 
 
 def window_transform(transform: Affine, window: Window) -> Affine:
@@ -78,8 +80,7 @@ class PolygonIndex:
         # GDAL then walks a few edges instead of the whole outline; no pixel centre changes
         mx, my = abs(transform.a) + abs(transform.b), abs(transform.d) + abs(transform.e)
         geoms = shapely.clip_by_rect(self.geoms[hits], left - mx, bottom - my, right + mx, top + my)
-        shapes = zip(geoms, self.values[hits].tolist())
-        return rasterize(shapes, out=out, transform=transform, all_touched=False)
+        return fill_polygons(geoms, self.values[hits], transform, out)
 
     def overlapping_pairs(self) -> int:
         """How many pairs of polygons share some interior (the later one is burnt there)."""

@@ -78,3 +78,30 @@ def test_overlapping_pairs_count_shared_interiors_not_shared_edges():
     # 0-1 only touch; 0-2 and 1-2 overlap
     assert PolygonIndex(geoms, np.zeros(4)).overlapping_pairs() == 2
     assert shapely.area(geoms[0]) == 4
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_scanline_fill_equals_gdal_on_random_polygons_with_holes(seed):
+    from affine import Affine
+
+    from caswit_geo.geo.scanline import fill_polygons
+
+    rng = np.random.default_rng(seed)
+    geoms = []
+    for _ in range(60):
+        x, y = rng.uniform(0, 30, 2)
+        outer = shapely.buffer(shapely.Point(x, y), rng.uniform(0.3, 6), quad_segs=int(rng.integers(1, 9)))
+        if rng.random() < 0.4:  # a hole, or a part split off: polygons and multipolygons
+            outer = outer.difference(shapely.buffer(shapely.Point(x + rng.uniform(-2, 2), y), rng.uniform(0.2, 2)))
+        geoms.append(outer)
+    geoms = np.asarray(geoms, dtype=object)
+    geoms = geoms[~shapely.is_empty(geoms)]
+    values = rng.integers(0, 250, len(geoms)).astype(np.uint8)
+    transforms = [from_origin(-1.3, 31.7, 0.13, 0.11),
+                  Affine.rotation(17) * Affine(0.12, 0, 2, 0, -0.12, 30)]  # rotated grids too
+    for transform in transforms:
+        expected = rasterize(zip(geoms, values.tolist()), out_shape=(250, 270), transform=transform, fill=255,
+                             dtype="uint8", all_touched=False)
+        got = fill_polygons(geoms, values, transform, np.full((250, 270), 255, np.uint8))
+        assert (expected != 255).sum() > 5000
+        assert np.array_equal(got, expected)
