@@ -49,7 +49,7 @@ from caswit_geo.geo.context import read_tile_context_valid
 from caswit_geo.geo.grid import TileGrid, context_window
 from caswit_geo.geo.masks import MaskRule, mask_rule
 from caswit_geo.geo.mosaic import Mosaic, expand_inputs, open_mosaic
-from caswit_geo.geo.polygon_raster import PolygonIndex, lowres_transform, window_transform
+from caswit_geo.geo.polygon_raster import PolygonIndex, grid_bounds, lowres_transform, window_transform
 from caswit_geo.geo.vector_layers import read_polygons
 
 SPLITS = ("train", "val", "test")
@@ -154,8 +154,6 @@ def load_vector_data(source: VectorSource, bands: tuple[int, ...], tile: int, fa
 
 
 def mosaic_bounds(mosaic: Mosaic) -> tuple[float, float, float, float]:
-    from caswit_geo.geo.polygon_raster import grid_bounds
-
     return grid_bounds(mosaic.transform, mosaic.height, mosaic.width)
 
 
@@ -295,6 +293,8 @@ class VectorDataset(CaswitDataset):
         self.labelled = True
         tile, k = input_spec.tile_size, input_spec.context_factor
         self.regions = data.region_index(split)
+        self.region = shapely.union_all(self.regions.geoms)  # to skip the area mask of windows wholly inside
+        shapely.prepare(self.region)
         if grid:
             self.positions = grid_positions(data, split, tile)
         else:
@@ -346,8 +346,9 @@ class VectorDataset(CaswitDataset):
         out = []
         for transform in (hr_t, lr_t):
             label = self.data.labels.burn(transform, t_h, t_w, fill)
-            inside = self.regions.burn(transform, t_h, t_w, 0).astype(bool)
-            label[~inside] = IGNORE_INDEX
+            if not shapely.covers(self.region, shapely.box(*grid_bounds(transform, t_h, t_w))):
+                inside = self.regions.burn(transform, t_h, t_w, 0).astype(bool)
+                label[~inside] = IGNORE_INDEX
             out.append(label)
         return out[0], out[1]
 

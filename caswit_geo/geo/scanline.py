@@ -75,8 +75,8 @@ def fill_polygons(geoms: np.ndarray, values: np.ndarray, transform: Affine, out:
     if total == 0:
         return out
     pixel = (np.repeat(row * width + c0, n) + np.arange(total) - np.repeat(np.cumsum(n) - n, n))
-    rank = np.full(height * width, -1, np.int64)
-    np.maximum.at(rank, pixel, np.repeat(g, n))
+    rank = np.full(height * width, -1, np.int32)
+    np.maximum.at(rank, pixel, np.repeat(g, n).astype(np.int32))
     hit = rank >= 0
     out.reshape(-1)[hit] = values[rank[hit]]
     return out
