@@ -70,7 +70,22 @@ def test_labels_equal_the_label_raster_inside_the_split_and_255_outside(scene, d
             window_truth[:h, :w] = truth[r : r + h, c : c + w]
             assert np.array_equal(label[keep], window_truth[keep])
             assert (label[~keep] == 255).all()
-            assert lr_label.shape == (TILE, TILE)
+            # LR: the kT context of the truth, ignored outside the area and the imagery, nearest k x k,
+            # and 255 unless the whole block is imagery (the tiles rule)
+            ctx = context_window(Window(int(c), int(r), TILE, TILE), 2)
+            r0, c0, side = int(ctx.row_off), int(ctx.col_off), int(ctx.height)
+            canvas = np.full((side, side), 255, np.uint8)
+            valid = np.zeros((side, side), bool)
+            rr, cc = slice(max(r0, 0), min(r0 + side, 192)), slice(max(c0, 0), min(c0 + side, 256))
+            dst = (slice(rr.start - r0, rr.stop - r0), slice(cc.start - c0, cc.stop - c0))
+            canvas[dst] = truth[rr, cc]
+            valid[dst] = True
+            xs = X0 + (np.arange(c0, c0 + side) + 0.5) * GSD
+            ys = Y0 - (np.arange(r0, r0 + side) + 0.5) * GSD
+            canvas[~shapely.contains_xy(region, *np.meshgrid(xs, ys))] = 255
+            expected = canvas[1::2, 1::2].copy()
+            expected[~valid.reshape(TILE, 2, TILE, 2).all(axis=(1, 3))] = 255
+            assert np.array_equal(lr_label, expected), (r, c)
 
 
 def test_without_background_uncovered_area_pixels_are_ignored(scene):
