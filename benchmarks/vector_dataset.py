@@ -8,8 +8,10 @@ whole imagery. Both read random T x T tiles with their kT context, in one
 process, one after the other (the same number of tiles each); a DataLoader
 with W workers reads about W times as fast on W free cores. Prints the CPU
 model and its bf16/AMX flags, each rate and the ratio (goal: vector at most
-1.5x slower), and a memory measure: the RSS the polygons and their STRtree
-add, per polygon.
+1.5x slower), the rate one H100 trains caswit-base at (estimated: FLOPs of a
+training tile counted by torch's FlopCounterMode, at an assumed 40 % of the
+GPU's bf16 peak) and the workers each dataset needs to keep up, and a memory
+measure: the RSS the polygons and their STRtree add, per polygon.
 
     python benchmarks/vector_dataset.py                  # 4096 px mosaic, T 512, k 2, 200 tiles
     python benchmarks/vector_dataset.py --size 8192 --tiles 400
@@ -105,6 +107,27 @@ def polygon_memory(count: int) -> float:
     return (after - before) * 1024 / count
 
 
+H100_BF16_DENSE = 989e12  # FLOP/s, NVIDIA's figure for the H100 SXM without sparsity
+MFU = 0.4  # an assumed share of that peak for Swin training (windowed attention, small matmuls)
+
+
+def base_step_flops(tile: int) -> float:
+    """FLOPs of one caswit-base training tile (forward and backward, auxiliary LR head), counted on the meta device."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from caswit_geo.model.build import build_model
+
+    with torch.device("meta"):
+        model = build_model("caswit-base", num_classes=19, img_size=tile)
+    model.train()
+    x = torch.randn(2, 3, tile, tile, device="meta")  # 2: BatchNorm needs more than one value per channel
+    with FlopCounterMode(display=False) as counter:
+        out = model(x, x)
+        sum(o.float().sum() for o in (out if isinstance(out, tuple) else (out,))).backward()
+    return counter.get_total_flops() / 2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
@@ -138,6 +161,12 @@ def main() -> None:
     print(f"tiles dataset : {t_rate:7.1f} tiles/s per process")
     print(f"vector dataset: {v_rate:7.1f} tiles/s per process")
     print(f"vector is {t_rate / v_rate:.2f}x slower (goal <= 1.5)")
+    flops = base_step_flops(args.tile)
+    need = H100_BF16_DENSE * MFU / flops
+    print(f"caswit-base training: {flops / 1e12:.2f} TFLOP per {args.tile} px tile (forward + backward, LR head); "
+          f"one H100 at {MFU:.0%} of its bf16 peak trains about {need:.0f} tiles/s")
+    print(f"DataLoader workers to keep up: tiles dataset {need / t_rate:.1f}, vector dataset {need / v_rate:.1f} "
+          "(one core each, at this CPU's per-core rate)")
     per = polygon_memory(args.polygons)
     print(f"memory: {per:.0f} B per 10-vertex polygon with its STRtree -> about {per * 1e6 / 2**30:.2f} GiB for 1 M")
 

@@ -53,7 +53,7 @@ class TrainConfig(RunConfig):
     dataset: str | None = None  # flairhub | urur | tiles | vector
     root: Path | None = None
     # vector: a mosaic, label polygons and labelled areas (data/vector.py)
-    images: tuple[str, ...] = ()  # predict inputs: files, folders, globs
+    images: tuple[Path, ...] = ()  # predict inputs: files, folders, globs
     labels: Path | None = None
     labels_layer: str | None = None
     class_field: str | None = None
@@ -120,6 +120,8 @@ def _train_in(config: TrainConfig, run: RunDirectory, env: DistEnv) -> TrainResu
     val_loader = eval_loader(val_set, env, config.batch_size, config.workers) if val_set is not None else None
     splits = split_coverage(train_set, val_set)
     training = {**training_metadata(config, env, loop.precision), "splits": splits}
+    if isinstance(train_set, VectorDataset):  # polygons, overlaps, repairs, areas: what the labels were
+        training["vector_labels"] = train_set.data.summary
     if env.is_master and splits:
         tqdm.write(coverage_line(splits))
 
