@@ -54,16 +54,18 @@ class PolygonIndex:
         if len(self.geoms) != len(self.values):
             raise ValueError(f"{len(self.geoms)} polygons but {len(self.values)} values")
         self.tree = shapely.STRtree(self.geoms)
+        self.disjoint = False  # set by overlapping_pairs(): no two polygons share interior
 
     def __len__(self) -> int:
         return len(self.geoms)
 
     def __getstate__(self) -> dict:
         # an STRtree does not pickle: rebuilt in the receiving process (spawned DataLoader workers)
-        return {"geoms": self.geoms, "values": self.values}
+        return {"geoms": self.geoms, "values": self.values, "disjoint": self.disjoint}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["geoms"], state["values"])
+        self.disjoint = state["disjoint"]
 
     def query(self, bounds: tuple[float, float, float, float]) -> np.ndarray:
         """Indices of the polygons whose envelope meets ``bounds``, in burn order."""
@@ -80,16 +82,16 @@ class PolygonIndex:
         # GDAL then walks a few edges instead of the whole outline; no pixel centre changes
         mx, my = abs(transform.a) + abs(transform.b), abs(transform.d) + abs(transform.e)
         geoms = shapely.clip_by_rect(self.geoms[hits], left - mx, bottom - my, right + mx, top + my)
-        return fill_polygons(geoms, self.values[hits], transform, out)
+        return fill_polygons(geoms, self.values[hits], transform, out, disjoint=self.disjoint)
 
     def overlapping_pairs(self) -> int:
         """How many pairs of polygons share some interior (the later one is burnt there)."""
         left, right = self.tree.query(self.geoms, predicate="intersects")
         keep = left < right
         left, right = left[keep], right[keep]
-        if left.size == 0:
-            return 0
-        return int(shapely.relate_pattern(self.geoms[left], self.geoms[right], "T********").sum())
+        count = int(shapely.relate_pattern(self.geoms[left], self.geoms[right], "T********").sum()) if left.size else 0
+        self.disjoint = count == 0
+        return count
 
 
 def grid_bounds(transform: Affine, height: int, width: int) -> tuple[float, float, float, float]:

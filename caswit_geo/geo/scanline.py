@@ -27,10 +27,14 @@ import shapely
 from affine import Affine
 
 
-def fill_polygons(geoms: np.ndarray, values: np.ndarray, transform: Affine, out: np.ndarray) -> np.ndarray:
+def fill_polygons(geoms: np.ndarray, values: np.ndarray, transform: Affine, out: np.ndarray,
+                  disjoint: bool = False) -> np.ndarray:
     """Burn ``values[i]`` under ``geoms[i]`` (polygons, multipolygons; later wins) into ``out`` (H, W), in place.
 
     ``transform``: the grid of ``out`` (any affine: the fill happens in its pixel space).
+    ``disjoint``: no two polygons share interior (a coverage, such as OCS GE): no pixel centre
+    lies in two of them (a centre on a shared edge goes to one side only), so spans are
+    written directly instead of ranked.
     """
     height, width = out.shape
     geoms, values = _polygonal(geoms, values)
@@ -75,6 +79,9 @@ def fill_polygons(geoms: np.ndarray, values: np.ndarray, transform: Affine, out:
     if total == 0:
         return out
     pixel = (np.repeat(row * width + c0, n) + np.arange(total) - np.repeat(np.cumsum(n) - n, n))
+    if disjoint:
+        out.reshape(-1)[pixel] = np.repeat(values[g], n)
+        return out
     rank = np.full(height * width, -1, np.int32)
     np.maximum.at(rank, pixel, np.repeat(g, n).astype(np.int32))
     hit = rank >= 0

@@ -105,3 +105,25 @@ def test_scanline_fill_equals_gdal_on_random_polygons_with_holes(seed):
         got = fill_polygons(geoms, values, transform, np.full((250, 270), 255, np.uint8))
         assert (expected != 255).sum() > 5000
         assert np.array_equal(got, expected)
+
+
+def test_a_coverage_fills_the_same_with_the_direct_path():
+    from affine import Affine
+
+    from caswit_geo.geo.scanline import fill_polygons
+
+    rng = np.random.default_rng(5)
+    cells = rng.integers(0, 4, (12, 12))
+    from rasterio.features import shapes
+
+    transform = from_origin(0, 12, 1, 1)
+    polys = [(shapely.geometry.shape(g), int(v)) for g, v in shapes(cells.astype(np.uint8), transform=transform)]
+    geoms = np.asarray([g for g, _ in polys], dtype=object)
+    values = np.asarray([v for _, v in polys], np.uint8)
+    index = PolygonIndex(geoms, values)
+    assert index.overlapping_pairs() == 0 and index.disjoint  # touching is not overlapping
+    grid = Affine(0.07, 0, 0.3, 0, -0.05, 11.8)
+    ranked = fill_polygons(geoms, values, grid, np.full((200, 160), 255, np.uint8))
+    direct = fill_polygons(geoms, values, grid, np.full((200, 160), 255, np.uint8), disjoint=True)
+    expected = rasterize(zip(geoms, values.tolist()), out_shape=(200, 160), transform=grid, fill=255, dtype="uint8")
+    assert np.array_equal(direct, ranked) and np.array_equal(direct, expected)
