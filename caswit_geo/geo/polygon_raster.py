@@ -81,7 +81,12 @@ class PolygonIndex:
         # large polygons (a field, a forest with clearings) are cut to the window plus a pixel first:
         # GDAL then walks a few edges instead of the whole outline; no pixel centre changes
         mx, my = abs(transform.a) + abs(transform.b), abs(transform.d) + abs(transform.e)
-        geoms = shapely.clip_by_rect(self.geoms[hits], left - mx, bottom - my, right + mx, top + my)
+        geoms = self.geoms[hits]
+        b = shapely.bounds(geoms)
+        large = (b[:, 0] < left - mx) | (b[:, 1] < bottom - my) | (b[:, 2] > right + mx) | (b[:, 3] > top + my)
+        if large.any():
+            geoms = geoms.copy()
+            geoms[large] = shapely.clip_by_rect(geoms[large], left - mx, bottom - my, right + mx, top + my)
         return fill_polygons(geoms, self.values[hits], transform, out, disjoint=self.disjoint)
 
     def overlapping_pairs(self) -> int:

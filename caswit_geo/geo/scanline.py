@@ -34,7 +34,7 @@ def fill_polygons(geoms: np.ndarray, values: np.ndarray, transform: Affine, out:
     ``transform``: the grid of ``out`` (any affine: the fill happens in its pixel space).
     ``disjoint``: no two polygons share interior (a coverage, such as OCS GE): no pixel centre
     lies in two of them (a centre on a shared edge goes to one side only), so spans are
-    written directly instead of ranked.
+    painted with a running sum along each row instead of ranked pixel by pixel.
     """
     height, width = out.shape
     geoms, values = _polygonal(geoms, values)
@@ -78,10 +78,17 @@ def fill_polygons(geoms: np.ndarray, values: np.ndarray, transform: Affine, out:
     total = int(n.sum())
     if total == 0:
         return out
-    pixel = (np.repeat(row * width + c0, n) + np.arange(total) - np.repeat(np.cumsum(n) - n, n))
-    if disjoint:
-        out.reshape(-1)[pixel] = np.repeat(values[g], n)
+    if disjoint:  # spans never overlap: value + 1 added at each start, taken off after each end, summed along rows
+        keep = n > 0
+        r, a, b, v = row[keep], c0[keep], c1[keep] + 1, values[g[keep]].astype(np.int32) + 1
+        marks = np.zeros((height, width + 1), np.int32)
+        np.add.at(marks, (r, a), v)
+        np.add.at(marks, (r, b), -v)
+        painted = np.cumsum(marks[:, :width], axis=1)
+        hit = painted > 0
+        out[hit] = painted[hit] - 1
         return out
+    pixel = (np.repeat(row * width + c0, n) + np.arange(total) - np.repeat(np.cumsum(n) - n, n))
     rank = np.full(height * width, -1, np.int32)
     np.maximum.at(rank, pixel, np.repeat(g, n).astype(np.int32))
     hit = rank >= 0
