@@ -1,6 +1,7 @@
 """The vector dataset: predict's LR context, labels from polygons inside areas, splits, bad input named."""
 
 import json
+import warnings
 
 import geopandas as gpd
 import numpy as np
@@ -164,6 +165,8 @@ def test_bad_input_is_one_line_naming_the_file(scene, tmp_path):
     nocrs.write_text(json.dumps({"type": "FeatureCollection", "features": [
         {"type": "Feature", "properties": {"kind": "water"}, "geometry": shapely.geometry.mapping(inside)}]}))
     no_crs_layer = tmp_path / "nocrs.gpkg"
-    gpd.read_file(nocrs).set_crs(None, allow_override=True).to_file(no_crs_layer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "'crs' was not provided": what this case wants
+        gpd.read_file(nocrs).set_crs(None, allow_override=True).to_file(no_crs_layer)
     with pytest.raises(InputError, match=r"nocrs\.gpkg.*no CRS"):
         load_vector_data(source(scene, labels=no_crs_layer), SPEC.bands, TILE, 2)
