@@ -18,7 +18,7 @@ def vector_config(scene, out, **kw):
 
 
 def test_a_run_records_the_classes_and_draws_samples(tmp_path):
-    scene = write_vector_scene(tmp_path / "scene", size=(256, 320))
+    scene = write_vector_scene(tmp_path / "scene", size=(192, 256))
     result = train(vector_config(scene, tmp_path / "run"))
     assert (result.run_dir / "samples.png").stat().st_size > 10_000
     assert read_meta(result.best_checkpoint).classes.names == list(VECTOR_NAMES)
