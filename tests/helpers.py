@@ -312,3 +312,72 @@ def colour_table_classes(path, classes: ClassTable) -> list[tuple[int, str, tupl
     with rasterio.open(path) as src:
         cmap = src.colormap(1)
     return [(c.id, c.name, tuple(cmap[c.id][:3])) for c in classes.classes]
+
+
+# -- vector labels: a mosaic of two GeoTIFFs, label polygons and labelled areas ------------------------------
+
+VECTOR_NAMES = ("building", "field", "water")  # sorted: ids 0, 1, 2; "field" is the background
+VECTOR_COLOURS = {0: (200, 40, 40), 1: (60, 170, 60), 2: (30, 60, 200)}
+
+
+def vector_label_polygons(size: tuple[int, int], seed: int = 0):
+    """Polygons over a ``size`` (rows, cols) px scene at (X0, Y0), GSD m: [(geometry in EPSG:2154, class name)].
+
+    Rectangles of buildings and water, one water body with an island (a hole), and buildings that
+    overlap it (the later one wins).
+    """
+    from shapely.geometry import Polygon, box
+
+    h, w = size
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(h * w // 3000):
+        r, c = rng.integers(0, h - 10), rng.integers(0, w - 10)
+        dh, dw = rng.integers(8, 40, 2)
+        name = ("building", "water")[int(rng.integers(0, 2))]
+        out.append((box(X0 + c * GSD, Y0 - (r + dh) * GSD, X0 + (c + dw) * GSD, Y0 - r * GSD), name))
+    cx, cy = X0 + w * GSD / 2, Y0 - h * GSD / 2
+    shell = [(cx - 12, cy - 9), (cx + 12, cy - 9), (cx + 12, cy + 9), (cx - 12, cy + 9)]
+    hole = [(cx - 4, cy - 3), (cx + 4, cy - 3), (cx + 4.5, cy + 3), (cx - 4, cy + 3)]
+    out.append((Polygon(shell, [hole]), "water"))
+    out.append((box(cx + 8, cy - 2, cx + 16, cy + 5), "building"))  # overlaps the water: burnt over it
+    return out
+
+
+def write_vector_scene(root: Path, size: tuple[int, int] = (384, 512), seed: int = 0, background: bool = True) -> dict:
+    """Two side-by-side GeoTIFFs (one mosaic) whose colours follow the polygons, labels.gpkg (field
+    ``kind``, a third of the polygons written in EPSG:4326 as a second file labels_4326.gpkg with the same
+    order), areas.gpkg (field ``split``: train left, val middle, test right). Returns paths and the label raster.
+    """
+    import geopandas as gpd
+    from rasterio.features import rasterize
+    from shapely.geometry import box
+
+    root = Path(root)
+    h, w = size
+    polys = vector_label_polygons(size, seed)
+    ids = {n: i for i, n in enumerate(VECTOR_NAMES)}
+    transform = from_origin(X0, Y0, GSD, GSD)
+    label = rasterize([(g, ids[n]) for g, n in polys], out_shape=(h, w), transform=transform,
+                      fill=ids["field"] if background else 255, dtype="uint8")
+    rng = np.random.default_rng(seed)
+    image = np.zeros((3, h, w), np.float32)
+    for k, colour in VECTOR_COLOURS.items():
+        image[:, label == k] = np.asarray(colour, np.float32)[:, None]
+    image = np.clip(image + rng.normal(0, 10, image.shape), 1, 255).astype(np.uint8)
+    half = w // 2
+    write_geotiff(root / "images" / "west.tif", image[:, :, :half], transform=transform, crs="EPSG:2154")
+    write_geotiff(root / "images" / "east.tif", image[:, :, half:], transform=from_origin(X0 + half * GSD, Y0, GSD, GSD),
+                  crs="EPSG:2154")
+    frame = gpd.GeoDataFrame({"kind": [n for _, n in polys]}, geometry=[g for g, _ in polys], crs="EPSG:2154")
+    frame.to_file(root / "labels.gpkg", driver="GPKG")
+    frame.to_crs("EPSG:4326").to_file(root / "labels_4326.gpkg", driver="GPKG")
+    x1, x2 = X0 + 0.55 * w * GSD, X0 + 0.75 * w * GSD
+    areas = gpd.GeoDataFrame(
+        {"split": ["train", "val", "test"]},
+        geometry=[box(X0, Y0 - h * GSD, x1, Y0), box(x1, Y0 - h * GSD, x2, Y0), box(x2, Y0 - h * GSD, X0 + w * GSD, Y0)],
+        crs="EPSG:2154",
+    )
+    areas.to_file(root / "areas.gpkg", driver="GPKG")
+    return {"images": root / "images", "labels": root / "labels.gpkg", "areas": root / "areas.gpkg",
+            "labels_4326": root / "labels_4326.gpkg", "label": label, "polygons": polys, "transform": transform}

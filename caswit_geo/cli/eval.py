@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
@@ -46,7 +46,7 @@ def print_result(result: EvalResult, console: Console | None = None) -> None:
 
 @app.command(name="eval")
 def eval_cmd(
-    dataset: Optional[str] = opt.dataset(None, "flairhub | urur | tiles (with --pred/--ref: flairhub | urur protocol)."),
+    dataset: Optional[str] = opt.dataset(None, "flairhub | urur | tiles | vector (with --pred/--ref: flairhub | urur protocol)."),
     root: Optional[Path] = opt.root(None),
     weights: Optional[str] = opt.weights(None),
     split: str = typer.Option("test", "--split", help="train | val | test (flairhub also: a .csv/.txt list of patch ids)."),
@@ -61,17 +61,30 @@ def eval_cmd(
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="Report folder (default ./eval-<dataset>-<split>; --pred/--ref: none)."),
     save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="Folder for the predicted class rasters."),
     pred: Optional[Path] = typer.Option(None, "--pred", help="Class raster to score (instead of running a model)."),
-    ref: Optional[Path] = typer.Option(None, "--ref", help="Reference label raster for --pred."),
-    classes: Optional[Path] = typer.Option(None, "--classes", help="classes.json for --pred/--ref."),
+    ref: Optional[Path] = typer.Option(
+        None, "--ref", help="Reference for --pred: a label raster, or polygons with --class-field."
+    ),
+    classes: Optional[Path] = opt.classes(None, "classes.json for --pred/--ref or --dataset vector."),
     tile_size: int = opt.tile_size(512, "--pred/--ref: window size (px) for reading and bIoU."),
     allow_gaps: bool = typer.Option(
         False, "--allow-gaps", help="--pred/--ref: score reference pixels without a prediction as errors (else refused)."
     ),
+    images: Optional[List[str]] = opt.images(None, "--dataset vector: imagery as predict reads it (one mosaic); repeatable."),
+    labels: Optional[Path] = opt.labels(None),
+    labels_layer: Optional[str] = opt.labels_layer(None),
+    class_field: Optional[str] = opt.class_field(None),
+    areas: Optional[Path] = opt.areas(None),
+    areas_layer: Optional[str] = opt.areas_layer(None),
+    split_field: str = opt.split_field("split"),
+    background: Optional[str] = opt.background(None),
+    skip_non_polygons: bool = opt.skip_non_polygons(False),
     overwrite: bool = opt.overwrite(False, "Replace existing report and prediction files."),
     progress: bool = opt.progress(True, "Show a progress bar."),
 ) -> None:
     """Score a model on a dataset split (mIoU, mF1, OA, mBIoU), or compare --pred with --ref."""
+    from caswit_geo.data.vector import VectorSource
     from caswit_geo.engine.evaluate.evaluation import EvalConfig, evaluate, evaluate_rasters
+    from caswit_geo.engine.evaluate.vector_reference import is_vector
 
     if pred is not None or ref is not None:
         if pred is None or ref is None:
@@ -82,14 +95,29 @@ def eval_cmd(
                 raise ConfigError(f"{flag} does not apply to --pred/--ref")
         if classes is not None and dataset is not None:
             raise ConfigError("give --classes or --dataset with --pred/--ref, not both")
+        if images or labels is not None:
+            raise ConfigError("--images and --labels are for --dataset vector; with --pred the polygons are --ref")
+        vector = None
+        if class_field is not None or is_vector(ref):
+            vector = dict(field=class_field, layer=labels_layer, areas=areas, areas_layer=areas_layer,
+                          background=background, skip_non_polygons=skip_non_polygons)
         result = evaluate_rasters(
             pred, ref, classes=classes, dataset=dataset, out_dir=out_dir, overwrite=overwrite,
-            tile_size=tile_size, allow_gaps=allow_gaps, progress=progress,
+            tile_size=tile_size, allow_gaps=allow_gaps, progress=progress, vector=vector,
         )
     else:
-        if dataset is None or root is None:
+        source = None
+        if dataset == "vector":
+            if not images or labels is None or class_field is None:
+                raise ConfigError("--dataset vector needs --images, --labels and --class-field")
+            source = VectorSource(
+                images=tuple(images), labels=labels, class_field=class_field, labels_layer=labels_layer,
+                areas=areas, split_field=split_field, areas_layer=areas_layer, background=background,
+                classes=classes, skip_non_polygons=skip_non_polygons,
+            )
+        elif dataset is None or root is None:
             raise ConfigError("--dataset and --root are required (or --pred and --ref)")
-        if classes is not None or allow_gaps:
+        elif classes is not None or allow_gaps:
             flag = "--classes" if classes is not None else "--allow-gaps"
             raise ConfigError(f"{flag} only applies to --pred/--ref")
         result = evaluate(
@@ -97,7 +125,7 @@ def eval_cmd(
                 dataset=dataset, root=root, weights=weights, split=split, batch_size=batch_size, device=device,
                 precision=precision,
                 workers=workers, split_column=split_column, out_dir=out_dir, save_predictions=save_predictions,
-                overwrite=overwrite, progress=progress, allow_missing=allow_missing,
+                overwrite=overwrite, progress=progress, allow_missing=allow_missing, vector=source,
             )
         )
     with after_outputs():

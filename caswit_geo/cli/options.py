@@ -24,7 +24,7 @@ import functools
 import inspect
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 from typer.models import OptionInfo
@@ -107,6 +107,53 @@ def allow_missing(default: Any, help: str) -> Any:
     return typer.Option(default, "--allow-missing", help=help)
 
 
+# Vector labels (train and eval --dataset vector, eval --ref POLYGONS)
+
+
+def images(default: Any, help: str = "Imagery, as predict reads it: files, folders, globs; one mosaic; repeatable.") -> Any:
+    return typer.Option(default, "--images", "-i", help=help)
+
+
+def labels(default: Any) -> Any:
+    return typer.Option(default, "--labels", help="Label polygons (GeoPackage, GeoJSON, Shapefile...).")
+
+
+def labels_layer(default: Any) -> Any:
+    return typer.Option(default, "--labels-layer", help="Layer of --labels. (default: the first)")
+
+
+def class_field(default: Any) -> Any:
+    return typer.Option(default, "--class-field", help="Field of --labels holding the class (text or integer).")
+
+
+def areas(default: Any) -> Any:
+    return typer.Option(
+        default, "--areas", help="Polygons where labelling is complete, with --split-field (train, val, test)."
+    )
+
+
+def areas_layer(default: Any) -> Any:
+    return typer.Option(default, "--areas-layer", help="Layer of --areas. (default: the first)")
+
+
+def split_field(default: Any) -> Any:
+    return typer.Option(default, "--split-field", help="Field of --areas: train, val or test. (default: split)")
+
+
+def background(default: Any) -> Any:
+    return typer.Option(
+        default, "--background", help="Class of area pixels under no polygon. (default: none, they are ignored)"
+    )
+
+
+def classes(default: Any, help: str = "classes.json: ids, names and colours of the class field's values.") -> Any:
+    return typer.Option(default, "--classes", help=help)
+
+
+def skip_non_polygons(default: Any) -> Any:
+    return typer.Option(default, "--skip-non-polygons", help="Leave points and lines out (counted) instead of refusing.")
+
+
 # ---------------------------------------------------------------------------
 # train and pretrain
 # ---------------------------------------------------------------------------
@@ -168,6 +215,22 @@ INPUT_OPTIONS = (
         None, "--mean", help="Per-band mean after scaling, e.g. 0.485,0.456,0.406. (default: ImageNet)"
     )),
     run_option(str, typer.Option(None, "--std", help="Per-band std after scaling. (default: ImageNet)")),
+)
+# --dataset vector: imagery, label polygons, labelled areas (train; eval lists the same flags)
+VECTOR_OPTIONS = (
+    run_option(List[str], images(None)),
+    run_option(Path, labels(None)),
+    run_option(str, labels_layer(None)),
+    run_option(str, class_field(None)),
+    run_option(Path, areas(None)),
+    run_option(str, areas_layer(None)),
+    run_option(str, split_field(None)),
+    run_option(str, background(None)),
+    run_option(Path, classes(None)),
+    run_option(float, typer.Option(
+        None, "--val-fraction", help="Without --areas: share of the imagery's blocks that validate. (default: 0.2)"
+    )),
+    run_option(bool, skip_non_polygons(None)),
 )
 CROPS_PER_IMAGE = run_option(int, typer.Option(None, "--crops-per-image", help="Random tiles per image and epoch."))
 

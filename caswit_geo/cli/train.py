@@ -1,4 +1,4 @@
-"""``caswit-geo train``: fine-tune CASWiT on FLAIR-HUB, URUR or your own tiles."""
+"""``caswit-geo train``: fine-tune CASWiT on FLAIR-HUB, URUR, your own tiles, or imagery and label polygons."""
 
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ def print_result(result: TrainResult, console: Console) -> None:
 
 @app.command(name="train")
 @opt.run_command(
-    opt.run_option(str, opt.dataset(None, "flairhub | urur | tiles.")),
+    opt.run_option(str, opt.dataset(None, "flairhub | urur | tiles | vector.")),
     opt.run_option(Path, opt.root(None)),
+    *opt.VECTOR_OPTIONS,
     *opt.MODEL_OPTIONS,
     opt.run_option(float, typer.Option(
         None, "--alpha", help="Weight of the auxiliary LR loss (0 = no LR head). (default: 0.5)"
@@ -67,5 +68,6 @@ def train_cmd(given: dict) -> None:
     from caswit_geo.engine.train.training import TrainConfig
     from caswit_geo.engine.train.training import train as run
 
+    given["images"] = list(given["images"]) if given["images"] else None  # not given: a config file may list them
     result = run(run_options.run_config(TrainConfig, "train", given))
     run_options.report("train", result, print_result)

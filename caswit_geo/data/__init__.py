@@ -1,4 +1,4 @@
-"""Datasets: FLAIR-HUB, URUR and the user's own ``tiles`` folders.
+"""Datasets: FLAIR-HUB, URUR, the user's own ``tiles`` folders, and imagery with label polygons (``vector.py``).
 
 Every dataset is a ``torch.utils.data.Dataset`` whose items follow the
 sample contract of :mod:`caswit_geo.data.sample`::

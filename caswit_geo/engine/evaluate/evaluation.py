@@ -17,6 +17,7 @@ one per URUR/tiles image assembled tile by tile.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from caswit_geo.data.flairhub_splits import DEFAULT_SPLIT_COLUMN
 from caswit_geo.data.open_raster import open_raster
 from caswit_geo.data.sample import CaswitDataset
 from caswit_geo.data.tiles import read_classes_json
+from caswit_geo.data.vector import VectorDataset, VectorSource, load_vector_data, summary_line
 from caswit_geo.engine.evaluate.metrics import (
     BoundaryStats,
     ConfusionMatrix,
@@ -44,6 +46,7 @@ from caswit_geo.engine.evaluate.metrics import (
     generic_protocol,
     protocol_for,
 )
+from caswit_geo.engine.evaluate.vector_reference import VectorReference, is_vector, map_class_table
 from caswit_geo.engine.evaluate.report import per_class_rows, plot_confusion, write_confusion_csv, write_json
 from caswit_geo.geo.class_raster import AtomicRasterWriter, class_description
 from caswit_geo.geo.grid import TileGrid, clip_window
@@ -61,8 +64,8 @@ REPORT_FILES = {"json": "report.json", "csv": "confusion_matrix.csv", "png": "co
 class EvalConfig:
     """Settings of :func:`evaluate` (``weights``: a checkpoint path or a registry name)."""
 
-    dataset: str  # "flairhub" | "urur" | "tiles"
-    root: Path
+    dataset: str  # "flairhub" | "urur" | "tiles" | "vector"
+    root: Path | None
     weights: str | Path | None
     split: str = "test"  # or, for flairhub, a .csv/.txt list of patch ids
     batch_size: int = bounded(4, ge=1)
@@ -76,6 +79,7 @@ class EvalConfig:
     progress: bool = True
     cache_dir: Path | None = None  # flairhub patch-index cache
     allow_missing: bool = False  # score the patches found when the split lists missing ones (recorded in the report)
+    vector: VectorSource | None = None  # dataset "vector": imagery, label polygons, areas
 
 
 @dataclass
@@ -222,10 +226,13 @@ def evaluate(config: EvalConfig) -> EvalResult:
     if meta.kind != "segmentation":
         raise CheckpointError(f"{weights}: a {meta.kind} checkpoint has no segmentation head; fine-tune it with train first")
     spec = meta.input_spec
-    dataset = build_dataset(
-        config.dataset, config.root, config.split, spec, labels=True,
-        split_column=config.split_column, cache_dir=config.cache_dir, allow_missing=config.allow_missing,
-    )
+    if config.dataset == "vector":
+        dataset = _vector_split(config, spec, meta.classes)
+    else:
+        dataset = build_dataset(
+            config.dataset, config.root, config.split, spec, labels=True,
+            split_column=config.split_column, cache_dir=config.cache_dir, allow_missing=config.allow_missing,
+        )
     classes = dataset.classes
     num_model = meta.model_config.num_classes
     if num_model > len(classes):
@@ -272,6 +279,20 @@ def evaluate(config: EvalConfig) -> EvalResult:
     if saver is not None:
         files["predictions"] = Path(config.save_predictions)
     return EvalResult(report["metrics"], rows, cm.matrix.copy(), protocol.name, report, files)
+
+
+def _vector_split(config: EvalConfig, spec, checkpoint_classes: ClassTable) -> VectorDataset:
+    """The split's areas of the vector data, whole, on the mosaic's tile grid; classes matched to the checkpoint's."""
+    source = config.vector
+    if source is None:
+        raise ConfigError("--dataset vector needs --images, --labels and --class-field")
+    if source.areas is None and config.split == "test":
+        raise ConfigError("--dataset vector --split test needs --areas with test areas (the block split has none)")
+    table = read_classes_json(source.classes).classes if source.classes is not None else checkpoint_classes
+    data = load_vector_data(source, spec.bands, spec.tile_size, spec.context_factor, table=table)
+    if config.progress:
+        tqdm.write(summary_line(data))
+    return VectorDataset(data, str(config.split), spec, grid=True)
 
 
 def _predict_split(model, dataset, protocol: Protocol, saver: PredictionSaver | None, device, precision: Precision,
@@ -358,8 +379,9 @@ def evaluate_rasters(
     tile_size: int = 512,
     allow_gaps: bool = False,
     progress: bool = False,
+    vector: dict | None = None,
 ) -> EvalResult:
-    """Score a class raster against a reference raster of the same grid.
+    """Score a class raster against a reference raster of the same grid, or against polygons.
 
     A pixel the reference labels but the prediction leaves empty (255 or
     nodata) is an error (:class:`InputError` naming the file and the count)
@@ -375,16 +397,33 @@ def evaluate_rasters(
         out_dir: where to write report.json and the confusion matrix (None = nowhere).
         tile_size: windows of T x T px are read and scored in turn (bIoU per window).
         allow_gaps: score unpredicted reference pixels as errors instead of refusing.
+        vector: a polygon reference (``ref_path`` a vector file): ``field``, and optionally
+            ``layer``, ``areas``, ``areas_layer``, ``background``, ``skip_non_polygons``
+            (:class:`~caswit_geo.engine.evaluate.vector_reference.VectorReference`).
     """
     check_number("--tile-size", tile_size, ge=1, le=4096)  # windows of T x T px, T^2 int64 arrays
     inputs = [pred_path, ref_path] + ([classes] if isinstance(classes, (str, Path)) else [])
+    if vector is not None and vector.get("areas") is not None:
+        inputs.append(vector["areas"])
     with OutputSet(overwrite=overwrite, inputs=inputs) as outs:
         paths = _add_reports(outs, Path(out_dir) if out_dir is not None else None)
-        result = _score_rasters(Path(pred_path), Path(ref_path), classes, dataset, tile_size, allow_gaps, progress)
+        result = _score_rasters(Path(pred_path), Path(ref_path), classes, dataset, tile_size, allow_gaps, progress,
+                                vector)
         _write_reports(outs, paths, result.report, result.confusion, result.table, result.protocol_obj)
         outs.commit()
     return EvalResult(result.report["metrics"], result.per_class, result.confusion, result.protocol_obj.name,
                       result.report, dict(paths))
+
+
+@contextlib.contextmanager
+def _reference(ref_path: Path, pred, table: ClassTable | None, vector: dict | None):
+    """The reference: an open raster, or polygons burnt on the map's grid (classes: ``table``, else the map's)."""
+    if vector is None and not is_vector(ref_path):
+        with _open_input(ref_path, "reference") as ref:
+            yield ref
+        return
+    vector = dict(vector or {})
+    yield VectorReference(ref_path, vector.pop("field", None), pred, table=table or map_class_table(pred), **vector)
 
 
 @dataclass
@@ -397,7 +436,7 @@ class _RasterScores:
 
 
 def _score_rasters(pred_path: Path, ref_path: Path, classes, dataset, tile_size: int, allow_gaps: bool,
-                   progress: bool) -> _RasterScores:
+                   progress: bool, vector: dict | None = None) -> _RasterScores:
     if dataset in ("flairhub", "urur"):
         table: ClassTable | None = flairhub_classes() if dataset == "flairhub" else urur_classes()
     elif dataset is not None:
@@ -408,17 +447,20 @@ def _score_rasters(pred_path: Path, ref_path: Path, classes, dataset, tile_size:
         table = read_classes_json(classes).classes
     else:
         table = None
-    num = len(table) if table is not None else IGNORE_INDEX  # unknown: accumulate 0..254, trim after
-    protocol = None if table is None else (protocol_for(dataset, table) if dataset else generic_protocol(table))
-    with _open_input(pred_path, "prediction") as pred, _open_input(ref_path, "reference") as ref:
-        _check_same_grid(pred, ref)
+    with _open_input(pred_path, "prediction") as pred, _reference(ref_path, pred, table, vector) as ref:
+        if isinstance(ref, VectorReference):
+            table = ref.classes
+        else:
+            _check_same_grid(pred, ref)
+        num = len(table) if table is not None else IGNORE_INDEX  # unknown: accumulate 0..254, trim after
+        protocol = None if table is None else (protocol_for(dataset, table) if dataset else generic_protocol(table))
         cm = ConfusionMatrix(num)
         boundary = BoundaryStats(num)
-        grid = TileGrid(ref.width, ref.height, tile_size)
+        grid = TileGrid(pred.width, pred.height, tile_size)
         for _, _, window in tqdm(grid.windows(), total=len(grid), desc="eval", unit="tile", leave=False, disable=not progress):
-            inside = clip_window(window, ref.width, ref.height)
+            inside = clip_window(window, pred.width, pred.height)
             p = _read_ids(pred, inside, tile_size, num)  # (T, T)
-            r = _read_ids(ref, inside, tile_size, num)
+            r = ref.read(inside, tile_size) if isinstance(ref, VectorReference) else _read_ids(ref, inside, tile_size, num)
             cm.update(r, p)
             boundary.update(r, p, None if protocol is None else protocol.valid_mask(r, p))
     labelled = cm.total + cm.unpredicted

@@ -8,6 +8,7 @@
     <run>/log.csv, log.json  one row per epoch (lr: that of the epoch's last iteration)
     <run>/curves.png         training curves
     <run>/reconstructions.png  pretrain: originals, masked inputs, reconstructions
+    <run>/samples.png        train on vector labels: tiles, their labels and their LR context
 
 Write protocol (what a failure or a kill at any moment leaves):
 
@@ -53,7 +54,8 @@ LOG_CSV = "log.csv"
 LOG_JSON = "log.json"
 CURVES = "curves.png"
 RECONSTRUCTIONS = "reconstructions.png"
-RUN_FILES = (CONFIG, LAST_STATE, LAST_WEIGHTS, BEST_WEIGHTS, LOG_CSV, LOG_JSON, CURVES, RECONSTRUCTIONS)
+SAMPLES = "samples.png"
+RUN_FILES = (CONFIG, LAST_STATE, LAST_WEIGHTS, BEST_WEIGHTS, LOG_CSV, LOG_JSON, CURVES, RECONSTRUCTIONS, SAMPLES)
 
 
 def default_run_dir(command: str) -> Path:

@@ -25,12 +25,15 @@ from caswit_geo.core.errors import ConfigError
 from caswit_geo.core.limits import bounded
 from caswit_geo.core.spec import ClassTable, InputSpec
 from caswit_geo.data import Augment, build_dataset, load_tiles_meta
+from caswit_geo.data.vector import VectorDataset, VectorSource, load_vector_data, summary_line, warn_unused
 from caswit_geo.engine.convert import check_upernet_fits
 from caswit_geo.engine.evaluate.metrics import ConfusionMatrix, protocol_for
 from caswit_geo.engine.train.config import RunConfig
 from caswit_geo.engine.train.inputs import check_dtypes, check_samples, run_input_spec, scale_for, with_gsd
 from caswit_geo.engine.train.loop import build_loop, eval_loader, fit, run_command, seed_run, training_metadata
-from caswit_geo.engine.train.rundir import BEST_WEIGHTS, LAST_WEIGHTS, RunDirectory
+from caswit_geo.engine.train.rundir import BEST_WEIGHTS, LAST_WEIGHTS, SAMPLES, RunDirectory
+from caswit_geo.engine.train.samples import save_samples_figure
+from caswit_geo.geo.mosaic import expand_inputs
 from caswit_geo.model.build import build_model
 from caswit_geo.model.checkpoint import load_pretrained_backbone, read_meta, save_checkpoint, stored_behaviour
 from caswit_geo.model.configs import get_config
@@ -40,15 +43,27 @@ from caswit_geo.model.upernet.source import read_upernet
 from caswit_geo.runtime.distributed import DistEnv, all_reduce_sum
 from caswit_geo.runtime.precision import Precision
 
-DATASETS = ("flairhub", "urur", "tiles")
+DATASETS = ("flairhub", "urur", "tiles", "vector")
 
 
 @dataclass
 class TrainConfig(RunConfig):
     """Settings of ``caswit-geo train`` (see :class:`RunConfig` for the shared ones)."""
 
-    dataset: str | None = None  # flairhub | urur | tiles
+    dataset: str | None = None  # flairhub | urur | tiles | vector
     root: Path | None = None
+    # vector: a mosaic, label polygons and labelled areas (data/vector.py)
+    images: tuple[Path, ...] = ()  # predict inputs: files, folders, globs
+    labels: Path | None = None
+    labels_layer: str | None = None
+    class_field: str | None = None
+    areas: Path | None = None
+    areas_layer: str | None = None
+    split_field: str = "split"
+    background: str | None = None
+    classes: Path | None = None  # classes.json for the field's values
+    val_fraction: float = bounded(0.2, ge=0, lt=1)  # without areas: share of the blocks that validate
+    skip_non_polygons: bool = False
     train_split: str = "train"
     val_split: str | None = "val"  # None or "none" = no validation (best = last epoch)
     split_column: str | None = None  # flairhub: split scheme column of the split GeoPackage
@@ -105,6 +120,8 @@ def _train_in(config: TrainConfig, run: RunDirectory, env: DistEnv) -> TrainResu
     val_loader = eval_loader(val_set, env, config.batch_size, config.workers) if val_set is not None else None
     splits = split_coverage(train_set, val_set)
     training = {**training_metadata(config, env, loop.precision), "splits": splits}
+    if isinstance(train_set, VectorDataset):  # polygons, overlaps, repairs, areas: what the labels were
+        training["vector_labels"] = train_set.data.summary
     if env.is_master and splits:
         tqdm.write(coverage_line(splits))
 
@@ -125,6 +142,8 @@ def _train_in(config: TrainConfig, run: RunDirectory, env: DistEnv) -> TrainResu
                 "val_mf1": scores.mf1, "val_oa": scores.oa}
 
     def end_epoch(epoch: int, history: list[dict]) -> None:
+        if config.dataset == "vector" and not (run_dir / SAMPLES).is_file():  # once, with the first save
+            save_samples_figure(train_set, run.file(SAMPLES), seed=config.seed)
         best = best_row(history)
         if best is not None and best["epoch"] == epoch:
             save_checkpoint(model, run.file(BEST_WEIGHTS), include_aux=False, classes=classes, input_spec=spec,
@@ -232,6 +251,12 @@ def _val_metrics(row: dict) -> dict:
 
 
 def _check(config: TrainConfig) -> None:
+    if config.dataset == "vector":
+        if not config.images or config.labels is None or config.class_field is None:
+            raise ConfigError("--dataset vector needs --images, --labels and --class-field")
+        if config.init is not None and config.init_upernet is not None:
+            raise ConfigError("--init and --init-upernet: give one of them")
+        return
     if config.dataset is None or config.root is None:
         raise ConfigError("--dataset and --root are required (or --resume RUN_DIR)")
     if config.init is not None and config.init_upernet is not None:
@@ -242,8 +267,43 @@ def _check(config: TrainConfig) -> None:
         raise ConfigError(f"--root {config.root}: folder not found")
 
 
+def vector_source(config) -> VectorSource:
+    """The vector data options of a train or eval config."""
+    return VectorSource(
+        images=tuple(str(p) for p in config.images), labels=Path(config.labels), class_field=config.class_field,
+        labels_layer=config.labels_layer, areas=config.areas, split_field=config.split_field,
+        areas_layer=config.areas_layer, background=config.background, classes=config.classes,
+        val_fraction=config.val_fraction, skip_non_polygons=config.skip_non_polygons,
+    )
+
+
+def _vector_datasets(config: TrainConfig, tile: int):
+    """The vector dataset's train and val splits (areas, or the block split), read once."""
+    source = vector_source(config)
+    scale = None
+    if config.scale is None:
+        scale = scale_for(expand_inputs(list(source.images))[0])
+    spec = run_input_spec(config, tile, None, scale)
+    data = load_vector_data(source, spec.bands, tile, spec.context_factor)
+    transform = Augment(spec) if config.augment else None
+    train_set = VectorDataset(data, config.train_split, spec, random_crops=config.random_crops,
+                              samples=config.crops_per_image, transform=transform)
+    check_samples(train_set, spec, f"--images {source.images[0]} ({config.train_split})")
+    val_set = None
+    if config.val_split is not None and config.val_split.lower() != "none" and config.val_split in data.regions:
+        val_set = VectorDataset(data, config.val_split, spec, grid=True)
+    elif config.val_split is not None and config.val_split.lower() != "none" and source.areas is not None:
+        warnings.warn(f"--areas {source.areas}: no {config.val_split!r} area; training without validation",
+                      stacklevel=2)
+    tqdm.write(summary_line(data))
+    warn_unused(data)
+    return train_set, val_set, with_gsd(spec, train_set), data.classes
+
+
 def _datasets(config: TrainConfig, tile: int):
     """(train set, val set or None, InputSpec, ClassTable) with the data's bands, scale and GSD."""
+    if config.dataset == "vector":
+        return _vector_datasets(config, tile)
     bands = scale = None
     root = Path(config.root)
     if config.dataset == "tiles":
