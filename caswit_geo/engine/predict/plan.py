@@ -43,7 +43,7 @@ from caswit_geo.geo.lowres import prepass_supported
 from caswit_geo.geo.mosaic import Mosaic, expand_inputs, open_mosaic
 from caswit_geo.geo.pyramid import levels_for
 from caswit_geo.geo.vectorize import vector_format
-from caswit_geo.model.checkpoint import CheckpointMeta, read_meta, shape_model
+from caswit_geo.model.checkpoint import CheckpointMeta, free_dict_summary, read_meta, shape_model
 from caswit_geo.model.weights import resolve_weights, sha256
 from caswit_geo.runtime.device import select_device
 from caswit_geo.runtime.precision import Precision, resolve_precision
@@ -265,8 +265,8 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
             overlap=str(config.overlap),
             precision=precision.name,
             sources=[p.name for p in inputs],
-            metadata=meta.metadata,
-            provenance=meta.provenance,
+            metadata=free_dict_summary(meta.metadata),
+            provenance=free_dict_summary(meta.provenance),
         ),
     )
     plan = PredictPlan(
