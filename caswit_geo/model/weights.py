@@ -55,7 +55,7 @@ def load_registry(folder: Path | None = None) -> dict:
     for name, entry in models.items():
         checked[_model_name(name, path)] = _entry(entry, name, folder, path)
     default = reg.get("default")
-    if default is not None and default not in checked:
+    if default is not None and (not isinstance(default, str) or default not in checked):
         raise CheckpointError(f"{path}: default {short_repr(default, 60)} is not a registered model")
     return {"default": default, "models": checked}
 
