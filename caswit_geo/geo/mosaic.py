@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import math
+import os
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from caswit_geo.core.errors import InputError
+from caswit_geo.geo.georef import check_georeferencing, open_quietly
 from caswit_geo.geo.sources import check_source
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
@@ -52,6 +54,13 @@ class RasterInfo:
     alpha_mask: bool  # that per-dataset mask comes from an alpha band
     block_shape: tuple[int, int]
     overviews: int = 0  # overview levels of band 1 (JPEG 2000 resolution levels count)
+    driver: str = "GTiff"  # GDAL's short name of the format
+    files_bytes: int = 0  # the file and, for a VRT, the files it reads
+
+    @property
+    def layout(self) -> str:
+        """How the file is laid out when it has no tiles, for messages ("striped TIFF", "PNG file")."""
+        return "striped TIFF" if self.driver == "GTiff" else f"{self.driver} file (untiled)"
 
     @property
     def res(self) -> tuple[float, float]:
@@ -115,6 +124,7 @@ def describe_raster(path: str | Path) -> RasterInfo:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
+                check_georeferencing(src, path)
                 flags = src.mask_flag_enums[0] if src.count else ()
                 return RasterInfo(
                     path=str(path),
@@ -129,10 +139,37 @@ def describe_raster(path: str | Path) -> RasterInfo:
                     per_dataset_mask=MaskFlags.per_dataset in flags,
                     alpha_mask=MaskFlags.alpha in flags,
                     block_shape=tuple(src.block_shapes[0]) if src.count else (0, 0),
-                    overviews=len(src.overviews(1)) if src.count else 0,
+                    overviews=_overview_levels(src),
+                    driver=src.driver,
+                    files_bytes=_files_bytes(src),
                 )
     except RasterioIOError:
         raise InputError(f"{path}: not a raster GDAL can read") from None
+
+
+def _overview_levels(src) -> int:
+    """Overview levels of band 1; a VRT without its own reads those of its first source (GDAL does)."""
+    if not src.count:
+        return 0
+    levels = len(src.overviews(1))
+    if levels or src.driver != "VRT" or len(src.files) < 2:
+        return levels
+    try:
+        with rasterio.open(src.files[1]) as first:
+            return len(first.overviews(1)) if first.count else 0
+    except RasterioIOError:
+        return 0
+
+
+def _files_bytes(src) -> int:
+    """Bytes on disk of the raster and the files it reads (a VRT's sources; a file's sidecars)."""
+    total = 0
+    for name in dict.fromkeys(src.files):
+        try:
+            total += os.stat(name).st_size
+        except OSError:  # a source named but absent is reported where it is read
+            pass
+    return total
 
 
 def check_input(info: RasterInfo, bands: Sequence[int]) -> None:
@@ -177,9 +214,7 @@ class Mosaic:
         return abs(self.transform.a), abs(self.transform.e)
 
     def open(self) -> rasterio.io.DatasetReader:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(self.source)
+        return open_quietly(self.source)
 
     def file_window(self, info: RasterInfo) -> Window:
         """The window of the mosaic grid covering ``info`` (rounded to whole pixels)."""

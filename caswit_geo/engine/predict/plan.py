@@ -525,8 +525,8 @@ def gdal_cache_bytes(mosaic: Mosaic, tile: int, base_mb: int) -> tuple[int, list
         bh, bw = info.block_shape
         if bw >= info.width and info.width > 2048:
             notes.append(
-                f"{info.name} is a striped TIFF: reading it is slow and needs a larger cache; "
-                "gdal_translate -co TILED=YES makes a tiled copy"
+                f"{info.name} is a {info.layout}: reading it is slow and needs a larger cache; "
+                "gdal_translate -of GTiff -co TILED=YES makes a tiled copy"
             )
             extra = max(extra, mosaic.width * (tile + bh) * mosaic.count * itemsize)
     return base_mb * 2**20 + int(extra * 1.25), notes[:1]
