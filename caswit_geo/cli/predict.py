@@ -196,6 +196,10 @@ def print_summary(result: PredictResult, console: Console) -> None:
         area = "" if result.class_areas_m2 is None else f"{result.class_areas_m2[name] / 1e4:,.2f}"
         table.add_row(safe(name), f"{px:,}", area, f"{100 * px / total:.1f}%")
     console.print(table)
+    if result.nodata_pixels:
+        share = 100 * result.nodata_pixels / max(result.width * result.height, 1)
+        console.print(f"nodata: {result.nodata_pixels:,} px ({share:.2f} % of the map) masked by the inputs' nodata, "
+                      "alpha or mask, or outside them")
     for path in result.outputs + result.confidence_outputs:
         console.print(f"wrote {safe(path)}")
     if result.preview is not None:

@@ -29,6 +29,7 @@ from rasterio.windows import Window
 
 from caswit_geo.core.errors import InputError
 from caswit_geo.geo.georef import check_georeferencing, open_quietly
+from caswit_geo.geo.masks import alpha_holds_data
 from caswit_geo.geo.sources import check_source
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
@@ -56,6 +57,7 @@ class RasterInfo:
     overviews: int = 0  # overview levels of band 1 (JPEG 2000 resolution levels count)
     driver: str = "GTiff"  # GDAL's short name of the format
     files_bytes: int = 0  # the file and, for a VRT, the files it reads
+    alpha_is_data: bool = False  # a band tagged alpha holds more than a mask's values (RGBI's NIR)
 
     @property
     def layout(self) -> str:
@@ -142,6 +144,9 @@ def describe_raster(path: str | Path) -> RasterInfo:
                     overviews=_overview_levels(src),
                     driver=src.driver,
                     files_bytes=_files_bytes(src),
+                    alpha_is_data=MaskFlags.alpha in flags and any(
+                        alpha_holds_data(src, i + 1) for i, ci in enumerate(src.colorinterp) if ci == ColorInterp.alpha
+                    ),
                 )
     except RasterioIOError:
         raise InputError(f"{path}: not a raster GDAL can read") from None
@@ -170,6 +175,18 @@ def _files_bytes(src) -> int:
         except OSError:  # a source named but absent is reported where it is read
             pass
     return total
+
+
+def nodata_notes(info: RasterInfo, bands: Sequence[int]) -> list[str]:
+    """A warning when the nodata value is the brightest value: real imagery reaches it (white roofs, sand)."""
+    values = {info.nodata[b - 1] for b in bands if b - 1 < len(info.nodata)} - {None}
+    if info.dtype not in SUPPORTED_DTYPES or len(values) != 1:
+        return []
+    value = values.pop()
+    if value != np.iinfo(np.dtype(info.dtype)).max:
+        return []
+    return [f"{info.name}: nodata is {value:g}, the brightest value, which real imagery reaches (saturated white: "
+            f"roofs, sand); where every band is {value:g} the map is nodata; the share masked is reported at the end"]
 
 
 def check_input(info: RasterInfo, bands: Sequence[int]) -> None:
@@ -270,11 +287,19 @@ def open_mosaic(
                 f"{info.name}: band {min(used_alpha)} is tagged alpha but the model reads it as data; "
                 "it is not used as a nodata mask"
             )
+        elif info.alpha_is_data:
+            notes.append(
+                f"{info.name}: band {min(info.alpha_bands)} is tagged alpha but holds more than a mask's 0 and 255 "
+                "(a near-infrared band?); it is not used as a nodata mask (gdal_edit.py -colorinterp_"
+                f"{min(info.alpha_bands)} undefined retags it)"
+            )
+        notes.extend(nodata_notes(info, bands))
 
     resample = target_res is not None and not (
         math.isclose(target_res, first.res[0], rel_tol=1e-9) and math.isclose(target_res, first.res[1], rel_tol=1e-9)
     )
-    if len(infos) == 1 and not resample:
+    # one file is read as it is, unless its alpha band must not be its mask: our VRT's mask band then says so
+    if len(infos) == 1 and not resample and not first.alpha_is_data:
         return Mosaic(
             source=first.path,
             files=infos,
@@ -405,7 +430,7 @@ def build_vrt_xml(
 
     mask = ET.SubElement(ET.SubElement(root, "MaskBand"), "VRTRasterBand", dataType="Byte")
     for info in infos:
-        alpha_is_data = info.alpha_mask and set(info.alpha_bands) & set(bands)
+        alpha_is_data = info.alpha_mask and (set(info.alpha_bands) & set(bands) or info.alpha_is_data)
         nodata_bands = [b for b in bands if info.nodata[b - 1] is not None]
         transparent_zero = [("NODATA", "0")]  # a 0 (invalid) pixel never hides a 255 already written
         if info.per_dataset_mask and not alpha_is_data:
