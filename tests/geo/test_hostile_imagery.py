@@ -80,7 +80,8 @@ def test_band_4_tagged_alpha_that_holds_nir_is_not_a_mask(tmp_path):
     assert describe_raster(tmp_path / "rgbi.tif").alpha_is_data
     mosaic = open_mosaic([tmp_path / "rgbi.tif"], (1, 2, 3))
     assert any("band 4 is tagged alpha but holds more than a mask's 0 and 255" in n for n in mosaic.warnings)
-    res = run_predict(SHARED["ckpt"], [tmp_path / "rgbi.tif"], tmp_path / "map.tif")
+    with pytest.warns(UserWarning, match="rgbi.tif: band 4 is tagged alpha but holds more"):
+        res = run_predict(SHARED["ckpt"], [tmp_path / "rgbi.tif"], tmp_path / "map.tif")
     with rasterio.open(tmp_path / "map.tif") as src:
         assert (src.read(1) != 255).all()  # every pixel mapped, NIR = 0 or not
     assert res.nodata_pixels == 0
