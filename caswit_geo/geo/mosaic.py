@@ -275,10 +275,6 @@ def open_mosaic(
             raise InputError(
                 f"inputs differ in data type: {first.name} is {first.dtype}, {info.name} is {info.dtype}"
             )
-    names = [i.name for i in infos]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise InputError(f"two inputs are named {dup}: outputs per input file would collide")
     bands = tuple(int(b) for b in bands)
     for info in infos:
         used_alpha = set(info.alpha_bands) & set(bands)

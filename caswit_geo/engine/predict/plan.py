@@ -329,6 +329,7 @@ def plan_outputs(
     if per_file:
         _check_folder(out, "--out")
         classes = [out / f"{p.stem}_landcover.tif" for p in inputs]
+        check_distinct_outputs(inputs, classes, "--out")
     else:
         if out.suffix.lower() not in RASTER_OUT_SUFFIXES:
             raise OutputError(f"--out {out}: expected a .tif file or an existing folder")
@@ -340,6 +341,7 @@ def plan_outputs(
                 raise OutputError("--confidence: must be a folder when --out is a folder")
             cfolder = _check_folder(Path(config.confidence), "--confidence")
             confidence = [cfolder / f"{p.stem}_confidence.tif" for p in inputs]
+            check_distinct_outputs(inputs, confidence, "--confidence")
         else:
             c = Path(config.confidence)
             if _is_folder_arg(c) or c.suffix.lower() not in RASTER_OUT_SUFFIXES:
@@ -360,6 +362,17 @@ def plan_outputs(
     for path, option in named + [(Path(f"{p}.aux.xml"), "--out") for p in classes]:
         checks.check(path, option)
     return per_file, classes, confidence, vector, preview
+
+
+def check_distinct_outputs(inputs: list[Path], outputs: list[Path], option: str) -> None:
+    """Per-file outputs are named after their input's stem: two inputs that share one would write one file
+    (``tile.tif`` and ``tile.jp2``, or ``a/tile.tif`` and ``b/tile.tif``)."""
+    first: dict[Path, Path] = {}
+    for source, dest in zip(inputs, outputs):
+        if dest in first:
+            raise OutputError(f"{option} {dest.parent}: {first[dest]} and {source} would both write {dest.name}; "
+                              "rename one, or predict them into different folders")
+        first[dest] = source
 
 
 def _check_folder(folder: Path, option: str) -> Path:
