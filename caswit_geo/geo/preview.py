@@ -42,11 +42,14 @@ def write_preview(
     max_side: int = 720,
     dpi: int = 100,
     title: str | None = None,
+    class_pixels: np.ndarray | None = None,
 ) -> Path:
     """Write ``png``: [input RGB |] class map, legend with each class's share of the mapped area.
 
     ``title``: default the class raster's file name (pass the destination's
-    name when ``class_raster`` is a temporary file).
+    name when ``class_raster`` is a temporary file). ``class_pixels``: pixels per class id counted
+    on the full-resolution map (the legend's shares then equal predict's summary); None counts the
+    decimated map drawn.
     """
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
@@ -66,7 +69,9 @@ def write_preview(
         panels.append(("input", _stretch(img, valid)))
     panels.append(("classes", lut[cls]))
 
-    counts = np.bincount(cls[cls != IGNORE_INDEX].ravel(), minlength=len(classes))[: len(classes)]
+    if class_pixels is None:
+        class_pixels = np.bincount(cls[cls != IGNORE_INDEX].ravel(), minlength=256)
+    counts = np.asarray(class_pixels, np.int64)[: len(classes)]
     total = max(int(counts.sum()), 1)
     h, w = shape
     panel_w = 7.0
