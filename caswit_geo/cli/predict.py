@@ -65,7 +65,7 @@ def predict(
         DEFAULT.workers, "Reader processes (default: on CUDA, CPUs - 1, max 4; on the CPU, 0 up to 4 CPUs, else 1)."
     ),
     overlap: int = typer.Option(DEFAULT.overlap, "--overlap", help="Pixels shared by neighbouring tiles; >0 blends probabilities."),
-    resample: bool = typer.Option(DEFAULT.resample, "--resample", help="Read the input at the model's ground sampling distance."),
+    resample: bool = typer.Option(DEFAULT.resample, "--resample", help="Read the input at the model's ground sampling distance; the map is then on that grid (said in a warning)."),
     confidence: Optional[Path] = typer.Option(
         DEFAULT.confidence, "--confidence", help="Also write the winning class probability (uint8 percent)."
     ),

@@ -154,3 +154,17 @@ def test_the_whole_globe_is_a_valid_geographic_extent():
     from caswit_geo.geo.georef import check_geographic_extent
 
     check_geographic_extent(from_origin(-180, 90, 1, 1), 360, 180, "world.tif")  # corners exactly on the limits
+
+
+def test_resample_says_which_grid_the_map_is_on(tmp_path):
+    from caswit_geo.core.spec import InputSpec
+    from caswit_geo.engine.predict.plan import check_resolution
+
+    write_on_grid(tmp_path / "fine.tif", rgb_image(64, 64), res=0.2)
+    mosaic = open_mosaic([tmp_path / "fine.tif"], (1, 2, 3))
+    target, notes = check_resolution(mosaic, InputSpec(tile_size=128, gsd=0.5), resample=True)
+    assert target == pytest.approx(0.5)
+    assert notes == ["--resample: the map is on the model's 0.5 m grid, not the input's 0.2 m grid; "
+                     "gdalwarp -tr 0.2 0.2 -r near brings it onto the input's pixel size"]
+    _, same = check_resolution(mosaic, InputSpec(tile_size=128, gsd=0.2), resample=True)
+    assert same == []  # nothing to say when the grids are one

@@ -499,6 +499,12 @@ def check_resolution(mosaic: Mosaic, spec: InputSpec, resample: bool) -> tuple[f
             f"(gdalwarp -tr {spec.gsd:g} {spec.gsd:g})"
         )
     if resample:
+        if abs(px - spec.gsd) > 1e-9 * spec.gsd:
+            native = px / factor
+            notes.append(
+                f"--resample: the map is on the model's {spec.gsd:.3g} m grid, not the input's {px:.3g} m grid; "
+                f"gdalwarp -tr {native:g} {native:g} -r near brings it onto the input's pixel size"
+            )
         return spec.gsd / factor, notes
     if abs(px - spec.gsd) > GSD_TOLERANCE * spec.gsd:
         fix = (f"--resample reads the input at {spec.gsd:.3g} m" if north_up else
