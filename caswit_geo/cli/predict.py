@@ -65,6 +65,11 @@ def predict(
         DEFAULT.workers, "Reader processes (default: on CUDA, CPUs - 1, max 4; on the CPU, 0 up to 4 CPUs, else 1)."
     ),
     overlap: int = typer.Option(DEFAULT.overlap, "--overlap", help="Pixels shared by neighbouring tiles; >0 blends probabilities."),
+    nodata: Optional[str] = typer.Option(
+        None, "--nodata", metavar="VALUE|none",
+        help="Nodata value of the inputs, replacing the files' own; 'none': no nodata value (alpha bands and "
+             "internal masks still apply).",
+    ),
     resample: bool = typer.Option(DEFAULT.resample, "--resample", help="Read the input at the model's ground sampling distance; the map is then on that grid (said in a warning)."),
     confidence: Optional[Path] = typer.Option(
         DEFAULT.confidence, "--confidence", help="Also write the winning class probability (uint8 percent)."
@@ -114,6 +119,7 @@ def predict(
         workers=workers,
         overlap=overlap,
         resample=resample,
+        nodata=nodata,
         confidence=confidence,
         vector=vector,
         min_area=min_area,

@@ -10,6 +10,7 @@ mask are nodata in the mosaic (see ``masks.py`` for the validity rule).
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import math
 import os
@@ -58,6 +59,7 @@ class RasterInfo:
     driver: str = "GTiff"  # GDAL's short name of the format
     files_bytes: int = 0  # the file and, for a VRT, the files it reads
     alpha_is_data: bool = False  # a band tagged alpha holds more than a mask's values (RGBI's NIR)
+    nodata_given: bool = False  # ``nodata`` comes from --nodata, not from the file
 
     @property
     def layout(self) -> str:
@@ -186,7 +188,7 @@ def nodata_notes(info: RasterInfo, bands: Sequence[int]) -> list[str]:
     if value != np.iinfo(np.dtype(info.dtype)).max:
         return []
     return [f"{info.name}: nodata is {value:g}, the brightest value, which real imagery reaches (saturated white: "
-            f"roofs, sand); where every band is {value:g} the map is nodata; the share masked is reported at the end"]
+            f"roofs, sand); where every band is {value:g} the map is nodata (--nodata none reads them as data)"]
 
 
 def check_input(info: RasterInfo, bands: Sequence[int]) -> None:
@@ -250,8 +252,14 @@ def open_mosaic(
     bands: Sequence[int],
     *,
     target_res: float | None = None,
+    nodata: float | str | None = None,
 ) -> Mosaic:
     """Validate the inputs and build the virtual mosaic.
+
+    ``nodata``: a value that replaces every file's own nodata value, or
+    ``"none"`` for no nodata value (None keeps the files'); alpha bands and
+    internal masks still apply. The files are then read through our VRT,
+    whose mask band applies it.
 
     ``target_res``: pixel size (CRS units) to read at; None keeps the
     inputs' own. Inputs must share CRS, pixel size, band count and data type.
@@ -259,6 +267,9 @@ def open_mosaic(
     infos = [describe_raster(p) for p in paths]
     for info in infos:
         check_input(info, bands)
+    if nodata is not None:
+        value = None if nodata == "none" else float(nodata)
+        infos = [dataclasses.replace(i, nodata=(value,) * i.count, nodata_given=True) for i in infos]
     notes: list[str] = []
     first = infos[0]
     for info in infos[1:]:
@@ -295,7 +306,7 @@ def open_mosaic(
         math.isclose(target_res, first.res[0], rel_tol=1e-9) and math.isclose(target_res, first.res[1], rel_tol=1e-9)
     )
     # one file is read as it is, unless its alpha band must not be its mask: our VRT's mask band then says so
-    if len(infos) == 1 and not resample and not first.alpha_is_data:
+    if len(infos) == 1 and not resample and not first.alpha_is_data and not first.nodata_given:
         return Mosaic(
             source=first.path,
             files=infos,
@@ -431,6 +442,12 @@ def build_vrt_xml(
         transparent_zero = [("NODATA", "0")]  # a 0 (invalid) pixel never hides a 255 already written
         if info.per_dataset_mask and not alpha_is_data:
             add_source(mask, info, "mask,1", "ComplexSource", "nearest", transparent_zero)
+        elif info.nodata_given:  # the file's own nodata mask is not ours: valid where a band differs from ours
+            value = info.nodata[bands[0] - 1]
+            for b in bands if value is not None else bands[:1]:
+                skip = [("NODATA", repr(float(value)))] if value is not None else []
+                add_source(mask, info, str(b), "ComplexSource", "nearest",
+                           skip + [("ScaleOffset", "255"), ("ScaleRatio", "0")])
         elif nodata_bands:
             for b in nodata_bands:  # valid where any band is valid: OR through transparency
                 add_source(mask, info, f"mask,{b}", "ComplexSource", "nearest", transparent_zero)

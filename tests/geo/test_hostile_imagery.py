@@ -105,7 +105,7 @@ def test_nodata_at_the_brightest_value_is_warned_and_its_share_reported(tmp_path
     image[:, :16, :] = 255  # saturated white: 16 rows x 128 columns
     write_on_grid(tmp_path / "neon.tif", image, nodata=255)
     mosaic = open_mosaic([tmp_path / "neon.tif"], (1, 2, 3))
-    assert any("neon.tif: nodata is 255, the brightest value" in n for n in mosaic.warnings)
+    assert any("neon.tif: nodata is 255, the brightest value" in n and "--nodata none" in n for n in mosaic.warnings)
     code, out, err = run_cli(["predict", str(tmp_path / "neon.tif"), "--out", str(tmp_path / "map.tif"), "--weights",
                               str(SHARED["ckpt"])], capsys)
     assert code == 0, err
@@ -168,3 +168,32 @@ def test_resample_says_which_grid_the_map_is_on(tmp_path):
                      "gdalwarp -tr 0.2 0.2 -r near brings it onto the input's pixel size"]
     _, same = check_resolution(mosaic, InputSpec(tile_size=128, gsd=0.2), resample=True)
     assert same == []  # nothing to say when the grids are one
+
+
+@pytest.mark.parametrize("option, file_nodata, masked", [
+    ("none", 255, 0),  # the file's 255 no longer masks its white
+    ("255", None, 16 * 128),  # a file without nodata gets one
+    (None, 255, 16 * 128),  # the file's own
+    ("7", 255, 0),  # another value replaces the file's
+])
+def test_nodata_option_replaces_the_files_value(tmp_path, option, file_nodata, masked):
+    image = rgb_image(128, 128)
+    image[image == 255] = 254
+    image[:, :16, :] = 255
+    write_on_grid(tmp_path / "neon.tif", image, nodata=file_nodata)
+    res = run_predict(SHARED["ckpt"], [tmp_path / "neon.tif"], tmp_path / "map.tif", nodata=option)
+    with rasterio.open(tmp_path / "map.tif") as src:
+        got = src.read(1)
+    assert res.nodata_pixels == masked == int((got == 255).sum())
+    if masked:
+        assert (got[:16] == 255).all()
+
+
+def test_nodata_option_must_be_a_pixel_value(tmp_path, capsys):
+    from tests.helpers import run_cli
+
+    write_on_grid(tmp_path / "a.tif", rgb_image(64, 64))
+    code, _, err = run_cli(["predict", str(tmp_path / "a.tif"), "--out", str(tmp_path / "m.tif"), "--weights",
+                            str(SHARED["ckpt"]), "--nodata", "1e400"], capsys)
+    assert code == 1 and "--nodata 1e400: expected none or a pixel value 0..65535" in err
+    assert not (tmp_path / "m.tif").exists()

@@ -225,10 +225,11 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
 
     per_file, classes_dests, conf_dests, vector, preview = plan_outputs(config, inputs)
 
-    mosaic = open_mosaic(inputs, spec.bands)
+    nodata = check_nodata_option(config.nodata)
+    mosaic = open_mosaic(inputs, spec.bands, nodata=nodata)
     target_res, notes = check_resolution(mosaic, spec, config.resample)
     if target_res is not None:
-        mosaic = open_mosaic(inputs, spec.bands, target_res=target_res)
+        mosaic = open_mosaic(inputs, spec.bands, target_res=target_res, nodata=nodata)
     cache_bytes, cache_notes = gdal_cache_bytes(mosaic, tile, config.gdal_cache_mb)
     notes = mosaic.warnings + notes + check_scaling(mosaic, spec) + cache_notes
 
@@ -290,6 +291,7 @@ def pixel_options(config: PredictConfig, plan: PredictPlan) -> dict:
     options = {
         "overlap": config.overlap,
         "resample": bool(config.resample),
+        "nodata": config.nodata,
         "context": plan.context,
         "precision": plan.precision.name,  # resolved: "auto" may mean another one on another machine
         "tile": plan.grid.tile,
@@ -468,6 +470,22 @@ def shard_units(units: list[Unit], index: int, count: int) -> list[Unit]:
 # ---------------------------------------------------------------------------
 # Checks against the checkpoint
 # ---------------------------------------------------------------------------
+
+
+def check_nodata_option(value: str | None) -> str | float | None:
+    """``--nodata``: None (the files' own), ``"none"`` (no nodata value) or a finite number."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text == "none":
+        return "none"
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or number != int(number) or number > 65535:
+        raise ConfigError(f"--nodata {value}: expected none or a pixel value 0..65535")
+    return number
 
 
 def check_resolution(mosaic: Mosaic, spec: InputSpec, resample: bool) -> tuple[float | None, list[str]]:
