@@ -182,6 +182,8 @@ def _files_bytes(src) -> int:
 def nodata_notes(info: RasterInfo, bands: Sequence[int]) -> list[str]:
     """A warning when the nodata value is the brightest value: real imagery reaches it (white roofs, sand)."""
     values = {info.nodata[b - 1] for b in bands if b - 1 < len(info.nodata)} - {None}
+    if info.nodata_given:  # the user chose it (--nodata)
+        return []
     if info.dtype not in SUPPORTED_DTYPES or len(values) != 1:
         return []
     value = values.pop()

@@ -181,7 +181,11 @@ def test_nodata_option_replaces_the_files_value(tmp_path, option, file_nodata, m
     image[image == 255] = 254
     image[:, :16, :] = 255
     write_on_grid(tmp_path / "neon.tif", image, nodata=file_nodata)
-    res = run_predict(SHARED["ckpt"], [tmp_path / "neon.tif"], tmp_path / "map.tif", nodata=option)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = run_predict(SHARED["ckpt"], [tmp_path / "neon.tif"], tmp_path / "map.tif", nodata=option)
+    warned = any("nodata is 255, the brightest value" in str(w.message) for w in caught)
+    assert warned == (option is None)  # a value the user gave is not questioned
     with rasterio.open(tmp_path / "map.tif") as src:
         got = src.read(1)
     assert res.nodata_pixels == masked == int((got == 255).sum())
