@@ -177,8 +177,11 @@ def _open_file(path: Path) -> SafetensorsHeader:
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, expected a checkpoint file")
     if path.is_file() and safetensors_header_size(path) is None:
-        hint = "convert it with 'caswit-geo convert'" if path.suffix in (".pth", ".pt", ".bin") else "a .safetensors file"
-        raise CheckpointError(f"{path}: not a caswit-geo checkpoint (not a safetensors file; {hint})")
+        if path.suffix in (".pth", ".pt", ".bin"):
+            raise CheckpointError(f"{path}: not a caswit-geo checkpoint (a PyTorch file, not a safetensors file; "
+                                  "import a UPerNet-Swin one with 'caswit-geo convert')")
+        raise CheckpointError(f"{path}: not a valid safetensors checkpoint (it does not start with a safetensors "
+                              "header: truncated, or another format)")
     return read_safetensors_header(path)
 
 

@@ -193,7 +193,7 @@ CASES = [
          setup=lambda f: transformers_folder(f, id2label={"0": "sky", "1": "tree\x1b[2J"}) and {},
          expect=("config.json", "id2label[1]", "control character")),
     Case("10-info-on-a-pth", ["info", "model.pth"], setup=plain_pth,
-         expect=("model.pth", "not a safetensors file", "caswit-geo convert")),
+         expect=("model.pth", "a PyTorch file, not a safetensors file", "caswit-geo convert")),
     Case("10-safetensors-named-pth", ["convert", "upernet.pth", "--out", "c.safetensors"],
          setup=safetensors_named_pth, expect=("upernet.pth", "a safetensors file named .pth", "rename it")),
 ]
