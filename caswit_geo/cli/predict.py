@@ -65,7 +65,12 @@ def predict(
         DEFAULT.workers, "Reader processes (default: on CUDA, CPUs - 1, max 4; on the CPU, 0 up to 4 CPUs, else 1)."
     ),
     overlap: int = typer.Option(DEFAULT.overlap, "--overlap", help="Pixels shared by neighbouring tiles; >0 blends probabilities."),
-    resample: bool = typer.Option(DEFAULT.resample, "--resample", help="Read the input at the model's ground sampling distance."),
+    nodata: Optional[str] = typer.Option(
+        None, "--nodata", metavar="VALUE|none",
+        help="Nodata value of the inputs, replacing the files' own; 'none': no nodata value (alpha bands and "
+             "internal masks still apply).",
+    ),
+    resample: bool = typer.Option(DEFAULT.resample, "--resample", help="Read the input at the model's ground sampling distance; the map is then on that grid (said in a warning)."),
     confidence: Optional[Path] = typer.Option(
         DEFAULT.confidence, "--confidence", help="Also write the winning class probability (uint8 percent)."
     ),
@@ -127,6 +132,7 @@ def predict(
         workers=workers,
         overlap=overlap,
         resample=resample,
+        nodata=nodata,
         confidence=confidence,
         probabilities=probabilities,
         vector=vector,
@@ -219,6 +225,10 @@ def print_summary(result: PredictResult, console: Console) -> None:
         area = "" if result.class_areas_m2 is None else f"{result.class_areas_m2[name] / 1e4:,.2f}"
         table.add_row(safe(name), f"{px:,}", area, f"{100 * px / total:.1f}%")
     console.print(table)
+    if result.nodata_pixels:
+        share = 100 * result.nodata_pixels / max(result.width * result.height, 1)
+        console.print(f"nodata: {result.nodata_pixels:,} px ({share:.2f} % of the map) masked by the inputs' nodata, "
+                      "alpha or mask, or outside them")
     for path in result.outputs + result.confidence_outputs + result.probability_outputs:
         console.print(f"wrote {safe(path)}")
     if result.preview is not None:

@@ -33,7 +33,8 @@ from pathlib import Path
 
 from affine import Affine
 
-from caswit_geo.core.errors import DatasetError
+from caswit_geo.core.errors import CaswitError, DatasetError
+from caswit_geo.core.jsonfile import load_json
 from caswit_geo.data.open_raster import open_raster
 from caswit_geo.safeio.writes import write_text
 
@@ -41,6 +42,7 @@ IMAGE_MODALITY = "AERIAL_RGBI"
 LABEL_MODALITY = "AERIAL_LABEL-COSIA"
 INDEX_VERSION = 1
 CACHE_NAME = ".caswit-geo-index.json"
+MAX_CACHE_BYTES = 256 * 2**20  # about 150 bytes per image: 1.7 million images
 
 
 @dataclass(frozen=True)
@@ -125,13 +127,18 @@ def index_cache_path(root: Path, cache_dir: str | Path | None = None) -> Path:
 
 
 def _load_cache(path: Path, root: Path) -> dict[str, list]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    try:  # a cache that cannot be used is rebuilt, whatever is wrong with it
+        data = load_json(path, what="the index cache", max_bytes=MAX_CACHE_BYTES, max_depth=4)
+    except CaswitError:
+        return {}
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
         return {}
     if data.get("version") != INDEX_VERSION or data.get("modality") != IMAGE_MODALITY:
         return {}
-    return data.get("entries", {})
+    # an entry is [mtime, size, width, height, count, a, b, c, d, e, f]: one of another shape is read again
+    return {rel: e for rel, e in data["entries"].items()
+            if isinstance(e, list) and len(e) == 11
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in e)}
 
 
 def _write_cache(path: Path, root: Path, entries: dict[str, list]) -> None:

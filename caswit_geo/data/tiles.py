@@ -16,18 +16,21 @@ and ``labels/`` are optional.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from caswit_geo.core.errors import ConfigError, DatasetError
+from caswit_geo.core.jsonfile import load_json
 from caswit_geo.core.limits import Int, Maybe, Real, Seq
 from caswit_geo.core.spec import MAX_BANDS, ClassTable, InputSpec
 from caswit_geo.data.coverage import SplitCoverage, check_coverage
 from caswit_geo.data.paths import resolve_entry
 from caswit_geo.data.rasters import ImagePair, RasterTileDataset
+
+MAX_CLASSES_BYTES = 1 * 2**20  # 255 classes with names and colours take about 20 KiB
+MAX_CLASSES_DEPTH = 4  # {"classes": [{"color": [r, g, b]}]}
 
 RASTER_SUFFIXES = (".tif", ".tiff")
 SPLIT_ALIASES = {"val": ("val", "valid", "validation"), "valid": ("val", "valid", "validation")}
@@ -45,17 +48,17 @@ class TilesMeta:
 def read_classes_json(path: str | Path) -> TilesMeta:
     """Parse a ``classes.json`` file (format in the module docstring)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DatasetError(f"{path}: class file not found")
+    data = load_json(path, what="the class file", max_bytes=MAX_CLASSES_BYTES, max_depth=MAX_CLASSES_DEPTH,
+                     error=DatasetError)
+    if not isinstance(data, dict) or not isinstance(data.get("classes"), list):
+        raise DatasetError(f"{path}: expected an object {{\"classes\": [{{\"id\", \"name\", \"color\"}}, ...]}}, "
+                           f"got {type(data).__name__ if not isinstance(data, dict) else 'no list under classes'}")
     try:
-        data = json.loads(path.read_text())
         classes = ClassTable.from_dict({"classes": data["classes"], "weights": data.get("weights")})
         bands = Maybe(Seq(Int(1, 1024), 1, MAX_BANDS))(data.get("bands"), "bands")
         scale = Maybe(Real(0, 1e12, lo_open=True))(data.get("scale"), "scale")
-    except ValueError as exc:
-        raise DatasetError(f"{path}: not valid JSON or bad values ({exc})") from None
-    except (KeyError, TypeError) as exc:
-        raise DatasetError(f"{path}: expected {{'classes': [{{'id', 'name', 'color'}}, ...]}} ({exc!r} missing or wrong)") from None
     except ConfigError as exc:
         raise DatasetError(f"{path}: {exc}") from None
     if len(classes) == 0:

@@ -7,6 +7,7 @@ image, one panel per fused stage, with the queried pixel as a white dot.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,7 +102,13 @@ def _explain(config: ExplainConfig, weights: Path, out: Path) -> ExplainResult:
         if src.count < max(spec.bands):
             raise InputError(f"{config.image}: has {src.count} bands, the model reads bands {list(spec.bands)}")
         if config.x is not None and config.y is not None:
-            row, col = src.index(config.x, config.y)
+            # in floats first: a point far outside would overflow the integer pixel index
+            fcol, frow = ~src.transform * (config.x, config.y)
+            if not (math.isfinite(frow) and math.isfinite(fcol) and 0 <= frow < src.height and 0 <= fcol < src.width):
+                left, bottom, right, top = src.bounds
+                raise InputError(f"--x {config.x:g} --y {config.y:g}: outside {config.image} "
+                                 f"(x {left:g}..{right:g}, y {bottom:g}..{top:g} in its CRS)")
+            row, col = int(math.floor(frow)), int(math.floor(fcol))
         elif config.row is not None and config.col is not None:
             row, col = config.row, config.col
         else:

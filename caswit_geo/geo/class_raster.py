@@ -27,8 +27,9 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from caswit_geo.core.errors import disk_full_guard, one_line
-from caswit_geo.core.spec import ClassTable
+from caswit_geo.core.errors import CaswitError, disk_full_guard, one_line
+from caswit_geo.core.jsonfile import parse_json
+from caswit_geo.core.spec import ClassInfo, ClassTable
 from caswit_geo.geo.profiles import class_raster_profile
 from caswit_geo.safeio.files import usual_permissions
 from caswit_geo.safeio.writes import AtomicWrite
@@ -94,6 +95,34 @@ def read_pam_categories(path: str | Path) -> list[str]:
         return []
     root = ET.parse(aux).getroot()
     return [c.text or "" for c in root.iter("Category")]
+
+
+MAX_LEGEND_TAG_BYTES = 256 * 2**10  # 255 classes with long names and colours: about 30 KiB
+
+
+def map_legend(src) -> ClassTable | None:
+    """The class table a map carries: caswit-geo's ``CASWIT_CLASSES`` tag, else the category names of
+    its ``.aux.xml`` (as QGIS and GDAL write them); None when it names no class.
+
+    The tag is read like any file content: bounded, parsed, checked; a map
+    whose tag is not a valid class table is a map without a legend, said in
+    a warning.
+    """
+    raw = src.tags().get("CASWIT_CLASSES")
+    if raw is None:
+        names = [n for n in read_pam_categories(src.name) if n] if Path(src.name).exists() else []
+        if not names:
+            return None
+        generic = ClassTable.generic(len(names))
+        return ClassTable([ClassInfo(i, n[:100], c.color) for i, (n, c) in enumerate(zip(names, generic.classes))])
+    try:
+        classes = parse_json(raw, source=src.name, what="the CASWIT_CLASSES tag", max_bytes=MAX_LEGEND_TAG_BYTES,
+                             max_depth=3)
+        return ClassTable.from_dict({"classes": classes, "weights": None}, "CASWIT_CLASSES")
+    except CaswitError as e:
+        warnings.warn(f"{src.name}: its class legend is not usable ({one_line(str(e))}); classes are numbered",
+                      stacklevel=2)
+        return None
 
 
 def model_tags(meta_name: str, checkpoint: str, classes: ClassTable, extra: dict | None = None) -> dict[str, str]:

@@ -40,6 +40,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from caswit_geo.geo.context import read_canvas
+from caswit_geo.geo.georef import open_quietly
 from caswit_geo.geo.grid import TileGrid
 from caswit_geo.geo.masks import MaskRule, mask_rule
 from caswit_geo.geo.profiles import lowres_chunk_profile
@@ -259,7 +260,7 @@ class LowResBuilder(threading.Thread):
 
     def run(self) -> None:
         try:
-            with holding(self.lowres.folder), rasterio.open(self.source) as src:
+            with holding(self.lowres.folder), open_quietly(self.source) as src:
                 rule = mask_rule(src, self.bands)
                 for bi, bj in self.order:
                     if self.stop_event.is_set():

@@ -41,6 +41,31 @@ def mask_rule(src: rasterio.io.DatasetReader, bands: Sequence[int], alpha: bool 
     return MaskRule("nodata", nodata)
 
 
+ALPHA_SAMPLE_BLOCKS = 4  # per side: 16 blocks spread over the raster decide what an alpha band holds
+
+
+def alpha_holds_data(src: rasterio.io.DatasetReader, band: int) -> bool:
+    """True when the band ``band``, tagged alpha, holds more than a mask's values (0 and the maximum).
+
+    RGBI GeoTIFFs often have their near-infrared band tagged alpha: used as a
+    mask, every pixel where NIR is 0 would be nodata. A mask holds 0 and 255
+    (or the data type's maximum); anything else in a sample of blocks spread
+    over the raster is data. Reading whole blocks keeps it cheap on any size.
+    """
+    bh, bw = src.block_shapes[band - 1]
+    bh, bw = min(bh, src.height), min(bw, src.width)
+    top = np.iinfo(np.dtype(src.dtypes[band - 1])).max if np.issubdtype(np.dtype(src.dtypes[band - 1]), np.integer) else 255
+    mask_values = {0, 255, int(top)}
+    rows = sorted({int(r) for r in np.linspace(0, src.height - bh, ALPHA_SAMPLE_BLOCKS)})
+    cols = sorted({int(c) for c in np.linspace(0, src.width - bw, ALPHA_SAMPLE_BLOCKS)})
+    for r in rows:
+        for c in cols:
+            values = np.unique(src.read(band, window=Window(c, r, bw, bh)))
+            if any(int(v) not in mask_values for v in values):
+                return True
+    return False
+
+
 def valid_mask(
     src: rasterio.io.DatasetReader,
     window: Window,

@@ -10,8 +10,10 @@ mask are nodata in the mosaic (see ``masks.py`` for the validity rule).
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import math
+import os
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -27,6 +29,8 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from caswit_geo.core.errors import InputError
+from caswit_geo.geo.georef import check_georeferencing, open_quietly
+from caswit_geo.geo.masks import alpha_holds_data
 from caswit_geo.geo.sources import check_source
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
@@ -52,6 +56,15 @@ class RasterInfo:
     alpha_mask: bool  # that per-dataset mask comes from an alpha band
     block_shape: tuple[int, int]
     overviews: int = 0  # overview levels of band 1 (JPEG 2000 resolution levels count)
+    driver: str = "GTiff"  # GDAL's short name of the format
+    files_bytes: int = 0  # the file and, for a VRT, the files it reads
+    alpha_is_data: bool = False  # a band tagged alpha holds more than a mask's values (RGBI's NIR)
+    nodata_given: bool = False  # ``nodata`` comes from --nodata, not from the file
+
+    @property
+    def layout(self) -> str:
+        """How the file is laid out when it has no tiles, for messages ("striped TIFF", "PNG file")."""
+        return "striped TIFF" if self.driver == "GTiff" else f"{self.driver} file (untiled)"
 
     @property
     def res(self) -> tuple[float, float]:
@@ -115,6 +128,7 @@ def describe_raster(path: str | Path) -> RasterInfo:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
+                check_georeferencing(src, path)
                 flags = src.mask_flag_enums[0] if src.count else ()
                 return RasterInfo(
                     path=str(path),
@@ -129,10 +143,54 @@ def describe_raster(path: str | Path) -> RasterInfo:
                     per_dataset_mask=MaskFlags.per_dataset in flags,
                     alpha_mask=MaskFlags.alpha in flags,
                     block_shape=tuple(src.block_shapes[0]) if src.count else (0, 0),
-                    overviews=len(src.overviews(1)) if src.count else 0,
+                    overviews=_overview_levels(src),
+                    driver=src.driver,
+                    files_bytes=_files_bytes(src),
+                    alpha_is_data=MaskFlags.alpha in flags and any(
+                        alpha_holds_data(src, i + 1) for i, ci in enumerate(src.colorinterp) if ci == ColorInterp.alpha
+                    ),
                 )
     except RasterioIOError:
         raise InputError(f"{path}: not a raster GDAL can read") from None
+
+
+def _overview_levels(src) -> int:
+    """Overview levels of band 1; a VRT without its own reads those of its first source (GDAL does)."""
+    if not src.count:
+        return 0
+    levels = len(src.overviews(1))
+    if levels or src.driver != "VRT" or len(src.files) < 2:
+        return levels
+    try:
+        with rasterio.open(src.files[1]) as first:
+            return len(first.overviews(1)) if first.count else 0
+    except RasterioIOError:
+        return 0
+
+
+def _files_bytes(src) -> int:
+    """Bytes on disk of the raster and the files it reads (a VRT's sources; a file's sidecars)."""
+    total = 0
+    for name in dict.fromkeys(src.files):
+        try:
+            total += os.stat(name).st_size
+        except OSError:  # a source named but absent is reported where it is read
+            pass
+    return total
+
+
+def nodata_notes(info: RasterInfo, bands: Sequence[int]) -> list[str]:
+    """A warning when the nodata value is the brightest value: real imagery reaches it (white roofs, sand)."""
+    values = {info.nodata[b - 1] for b in bands if b - 1 < len(info.nodata)} - {None}
+    if info.nodata_given:  # the user chose it (--nodata)
+        return []
+    if info.dtype not in SUPPORTED_DTYPES or len(values) != 1:
+        return []
+    value = values.pop()
+    if value != np.iinfo(np.dtype(info.dtype)).max:
+        return []
+    return [f"{info.name}: nodata is {value:g}, the brightest value, which real imagery reaches (saturated white: "
+            f"roofs, sand); where every band is {value:g} the map is nodata (--nodata none reads them as data)"]
 
 
 def check_input(info: RasterInfo, bands: Sequence[int]) -> None:
@@ -177,9 +235,7 @@ class Mosaic:
         return abs(self.transform.a), abs(self.transform.e)
 
     def open(self) -> rasterio.io.DatasetReader:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(self.source)
+        return open_quietly(self.source)
 
     def file_window(self, info: RasterInfo) -> Window:
         """The window of the mosaic grid covering ``info`` (rounded to whole pixels)."""
@@ -198,8 +254,14 @@ def open_mosaic(
     bands: Sequence[int],
     *,
     target_res: float | None = None,
+    nodata: float | str | None = None,
 ) -> Mosaic:
     """Validate the inputs and build the virtual mosaic.
+
+    ``nodata``: a value that replaces every file's own nodata value, or
+    ``"none"`` for no nodata value (None keeps the files'); alpha bands and
+    internal masks still apply. The files are then read through our VRT,
+    whose mask band applies it.
 
     ``target_res``: pixel size (CRS units) to read at; None keeps the
     inputs' own. Inputs must share CRS, pixel size, band count and data type.
@@ -207,6 +269,9 @@ def open_mosaic(
     infos = [describe_raster(p) for p in paths]
     for info in infos:
         check_input(info, bands)
+    if nodata is not None:
+        value = None if nodata == "none" else float(nodata)
+        infos = [dataclasses.replace(i, nodata=(value,) * i.count, nodata_given=True) for i in infos]
     notes: list[str] = []
     first = infos[0]
     for info in infos[1:]:
@@ -223,10 +288,6 @@ def open_mosaic(
             raise InputError(
                 f"inputs differ in data type: {first.name} is {first.dtype}, {info.name} is {info.dtype}"
             )
-    names = [i.name for i in infos]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise InputError(f"two inputs are named {dup}: outputs per input file would collide")
     bands = tuple(int(b) for b in bands)
     for info in infos:
         used_alpha = set(info.alpha_bands) & set(bands)
@@ -235,11 +296,19 @@ def open_mosaic(
                 f"{info.name}: band {min(used_alpha)} is tagged alpha but the model reads it as data; "
                 "it is not used as a nodata mask"
             )
+        elif info.alpha_is_data:
+            notes.append(
+                f"{info.name}: band {min(info.alpha_bands)} is tagged alpha but holds more than a mask's 0 and 255 "
+                "(a near-infrared band?); it is not used as a nodata mask (gdal_edit.py -colorinterp_"
+                f"{min(info.alpha_bands)} undefined retags it)"
+            )
+        notes.extend(nodata_notes(info, bands))
 
     resample = target_res is not None and not (
         math.isclose(target_res, first.res[0], rel_tol=1e-9) and math.isclose(target_res, first.res[1], rel_tol=1e-9)
     )
-    if len(infos) == 1 and not resample:
+    # one file is read as it is, unless its alpha band must not be its mask: our VRT's mask band then says so
+    if len(infos) == 1 and not resample and not first.alpha_is_data and not first.nodata_given:
         return Mosaic(
             source=first.path,
             files=infos,
@@ -370,11 +439,17 @@ def build_vrt_xml(
 
     mask = ET.SubElement(ET.SubElement(root, "MaskBand"), "VRTRasterBand", dataType="Byte")
     for info in infos:
-        alpha_is_data = info.alpha_mask and set(info.alpha_bands) & set(bands)
+        alpha_is_data = info.alpha_mask and (set(info.alpha_bands) & set(bands) or info.alpha_is_data)
         nodata_bands = [b for b in bands if info.nodata[b - 1] is not None]
         transparent_zero = [("NODATA", "0")]  # a 0 (invalid) pixel never hides a 255 already written
         if info.per_dataset_mask and not alpha_is_data:
             add_source(mask, info, "mask,1", "ComplexSource", "nearest", transparent_zero)
+        elif info.nodata_given:  # the file's own nodata mask is not ours: valid where a band differs from ours
+            value = info.nodata[bands[0] - 1]
+            for b in bands if value is not None else bands[:1]:
+                skip = [("NODATA", repr(float(value)))] if value is not None else []
+                add_source(mask, info, str(b), "ComplexSource", "nearest",
+                           skip + [("ScaleOffset", "255"), ("ScaleRatio", "0")])
         elif nodata_bands:
             for b in nodata_bands:  # valid where any band is valid: OR through transparency
                 add_source(mask, info, f"mask,{b}", "ComplexSource", "nearest", transparent_zero)

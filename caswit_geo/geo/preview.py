@@ -13,6 +13,7 @@ import rasterio
 from rasterio.enums import Resampling
 
 from caswit_geo.core.spec import IGNORE_INDEX, ClassTable
+from caswit_geo.geo.georef import open_quietly
 from caswit_geo.safeio.writes import save_figure
 
 
@@ -41,11 +42,14 @@ def write_preview(
     max_side: int = 720,
     dpi: int = 100,
     title: str | None = None,
+    class_pixels: np.ndarray | None = None,
 ) -> Path:
     """Write ``png``: [input RGB |] class map, legend with each class's share of the mapped area.
 
     ``title``: default the class raster's file name (pass the destination's
-    name when ``class_raster`` is a temporary file).
+    name when ``class_raster`` is a temporary file). ``class_pixels``: pixels per class id counted
+    on the full-resolution map (the legend's shares then equal predict's summary); None counts the
+    decimated map drawn.
     """
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
@@ -59,13 +63,15 @@ def write_preview(
         lut[c.id] = (*(np.asarray(c.color) / 255.0), 1.0)
     panels = []
     if image is not None:
-        with rasterio.open(image) as src:
+        with open_quietly(image) as src:
             img = src.read(list(bands[:3]), out_shape=(min(3, len(bands)), *shape), resampling=Resampling.average)
             valid = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
         panels.append(("input", _stretch(img, valid)))
     panels.append(("classes", lut[cls]))
 
-    counts = np.bincount(cls[cls != IGNORE_INDEX].ravel(), minlength=len(classes))[: len(classes)]
+    if class_pixels is None:
+        class_pixels = np.bincount(cls[cls != IGNORE_INDEX].ravel(), minlength=256)
+    counts = np.asarray(class_pixels, np.int64)[: len(classes)]
     total = max(int(counts.sum()), 1)
     h, w = shape
     panel_w = 7.0

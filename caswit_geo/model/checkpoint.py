@@ -22,6 +22,7 @@ from torch import nn
 
 from caswit_geo import __version__
 from caswit_geo.core.errors import CaswitError, CheckpointError, ConfigError
+from caswit_geo.core.jsonfile import nesting_depth, parse_json, size_text
 from caswit_geo.core.limits import Keys, Text
 from caswit_geo.core.spec import ClassTable, InputSpec
 from caswit_geo.model.caswit import CASWiT, CaswitConfig
@@ -30,6 +31,7 @@ from caswit_geo.model.tensor_files import (
     SafetensorsHeader,
     read_safetensors_header,
     read_safetensors_tensors,
+    safetensors_header_size,
     state_dict_of,
     torch_load,
 )
@@ -155,22 +157,37 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
 # Reading: the header is untrusted input, checked before anything is built
 # ---------------------------------------------------------------------------
 
+# a header holds a config, 255 classes, an input spec and small free dicts: a few KiB
+MAX_HEADER_BYTES = 1 * 2**20
+MAX_HEADER_DEPTH = 12
+# the free "metadata" and "provenance" objects (training settings, origin): each bounded on its own,
+# and only a summary of them (:func:`free_dict_summary`) is copied into outputs
+MAX_FREE_BYTES = 64 * 2**10
+MAX_FREE_DEPTH = 6
+MAX_SUMMARY_KEYS = 32
+MAX_SUMMARY_VALUE_CHARS = 200
 HEADER_KEYS = ("format", "format_version", "kind", "name", "config", "classes", "input_spec", "metadata", "provenance")
 MAX_MODEL_BYTES = 4 * 2**30  # parameters and buffers (caswit-large: 1.9 GiB)
 
 
 def _open_file(path: Path) -> SafetensorsHeader:
     """The file's checked safetensors header: metadata and tensor layout, no tensor data read."""
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, expected a checkpoint file")
+    if path.is_file() and safetensors_header_size(path) is None:
+        if path.suffix in (".pth", ".pt", ".bin"):
+            raise CheckpointError(f"{path}: not a caswit-geo checkpoint (a PyTorch file, not a safetensors file; "
+                                  "import a UPerNet-Swin one with 'caswit-geo convert')")
+        raise CheckpointError(f"{path}: not a valid safetensors checkpoint (it does not start with a safetensors "
+                              "header: truncated, or another format)")
     return read_safetensors_header(path)
 
 
 def _parse_header(raw: str, path: Path) -> dict:
-    try:
-        header = json.loads(raw)
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON") from None
+    header = parse_json(raw, source=path, what="the caswit-geo header", max_bytes=MAX_HEADER_BYTES,
+                        max_depth=MAX_HEADER_DEPTH, error=CheckpointError)
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a caswit-geo checkpoint")
     version = header.get("format_version", 0)
@@ -207,8 +224,7 @@ def check_header(header: dict, source: str | Path) -> CheckpointMeta:
     except ConfigError as e:
         raise CheckpointError(f"{source}: {e}") from None
     for key in ("metadata", "provenance"):
-        if not isinstance(header.get(key, {}), dict):
-            raise CheckpointError(f"{source}: {key} must be an object")
+        check_free_dict(header.get(key, {}), key, source)
     kind = header["kind"]
     if kind == "segmentation" and len(classes) != config.num_classes:
         raise CheckpointError(
@@ -222,6 +238,37 @@ def check_header(header: dict, source: str | Path) -> CheckpointMeta:
         )
     return CheckpointMeta(name, kind, config.to_dict(), classes, spec, header.get("metadata", {}),
                           header.get("provenance", {}))
+
+
+def check_free_dict(value, key: str, source: str | Path) -> None:
+    """A header's free ``metadata``/``provenance``: an object, bounded in size and depth."""
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{source}: {key} must be an object")
+    size = len(json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
+    if size > MAX_FREE_BYTES:
+        raise CheckpointError(f"{source}: {key} is {size_text(size)}, more than the {size_text(MAX_FREE_BYTES)} "
+                              "a checkpoint header may carry")
+    depth = nesting_depth(json.dumps(value, default=str))
+    if depth > MAX_FREE_DEPTH:
+        raise CheckpointError(f"{source}: {key} nests {depth} levels deep, more than {MAX_FREE_DEPTH}")
+
+
+def free_dict_summary(value: dict) -> dict:
+    """At most ``MAX_SUMMARY_KEYS`` entries of a free dict, each value as short text: what outputs carry.
+
+    A map's tags say where its model came from; they are no archive of the
+    checkpoint, whose own header stays the full record.
+    """
+    out = {}
+    for key in list(value)[:MAX_SUMMARY_KEYS]:
+        v = value[key]
+        text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
+        if len(text) > MAX_SUMMARY_VALUE_CHARS:
+            text = text[: MAX_SUMMARY_VALUE_CHARS - 3] + "..."
+        out[str(key)[:MAX_SUMMARY_VALUE_CHARS]] = text
+    if len(value) > MAX_SUMMARY_KEYS:
+        out["..."] = f"{len(value) - MAX_SUMMARY_KEYS} more entries in the checkpoint"
+    return out
 
 
 def shape_model(meta: CheckpointMeta, source: str | Path) -> nn.Module:

@@ -18,6 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from caswit_geo.core.errors import OutputError
 from caswit_geo.safeio.liveness import MARK, process_token
 
 _counter = itertools.count()
@@ -31,6 +32,39 @@ def temp_path(dest: str | Path, suffix: str | None = None) -> Path:
     dest = Path(dest)
     suffix = dest.suffix if suffix is None else suffix
     return dest.with_name(f".{dest.name}{MARK}{process_token()}.{next(_counter)}.part{suffix}")
+
+
+# the longest name derived from an output's: its legend sidecar moved aside while replaced,
+# ".<name>.aux.xml.caswit-<token>.<n>.part.old"; a few digits spare for the counter
+_SIDECAR = ".aux.xml"
+_COUNTER_SPARE = 6
+
+
+def derived_name_overhead() -> int:
+    """Bytes that caswit-geo's hidden temporary names add to an output's file name, at most."""
+    sample = temp_path(Path("x" + _SIDECAR), BACKUP_SUFFIX).name
+    return len(sample.encode()) - 1 + _COUNTER_SPARE
+
+
+def check_name_length(dest: Path, option: str) -> None:
+    """Refuse an output name too long for the temporaries written beside it (one line, before any write).
+
+    The budget counts the output's legend sidecar, so a sidecar added after its output fits already.
+    """
+    if dest.name.endswith(_SIDECAR):
+        return
+    folder = dest.parent if str(dest.parent) else Path(".")
+    try:
+        name_max = os.pathconf(folder if folder.is_dir() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    size, overhead = len(dest.name.encode()), derived_name_overhead()
+    if size + overhead > name_max:
+        raise OutputError(
+            f"{option} {dest}: a file name of {size} bytes is too long here; the hidden temporary names "
+            f"written beside it add up to {overhead} bytes and the file system allows {name_max}: "
+            f"use at most {name_max - overhead}"
+        )
 
 
 def remove_path(path: str | Path) -> None:

@@ -40,7 +40,7 @@ from typing import Iterable
 
 from caswit_geo.core.errors import OutputError
 from caswit_geo.safeio import claims
-from caswit_geo.safeio.files import BACKUP_SUFFIX, remove_path, rename_noreplace, temp_path
+from caswit_geo.safeio.files import BACKUP_SUFFIX, check_name_length, remove_path, rename_noreplace, temp_path
 from caswit_geo.safeio.sweep import hold_folder, release_folder
 
 
@@ -141,6 +141,7 @@ class OutputSet:
     def _check(self, dest: str | Path, option: str, folder: bool, create_parents: bool) -> tuple[Path, Path, Path]:
         """``(dest, key, claim point)`` after :meth:`check`'s checks."""
         dest = Path(dest)
+        check_name_length(dest, option)
         key = _key(dest)
         if key in self.dests:
             raise OutputError(f"{option} {dest}: named twice among the outputs")

@@ -59,7 +59,7 @@ def test_classes_json(tmp_path):
     with pytest.raises(DatasetError, match="classes.json: class ids must be 0..K-1"):
         load_tiles_meta(tmp_path)
     (tmp_path / "classes.json").write_text("{")
-    with pytest.raises(DatasetError, match="classes.json: not valid JSON"):
+    with pytest.raises(DatasetError, match="classes.json: the class file is not valid JSON"):
         load_tiles_meta(tmp_path)
 
 

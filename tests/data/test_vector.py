@@ -15,7 +15,7 @@ from caswit_geo.core.spec import InputSpec
 from caswit_geo.data.vector import VectorDataset, VectorSource, load_vector_data, summary_line
 from caswit_geo.engine.predict.source import PredictTiles
 from caswit_geo.geo.grid import context_window
-from tests.helpers import GSD, X0, Y0, VECTOR_NAMES, write_vector_scene
+from tests.helpers import GSD, VECTOR_NAMES, X0, Y0, write_vector_scene
 
 TILE = 64
 SPEC = InputSpec(tile_size=TILE)

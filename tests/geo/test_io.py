@@ -215,7 +215,7 @@ def test_writer_writes_georeferenced_class_raster_with_legend(tmp_path):
 def test_writer_abort_leaves_nothing(tmp_path):
     out = tmp_path / "classes.tif"
     out.write_bytes(b"previous")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="killed"):
         with AtomicRasterWriter(out, width=32, height=32, crs=None, transform=Affine.identity(),
                                 classes=CLASSES) as w:
             w.write(Window(0, 0, 32, 32), np.zeros((32, 32), np.uint8))

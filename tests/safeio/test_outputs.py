@@ -42,7 +42,7 @@ def test_outputs_appear_together_and_leave_nothing_else(tmp_path):
 
 def test_error_inside_the_set_leaves_the_folder_as_it_was(tmp_path):
     (tmp_path / "keep.tif").write_bytes(b"old")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="model failed"):
         with OutputSet(overwrite=True) as outs:
             dest = outs.add(tmp_path / "keep.tif")
             outs.temp(dest).write_bytes(b"new")
@@ -234,7 +234,7 @@ def test_a_failed_commit_removes_the_folders_it_made(tmp_path, monkeypatch):
     with OutputSet(overwrite=True) as outs:
         d = outs.add(tmp_path / "new" / "a.tif", create_parents=True)
         outs.temp(d).write_bytes(b"A")
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, match="EIO"):
             outs.commit()
     assert listing(tmp_path) == ["b.tif"]
 

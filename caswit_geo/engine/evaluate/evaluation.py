@@ -18,8 +18,10 @@ one per URUR/tiles image assembled tile by tile.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,9 +48,9 @@ from caswit_geo.engine.evaluate.metrics import (
     generic_protocol,
     protocol_for,
 )
-from caswit_geo.engine.evaluate.vector_reference import VectorReference, is_vector, map_class_table
 from caswit_geo.engine.evaluate.report import per_class_rows, plot_confusion, write_confusion_csv, write_json
-from caswit_geo.geo.class_raster import AtomicRasterWriter, class_description
+from caswit_geo.engine.evaluate.vector_reference import VectorReference, is_vector
+from caswit_geo.geo.class_raster import AtomicRasterWriter, class_description, map_legend
 from caswit_geo.geo.grid import TileGrid, clip_window
 from caswit_geo.geo.qgis_style import paletted_qml, style_path
 from caswit_geo.model.checkpoint import load_checkpoint, read_meta
@@ -58,6 +60,10 @@ from caswit_geo.runtime.precision import PRECISIONS, Precision, prepare_inferenc
 from caswit_geo.safeio.outputs import OutputSet
 
 REPORT_FILES = {"json": "report.json", "csv": "confusion_matrix.csv", "png": "confusion_matrix.png"}
+
+# windows of T x T px are scored in turn, each with a read and a bIoU erosion (about a millisecond
+# when small): a bound on their number keeps a tiny --tile-size on a large map from running for hours
+MAX_EVAL_WINDOWS = 200_000
 
 
 @dataclass
@@ -356,13 +362,19 @@ def _check_same_grid(pred, ref) -> None:
         raise InputError(f"{pred.name}: CRS {pred.crs} differs from the reference's ({ref.crs}) {ref.name}")
 
 
-def _read_ids(src, window, tile: int, num_classes: int) -> np.ndarray:
-    """(T, T) int class ids of ``window``; 255 outside the raster and where masked (nodata)."""
+def _read_ids(src, window, tile: int, num_classes: int, stray: Counter) -> np.ndarray:
+    """(T, T) int class ids of ``window``; 255 outside the raster and where masked (nodata).
+
+    Values that are no class id are counted in ``stray`` (by file and value) and left out.
+    """
     data = src.read(1, window=window, masked=True)
     ids = np.ma.filled(data.astype(np.int64), IGNORE_INDEX)
     bad = (ids != IGNORE_INDEX) & ((ids < 0) | (ids >= num_classes))
     if bad.any():
-        raise InputError(f"{src.name}: value {int(ids[bad][0])} is not a class id 0..{num_classes - 1} nor 255")
+        values, counts = np.unique(ids[bad], return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist()):
+            stray[(src.name, value)] += count
+        ids[bad] = IGNORE_INDEX
     out = np.full((tile, tile), IGNORE_INDEX, np.int64)
     out[: ids.shape[0], : ids.shape[1]] = ids
     return out
@@ -423,7 +435,7 @@ def _reference(ref_path: Path, pred, table: ClassTable | None, vector: dict | No
             yield ref
         return
     vector = dict(vector or {})
-    yield VectorReference(ref_path, vector.pop("field", None), pred, table=table or map_class_table(pred), **vector)
+    yield VectorReference(ref_path, vector.pop("field", None), pred, table=table or map_legend(pred), **vector)
 
 
 @dataclass
@@ -447,7 +459,13 @@ def _score_rasters(pred_path: Path, ref_path: Path, classes, dataset, tile_size:
         table = read_classes_json(classes).classes
     else:
         table = None
-    with _open_input(pred_path, "prediction") as pred, _reference(ref_path, pred, table, vector) as ref:
+    legend = "--dataset " + dataset if dataset else "--classes" if table is not None else None
+    with contextlib.ExitStack() as stack:
+        pred = stack.enter_context(_open_input(pred_path, "prediction"))
+        if table is None:  # a caswit-geo map names its classes: score against its own legend
+            table = map_legend(pred)
+            legend = f"the legend of {pred_path}" if table is not None else None
+        ref = stack.enter_context(_reference(ref_path, pred, table, vector))
         if isinstance(ref, VectorReference):
             table = ref.classes
         else:
@@ -456,13 +474,25 @@ def _score_rasters(pred_path: Path, ref_path: Path, classes, dataset, tile_size:
         protocol = None if table is None else (protocol_for(dataset, table) if dataset else generic_protocol(table))
         cm = ConfusionMatrix(num)
         boundary = BoundaryStats(num)
+        stray: Counter = Counter()
         grid = TileGrid(pred.width, pred.height, tile_size)
+        if len(grid) > MAX_EVAL_WINDOWS:
+            least = math.ceil(math.sqrt(pred.width * pred.height / MAX_EVAL_WINDOWS))
+            raise ConfigError(f"--tile-size {tile_size}: {len(grid):,} windows over the {pred.width}x{pred.height} px "
+                              f"of {ref_path}, more than {MAX_EVAL_WINDOWS:,}; use --tile-size {least} or more")
         for _, _, window in tqdm(grid.windows(), total=len(grid), desc="eval", unit="tile", leave=False, disable=not progress):
             inside = clip_window(window, pred.width, pred.height)
-            p = _read_ids(pred, inside, tile_size, num)  # (T, T)
-            r = ref.read(inside, tile_size) if isinstance(ref, VectorReference) else _read_ids(ref, inside, tile_size, num)
+            p = _read_ids(pred, inside, tile_size, num, stray)  # (T, T)
+            r = (ref.read(inside, tile_size) if isinstance(ref, VectorReference)
+                 else _read_ids(ref, inside, tile_size, num, stray))
             cm.update(r, p)
             boundary.update(r, p, None if protocol is None else protocol.valid_mask(r, p))
+    if stray:
+        (name, value), count = max(stray.items(), key=lambda item: item[1])
+        others = len(stray) - 1
+        more = f"; {others} other stray value{'s' if others > 1 else ''}" if others else ""
+        of = f"a class of {legend}" if legend else "a class id"
+        raise InputError(f"{name}: value {value} on {count:,} px is not {of} (ids 0..{num - 1}, 255 = no data){more}")
     labelled = cm.total + cm.unpredicted
     coverage = cm.total / labelled if labelled else None
     if cm.unpredicted and not allow_gaps:

@@ -7,45 +7,27 @@ rule, the later polygon winning, exactly as the vector training data is. With
 pixels under no polygon take ``--background`` or are ignored.
 
 The classes: ``--classes`` when given, else the class names the map carries
-(:func:`map_class_table`: its values are matched by name), else the
+(``geo.class_raster.map_legend``: its values are matched by name), else the
 field's own values (integers are the map's ids).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from caswit_geo.core.errors import ConfigError, InputError
-from caswit_geo.core.spec import IGNORE_INDEX, ClassInfo, ClassTable
+from caswit_geo.core.spec import IGNORE_INDEX, ClassTable
 from caswit_geo.data.vector_classes import class_ids
-from caswit_geo.geo.class_raster import read_pam_categories
 from caswit_geo.geo.polygon_raster import PolygonIndex, window_transform
 from caswit_geo.geo.vector_layers import read_polygons
 
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb", ".gml", ".kml", ".sqlite")
-MAX_TAG_CHARS = 1_000_000  # a class list in a map's tags is far smaller
 
 
 def is_vector(path: str | Path) -> bool:
     return Path(path).suffix.lower() in VECTOR_SUFFIXES
-
-
-def map_class_table(src) -> ClassTable | None:
-    """The classes a class raster carries: caswit-geo's tag, else PAM category names; None without names."""
-    text = (src.tags() or {}).get("CASWIT_CLASSES")
-    if text and len(text) < MAX_TAG_CHARS:
-        try:
-            return ClassTable.from_dict({"classes": json.loads(text)})
-        except (ValueError, ConfigError):
-            pass  # a damaged tag: fall back on the sidecar, else ids
-    names = [n for n in read_pam_categories(src.name) if n] if Path(src.name).exists() else []
-    if names:
-        generic = ClassTable.generic(len(names))
-        return ClassTable([ClassInfo(i, n[:100], c.color) for i, (n, c) in enumerate(zip(names, generic.classes))])
-    return None
 
 
 class VectorReference:

@@ -49,6 +49,7 @@ class PredictConfig:
     workers: int | None = bounded(None, ge=0)
     overlap: int = bounded(0, ge=0)
     resample: bool = False
+    nodata: str | None = None  # a number or "none": replaces the inputs' own nodata value (None keeps theirs)
     confidence: str | Path | None = None
     probabilities: str | Path | None = None  # one uint8 percent band per class (same rule as confidence)
     vector: str | Path | None = None

@@ -14,7 +14,6 @@ import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -75,7 +74,7 @@ def dry_run(config: PredictConfig, calibrate: int = 16) -> DryRun:
     shards = config.shard[1] if config.shard else 1
     report = DryRun(
         plan=plan,
-        input_bytes=sum(Path(p).stat().st_size for p in plan.inputs),
+        input_bytes=sum(info.files_bytes for info in plan.mosaic.files),
         area_km2=footprint_km2(plan.mosaic),
         tiles=plan.total_tiles,
         tiles_with_data=sum(u.weight for u in plan.units),
@@ -123,6 +122,8 @@ def job_state(plan: PredictPlan) -> str:
 FILE_PROBLEMS = {
     "striped": "striped TIFF without internal tiling; every tile row decodes whole strips "
                "(gdal_translate -co TILED=YES makes a tiled copy)",
+    "untiled": "not tiled (PNG, JPEG and the like are read row by row); every tile row decodes whole rows "
+               "(gdal_translate -of GTiff -co TILED=YES makes a tiled copy)",
     "no overviews": "no overviews; --preview and GIS viewers read them slowly (gdaladdo adds them)",
     "partial nodata": "a nodata value on some bands only; a pixel is nodata only where every band with one equals it",
     "impossible nodata": "a nodata value the data type cannot hold; no pixel will be nodata",
@@ -135,7 +136,7 @@ def preflight_warnings(mosaic: Mosaic) -> list[str]:
     for info in mosaic.files:
         bh, bw = info.block_shape
         if bw >= info.width and info.width >= STRIPED_MIN_WIDTH:
-            kinds["striped"].append(info)
+            kinds["striped" if info.driver == "GTiff" else "untiled"].append(info)
         if info.overviews == 0 and max(info.width, info.height) >= 1024:
             kinds["no overviews"].append(info)
         used = [info.nodata[b - 1] for b in mosaic.bands if b - 1 < len(info.nodata)]

@@ -50,12 +50,12 @@ class Finalized:
     phases: dict[str, float] = field(default_factory=dict)
 
 
-def unit_reports(job: Job, plan: PredictPlan) -> list[UnitDone]:
-    """The reports stored in the part files of the units done so far."""
+def unit_reports(job: Job, plan: PredictPlan, raster: int | None = None) -> list[UnitDone]:
+    """The reports stored in the part files of the units done so far (of output ``raster`` only, if given)."""
     out = []
     done = job.done_units()
     for unit in plan.units:
-        if unit.id not in done:
+        if unit.id not in done or (raster is not None and unit.raster != raster):
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -177,8 +177,10 @@ def finalize_job(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
         t1 = time.perf_counter()
         first = plan.rasters[0]
         image = str(plan.inputs[0]) if plan.per_file else plan.mosaic.source
+        # the legend's shares are the summary's: counted on every pixel by the units, not on the overview shown
+        pixels, _ = class_totals(unit_reports(job, plan, raster=0))
         write_preview(outputs.temp(first.classes), outputs.temp(plan.preview), classes, image=image,
-                      bands=plan.spec.bands[:3], title=first.classes.name)
+                      bands=plan.spec.bands[:3], title=first.classes.name, class_pixels=pixels)
         phases["preview"] = time.perf_counter() - t1
 
     t1 = time.perf_counter()

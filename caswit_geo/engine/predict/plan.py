@@ -44,7 +44,7 @@ from caswit_geo.geo.mosaic import Mosaic, expand_inputs, open_mosaic
 from caswit_geo.geo.pyramid import levels_for
 from caswit_geo.geo.qgis_style import style_path
 from caswit_geo.geo.vectorize import vector_format
-from caswit_geo.model.checkpoint import CheckpointMeta, read_meta, shape_model
+from caswit_geo.model.checkpoint import CheckpointMeta, free_dict_summary, read_meta, shape_model
 from caswit_geo.model.weights import resolve_weights, sha256
 from caswit_geo.runtime.device import select_device
 from caswit_geo.runtime.precision import Precision, resolve_precision
@@ -260,10 +260,11 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
 
     per_file, classes_dests, conf_dests, prob_dests, vector, preview = plan_outputs(config, inputs)
 
-    mosaic = open_mosaic(inputs, spec.bands)
+    nodata = check_nodata_option(config.nodata)
+    mosaic = open_mosaic(inputs, spec.bands, nodata=nodata)
     target_res, notes = check_resolution(mosaic, spec, config.resample)
     if target_res is not None:
-        mosaic = open_mosaic(inputs, spec.bands, target_res=target_res)
+        mosaic = open_mosaic(inputs, spec.bands, target_res=target_res, nodata=nodata)
     cache_bytes, cache_notes = gdal_cache_bytes(mosaic, tile, config.gdal_cache_mb)
     notes = mosaic.warnings + notes + check_scaling(mosaic, spec) + cache_notes
 
@@ -302,8 +303,8 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
             precision=precision.name,
             tta=config.tta,
             sources=[p.name for p in inputs],
-            metadata=meta.metadata,
-            provenance=meta.provenance,
+            metadata=free_dict_summary(meta.metadata),
+            provenance=free_dict_summary(meta.provenance),
         ),
     )
     plan = PredictPlan(
@@ -328,6 +329,7 @@ def pixel_options(config: PredictConfig, plan: PredictPlan) -> dict:
     options = {
         "overlap": config.overlap,
         "resample": bool(config.resample),
+        "nodata": config.nodata,
         "context": plan.context,
         "precision": plan.precision.name,  # resolved: "auto" may mean another one on another machine
         "tile": plan.grid.tile,
@@ -369,6 +371,7 @@ def plan_outputs(
     if per_file:
         _check_folder(out, "--out")
         classes = [out / f"{p.stem}_landcover.tif" for p in inputs]
+        check_distinct_outputs(inputs, classes, "--out")
     else:
         if out.suffix.lower() not in RASTER_OUT_SUFFIXES:
             raise OutputError(f"--out {out}: expected a .tif file or an existing folder")
@@ -402,11 +405,24 @@ def _companion_rasters(value: str | Path | None, option: str, kind: str, per_fil
         if not _is_folder_arg(value):
             raise OutputError(f"{option}: must be a folder when --out is a folder")
         folder = _check_folder(Path(value), option)
-        return [folder / f"{p.stem}_{kind}.tif" for p in inputs]
+        paths = [folder / f"{p.stem}_{kind}.tif" for p in inputs]
+        check_distinct_outputs(inputs, paths, option)
+        return paths
     path = Path(value)
     if _is_folder_arg(path) or path.suffix.lower() not in RASTER_OUT_SUFFIXES:
         raise OutputError(f"{option} {path}: expected a .tif file (--out is a file)")
     return [path]
+
+
+def check_distinct_outputs(inputs: list[Path], outputs: list[Path], option: str) -> None:
+    """Per-file outputs are named after their input's stem: two inputs that share one would write one file
+    (``tile.tif`` and ``tile.jp2``, or ``a/tile.tif`` and ``b/tile.tif``)."""
+    first: dict[Path, Path] = {}
+    for source, dest in zip(inputs, outputs):
+        if dest in first:
+            raise OutputError(f"{option} {dest.parent}: {first[dest]} and {source} would both write {dest.name}; "
+                              "rename one, or predict them into different folders")
+        first[dest] = source
 
 
 def _check_folder(folder: Path, option: str) -> Path:
@@ -506,6 +522,22 @@ def shard_units(units: list[Unit], index: int, count: int) -> list[Unit]:
 # ---------------------------------------------------------------------------
 
 
+def check_nodata_option(value: str | None) -> str | float | None:
+    """``--nodata``: None (the files' own), ``"none"`` (no nodata value) or a finite number."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text == "none":
+        return "none"
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or number != int(number) or number > 65535:
+        raise ConfigError(f"--nodata {value}: expected none or a pixel value 0..65535")
+    return number
+
+
 def check_resolution(mosaic: Mosaic, spec: InputSpec, resample: bool) -> tuple[float | None, list[str]]:
     """Pixel size against the checkpoint's GSD: (resolution to read at or None, warnings)."""
     notes = []
@@ -535,6 +567,12 @@ def check_resolution(mosaic: Mosaic, spec: InputSpec, resample: bool) -> tuple[f
             f"(gdalwarp -tr {spec.gsd:g} {spec.gsd:g})"
         )
     if resample:
+        if abs(px - spec.gsd) > 1e-9 * spec.gsd:
+            native = px / factor
+            notes.append(
+                f"--resample: the map is on the model's {spec.gsd:.3g} m grid, not the input's {px:.3g} m grid; "
+                f"gdalwarp -tr {native:g} {native:g} -r near brings it onto the input's pixel size"
+            )
         return spec.gsd / factor, notes
     if abs(px - spec.gsd) > GSD_TOLERANCE * spec.gsd:
         fix = (f"--resample reads the input at {spec.gsd:.3g} m" if north_up else
@@ -582,8 +620,8 @@ def gdal_cache_bytes(mosaic: Mosaic, tile: int, base_mb: int) -> tuple[int, list
         bh, bw = info.block_shape
         if bw >= info.width and info.width > 2048:
             notes.append(
-                f"{info.name} is a striped TIFF: reading it is slow and needs a larger cache; "
-                "gdal_translate -co TILED=YES makes a tiled copy"
+                f"{info.name} is a {info.layout}: reading it is slow and needs a larger cache; "
+                "gdal_translate -of GTiff -co TILED=YES makes a tiled copy"
             )
             extra = max(extra, mosaic.width * (tile + bh) * mosaic.count * itemsize)
     return base_mb * 2**20 + int(extra * 1.25), notes[:1]

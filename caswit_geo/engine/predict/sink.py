@@ -35,6 +35,7 @@ from caswit_geo.engine.predict.job import Job
 from caswit_geo.engine.predict.plan import PredictPlan, Unit
 from caswit_geo.geo.area import row_areas_m2
 from caswit_geo.geo.blend import NODATA, RowBlock, StripAccumulator
+from caswit_geo.geo.georef import open_quietly
 from caswit_geo.geo.grid import strips
 from caswit_geo.geo.masks import MaskRule, mask_rule, valid_mask
 from caswit_geo.geo.mosaic import build_vrt_xml
@@ -340,9 +341,7 @@ class UnitWriter:
             raster, mosaic = self.plan.rasters[index], self.plan.mosaic
             xml = build_vrt_xml([mosaic.files[raster.source]], raster.transform, int(raster.window.width),
                                 int(raster.window.height), mosaic.bands, mosaic.crs, mosaic.resampled)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                src = rasterio.open(xml)
+            src = open_quietly(xml)
             self.masks[index] = (src, mask_rule(src, mosaic.bands))
         return self.masks[index]
 

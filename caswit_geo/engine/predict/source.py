@@ -10,18 +10,17 @@ per tile) so the main process only moves tensors and runs the model.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import rasterio
 import torch
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
 from caswit_geo.core.spec import InputSpec
 from caswit_geo.geo.context import read_canvas, read_tile_and_context
+from caswit_geo.geo.georef import open_quietly
 from caswit_geo.geo.lowres import ChunkReader, LowResRaster
 from caswit_geo.geo.masks import MaskRule, mask_rule
 
@@ -84,9 +83,7 @@ class PredictTiles(Dataset):
     def _open(self) -> tuple[rasterio.io.DatasetReader, MaskRule]:
         # (re)open in each process: a GDAL handle must not be shared across a fork
         if self._handles is None or self._handles[0] != os.getpid():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                src = rasterio.open(self.source)
+            src = open_quietly(self.source)
             self._handles = (os.getpid(), src, mask_rule(src, self.spec.bands))
         return self._handles[1], self._handles[2]
 

@@ -10,7 +10,6 @@ valid config file and what ``--resume`` reads back.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import types
 import typing
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from caswit_geo.core.errors import ConfigError
+from caswit_geo.core.jsonfile import load_json, load_text
 from caswit_geo.core.limits import Text, bounded
 from caswit_geo.runtime.precision import PRECISIONS
 
@@ -25,6 +25,9 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
+
+MAX_CONFIG_BYTES = 1 * 2**20  # a settings file is a few hundred bytes
+MAX_CONFIG_DEPTH = 8
 
 
 @dataclass
@@ -116,18 +119,22 @@ def load_config_file(path: str | Path, section: str | None = None) -> dict:
     One file may thus hold ``[pretrain]`` and ``[train]`` tables side by side.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            raise ConfigError(f"{path}: config files are .json or .toml")
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()} ({e})") from None
+    if path.suffix.lower() == ".json":
+        data = load_json(path, what="the config file", max_bytes=MAX_CONFIG_BYTES, max_depth=MAX_CONFIG_DEPTH,
+                         error=ConfigError)
+    elif path.suffix.lower() == ".toml":
+        # TOML is bounded by the same rules: read as bytes within the limit, nesting checked after parsing
+        raw = load_text(path, what="the config file", max_bytes=MAX_CONFIG_BYTES, error=ConfigError)
+        try:
+            data = tomllib.loads(raw)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: the config file nests too deep") from None
+    else:
+        raise ConfigError(f"{path}: config files are .json or .toml")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a table of settings at the top level")
     if section is not None and isinstance(data.get(section), dict):

@@ -35,9 +35,17 @@ def scale_for(image: str | Path) -> float:
 
 
 def run_input_spec(
-    config: RunConfig, tile_size: int, bands: tuple[int, ...] | None = None, scale: float | None = None
+    config: RunConfig,
+    tile_size: int,
+    bands: tuple[int, ...] | None = None,
+    scale: float | None = None,
+    bands_source: str | Path | None = None,
 ) -> InputSpec:
-    """``bands``/``scale``: what the data says (None = RGB / unknown); flags win."""
+    """``bands``/``scale``: what the data says (None = RGB / unknown); flags win.
+
+    ``bands_source``: the file the data's ``bands`` were read from, named when they need more flags.
+    """
+    where = f"{bands_source}: " if bands and not config.bands and bands_source else ""
     bands = tuple(config.bands or bands or RGB)
     scale = config.scale or scale
     if scale is None:
@@ -46,7 +54,7 @@ def run_input_spec(
     if mean is None or std is None:
         if len(bands) != 3:
             raise ConfigError(
-                f"{len(bands)} bands: give --mean and --std (one value per band, on values divided by --scale); "
+                f"{where}bands {list(bands)}: give --mean and --std (one value per band, on values divided by --scale); "
                 "the ImageNet defaults are for RGB"
             )
         mean, std = mean or IMAGENET_MEAN, std or IMAGENET_STD

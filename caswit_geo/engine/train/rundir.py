@@ -43,10 +43,13 @@ import math
 from pathlib import Path
 
 from caswit_geo.core.errors import ConfigError, OutputError
+from caswit_geo.core.jsonfile import load_json
 from caswit_geo.safeio.outputs import OutputSet
 from caswit_geo.safeio.writes import write_text
 
 CONFIG = "config.json"
+MAX_RUN_JSON_BYTES = 64 * 2**20  # log.json of a long run: about 1 KiB per epoch
+MAX_RUN_JSON_DEPTH = 16
 LAST_WEIGHTS = "last.safetensors"
 LAST_STATE = "last.pt"
 BEST_WEIGHTS = "best.safetensors"
@@ -184,10 +187,9 @@ def write_json(path: Path, data) -> None:
 
 
 def read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read ({e})") from None
+    """A run directory's JSON file (``config.json``, ``log.json``), read through the bounded loader."""
+    return load_json(path, what=Path(path).name, max_bytes=MAX_RUN_JSON_BYTES, max_depth=MAX_RUN_JSON_DEPTH,
+                     error=ConfigError)
 
 
 def write_logs(run: RunDirectory, history: list[dict]) -> None:

@@ -314,7 +314,7 @@ def _datasets(config: TrainConfig, tile: int):
             scale = scale_for(images[0]) if images else None
     else:
         scale = 255.0  # FLAIR-HUB and URUR are 8-bit RGB(I)
-    spec = run_input_spec(config, tile, bands, scale)
+    spec = run_input_spec(config, tile, bands, scale, bands_source=root / "classes.json")
     common = dict(split_column=config.split_column) if config.split_column else {}
     common["allow_missing"] = config.allow_missing
     transform = Augment(spec) if config.augment else None

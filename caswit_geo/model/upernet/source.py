@@ -17,7 +17,6 @@ Nothing here is downloaded and ``transformers`` is never imported.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -26,10 +25,10 @@ from pathlib import Path
 import torch
 
 from caswit_geo.core.errors import CheckpointError
+from caswit_geo.core.jsonfile import load_json
 from caswit_geo.core.limits import short_repr
 from caswit_geo.core.spec import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 from caswit_geo.model.tensor_files import (
-    check_file_size,
     read_safetensors_header,
     read_safetensors_tensors,
     state_dict_of,
@@ -38,6 +37,7 @@ from caswit_geo.model.tensor_files import (
 from caswit_geo.model.upernet.keys import detect_format
 
 MAX_JSON_BYTES = 4 * 2**20
+MAX_JSON_DEPTH = 16  # transformers configs nest 3 deep (backbone_config, id2label)
 MAX_CLASS_NAME_CHARS = 100
 WEIGHT_DTYPES = ("F32", "F16", "BF16", "F64", "I64")  # of a model.safetensors: floats, and BatchNorm's counters
 IMAGENET_NOTE = "ImageNet mean/std on 8-bit RGB (the mmsegmentation UPerNet-Swin setting)"
@@ -174,7 +174,10 @@ def _class_names_from_id2label(id2label, path: Path) -> list[str]:
 def _class_name(value, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise CheckpointError(f"{where} is {short_repr(value, 80)}; expected a class name")
-    return " ".join(value.split())[:MAX_CLASS_NAME_CHARS]
+    name = " ".join(value.split())[:MAX_CLASS_NAME_CHARS]
+    if not name.isprintable():  # terminal escapes would reach the legend, the tags and every message
+        raise CheckpointError(f"{where} is {short_repr(value, 80)}: a class name holds a control character")
+    return name
 
 
 def _transformers_normalisation(path: Path, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...], str]:
@@ -286,10 +289,7 @@ def _mmseg_class_names(obj, num_classes: int, path: Path) -> list[str] | None:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(check_file_size(path, MAX_JSON_BYTES).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    data = load_json(path, what=path.name, max_bytes=MAX_JSON_BYTES, max_depth=MAX_JSON_DEPTH, error=CheckpointError)
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data

@@ -222,7 +222,7 @@ def test_pred_ref_without_classes_and_with_nodata(tmp_path):
         ("transform", "pred.tif: geotransform differs from the reference"),
         ("crs", "pred.tif: CRS EPSG:32631 differs"),
         ("bands", "pred.tif: a class raster has 1 band, found 2"),
-        ("value", "pred.tif: value 7 is not a class id 0..1 nor 255"),
+        ("value", "pred.tif: value 7 on 1 px is not a class of --classes (ids 0..1, 255 = no data)"),
         ("missing", "pred.tif: prediction raster not found"),
         ("garbage", "pred.tif: not a readable raster"),
     ],

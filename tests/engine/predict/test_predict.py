@@ -307,13 +307,15 @@ def test_default_weights_from_registry(tmp_path, weights, monkeypatch):
 
     reg = tmp_path / "weights" / "registry.json"
     reg.parent.mkdir()
+    registered = reg.parent / "nano.safetensors"  # registry entries name files inside its folder
+    registered.write_bytes(weights.read_bytes())
     monkeypatch.setenv("CASWIT_GEO_WEIGHTS_DIR", str(reg.parent))
-    reg.write_text('{"default": "nano", "models": {"nano": {"file": "%s", "sha256": "%s"}}}'
-                   % (weights, sha256(weights)))
-    assert resolve_weights(None) == weights
-    assert resolve_weights("nano") == weights  # a registry name works as --weights too
+    reg.write_text('{"default": "nano", "models": {"nano": {"file": "nano.safetensors", "sha256": "%s"}}}'
+                   % sha256(weights))
+    assert resolve_weights(None) == registered
+    assert resolve_weights("nano") == registered  # a registry name works as --weights too
     assert resolve_weights(str(weights)) == weights
-    reg.write_text('{"default": "nano", "models": {"nano": {"file": "%s", "sha256": "00"}}}' % weights)
+    reg.write_text('{"default": "nano", "models": {"nano": {"file": "nano.safetensors", "sha256": "%s"}}}' % ("0" * 64))
     with pytest.raises(caswit_geo.core.errors.CheckpointError, match="checksum"):
         resolve_weights(None)
 

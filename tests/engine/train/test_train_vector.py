@@ -2,9 +2,9 @@
 
 import pytest
 
+from caswit_geo.data.vector import VectorSource
 from caswit_geo.engine.evaluate.evaluation import EvalConfig, evaluate
 from caswit_geo.engine.train.training import TrainConfig, train
-from caswit_geo.data.vector import VectorSource
 from caswit_geo.model.checkpoint import read_meta
 from tests.helpers import VECTOR_NAMES, write_vector_scene
 
