@@ -160,8 +160,15 @@ def split_span(length: int, target: int, align: int) -> list[tuple[int, int]]:
     For units of work: a 5000 px side with a 4096 px target and 512 px
     blocks gives (0, 2560), (2560, 5000) rather than a sliver of 904.
     """
+    size = span_piece(length, target, align)
+    return [(s, min(s + size, length)) for s in range(0, length, size)]
+
+
+def span_piece(length: int, target: int, align: int) -> int:
+    """The length of :func:`split_span`'s pieces (all but the last): piece ``i`` is
+    ``[i * size, min((i + 1) * size, length))``, so a pixel's piece is ``x // size``
+    without listing them."""
     if length < 1 or target < 1 or align < 1:
         raise ConfigError(f"bad split: length={length}, target={target}, align={align}")
     n = max(1, math.ceil(length / max(target, align)))
-    size = max(align, math.ceil(length / n / align) * align)
-    return [(s, min(s + size, length)) for s in range(0, length, size)]
+    return max(align, math.ceil(length / n / align) * align)

@@ -27,12 +27,13 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from caswit_geo.core.errors import InputError
-from caswit_geo.geo.sources import check_source
+from caswit_geo.geo.sources import check_source, vrt_data_rects
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
 # what a folder contributes to a mosaic; a .vrt is taken only when named (a folder often holds
 # a VRT of its own tiles, which would cover them twice)
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".img")
+MAX_DATA_RECTS = 1 << 16  # a VRT with more source rectangles is planned as if data were everywhere
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class RasterInfo:
     alpha_mask: bool  # that per-dataset mask comes from an alpha band
     block_shape: tuple[int, int]
     overviews: int = 0  # overview levels of band 1 (JPEG 2000 resolution levels count)
+    # where a VRT's pixels come from, (col, row, width, height) in its own pixels; None: everywhere
+    data_rects: tuple[tuple[int, int, int, int], ...] | None = None
 
     @property
     def res(self) -> tuple[float, float]:
@@ -130,9 +133,17 @@ def describe_raster(path: str | Path) -> RasterInfo:
                     alpha_mask=MaskFlags.alpha in flags,
                     block_shape=tuple(src.block_shapes[0]) if src.count else (0, 0),
                     overviews=len(src.overviews(1)) if src.count else 0,
+                    data_rects=_data_rects(path),
                 )
     except RasterioIOError:
         raise InputError(f"{path}: not a raster GDAL can read") from None
+
+
+def _data_rects(path: Path) -> tuple[tuple[int, int, int, int], ...] | None:
+    if path.suffix.lower() != ".vrt":
+        return None
+    rects = vrt_data_rects(path, MAX_DATA_RECTS)
+    return None if rects is None else tuple(rects)
 
 
 def check_input(info: RasterInfo, bands: Sequence[int]) -> None:
@@ -180,6 +191,20 @@ class Mosaic:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(self.source)
+
+    def data_windows(self, info: RasterInfo) -> list[Window]:
+        """Where ``info``'s pixels come from, in mosaic pixels: its window, or its VRT source rectangles."""
+        window = self.file_window(info)
+        if info.data_rects is None:
+            return [window]
+        sx, sy = window.width / info.width, window.height / info.height
+        c0, r0 = int(window.col_off), int(window.row_off)
+        out = []
+        for c, r, w, h in info.data_rects:
+            x0, y0 = c0 + math.floor(c * sx), r0 + math.floor(r * sy)
+            x1, y1 = c0 + math.ceil((c + w) * sx), r0 + math.ceil((r + h) * sy)
+            out.append(Window(x0, y0, max(x1 - x0, 1), max(y1 - y0, 1)))
+        return out
 
     def file_window(self, info: RasterInfo) -> Window:
         """The window of the mosaic grid covering ``info`` (rounded to whole pixels)."""

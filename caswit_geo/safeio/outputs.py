@@ -58,6 +58,22 @@ class _Dest:
     committed: bool = False
 
 
+# folders no command output belongs in: device and kernel trees (and everything under them) ...
+SYSTEM_TREES = ("/dev", "/proc", "/sys")
+# ... and the system's own folders themselves (their subfolders, e.g. /var/tmp, are fine)
+SYSTEM_FOLDERS = frozenset({"/", "/bin", "/sbin", "/boot", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/usr",
+                            "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib64", "/var", "/run"})
+
+
+def system_folder(folder: str | Path) -> str | None:
+    """The system folder ``folder`` resolves to or lies in (see ``SYSTEM_TREES``), or None."""
+    real = os.path.realpath(folder)
+    for tree in SYSTEM_TREES:
+        if real == tree or real.startswith(tree + "/"):
+            return tree
+    return real if real in SYSTEM_FOLDERS else None
+
+
 def _key(path: Path) -> Path:
     return Path(os.path.abspath(path))
 
@@ -151,8 +167,14 @@ class OutputSet:
         self._check_not_input(dest, option, folder)
         if dest.exists() and not self.overwrite:
             raise OutputError(f"{option} {dest}: exists (pass --overwrite to replace it)")
+        if dest.exists() and not dest.is_dir() and not dest.is_file():
+            raise OutputError(f"{option} {dest}: exists and is a device, FIFO or socket, not a file")
         point = claim_point(key) if create_parents else key
         anchor = point.parent
+        system = system_folder(anchor)
+        if system is not None:
+            raise OutputError(f"{option} {dest}: {system} is a system folder, not a place for outputs; "
+                              "write them to a folder of yours")
         if not anchor.is_dir():
             if anchor.exists():
                 raise OutputError(f"{option}: {anchor} is not a folder")

@@ -10,7 +10,6 @@ written).
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -21,7 +20,8 @@ import torch
 
 from caswit_geo.core.errors import ConfigError
 from caswit_geo.engine.predict.config import PredictConfig
-from caswit_geo.engine.predict.job import PLAN_FILE, Job, compare_manifest, live_description
+from caswit_geo.engine.predict.job import Job, compare_manifest, live_description
+from caswit_geo.engine.predict.manifest import PLAN_FILE, job_units, read_manifest
 from caswit_geo.engine.predict.plan import PredictPlan, plan_predict, shard_units
 from caswit_geo.engine.predict.source import PredictTiles, collate_tiles
 from caswit_geo.engine.predict.units import predict_probabilities
@@ -104,16 +104,17 @@ def job_state(plan: PredictPlan) -> str:
     if not job_dir.exists():
         return "none"
     try:
-        stored = json.loads((job_dir / PLAN_FILE).read_text())
-        total = len(stored["units"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"{job_dir} exists but its plan cannot be read (--overwrite starts again)"
-    done = len(Job(job_dir, stored).done_units())
+        stored = read_manifest(job_dir, "--resume")
+    except ConfigError as e:
+        return f"{job_dir} exists but cannot be continued ({e})"
+    total = len(stored["units"])
+    done = len(Job(job_dir, stored).done_units() & set(range(total)))
     owner = live_description(job_dir)
     if owner:
         return f"running ({owner}): {done} of {total} units done"
     try:
         compare_manifest(stored, plan, "--resume")
+        job_units(stored, plan, job_dir / PLAN_FILE)  # its units are those of its grid (a copy of the plan)
     except ConfigError as e:
         return f"interrupted: {done} of {total} units done; this command cannot continue it ({e})"
     return f"interrupted: {done} of {total} units done (--resume continues it)"

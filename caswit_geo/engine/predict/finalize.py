@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.errors
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
+from caswit_geo.core.errors import ConfigError
 from caswit_geo.engine.predict.job import Job, remove_job
 from caswit_geo.engine.predict.plan import PredictPlan
 from caswit_geo.engine.predict.sink import UnitDone
@@ -45,17 +47,60 @@ class Finalized:
 
 
 def unit_reports(job: Job, plan: PredictPlan) -> list[UnitDone]:
-    """The reports stored in the part files of the units done so far."""
+    """The reports stored in the part files of the units done so far, each part checked first.
+
+    A part file is untrusted state: it must say it is its unit's (this job,
+    this unit id, raster and window), so a part swapped for another unit's,
+    or left by another job, is refused rather than assembled into a wrong map.
+    """
     out = []
     done = job.done_units()
+    ids = {u.id for u in plan.units}
+    stray = sorted(done - ids)
+    if stray:
+        raise ConfigError(f"{job.part_path(stray[0])}: no unit {stray[0]} in this job; "
+                          "remove the file, then run the same command with --resume")
     for unit in plan.units:
         if unit.id not in done:
             continue
+        part = job.part_path(unit.id)
+        tags = _part_tags(part)
+        _check_identity(part, tags, job.part_identity(unit))
+        if plan.unit_levels(unit):
+            _check_identity(job.pyramid_path(unit.id), _part_tags(job.pyramid_path(unit.id)),
+                            job.part_identity(unit))
+        try:
+            out.append(UnitDone.from_dict(json.loads(tags["CASWIT_UNIT"])))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise _bad_part(part, "its unit report is missing or malformed") from None
+    return out
+
+
+def _part_tags(path: Path) -> dict:
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(job.part_path(unit.id)) as src:
-                out.append(UnitDone.from_dict(json.loads(src.tags()["CASWIT_UNIT"])))
-    return out
+            with rasterio.open(path) as src:
+                return src.tags()
+    except rasterio.errors.RasterioIOError:
+        raise _bad_part(path, "cannot be read") from None
+
+
+def _check_identity(path: Path, tags: dict, expected: dict) -> None:
+    try:
+        found = json.loads(tags.get("CASWIT_PART", "null"))
+    except ValueError:
+        found = None
+    if found != expected:
+        what = "it has no unit identity" if not isinstance(found, dict) else (
+            f"it holds unit {str(found.get('unit'))[:20]} (window {str(found.get('window'))[:60]}) of job "
+            f"{str(found.get('job'))[:20]}, not unit {expected['unit']} (window {expected['window']}) of job "
+            f"{expected['job']}")
+        raise _bad_part(path, what)
+
+
+def _bad_part(path: Path, what: str) -> ConfigError:
+    return ConfigError(f"{path}: {what}; remove it, then run the same command with --resume (its unit is redone)")
 
 
 def class_totals(reports: list[UnitDone]) -> tuple[np.ndarray, np.ndarray | None]:

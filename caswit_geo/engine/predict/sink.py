@@ -137,8 +137,8 @@ class PartWriter:
         if self.confidence:
             self.dst.write(block.confidence, 2, window=block.window)
 
-    def commit(self, stats: dict) -> None:
-        self.dst.update_tags(CASWIT_UNIT=json.dumps(stats))
+    def commit(self, stats: dict, identity: dict) -> None:
+        self.dst.update_tags(CASWIT_UNIT=json.dumps(stats), CASWIT_PART=json.dumps(identity))
         self.dst.close()
         self.file.commit()
 
@@ -172,8 +172,8 @@ class UnitPyramid:
             if cf is not None:
                 self.conf[sl] = cf
 
-    def write(self, path: os.PathLike) -> None:
-        """Write the levels to ``path`` (flushed to disk first: the assembly trusts the unit's files by name)."""
+    def write(self, path: os.PathLike, identity: dict) -> None:
+        """Write the levels to ``path`` (flushed to disk first), tagged with the unit's ``identity``."""
         rows, cols = self.classes.shape
         profile = overview_levels_profile(cols, rows, count=2 if self.confidence else 1)
         with atomic_path(path, fsync=True) as tmp, warnings.catch_warnings():
@@ -182,6 +182,7 @@ class UnitPyramid:
                 dst.write(self.classes, 1)
                 if self.confidence:
                     dst.write(self.conf, 2)
+                dst.update_tags(CASWIT_PART=json.dumps(identity))
 
 
 @dataclass
@@ -307,9 +308,10 @@ class UnitWriter:
             areas=None if self.areas is None else {int(i): float(self.areas[i]) for i in nz if i != NODATA},
             seconds=time.perf_counter() - self.started,
         )
+        identity = self.job.part_identity(unit)
         if self.pyramid is not None:
-            self.pyramid.write(self.job.pyramid_path(unit.id))
-        self.part.commit(done.to_dict())  # last: the part's name says the unit is done
+            self.pyramid.write(self.job.pyramid_path(unit.id), identity)
+        self.part.commit(done.to_dict(), identity)  # last: the part's name says the unit is done
         self.part, self.sink, self.pyramid = None, None, None
         self.on_done(done)
 
