@@ -292,3 +292,33 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
         main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return exc.value.code, out, err
+
+
+# -- predict jobs for the hostile suites -------------------------------------------------------------
+
+_NANO_BYTES: dict[int, bytes] = {}
+
+
+def nano_checkpoint(folder: Path, name: str = "nano.safetensors", seed: int = 0) -> Path:
+    """A caswit-nano checkpoint of PREDICT_CLASSES (built once per seed, copied into ``folder``)."""
+    if seed not in _NANO_BYTES:
+        tmp = save_nano_checkpoint(folder / f".build-{seed}.safetensors", PREDICT_CLASSES, seed=seed)
+        _NANO_BYTES[seed] = tmp.read_bytes()
+        tmp.unlink()
+    path = folder / name
+    path.write_bytes(_NANO_BYTES[seed])
+    return path
+
+
+def predict_inputs(folder: Path) -> None:
+    """``in.tif`` (256 x 384 px RGB on the test grid) and ``nano.safetensors`` in ``folder``."""
+    write_on_grid(folder / "in.tif", rgb_image(256, 384, seed=3))
+    nano_checkpoint(folder)
+
+
+def interrupted_job(folder: Path, **kw) -> None:
+    """An interrupted job to ``map.tif``: half of its units done (share 0 of 2), nothing at the destination."""
+    predict_inputs(folder)
+    run_predict(folder / "nano.safetensors", [folder / "in.tif"], folder / "map.tif", unit_size=NANO_TILE,
+                shard=(0, 2), **kw)
+    assert not (folder / "map.tif").exists() and (folder / ".map.tif.caswit-job").is_dir()

@@ -70,6 +70,11 @@ def predict(
         DEFAULT.confidence, "--confidence", help="Also write the winning class probability (uint8 percent)."
     ),
     vector: Optional[Path] = typer.Option(DEFAULT.vector, "--vector", help="Also write polygons (.gpkg, .parquet, .geojson, .fgb)."),
+    vector_layer: Optional[str] = typer.Option(
+        DEFAULT.vector_layer, "--vector-layer", metavar="NAME",
+        help="Layer of the polygons in the GeoPackage (default: its file name). An existing GeoPackage keeps "
+             "its other layers; --overwrite replaces this layer only.",
+    ),
     min_area: Optional[float] = typer.Option(DEFAULT.min_area, "--min-area", help="Merge regions smaller than this (m2) first."),
     simplify: Optional[float] = typer.Option(DEFAULT.simplify, "--simplify", help="Simplify polygons (tolerance in m)."),
     preview: Optional[Path] = typer.Option(
@@ -116,6 +121,7 @@ def predict(
         resample=resample,
         confidence=confidence,
         vector=vector,
+        vector_layer=vector_layer,
         min_area=min_area,
         simplify=simplify,
         preview=preview,

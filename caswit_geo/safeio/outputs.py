@@ -51,6 +51,7 @@ class _Dest:
     folder: bool
     anchor: Path  # the existing folder its temporary lives in (its parent, or the nearest existing ancestor)
     clear: bool = False
+    update: bool = False  # an existing file that the command rewrites from a copy (a GeoPackage's other layers)
     claim: Path | None = None
     claim_fresh: bool = False  # this process created the (job) claim
     temp: Path | None = None
@@ -128,6 +129,7 @@ class OutputSet:
         claim: bool = True,
         create_parents: bool = False,
         clear: bool = False,
+        update: bool = False,
     ) -> Path:
         """Check and claim ``dest`` (see the module docstring); returns it as a Path.
 
@@ -136,10 +138,12 @@ class OutputSet:
         or sidecars of a claimed file.
         ``create_parents``: its missing folders are created at commit.
         ``clear``: removed at commit when this command does not write it.
+        ``update``: it may exist without ``--overwrite``: the command writes an
+        updated copy of it (what it holds besides the command's part stays).
         """
-        dest, key, point = self._check(dest, option, folder, create_parents)
+        dest, key, point = self._check(dest, option, folder, create_parents, update)
         self._hold(point.parent, option)
-        entry = _Dest(dest, option, folder, point.parent, clear)
+        entry = _Dest(dest, option, folder, point.parent, clear, update)
         if claim and self.job is not None:
             entry.claim, entry.claim_fresh = claims.take_for_job(dest, option, self.job)
         elif claim:
@@ -149,12 +153,14 @@ class OutputSet:
         return dest
 
     def check(
-        self, dest: str | Path, option: str = "--out", *, folder: bool = False, create_parents: bool = False
+        self, dest: str | Path, option: str = "--out", *, folder: bool = False, create_parents: bool = False,
+        update: bool = False,
     ) -> Path:
         """The checks of :meth:`add` that change nothing (no lock, no claim, no sweep)."""
-        return self._check(dest, option, folder, create_parents)[0]
+        return self._check(dest, option, folder, create_parents, update)[0]
 
-    def _check(self, dest: str | Path, option: str, folder: bool, create_parents: bool) -> tuple[Path, Path, Path]:
+    def _check(self, dest: str | Path, option: str, folder: bool, create_parents: bool,
+               update: bool = False) -> tuple[Path, Path, Path]:
         """``(dest, key, claim point)`` after :meth:`check`'s checks."""
         dest = Path(dest)
         key = _key(dest)
@@ -165,7 +171,7 @@ class OutputSet:
         if dest.exists() and folder and not dest.is_dir():
             raise OutputError(f"{option} {dest}: exists and is not a folder")
         self._check_not_input(dest, option, folder)
-        if dest.exists() and not self.overwrite:
+        if dest.exists() and not self.overwrite and not update:
             raise OutputError(f"{option} {dest}: exists (pass --overwrite to replace it)")
         if dest.exists() and not dest.is_dir() and not dest.is_file():
             raise OutputError(f"{option} {dest}: exists and is a device, FIFO or socket, not a file")
@@ -230,7 +236,7 @@ class OutputSet:
         cleared = [d for d in self.dests.values() if d.clear and d not in ready and os.path.lexists(d.path)]
         try:
             for d in ready + cleared:  # move replaced outputs aside first: nothing is lost if a rename fails
-                if self.overwrite and os.path.lexists(d.path):
+                if (self.overwrite or d.update) and os.path.lexists(d.path):
                     d.backup = temp_path(_key(d.path), BACKUP_SUFFIX)
                     os.rename(d.path, d.backup)
             for d in ready:

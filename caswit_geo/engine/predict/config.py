@@ -46,6 +46,7 @@ class PredictConfig:
     resample: bool = False
     confidence: str | Path | None = None
     vector: str | Path | None = None
+    vector_layer: str | None = None  # the layer in a GeoPackage (default: the file's stem)
     min_area: float | None = bounded(None, ge=0)
     simplify: float | None = bounded(None, ge=0)
     preview: str | Path | None = None  # quick-look PNG: input RGB beside the classes, with a legend

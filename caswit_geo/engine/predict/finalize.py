@@ -22,7 +22,7 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from caswit_geo.core.errors import ConfigError
+from caswit_geo.core.errors import ConfigError, OutputError
 from caswit_geo.engine.predict.job import Job, remove_job
 from caswit_geo.engine.predict.plan import PredictPlan
 from caswit_geo.engine.predict.sink import UnitDone
@@ -199,9 +199,11 @@ def finalize_job(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
     vector_result = None
     if plan.vector is not None:
         t1 = time.perf_counter()
+        base = _file_state(plan.vector) if plan.vector_update else None
         vector_result = vectorize(
             mosaic_classes(plan, job, outputs), outputs.temp(plan.vector), classes,
-            min_area=plan.min_area, simplify=plan.simplify, work_dir=job.dir, layer=plan.vector.stem,
+            min_area=plan.min_area, simplify=plan.simplify, work_dir=job.dir, layer=plan.vector_layer,
+            update_from=plan.vector if plan.vector_update else None,
         )
         phases["vector"] = time.perf_counter() - t1
     if plan.preview is not None:
@@ -214,6 +216,10 @@ def finalize_job(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
         phases["preview"] = time.perf_counter() - t1
 
     t1 = time.perf_counter()
+    if plan.vector_update and _file_state(plan.vector) != base:
+        # its other layers were copied before: committing now would lose what was written since
+        raise OutputError(f"--vector {plan.vector}: changed while this run wrote its layer into a copy; "
+                          "run the same command with --finalize to write it again")
     outputs.commit()
     remove_job(job.dir, [d for d, _ in plan.destinations()])
     phases["commit"] = time.perf_counter() - t1
@@ -225,6 +231,14 @@ def finalize_job(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
         seconds=time.perf_counter() - t0,
         phases=phases,
     )
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def mosaic_classes(plan: PredictPlan, job: Job, outputs: OutputSet) -> str | Path:

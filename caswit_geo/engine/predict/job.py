@@ -388,7 +388,8 @@ def open_job(plan: PredictPlan, role: str, *, overwrite: bool, shards: int = 1,
         if discard:
             discard_job(job_dir)
         for dest, option in plan.destinations():
-            outputs.add(dest, option, claim=not str(dest).endswith(".aux.xml"))
+            outputs.add(dest, option, claim=not str(dest).endswith(".aux.xml"),
+                        update=dest == plan.vector and plan.vector_update)
         if stored is None:
             try:
                 job = create_job(job_dir, make_manifest(plan, shards))

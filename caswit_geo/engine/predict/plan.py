@@ -44,7 +44,7 @@ from caswit_geo.geo.lowres import prepass_supported
 from caswit_geo.geo.mosaic import Mosaic, expand_inputs, open_mosaic
 from caswit_geo.geo.pyramid import levels_for
 from caswit_geo.geo.sources import source_files
-from caswit_geo.geo.vectorize import vector_format
+from caswit_geo.geo.vectorize import check_layer_name, geopackage_layers, vector_format
 from caswit_geo.model.checkpoint import CheckpointMeta, read_meta, shape_model
 from caswit_geo.model.weights import resolve_weights, sha256
 from caswit_geo.runtime.device import select_device
@@ -120,6 +120,8 @@ class PredictPlan:
     unit_width: int | None = None  # units' width (None: unit_size)
     footprints: list[Window] | None = None  # where the inputs' pixels are (mosaic pixels); None: everywhere
     read_files: list[Path] = field(default_factory=list)  # every file read: inputs and a VRT's sources
+    vector_layer: str | None = None  # the polygons' layer (GeoPackage, FlatGeobuf, GeoJSON)
+    vector_update: bool = False  # --vector is an existing GeoPackage: its other layers stay
 
     @functools.cached_property
     def checkpoint_sha256(self) -> str:
@@ -287,7 +289,8 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
         units=units, vector=vector, preview=preview, format=config.format, tags=tags, warnings=notes,
         cache_bytes=cache_bytes, job_dir=job_dir_for(config.out, per_file, classes_dests), min_area=config.min_area,
         simplify=config.simplify, precision=precision, unit_width=unit_width, footprints=footprints,
-        read_files=read_files,
+        read_files=read_files, vector_layer=None if vector is None else config.vector_layer or vector.stem,
+        vector_update=vector is not None and geopackage_update(vector),
     )
     plan.options = pixel_options(config, plan)
     return plan
@@ -369,6 +372,9 @@ def plan_outputs(
     vector = Path(config.vector) if config.vector else None
     if vector is not None:
         vector_format(vector)
+        _check_vector_layer(config, vector)
+    elif config.vector_layer is not None:
+        raise ConfigError("--vector-layer names the layer of --vector: add --vector PATH.gpkg")
     preview = Path(config.preview) if config.preview else None
     if preview is not None and preview.suffix.lower() != ".png":
         raise OutputError(f"--preview {preview}: expected a .png file")
@@ -379,8 +385,27 @@ def plan_outputs(
         raise OutputError("two outputs have the same path (--out, --confidence, --vector, --preview)")
     checks = OutputSet(overwrite=config.overwrite, inputs=read_files or inputs)
     for path, option in named + [(Path(f"{p}.aux.xml"), "--out") for p in classes]:
-        checks.check(path, option)
+        checks.check(path, option, update=path == vector and geopackage_update(path))
     return per_file, classes, confidence, vector, preview
+
+
+def geopackage_update(vector: Path) -> bool:
+    """An existing GeoPackage is a container: predict writes its layer into a copy of it, the others stay."""
+    return vector.suffix.lower() == ".gpkg" and vector.is_file()
+
+
+def _check_vector_layer(config: PredictConfig, vector: Path) -> None:
+    """The layer of --vector: named, and in an existing GeoPackage new, or replaced with --overwrite only."""
+    if config.vector_layer is not None:
+        if vector_format(vector) not in ("GPKG",):
+            raise ConfigError(f"--vector-layer: {vector} is not a GeoPackage (.gpkg); its single layer has no name")
+        check_layer_name(config.vector_layer)
+    if not geopackage_update(vector):
+        return
+    layer = config.vector_layer or vector.stem
+    if layer in geopackage_layers(vector) and not config.overwrite:
+        raise OutputError(f"--vector {vector}: already has a layer {layer!r}; pass --overwrite to replace that "
+                          "layer (the others stay), or name another with --vector-layer")
 
 
 def _check_folder(folder: Path, option: str) -> Path:
