@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from affine import Affine
 
 from caswit_geo.core.errors import ConfigError
 from caswit_geo.engine.predict.config import PredictConfig
@@ -89,12 +90,14 @@ def dry_run(config: PredictConfig, calibrate: int = 16) -> DryRun:
 
 
 def footprint_km2(mosaic: Mosaic) -> float | None:
+    """Ground under the inputs' data: their files, or a VRT's source rectangles (not its declared size)."""
     total = 0.0
     for info in mosaic.files:
-        px = pixel_area_m2(mosaic.crs, info.transform)
+        window = mosaic.file_window(info)  # the pixel's area where the file lies (geographic CRS: its latitude)
+        px = pixel_area_m2(mosaic.crs, mosaic.transform @ Affine.translation(window.col_off, window.row_off))
         if px is None:
             return None
-        total += info.width * info.height * px
+        total += sum(int(w.width) * int(w.height) for w in mosaic.data_windows(info)) * px
     return total / 1e6
 
 

@@ -529,16 +529,23 @@ def plan_units(
             y0, y1 = cy * sy, min((cy + 1) * sy, h)
             rows = touching(grid.row_offsets, grid.tile, r_off + y0, r_off + y1)
             cols = touching(grid.col_offsets, grid.tile, c_off + x0, c_off + x1)
-            if files is None:
-                weight = len(rows) * len(cols)
-            else:
-                cover = np.zeros((len(rows), len(cols)), bool)
-                for rr, cc in near.get((cx, cy), ()):
-                    cover[max(rr.start - rows.start, 0) : max(rr.stop - rows.start, 0),
-                          max(cc.start - cols.start, 0) : max(cc.stop - cols.start, 0)] = True
-                weight = int(cover.sum())
+            weight = len(rows) * len(cols) if files is None else _covered(rows, cols, near.get((cx, cy), []))
             units.append(Unit(len(units), index, Window(x0, y0, x1 - x0, y1 - y0), weight))
     return units
+
+
+def _covered(rows: range, cols: range, rects: list[tuple[range, range]]) -> int:
+    """How many tiles of ``rows`` x ``cols`` (tile indices) lie in the union of ``rects``."""
+    def clip(r: range, to: range) -> range:
+        return range(max(r.start, to.start), max(min(r.stop, to.stop), max(r.start, to.start)))
+
+    if len(rects) == 1:  # the common case (one file under the unit): no array
+        return len(clip(rects[0][0], rows)) * len(clip(rects[0][1], cols))
+    cover = np.zeros((len(rows), len(cols)), bool)
+    for rr, cc in rects:
+        r, c = clip(rr, rows), clip(cc, cols)
+        cover[r.start - rows.start : r.stop - rows.start, c.start - cols.start : c.stop - cols.start] = True
+    return int(cover.sum())
 
 
 def _tile_rects_by_cell(tile_rects: list[tuple[range, range]], grid: TileGrid, offset: tuple[int, int],
