@@ -66,6 +66,8 @@ def vrt_data_rects(path: str | Path, limit: int) -> list[tuple[int, int, int, in
         width, height = int(root.get("rasterXSize", "0")), int(root.get("rasterYSize", "0"))
     except (ET.ParseError, OSError, ValueError):
         return None
+    if root.get("subClass"):  # warped or pansharpened VRTs: their pixels do not come from rectangles
+        return None
     rects: set[tuple[int, int, int, int]] = set()
     for band in root.iter("VRTRasterBand"):
         for source in band:
@@ -87,7 +89,7 @@ def vrt_data_rects(path: str | Path, limit: int) -> list[tuple[int, int, int, in
                 rects.add((c0, r0, c1 - c0, r1 - r0))
             if len(rects) > limit:
                 return None
-    return sorted(rects)
+    return sorted(rects) or None  # no source rectangle inside it: not a layout this reads
 
 
 def _check_file(path: Path, what: str) -> None:
