@@ -71,23 +71,8 @@ def parse_json(
         raise error(f"{source}: {what} is not valid JSON ({type(e).__name__})") from None
 
 
-def load_json(
-    path: str | Path,
-    *,
-    what: str,
-    max_bytes: int,
-    max_depth: int,
-    error: type[CaswitError] = InputError,
-) -> Any:
-    """The parsed content of the JSON file ``path``, read within ``max_bytes`` and ``max_depth``.
-
-    Args:
-        path: the file.
-        what: what the file is, for messages (``"the job plan"``, ``"classes.json"``).
-        max_bytes: the largest file read, in bytes.
-        max_depth: the deepest nesting of arrays and objects accepted (1 for ``{"a": 1}``).
-        error: the ``CaswitError`` subclass raised, with one line naming ``path``.
-    """
+def read_bounded(path: str | Path, *, what: str, max_bytes: int, error: type[CaswitError] = InputError) -> bytes:
+    """The bytes of the regular file ``path``, refused when larger than ``max_bytes`` (one line naming it)."""
     path = Path(path)
     try:
         # non-blocking: opening a FIFO must not wait for a writer (it is refused just below)
@@ -105,4 +90,35 @@ def load_json(
         raise error(f"{path}: is a folder, expected {what}") from None
     except OSError as e:
         raise error(f"{path}: {what} cannot be read ({e.strerror or e})") from None
-    return parse_json(raw, source=path, what=what, max_bytes=max_bytes, max_depth=max_depth, error=error)
+    if len(raw) > max_bytes:  # a file that grew while read
+        raise error(f"{path}: {what} is more than the {size_text(max_bytes)} caswit-geo reads")
+    return raw
+
+
+def load_text(path: str | Path, *, what: str, max_bytes: int, error: type[CaswitError] = InputError) -> str:
+    """The UTF-8 text of ``path``, bounded like :func:`read_bounded` (TOML settings files)."""
+    try:
+        return read_bounded(path, what=what, max_bytes=max_bytes, error=error).decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{path}: {what} is not UTF-8 text") from None
+
+
+def load_json(
+    path: str | Path,
+    *,
+    what: str,
+    max_bytes: int,
+    max_depth: int,
+    error: type[CaswitError] = InputError,
+) -> Any:
+    """The parsed content of the JSON file ``path``, read within ``max_bytes`` and ``max_depth``.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages (``"the job plan"``, ``"classes.json"``).
+        max_bytes: the largest file read, in bytes.
+        max_depth: the deepest nesting of arrays and objects accepted (1 for ``{"a": 1}``).
+        error: the ``CaswitError`` subclass raised, with one line naming ``path``.
+    """
+    raw = read_bounded(path, what=what, max_bytes=max_bytes, error=error)
+    return parse_json(raw, source=Path(path), what=what, max_bytes=max_bytes, max_depth=max_depth, error=error)
