@@ -269,6 +269,7 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow  # two processes, each waiting 8 s in its assembly
 def test_two_finalize_runs_exit_after_the_outputs_exist(tmp_path):
     """Two --finalize at once: one assembles, the other waits for it; neither exits before map.tif exists."""
     predict_inputs(tmp_path)
