@@ -381,3 +381,33 @@ def write_vector_scene(root: Path, size: tuple[int, int] = (384, 512), seed: int
     areas.to_file(root / "areas.gpkg", driver="GPKG")
     return {"images": root / "images", "labels": root / "labels.gpkg", "areas": root / "areas.gpkg",
             "labels_4326": root / "labels_4326.gpkg", "label": label, "polygons": polys, "transform": transform}
+
+
+# -- predict jobs for the hostile suites -------------------------------------------------------------
+
+_NANO_BYTES: dict[int, bytes] = {}
+
+
+def nano_checkpoint(folder: Path, name: str = "nano.safetensors", seed: int = 0) -> Path:
+    """A caswit-nano checkpoint of PREDICT_CLASSES (built once per seed, copied into ``folder``)."""
+    if seed not in _NANO_BYTES:
+        tmp = save_nano_checkpoint(folder / f".build-{seed}.safetensors", PREDICT_CLASSES, seed=seed)
+        _NANO_BYTES[seed] = tmp.read_bytes()
+        tmp.unlink()
+    path = folder / name
+    path.write_bytes(_NANO_BYTES[seed])
+    return path
+
+
+def predict_inputs(folder: Path) -> None:
+    """``in.tif`` (256 x 384 px RGB on the test grid) and ``nano.safetensors`` in ``folder``."""
+    write_on_grid(folder / "in.tif", rgb_image(256, 384, seed=3))
+    nano_checkpoint(folder)
+
+
+def interrupted_job(folder: Path, **kw) -> None:
+    """An interrupted job to ``map.tif``: half of its units done (share 0 of 2), nothing at the destination."""
+    predict_inputs(folder)
+    run_predict(folder / "nano.safetensors", [folder / "in.tif"], folder / "map.tif", unit_size=NANO_TILE,
+                shard=(0, 2), **kw)
+    assert not (folder / "map.tif").exists() and (folder / ".map.tif.caswit-job").is_dir()

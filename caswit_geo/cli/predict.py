@@ -79,6 +79,11 @@ def predict(
         help="Also write each class's probability: one band per class, uint8 percent, 255 = nodata.",
     ),
     vector: Optional[Path] = typer.Option(DEFAULT.vector, "--vector", help="Also write polygons (.gpkg, .parquet, .geojson, .fgb)."),
+    vector_layer: Optional[str] = typer.Option(
+        DEFAULT.vector_layer, "--vector-layer", metavar="NAME",
+        help="Layer of the polygons in the GeoPackage (default: its file name). An existing GeoPackage keeps "
+             "its other layers; --overwrite replaces this layer only.",
+    ),
     min_area: Optional[float] = typer.Option(DEFAULT.min_area, "--min-area", help="Merge regions smaller than this (m2) first."),
     simplify: Optional[float] = typer.Option(DEFAULT.simplify, "--simplify", help="Simplify polygons (tolerance in m)."),
     preview: Optional[Path] = typer.Option(
@@ -136,6 +141,7 @@ def predict(
         confidence=confidence,
         probabilities=probabilities,
         vector=vector,
+        vector_layer=vector_layer,
         min_area=min_area,
         simplify=simplify,
         preview=preview,

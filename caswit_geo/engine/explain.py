@@ -19,7 +19,7 @@ from rasterio.windows import Window
 from caswit_geo.core.errors import ConfigError, InputError
 from caswit_geo.core.limits import Text, bounded, check_settings
 from caswit_geo.geo.context import read_tile_and_context
-from caswit_geo.geo.sources import check_source
+from caswit_geo.geo.sources import check_source, source_files
 from caswit_geo.model.checkpoint import load_checkpoint
 from caswit_geo.model.weights import resolve_weights
 from caswit_geo.runtime.precision import PRECISIONS, resolve_precision
@@ -79,7 +79,7 @@ def explain(config: ExplainConfig) -> ExplainResult:
     check_config(config)
     check_source(config.image)
     weights = resolve_weights(config.weights)
-    with OutputSet(overwrite=config.overwrite, inputs=[config.image, weights]) as outs:
+    with OutputSet(overwrite=config.overwrite, inputs=[*source_files(config.image), weights]) as outs:
         out = outs.add(config.out, "--out")
         result = _explain(config, weights, outs.temp(out))
         outs.commit()

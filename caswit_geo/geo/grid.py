@@ -10,23 +10,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from rasterio.windows import Window
 
 from caswit_geo.core.errors import ConfigError
 
 
-def tile_offsets(length: int, tile: int, stride: int) -> list[int]:
+def tile_offsets(length: int, tile: int, stride: int) -> range:
     """Offsets of the tiles covering ``[0, length)``.
 
     ``max(1, ceil((length - tile) / stride) + 1)`` tiles: the last one may
     run past the end (it is padded), a raster smaller than one tile gets one.
+    A ``range``, not a list: a raster declaring 1e8 px a side costs nothing.
     """
     if length < 1 or tile < 1 or not 1 <= stride <= tile:
         raise ConfigError(f"bad tiling: length={length}, tile={tile}, stride={stride}")
     n = 1 if length <= tile else math.ceil((length - tile) / stride) + 1
-    return [i * stride for i in range(n)]
+    return range(0, n * stride, stride)
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,11 @@ class TileGrid:
         return self.tile - self.overlap
 
     @cached_property
-    def col_offsets(self) -> list[int]:
+    def col_offsets(self) -> range:
         return tile_offsets(self.width, self.tile, self.stride)
 
     @cached_property
-    def row_offsets(self) -> list[int]:
+    def row_offsets(self) -> range:
         return tile_offsets(self.height, self.tile, self.stride)
 
     @property
@@ -143,7 +144,7 @@ def plan_tiles(grid: TileGrid, strip_width: int | None = None, region: Window | 
     return plan
 
 
-def touching(offsets: list[int], tile: int, start: int, stop: int) -> range:
+def touching(offsets: Sequence[int], tile: int, start: int, stop: int) -> range:
     """Indices of the tiles (at ``offsets``, evenly spaced, ``tile`` long) that intersect ``[start, stop)``."""
     if not offsets or stop <= start:
         return range(0)
@@ -160,8 +161,15 @@ def split_span(length: int, target: int, align: int) -> list[tuple[int, int]]:
     For units of work: a 5000 px side with a 4096 px target and 512 px
     blocks gives (0, 2560), (2560, 5000) rather than a sliver of 904.
     """
+    size = span_piece(length, target, align)
+    return [(s, min(s + size, length)) for s in range(0, length, size)]
+
+
+def span_piece(length: int, target: int, align: int) -> int:
+    """The length of :func:`split_span`'s pieces (all but the last): piece ``i`` is
+    ``[i * size, min((i + 1) * size, length))``, so a pixel's piece is ``x // size``
+    without listing them."""
     if length < 1 or target < 1 or align < 1:
         raise ConfigError(f"bad split: length={length}, target={target}, align={align}")
     n = max(1, math.ceil(length / max(target, align)))
-    size = max(align, math.ceil(length / n / align) * align)
-    return [(s, min(s + size, length)) for s in range(0, length, size)]
+    return max(align, math.ceil(length / n / align) * align)

@@ -31,12 +31,13 @@ from rasterio.windows import Window
 from caswit_geo.core.errors import InputError
 from caswit_geo.geo.georef import check_georeferencing, open_quietly
 from caswit_geo.geo.masks import alpha_holds_data
-from caswit_geo.geo.sources import check_source
+from caswit_geo.geo.sources import check_source, vrt_data_rects
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
 # what a folder contributes to a mosaic; a .vrt is taken only when named (a folder often holds
 # a VRT of its own tiles, which would cover them twice)
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".img")
+MAX_DATA_RECTS = 1 << 16  # a VRT with more source rectangles is planned as if data were everywhere
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class RasterInfo:
     files_bytes: int = 0  # the file and, for a VRT, the files it reads
     alpha_is_data: bool = False  # a band tagged alpha holds more than a mask's values (RGBI's NIR)
     nodata_given: bool = False  # ``nodata`` comes from --nodata, not from the file
+    # where a VRT's pixels come from, (col, row, width, height) in its own pixels; None: everywhere
+    data_rects: tuple[tuple[int, int, int, int], ...] | None = None
 
     @property
     def layout(self) -> str:
@@ -149,6 +152,7 @@ def describe_raster(path: str | Path) -> RasterInfo:
                     alpha_is_data=MaskFlags.alpha in flags and any(
                         alpha_holds_data(src, i + 1) for i, ci in enumerate(src.colorinterp) if ci == ColorInterp.alpha
                     ),
+                    data_rects=_data_rects(path),
                 )
     except RasterioIOError:
         raise InputError(f"{path}: not a raster GDAL can read") from None
@@ -191,6 +195,13 @@ def nodata_notes(info: RasterInfo, bands: Sequence[int]) -> list[str]:
         return []
     return [f"{info.name}: nodata is {value:g}, the brightest value, which real imagery reaches (saturated white: "
             f"roofs, sand); where every band is {value:g} the map is nodata (--nodata none reads them as data)"]
+
+
+def _data_rects(path: Path) -> tuple[tuple[int, int, int, int], ...] | None:
+    if path.suffix.lower() != ".vrt":
+        return None
+    rects = vrt_data_rects(path, MAX_DATA_RECTS)
+    return None if rects is None else tuple(rects)
 
 
 def check_input(info: RasterInfo, bands: Sequence[int]) -> None:
@@ -236,6 +247,20 @@ class Mosaic:
 
     def open(self) -> rasterio.io.DatasetReader:
         return open_quietly(self.source)
+
+    def data_windows(self, info: RasterInfo) -> list[Window]:
+        """Where ``info``'s pixels come from, in mosaic pixels: its window, or its VRT source rectangles."""
+        window = self.file_window(info)
+        if info.data_rects is None:
+            return [window]
+        sx, sy = window.width / info.width, window.height / info.height
+        c0, r0 = int(window.col_off), int(window.row_off)
+        out = []
+        for c, r, w, h in info.data_rects:
+            x0, y0 = c0 + math.floor(c * sx), r0 + math.floor(r * sy)
+            x1, y1 = c0 + math.ceil((c + w) * sx), r0 + math.ceil((r + h) * sy)
+            out.append(Window(x0, y0, max(x1 - x0, 1), max(y1 - y0, 1)))
+        return out
 
     def file_window(self, info: RasterInfo) -> Window:
         """The window of the mosaic grid covering ``info`` (rounded to whole pixels)."""

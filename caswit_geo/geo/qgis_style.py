@@ -148,8 +148,9 @@ def write_gpkg_style(gpkg: str | Path, layer: str, qml: str, sld: str = "", name
 
     As QGIS does when it saves a style in the database: the table is
     created if missing and registered in ``gpkg_contents``; an earlier
-    default style of the same layer is no longer the default. The geometry
-    column is the layer's own (from ``gpkg_geometry_columns``).
+    default style of the same layer is no longer the default, and an earlier
+    style of the same name for that layer (a replaced layer's) is replaced.
+    The geometry column is the layer's own (from ``gpkg_geometry_columns``).
     """
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     with contextlib.closing(sqlite3.connect(str(gpkg))) as db, db:
@@ -161,6 +162,7 @@ def write_gpkg_style(gpkg: str | Path, layer: str, qml: str, sld: str = "", name
             "INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier, last_change) "
             "VALUES ('layer_styles', 'attributes', 'layer_styles', ?)", (now,)
         )
+        db.execute("DELETE FROM layer_styles WHERE f_table_name = ? AND styleName = ?", (layer, name or layer))
         db.execute("UPDATE layer_styles SET useAsDefault = 0 WHERE f_table_name = ?", (layer,))
         db.execute(
             "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, styleName, "

@@ -15,6 +15,7 @@ whose text holds the worker's whole traceback.
 
 from __future__ import annotations
 
+import math
 import re
 import stat
 import xml.etree.ElementTree as ET
@@ -34,8 +35,61 @@ def check_source(path: str | Path, what: str = "") -> Path:
     path = Path(path)
     _check_file(path, what)
     if path.suffix.lower() == ".vrt":
-        _check_vrt_sources(path, what, VRT_MAX_DEPTH)
+        _check_vrt_sources(path, what, VRT_MAX_DEPTH, [])
     return path
+
+
+def source_files(path: str | Path) -> list[Path]:
+    """Every file GDAL reads through ``path``: itself and, for a VRT, its sources (nested ones too).
+
+    An output must never replace any of them: a VRT's sources are inputs as
+    much as the VRT is. Raises InputError as :func:`check_source` does.
+    """
+    path = Path(path)
+    _check_file(path, "")
+    found = [path]
+    if path.suffix.lower() == ".vrt":
+        _check_vrt_sources(path, "", VRT_MAX_DEPTH, found)
+    return found
+
+
+def vrt_data_rects(path: str | Path, limit: int) -> list[tuple[int, int, int, int]] | None:
+    """Where a VRT's pixels come from: its sources' destination rectangles ``(col, row, width, height)``
+    in its own pixels, clipped to it and deduplicated, or None when that is not known (a source
+    without ``DstRect``, more than ``limit`` rectangles: then the whole raster counts as data).
+
+    A VRT may declare a huge raster around a few small sources; planning by these rectangles
+    keeps the plan proportional to the data, not to the declared size.
+    """
+    try:
+        root = ET.parse(path).getroot()
+        width, height = int(root.get("rasterXSize", "0")), int(root.get("rasterYSize", "0"))
+    except (ET.ParseError, OSError, ValueError):
+        return None
+    if root.get("subClass"):  # warped or pansharpened VRTs: their pixels do not come from rectangles
+        return None
+    rects: set[tuple[int, int, int, int]] = set()
+    for band in root.iter("VRTRasterBand"):
+        for source in band:
+            if not source.tag.endswith("Source"):
+                continue
+            dst = source.find("DstRect")
+            if dst is None:
+                return None
+            try:
+                x, y = float(dst.get("xOff", "nan")), float(dst.get("yOff", "nan"))
+                w, h = float(dst.get("xSize", "nan")), float(dst.get("ySize", "nan"))
+            except ValueError:
+                return None
+            if not all(map(math.isfinite, (x, y, w, h))):
+                return None
+            c0, r0 = max(0, math.floor(x)), max(0, math.floor(y))
+            c1, r1 = min(width, math.ceil(x + w)), min(height, math.ceil(y + h))
+            if c1 > c0 and r1 > r0:
+                rects.add((c0, r0, c1 - c0, r1 - r0))
+            if len(rects) > limit:
+                return None
+    return sorted(rects) or None  # no source rectangle inside it: not a layout this reads
 
 
 def _check_file(path: Path, what: str) -> None:
@@ -58,7 +112,7 @@ def _check_file(path: Path, what: str) -> None:
         raise InputError(f"{label}: not readable ({(e.strerror or str(e)).lower()})") from None
 
 
-def _check_vrt_sources(vrt: Path, what: str, depth: int) -> None:
+def _check_vrt_sources(vrt: Path, what: str, depth: int, found: list[Path]) -> None:
     if vrt.stat().st_size > VRT_MAX_BYTES:
         raise InputError(f"{vrt}: a VRT of {vrt.stat().st_size >> 20} MB is not a mosaic description")
     try:
@@ -74,10 +128,12 @@ def _check_vrt_sources(vrt: Path, what: str, depth: int) -> None:
             _check_file(source, "")
         except InputError as e:
             raise InputError(f"{vrt}: source {e}") from None
+        if source not in found:
+            found.append(source)
         if source.suffix.lower() == ".vrt":
             if depth <= 1:
                 raise InputError(f"{vrt}: VRTs nested more than {VRT_MAX_DEPTH} deep")
-            _check_vrt_sources(source, what, depth - 1)
+            _check_vrt_sources(source, what, depth - 1, found)
 
 
 # ---------------------------------------------------------------------------

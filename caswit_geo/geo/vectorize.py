@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -52,6 +53,31 @@ def vector_format(path: str | Path, option: str = "--vector") -> str:
     if suffix not in FORMATS:
         raise OutputError(f"{option} {path}: unsupported extension {suffix or '(none)'}; use {', '.join(FORMATS)}")
     return FORMATS[suffix]
+
+
+MAX_LAYER_NAME = 255
+
+
+def check_layer_name(name: str, option: str = "--vector-layer") -> str:
+    if not name or len(name) > MAX_LAYER_NAME or not name.isprintable():
+        raise OutputError(f"{option} {name[:40]!r}: expected a printable name of 1 to {MAX_LAYER_NAME} characters")
+    return name
+
+
+def geopackage_layers(path: str | Path, option: str = "--vector") -> list[str]:
+    """The layers of the existing GeoPackage ``path``; OutputError when it is not one GDAL can open.
+
+    A GeoPackage is a container: predict writes its own layer into it and
+    leaves the others as they are (as ``ogr2ogr -update`` would).
+    """
+    import pyogrio
+
+    try:
+        return [str(name) for name in pyogrio.list_layers(path)[:, 0]]
+    except Exception as e:  # pyogrio raises its own DataSourceError, or GDAL's errors
+        raise OutputError(f"{option} {path}: exists but is not a GeoPackage GDAL can open "
+                          f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
+                          "remove it or choose another file") from None
 
 
 @dataclass
@@ -234,6 +260,7 @@ def vectorize(
     simplify: float | None = None,
     work_dir: str | Path | None = None,
     layer: str | None = None,
+    update_from: str | Path | None = None,
 ) -> VectorResult:
     """Polygons of ``class_path`` (a file or VRT) written to ``out_path`` (format from the extension).
 
@@ -241,6 +268,8 @@ def vectorize(
     then renamed). ``out_path`` may itself be a temporary name of an
     output set; ``layer`` then names the layer after the real destination.
     ``work_dir``: where the sieved raster goes (default: beside ``out_path``).
+    ``update_from``: an existing GeoPackage whose other layers are kept: the
+    file written is a copy of it with ``layer`` added (or replaced).
     """
     t0 = time.perf_counter()
     out_path = Path(out_path)
@@ -266,6 +295,8 @@ def vectorize(
             if sieved is not None:
                 sieved.unlink(missing_ok=True)
     with atomic_path(out_path) as tmp:  # a full disk is named there (a GeoPackage says "no such table")
+        if update_from is not None:
+            shutil.copyfile(update_from, tmp)
         write_vectors(gdf, tmp, layer=layer or out_path.stem)
         if vector_format(out_path) == "GPKG":  # the style QGIS opens the layer with
             name = layer or out_path.stem

@@ -126,8 +126,10 @@ def _job_claim_holds(folder: Path, data: dict) -> str | None:
         live = liveness.live_owners(job)
         if live:
             return f"another run is writing it ({liveness.describe_owner(job, live[0])}); wait for it to finish or stop it"
-        return (f"an interrupted predict job holds it ({job}); continue that job with --resume, "
-                "or discard it with --overwrite")
+        # the job may have other outputs and inputs than the command that meets it: only its own
+        # command may continue or discard it (--overwrite here would not, and must not, discard it)
+        return (f"an interrupted predict job holds it ({job}); continue that job with the command that "
+                "started it and --resume, or write to another destination")
     creator = data.get("created_by")
     if isinstance(creator, str) and liveness.owner_alive(folder, creator):
         return f"another run is writing it ({liveness.describe_owner(folder, creator)}); wait for it to finish or stop it"

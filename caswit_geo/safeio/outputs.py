@@ -51,11 +51,28 @@ class _Dest:
     folder: bool
     anchor: Path  # the existing folder its temporary lives in (its parent, or the nearest existing ancestor)
     clear: bool = False
+    update: bool = False  # an existing file that the command rewrites from a copy (a GeoPackage's other layers)
     claim: Path | None = None
     claim_fresh: bool = False  # this process created the (job) claim
     temp: Path | None = None
     backup: Path | None = None
     committed: bool = False
+
+
+# folders no command output belongs in: device and kernel trees (and everything under them) ...
+SYSTEM_TREES = ("/dev", "/proc", "/sys")
+# ... and the system's own folders themselves (their subfolders, e.g. /var/tmp, are fine)
+SYSTEM_FOLDERS = frozenset({"/", "/bin", "/sbin", "/boot", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/usr",
+                            "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib64", "/var", "/run"})
+
+
+def system_folder(folder: str | Path) -> str | None:
+    """The system folder ``folder`` resolves to or lies in (see ``SYSTEM_TREES``), or None."""
+    real = os.path.realpath(folder)
+    for tree in SYSTEM_TREES:
+        if real == tree or real.startswith(tree + "/"):
+            return tree
+    return real if real in SYSTEM_FOLDERS else None
 
 
 def _key(path: Path) -> Path:
@@ -112,6 +129,7 @@ class OutputSet:
         claim: bool = True,
         create_parents: bool = False,
         clear: bool = False,
+        update: bool = False,
     ) -> Path:
         """Check and claim ``dest`` (see the module docstring); returns it as a Path.
 
@@ -120,10 +138,12 @@ class OutputSet:
         or sidecars of a claimed file.
         ``create_parents``: its missing folders are created at commit.
         ``clear``: removed at commit when this command does not write it.
+        ``update``: it may exist without ``--overwrite``: the command writes an
+        updated copy of it (what it holds besides the command's part stays).
         """
-        dest, key, point = self._check(dest, option, folder, create_parents)
+        dest, key, point = self._check(dest, option, folder, create_parents, update)
         self._hold(point.parent, option)
-        entry = _Dest(dest, option, folder, point.parent, clear)
+        entry = _Dest(dest, option, folder, point.parent, clear, update)
         if claim and self.job is not None:
             entry.claim, entry.claim_fresh = claims.take_for_job(dest, option, self.job)
         elif claim:
@@ -133,12 +153,14 @@ class OutputSet:
         return dest
 
     def check(
-        self, dest: str | Path, option: str = "--out", *, folder: bool = False, create_parents: bool = False
+        self, dest: str | Path, option: str = "--out", *, folder: bool = False, create_parents: bool = False,
+        update: bool = False,
     ) -> Path:
         """The checks of :meth:`add` that change nothing (no lock, no claim, no sweep)."""
-        return self._check(dest, option, folder, create_parents)[0]
+        return self._check(dest, option, folder, create_parents, update)[0]
 
-    def _check(self, dest: str | Path, option: str, folder: bool, create_parents: bool) -> tuple[Path, Path, Path]:
+    def _check(self, dest: str | Path, option: str, folder: bool, create_parents: bool,
+               update: bool = False) -> tuple[Path, Path, Path]:
         """``(dest, key, claim point)`` after :meth:`check`'s checks."""
         dest = Path(dest)
         check_name_length(dest, option)
@@ -150,10 +172,16 @@ class OutputSet:
         if dest.exists() and folder and not dest.is_dir():
             raise OutputError(f"{option} {dest}: exists and is not a folder")
         self._check_not_input(dest, option, folder)
-        if dest.exists() and not self.overwrite:
+        if dest.exists() and not self.overwrite and not update:
             raise OutputError(f"{option} {dest}: exists (pass --overwrite to replace it)")
+        if dest.exists() and not dest.is_dir() and not dest.is_file():
+            raise OutputError(f"{option} {dest}: exists and is a device, FIFO or socket, not a file")
         point = claim_point(key) if create_parents else key
         anchor = point.parent
+        system = system_folder(anchor)
+        if system is not None:
+            raise OutputError(f"{option} {dest}: {system} is a system folder, not a place for outputs; "
+                              "write them to a folder of yours")
         if not anchor.is_dir():
             if anchor.exists():
                 raise OutputError(f"{option}: {anchor} is not a folder")
@@ -209,7 +237,7 @@ class OutputSet:
         cleared = [d for d in self.dests.values() if d.clear and d not in ready and os.path.lexists(d.path)]
         try:
             for d in ready + cleared:  # move replaced outputs aside first: nothing is lost if a rename fails
-                if self.overwrite and os.path.lexists(d.path):
+                if (self.overwrite or d.update) and os.path.lexists(d.path):
                     d.backup = temp_path(_key(d.path), BACKUP_SUFFIX)
                     os.rename(d.path, d.backup)
             for d in ready:

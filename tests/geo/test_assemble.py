@@ -52,7 +52,7 @@ def test_pyramids_of_units_assemble_into_the_pyramid_of_the_raster(tmp_path, wid
                 win = Window(x0, y0, x1 - x0, y1 - y0)
                 pyr.add(RowBlock(win, classes[r0 + y0 : r0 + y1, c0 + x0 : c0 + x1],
                                  confidence[r0 + y0 : r0 + y1, c0 + x0 : c0 + x1]))
-        pyr.write(job.pyramid_path(u.id))
+        pyr.write(job.pyramid_path(u.id), {"unit": u.id})
     factors = levels_for(width, height, block)
     assert [f for f in factors if f > block] == coarse
     for band, image, is_classes in ((1, classes, True), (2, confidence, False)):

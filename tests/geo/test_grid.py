@@ -22,7 +22,7 @@ from caswit_geo.geo.grid import TileGrid, clip_window, context_window, plan_tile
     ],
 )
 def test_tile_offsets_table(length, tile, stride, expected):
-    assert tile_offsets(length, tile, stride) == expected
+    assert list(tile_offsets(length, tile, stride)) == expected
 
 
 @pytest.mark.parametrize("length, tile, stride", [(0, 128, 128), (10, 0, 1), (10, 8, 9), (10, 8, 0)])

@@ -14,7 +14,7 @@ from caswit_geo.geo.context import nearest_downsample
 from caswit_geo.geo.grid import context_window
 from caswit_geo.geo.polygon_raster import PolygonIndex, lowres_transform, window_transform
 from caswit_geo.geo.vector_layers import read_polygons
-from tests.helpers import GSD, VECTOR_NAMES, X0, Y0, write_vector_scene
+from tests.helpers import VECTOR_NAMES, write_vector_scene
 
 L93 = CRS.from_epsg(2154)
 

@@ -15,7 +15,7 @@ from caswit_geo.safeio import claims
 from caswit_geo.safeio import outputs as outputs_module
 from caswit_geo.safeio.files import rename_noreplace
 from caswit_geo.safeio.liveness import owner_alive, process_token
-from caswit_geo.safeio.outputs import OutputSet
+from caswit_geo.safeio.outputs import OutputSet, system_folder
 from caswit_geo.safeio.sweep import sweep_stale
 from caswit_geo.safeio.writes import write_text
 
@@ -48,6 +48,39 @@ def test_error_inside_the_set_leaves_the_folder_as_it_was(tmp_path):
             outs.temp(dest).write_bytes(b"new")
             raise RuntimeError("model failed")
     assert listing(tmp_path) == ["keep.tif"] and (tmp_path / "keep.tif").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("folder, expected", [
+    ("/dev", "/dev"), ("/dev/shm", "/dev"), ("/proc/self", "/proc"), ("/sys/kernel", "/sys"), ("/etc", "/etc"),
+    ("/usr/bin", "/usr/bin"), ("/", "/"), ("/usr/local/share", None), ("/var/tmp", None), ("/tmp", None),
+    ("/devices", None),  # a folder whose name only starts like one
+])
+def test_system_folders(folder, expected):
+    assert system_folder(folder) == expected
+
+
+def test_no_output_in_a_system_folder_or_onto_a_device(tmp_path):
+    (tmp_path / "dev").symlink_to("/dev")
+    for dest in ("/dev/caswit-x.tif", tmp_path / "dev" / "caswit-x.tif", "/etc/caswit-x.tif"):
+        with pytest.raises(OutputError, match="system folder"):
+            OutputSet(overwrite=True).check(dest, "--out")
+    with pytest.raises(OutputError, match="is a device, FIFO or socket"):
+        OutputSet(overwrite=True).check(tmp_path / "dev" / "null", "--out")
+    os.mkfifo(tmp_path / "fifo.tif")
+    with pytest.raises(OutputError, match="fifo.tif: exists and is a device, FIFO or socket"):
+        OutputSet(overwrite=True).check(tmp_path / "fifo.tif", "--out")
+
+
+def test_an_updated_destination_may_exist_and_is_replaced_by_its_copy(tmp_path):
+    (tmp_path / "v.gpkg").write_bytes(b"old")
+    with pytest.raises(OutputError, match="exists"):
+        OutputSet().check(tmp_path / "v.gpkg", "--vector")
+    outs = OutputSet()
+    dest = outs.add(tmp_path / "v.gpkg", "--vector", update=True)
+    outs.temp(dest).write_bytes(b"old + our layer")
+    outs.commit()
+    assert dest.read_bytes() == b"old + our layer"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.gpkg"]
 
 
 def test_existing_destination_needs_overwrite(tmp_path):
@@ -160,7 +193,7 @@ HOLDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from caswit_geo.safeio.outputs import OutputSet
+    from caswit_geo.safeio.outputs import OutputSet, system_folder
     outs = OutputSet()
     dest = outs.add(Path(sys.argv[1]))
     outs.temp(dest).write_bytes(b"half a raster")
@@ -264,7 +297,7 @@ KILLED_MID_COMMIT = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     from caswit_geo.safeio import outputs
-    from caswit_geo.safeio.outputs import OutputSet
+    from caswit_geo.safeio.outputs import OutputSet, system_folder
 
     def killed(src, dst):  # the old output is already moved aside: die before the new one is in place
         os.kill(os.getpid(), signal.SIGKILL)

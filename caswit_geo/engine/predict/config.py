@@ -53,6 +53,7 @@ class PredictConfig:
     confidence: str | Path | None = None
     probabilities: str | Path | None = None  # one uint8 percent band per class (same rule as confidence)
     vector: str | Path | None = None
+    vector_layer: str | None = None  # the layer in a GeoPackage (default: the file's stem)
     min_area: float | None = bounded(None, ge=0)
     simplify: float | None = bounded(None, ge=0)
     preview: str | Path | None = None  # quick-look PNG: input RGB beside the classes, with a legend

@@ -10,17 +10,18 @@ written).
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from affine import Affine
 
 from caswit_geo.core.errors import ConfigError
 from caswit_geo.engine.predict.config import PredictConfig
-from caswit_geo.engine.predict.job import PLAN_FILE, Job, compare_manifest, live_description
+from caswit_geo.engine.predict.job import Job, compare_manifest, live_description
+from caswit_geo.engine.predict.manifest import PLAN_FILE, job_units, read_manifest
 from caswit_geo.engine.predict.plan import PredictPlan, plan_predict, shard_units
 from caswit_geo.engine.predict.source import PredictTiles, collate_tiles
 from caswit_geo.engine.predict.units import predict_probabilities
@@ -88,12 +89,14 @@ def dry_run(config: PredictConfig, calibrate: int = 16) -> DryRun:
 
 
 def footprint_km2(mosaic: Mosaic) -> float | None:
+    """Ground under the inputs' data: their files, or a VRT's source rectangles (not its declared size)."""
     total = 0.0
     for info in mosaic.files:
-        px = pixel_area_m2(mosaic.crs, info.transform)
+        window = mosaic.file_window(info)  # the pixel's area where the file lies (geographic CRS: its latitude)
+        px = pixel_area_m2(mosaic.crs, mosaic.transform @ Affine.translation(window.col_off, window.row_off))
         if px is None:
             return None
-        total += info.width * info.height * px
+        total += sum(int(w.width) * int(w.height) for w in mosaic.data_windows(info)) * px
     return total / 1e6
 
 
@@ -103,16 +106,17 @@ def job_state(plan: PredictPlan) -> str:
     if not job_dir.exists():
         return "none"
     try:
-        stored = json.loads((job_dir / PLAN_FILE).read_text())
-        total = len(stored["units"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"{job_dir} exists but its plan cannot be read (--overwrite starts again)"
-    done = len(Job(job_dir, stored).done_units())
+        stored = read_manifest(job_dir, "--resume")
+    except ConfigError as e:
+        return f"{job_dir} exists but cannot be continued ({e})"
+    total = len(stored["units"])
+    done = len(Job(job_dir, stored).done_units() & set(range(total)))
     owner = live_description(job_dir)
     if owner:
         return f"running ({owner}): {done} of {total} units done"
     try:
         compare_manifest(stored, plan, "--resume")
+        job_units(stored, plan, job_dir / PLAN_FILE)  # its units are those of its grid (a copy of the plan)
     except ConfigError as e:
         return f"interrupted: {done} of {total} units done; this command cannot continue it ({e})"
     return f"interrupted: {done} of {total} units done (--resume continues it)"

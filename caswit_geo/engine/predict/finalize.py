@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.errors
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
+from caswit_geo.core.errors import ConfigError, OutputError
 from caswit_geo.engine.predict.job import Job, remove_job
 from caswit_geo.engine.predict.plan import PredictPlan
 from caswit_geo.engine.predict.sink import UnitDone
@@ -51,17 +53,64 @@ class Finalized:
 
 
 def unit_reports(job: Job, plan: PredictPlan, raster: int | None = None) -> list[UnitDone]:
-    """The reports stored in the part files of the units done so far (of output ``raster`` only, if given)."""
+    """The reports stored in the part files of the units done so far (of output ``raster`` only, if given),
+    each part checked first.
+
+    A part file is untrusted state: it must say it is its unit's (this job,
+    this unit id, raster and window), so a part swapped for another unit's,
+    or left by another job, is refused rather than assembled into a wrong map.
+    """
     out = []
     done = job.done_units()
+    ids = {u.id for u in plan.units}
+    stray = sorted(done - ids)
+    if stray:
+        raise ConfigError(f"{job.part_path(stray[0])}: no unit {stray[0]} in this job; "
+                          "remove the file, then run the same command with --resume")
     for unit in plan.units:
         if unit.id not in done or (raster is not None and unit.raster != raster):
             continue
+        part = job.part_path(unit.id)
+        tags = _part_tags(part)
+        _check_identity(part, tags, job.part_identity(unit))
+        if plan.unit_levels(unit):
+            _check_identity(job.pyramid_path(unit.id), _part_tags(job.pyramid_path(unit.id)),
+                            job.part_identity(unit))
+        if plan.with_probabilities:
+            probabilities = job.probabilities_path(unit.id)
+            _check_identity(probabilities, _part_tags(probabilities), job.part_identity(unit))
+        try:
+            out.append(UnitDone.from_dict(json.loads(tags["CASWIT_UNIT"])))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise _bad_part(part, "its unit report is missing or malformed") from None
+    return out
+
+
+def _part_tags(path: Path) -> dict:
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(job.part_path(unit.id)) as src:
-                out.append(UnitDone.from_dict(json.loads(src.tags()["CASWIT_UNIT"])))
-    return out
+            with rasterio.open(path) as src:
+                return src.tags()
+    except rasterio.errors.RasterioIOError:
+        raise _bad_part(path, "cannot be read") from None
+
+
+def _check_identity(path: Path, tags: dict, expected: dict) -> None:
+    try:
+        found = json.loads(tags.get("CASWIT_PART", "null"))
+    except ValueError:
+        found = None
+    if found != expected:
+        what = "it has no unit identity" if not isinstance(found, dict) else (
+            f"it holds unit {str(found.get('unit'))[:20]} (window {str(found.get('window'))[:60]}) of job "
+            f"{str(found.get('job'))[:20]}, not unit {expected['unit']} (window {expected['window']}) of job "
+            f"{expected['job']}")
+        raise _bad_part(path, what)
+
+
+def _bad_part(path: Path, what: str) -> ConfigError:
+    return ConfigError(f"{path}: {what}; remove it, then run the same command with --resume (its unit is redone)")
 
 
 def class_totals(reports: list[UnitDone]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -165,9 +214,11 @@ def finalize_job(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
     vector_result = None
     if plan.vector is not None:
         t1 = time.perf_counter()
+        base = _file_state(plan.vector) if plan.vector_update else None
         vector_result = vectorize(
             mosaic_classes(plan, job, outputs), outputs.temp(plan.vector), classes,
-            min_area=plan.min_area, simplify=plan.simplify, work_dir=job.dir, layer=plan.vector.stem,
+            min_area=plan.min_area, simplify=plan.simplify, work_dir=job.dir, layer=plan.vector_layer,
+            update_from=plan.vector if plan.vector_update else None,
         )
         if vector_format(plan.vector) != "GPKG":  # a GeoPackage got its style inside (layer_styles)
             outputs.temp(style_path(plan.vector)).write_text(categorized_qml(classes))
@@ -184,6 +235,10 @@ def finalize_job(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
         phases["preview"] = time.perf_counter() - t1
 
     t1 = time.perf_counter()
+    if plan.vector_update and _file_state(plan.vector) != base:
+        # its other layers were copied before: committing now would lose what was written since
+        raise OutputError(f"--vector {plan.vector}: changed while this run wrote its layer into a copy; "
+                          "run the same command with --finalize to write it again")
     outputs.commit()
     remove_job(job.dir, [d for d, _ in plan.destinations()])
     phases["commit"] = time.perf_counter() - t1
@@ -211,6 +266,14 @@ def write_probabilities(plan: PredictPlan, job: Job, index: int, dest: Path, tag
                     list(range(1, len(names) + 1)), description=names,
                     tags={**tags, "CASWIT_PROBABILITIES": PROBABILITIES_DESCRIPTION})
     write_raster(vrt, dest, fmt=plan.format, block=plan.block, is_classes=False, average_overviews=True)
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def mosaic_classes(plan: PredictPlan, job: Job, outputs: OutputSet) -> str | Path:

@@ -1,10 +1,12 @@
 """The job folder: what survives an interrupted ``predict`` so that ``--resume`` redoes nothing.
 
 Beside a single output ``map.tif`` it is ``.map.tif.caswit-job/``; for
-per-file outputs it is ``<out>/.caswit-job/``::
+per-file outputs it is ``<out>/.caswit-job-<digest of its outputs>/`` (per-file
+runs of other inputs into one folder are other jobs)::
 
     plan.json                the plan (below), written once when the job starts
-    units/u000042.tif        one part file per finished unit (its classes, and confidence band)
+    units/u000042.tif        one part file per finished unit (its classes, and confidence band), tagged
+                             with its unit's identity (job id, unit id, raster, window), checked before assembly
     units/u000042.ovr.tif    its overview levels (``geo/pyramid.py``), packed side by side
     lowres/lr_00001_00002.tif  LR pre-pass chunks (deterministic; shared by shards and resumes)
     log/<process token>.jsonl  each process's events: start, unit-start, unit, stop
@@ -43,19 +45,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rasterio.windows import Window
-
 from caswit_geo.core.errors import ConfigError, OutputError
+from caswit_geo.engine.predict.manifest import FORMAT, PLAN_FILE, VERSION, job_units, manifest_units, read_manifest
 from caswit_geo.engine.predict.plan import PredictPlan, Unit, is_sidecar, shard_units
 from caswit_geo.safeio import claims
 from caswit_geo.safeio.files import fsync_file, remove_path, rename_noreplace, temp_path
 from caswit_geo.safeio.liveness import describe_owner, live_owners, process_token
 from caswit_geo.safeio.outputs import OutputSet
 from caswit_geo.safeio.sweep import hold_folder, holding, release_folder
-
-FORMAT = "caswit-geo predict job"
-VERSION = 1
-PLAN_FILE = "plan.json"
 
 # plan.json keys -> the option a user changes to change them
 _OPTIONS_BEFORE = {"tta": "none", "probabilities": False}
@@ -98,18 +95,15 @@ def make_manifest(plan: PredictPlan, shards: int) -> dict:
         "pixels": plan.options,
         "outputs": make_outputs(plan),
         "grid": {"width": g.width, "height": g.height, "tile": g.tile, "overlap": g.overlap,
-                 "block": plan.block, "strip_width": plan.strip_width, "unit_size": plan.unit_size},
+                 "block": plan.block, "strip_width": plan.strip_width, "unit_size": plan.unit_size,
+                 "unit_width": plan.unit_width or plan.unit_size},
         "shards": shards,
-        "units": [[u.raster, int(u.window.col_off), int(u.window.row_off), int(u.window.width),
-                   int(u.window.height), u.weight] for u in plan.units],
+        "units": manifest_units(plan.units),
     }
 
 
 def compare_manifest(stored: dict, plan: PredictPlan, how: str) -> None:
     """Refuse (one line naming the difference) a run whose plan differs from the job's."""
-    if stored.get("format") != FORMAT or stored.get("version") != VERSION:
-        raise ConfigError(f"{how}: {plan.job_dir} is not a job folder this version can continue; "
-                          "start again with --overwrite")
     restart = "start again without it and with --overwrite"
     old_inputs = {d["path"]: d for d in stored.get("inputs", [])}
     new_inputs = [input_record(p) for p in plan.inputs]
@@ -157,22 +151,8 @@ def make_outputs(plan: PredictPlan) -> dict:
 
 
 def adopt_layout(plan: PredictPlan, stored: dict) -> None:
-    """Take the job's unit layout (strip width, unit size, units): the work already done follows it."""
-    g = stored["grid"]
-    plan.strip_width, plan.unit_size = int(g["strip_width"]), int(g["unit_size"])
-    plan.units = [Unit(i, int(r), Window(int(c), int(y), int(w), int(h)), int(wt))
-                  for i, (r, c, y, w, h, wt) in enumerate(stored["units"])]
-
-
-def read_manifest(job_dir: Path, how: str) -> dict:
-    try:
-        data = json.loads((job_dir / PLAN_FILE).read_text())
-        if not isinstance(data, dict) or not isinstance(data.get("units"), list):
-            raise ValueError("not a job plan")
-        return data
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{how}: cannot read the job plan {job_dir / PLAN_FILE} ({e}); "
-                          "start again with --overwrite") from None
+    """Take the job's unit layout (strip width, unit shape), checked: the work already done follows it."""
+    plan.strip_width, plan.unit_size, plan.unit_width, plan.units = job_units(stored, plan, plan.job_dir / PLAN_FILE)
 
 
 # ---------------------------------------------------------------------------
@@ -201,6 +181,29 @@ class Job:
     @property
     def shards(self) -> int:
         return int(self.manifest.get("shards", 1))
+
+    @property
+    def job_id(self) -> str:
+        return str(self.manifest.get("job_id", ""))
+
+    def part_identity(self, unit: Unit) -> dict:
+        """What a unit's part (and pyramid) file says it holds, checked before assembly."""
+        w = unit.window
+        return {"job": self.job_id, "unit": unit.id, "raster": unit.raster,
+                "window": [int(w.col_off), int(w.row_off), int(w.width), int(w.height)]}
+
+    def check_folders(self) -> None:
+        """The job's folders must be real folders inside it: a link would send its files (parts,
+        locks, the assembly) elsewhere. A missing one is made again (what it held is redone)."""
+        if self.dir.is_symlink() or not self.dir.is_dir():
+            raise ConfigError(f"{self.dir}: the job folder is a link or not a folder; remove it and start again")
+        for name in ("units", "lowres", "log", "assemble"):
+            path = self.dir / name
+            if path.is_symlink() or (os.path.lexists(path) and not path.is_dir()):
+                raise ConfigError(f"{path}: not a folder of the job (a link or a file); remove it, "
+                                  "then run the same command with --resume")
+            if name != "assemble" and not path.exists():
+                path.mkdir()
 
     def part_path(self, unit_id: int) -> Path:
         return self.units_dir / f"u{unit_id:06d}.tif"
@@ -257,15 +260,22 @@ class Job:
 
     @contextlib.contextmanager
     def finalize_lock(self):
-        """Yield True when this process may assemble the outputs (no other process is doing it)."""
-        fd = os.open(self.dir / "finalize.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        """Yield True when this process may assemble the outputs, False when another has assembled them.
+
+        Two runs that finish together (shards, ``--finalize`` twice): one
+        assembles, the other waits for it, so that no run reports success
+        before the outputs exist. If the assembler fails, the job stays
+        and the waiting run assembles it.
+        """
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            yield True
+            fd = os.open(self.dir / "finalize.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except FileNotFoundError:  # the job folder is gone: another run committed the outputs
+            yield False
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # the job folder goes when its outputs are committed
+            yield (self.dir / PLAN_FILE).is_file()
         finally:
             os.close(fd)
 
@@ -314,9 +324,9 @@ def create_job(job_dir: Path, manifest: dict) -> Job:
 def discard_job(job_dir: Path) -> None:
     """Remove an interrupted job (never a live one: the caller checked) and its claims."""
     try:
-        stored = json.loads((job_dir / PLAN_FILE).read_text())
-        dests = list(stored.get("outputs", {}).get("classes", [])) + list(stored.get("outputs", {}).get("confidence", []))
-    except (OSError, ValueError, AttributeError):
+        outputs = read_manifest(job_dir, "--overwrite")["outputs"]
+        dests = outputs["classes"] + outputs["confidence"]
+    except ConfigError:  # an unreadable plan: its claims are released as stale when met
         dests = []
     remove_job(job_dir, dests)
 
@@ -367,6 +377,8 @@ def open_job(plan: PredictPlan, role: str, *, overwrite: bool, shards: int = 1,
     out = plan.rasters[0].classes if not plan.per_file else plan.job_dir.parent
     discard = False
     stored = None
+    if job_dir.is_symlink():
+        raise ConfigError(f"{job_dir}: the job folder is a link; remove it and start again")
     if job_dir.exists():
         if role == "new":
             check_not_live(job_dir, "--out", out)
@@ -379,12 +391,12 @@ def open_job(plan: PredictPlan, role: str, *, overwrite: bool, shards: int = 1,
     elif role == "finalize":
         raise ConfigError(f"--finalize: no job to assemble for --out {out} (no {job_dir.name})")
 
-    outputs = OutputSet(overwrite=overwrite, inputs=plan.inputs, job=job_dir)
+    outputs = OutputSet(overwrite=overwrite, inputs=plan.read_files or plan.inputs, job=job_dir)
     try:
         if discard:
             discard_job(job_dir)
         for dest, option in plan.destinations():
-            outputs.add(dest, option, claim=not is_sidecar(dest))
+            outputs.add(dest, option, claim=not is_sidecar(dest), update=dest == plan.vector and plan.vector_update)
         if stored is None:
             try:
                 job = create_job(job_dir, make_manifest(plan, shards))
@@ -396,6 +408,7 @@ def open_job(plan: PredictPlan, role: str, *, overwrite: bool, shards: int = 1,
                 job = Job(job_dir, _join_checks(plan, job_dir, role, how, shard))
         else:
             job = Job(job_dir, stored)
+        job.check_folders()
         job.hold()
     except BaseException:
         outputs.abort()
@@ -408,6 +421,7 @@ def join_job(plan: PredictPlan) -> Job:
     stored = read_manifest(plan.job_dir, "torchrun")
     adopt_layout(plan, stored)
     job = Job(plan.job_dir, stored)
+    job.check_folders()
     job.hold()
     return job
 

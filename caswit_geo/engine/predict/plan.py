@@ -23,6 +23,7 @@ overlap, tiles on unit borders are computed by both neighbours.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -38,12 +39,13 @@ from caswit_geo.core.spec import ClassTable, InputSpec, scale_warning
 from caswit_geo.engine.predict.config import PredictConfig
 from caswit_geo.geo.area import unit_to_m
 from caswit_geo.geo.class_raster import model_tags, output_block
-from caswit_geo.geo.grid import TileGrid, plan_tiles, split_span, strips, touching
+from caswit_geo.geo.grid import TileGrid, plan_tiles, span_piece, strips, touching
 from caswit_geo.geo.lowres import prepass_supported
 from caswit_geo.geo.mosaic import Mosaic, expand_inputs, open_mosaic
 from caswit_geo.geo.pyramid import levels_for
 from caswit_geo.geo.qgis_style import style_path
-from caswit_geo.geo.vectorize import vector_format
+from caswit_geo.geo.sources import source_files
+from caswit_geo.geo.vectorize import check_layer_name, geopackage_layers, vector_format
 from caswit_geo.model.checkpoint import CheckpointMeta, free_dict_summary, read_meta, shape_model
 from caswit_geo.model.weights import resolve_weights, sha256
 from caswit_geo.runtime.device import select_device
@@ -54,6 +56,9 @@ GSD_TOLERANCE = 0.10  # relative pixel-size difference that deserves a warning
 RASTER_OUT_SUFFIXES = (".tif", ".tiff")
 UNIT_TILES = 8  # default side of a unit, in tiles (twice that with overlap)
 JOB_SUFFIX = ".caswit-job"
+# the most units a job has: units grow beyond --unit-size rather than outnumber this, so a plan
+# (about 400 bytes a unit in memory, 40 in plan.json) stays within about 32 MiB whatever the area
+MAX_UNITS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,11 @@ class PredictPlan:
     simplify: float | None = None
     options: dict = field(default_factory=dict)  # the pixel-changing options (plan.json, --resume)
     tta: str = "none"  # test-time augmentation mode (model/tta.py)
+    unit_width: int | None = None  # units' width (None: unit_size)
+    footprints: list[Window] | None = None  # where the inputs' pixels are (mosaic pixels); None: everywhere
+    read_files: list[Path] = field(default_factory=list)  # every file read: inputs and a VRT's sources
+    vector_layer: str | None = None  # the polygons' layer (GeoPackage, FlatGeobuf, GeoJSON)
+    vector_update: bool = False  # --vector is an existing GeoPackage: its other layers stay
 
     @functools.cached_property
     def checkpoint_sha256(self) -> str:
@@ -258,7 +268,9 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
     if not 0 <= config.overlap < tile:
         raise ConfigError(f"--overlap must be in [0, {tile}) pixels for {tile} px tiles, got {config.overlap}")
 
-    per_file, classes_dests, conf_dests, prob_dests, vector, preview = plan_outputs(config, inputs)
+    # what GDAL reads through the inputs (a VRT's sources too): no output may replace one of them
+    read_files = list(dict.fromkeys(f for p in inputs for f in source_files(p)))
+    per_file, classes_dests, conf_dests, prob_dests, vector, preview = plan_outputs(config, inputs, read_files)
 
     nodata = check_nodata_option(config.nodata)
     mosaic = open_mosaic(inputs, spec.bands, nodata=nodata)
@@ -290,7 +302,9 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
         context = "direct"
 
     rasters = output_rasters(mosaic, per_file, classes_dests, conf_dests, prob_dests)
-    units = plan_units(rasters, grid, block, unit_size, file_windows(mosaic), unit_width)
+    footprints = data_windows(mosaic)
+    unit_size, unit_width = unit_shape(rasters, grid, block, unit_size, unit_width, footprints)
+    units = plan_units(rasters, grid, block, unit_size, footprints, unit_width)
     tags = model_tags(
         meta.name,
         str(weights),
@@ -311,8 +325,10 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
         inputs=inputs, weights=weights, meta=meta, mosaic=mosaic, grid=grid, block=block,
         strip_width=strip_width, unit_size=unit_size, context=context, per_file=per_file, rasters=rasters,
         units=units, vector=vector, preview=preview, format=config.format, tags=tags, warnings=notes,
-        cache_bytes=cache_bytes, job_dir=job_dir_for(config.out, per_file), min_area=config.min_area,
-        simplify=config.simplify, precision=precision, tta=config.tta,
+        cache_bytes=cache_bytes, job_dir=job_dir_for(config.out, per_file, classes_dests), min_area=config.min_area,
+        simplify=config.simplify, precision=precision, tta=config.tta, unit_width=unit_width, footprints=footprints,
+        read_files=read_files, vector_layer=None if vector is None else config.vector_layer or vector.stem,
+        vector_update=vector is not None and geopackage_update(vector),
     )
     plan.options = pixel_options(config, plan)
     check_style_names(plan)
@@ -343,10 +359,18 @@ def pixel_options(config: PredictConfig, plan: PredictPlan) -> dict:
     return options
 
 
-def job_dir_for(out: str | Path, per_file: bool) -> Path:
-    """The job folder: ``.<name>.caswit-job`` beside a single output, ``<out>/.caswit-job`` for per-file outputs."""
+def job_dir_for(out: str | Path, per_file: bool, outputs: list[Path] = ()) -> Path:
+    """The job folder: ``.<name>.caswit-job`` beside a single output; for per-file outputs
+    ``<out>/.caswit-job-<digest>``, ``<digest>`` naming the set of its class rasters.
+
+    A job belongs to its outputs: per-file runs of other inputs into the same
+    folder are other jobs, which coexist (and never discard each other).
+    """
     out = Path(os.path.abspath(out))
-    return out / JOB_SUFFIX if per_file else out.with_name(f".{out.name}{JOB_SUFFIX}")
+    if not per_file:
+        return out.with_name(f".{out.name}{JOB_SUFFIX}")
+    names = "\n".join(sorted(os.path.abspath(p) for p in outputs))
+    return out / f"{JOB_SUFFIX}-{hashlib.sha256(names.encode('utf-8', 'surrogateescape')).hexdigest()[:16]}"
 
 
 # ---------------------------------------------------------------------------
@@ -360,7 +384,7 @@ def _is_folder_arg(p: str | Path) -> bool:
 
 
 def plan_outputs(
-    config: PredictConfig, inputs: list[Path]
+    config: PredictConfig, inputs: list[Path], read_files: list[Path] | None = None
 ) -> tuple[bool, list[Path], list[Path], list[Path], Path | None, Path | None]:
     """Decide and check every destination (nothing is created, nothing claimed).
 
@@ -381,6 +405,9 @@ def plan_outputs(
     vector = Path(config.vector) if config.vector else None
     if vector is not None:
         vector_format(vector)
+        _check_vector_layer(config, vector)
+    elif config.vector_layer is not None:
+        raise ConfigError("--vector-layer names the layer of --vector: add --vector PATH.gpkg")
     preview = Path(config.preview) if config.preview else None
     if preview is not None and preview.suffix.lower() != ".png":
         raise OutputError(f"--preview {preview}: expected a .png file")
@@ -390,9 +417,9 @@ def plan_outputs(
     everything = [p.resolve() for p, _ in named]
     if len(set(everything)) != len(everything):
         raise OutputError("two outputs have the same path (--out, --confidence, --probabilities, --vector, --preview)")
-    checks = OutputSet(overwrite=config.overwrite, inputs=inputs)
+    checks = OutputSet(overwrite=config.overwrite, inputs=read_files or inputs)
     for path, option in named + [(Path(f"{p}.aux.xml"), "--out") for p in classes]:
-        checks.check(path, option)
+        checks.check(path, option, update=path == vector and geopackage_update(path))
     return per_file, classes, confidence, probabilities, vector, preview
 
 
@@ -423,6 +450,25 @@ def check_distinct_outputs(inputs: list[Path], outputs: list[Path], option: str)
             raise OutputError(f"{option} {dest.parent}: {first[dest]} and {source} would both write {dest.name}; "
                               "rename one, or predict them into different folders")
         first[dest] = source
+
+
+def geopackage_update(vector: Path) -> bool:
+    """An existing GeoPackage is a container: predict writes its layer into a copy of it, the others stay."""
+    return vector.suffix.lower() == ".gpkg" and vector.is_file()
+
+
+def _check_vector_layer(config: PredictConfig, vector: Path) -> None:
+    """The layer of --vector: named, and in an existing GeoPackage new, or replaced with --overwrite only."""
+    if config.vector_layer is not None:
+        if vector_format(vector) not in ("GPKG",):
+            raise ConfigError(f"--vector-layer: {vector} is not a GeoPackage (.gpkg); its single layer has no name")
+        check_layer_name(config.vector_layer)
+    if not geopackage_update(vector):
+        return
+    layer = config.vector_layer or vector.stem
+    if layer in geopackage_layers(vector) and not config.overwrite:
+        raise OutputError(f"--vector {vector}: already has a layer {layer!r}; pass --overwrite to replace that "
+                          "layer (the others stay), or name another with --vector-layer")
 
 
 def _check_folder(folder: Path, option: str) -> Path:
@@ -460,50 +506,131 @@ def output_rasters(mosaic: Mosaic, per_file: bool, classes: list[Path], confiden
 # ---------------------------------------------------------------------------
 
 
-def file_windows(mosaic: Mosaic) -> list[Window]:
-    """The windows of the input files in mosaic pixels."""
-    return [mosaic.file_window(info) for info in mosaic.files]
+def data_windows(mosaic: Mosaic) -> list[Window]:
+    """Where the inputs' pixels are, in mosaic pixels: each file's window, or a VRT's source
+    rectangles (a VRT may declare a huge raster around a few small sources)."""
+    return [w for info in mosaic.files for w in mosaic.data_windows(info)]
+
+
+def unit_shape(rasters: list[OutputRaster], grid: TileGrid, block: int, unit_size: int, unit_width: int,
+               files: list[Window] | None) -> tuple[int, int]:
+    """(unit_size, unit_width), doubled until the data needs at most ``MAX_UNITS`` units.
+
+    The plan (its units in memory and in plan.json) is then bounded whatever
+    the inputs' area: a national mosaic gets larger units, not more of them.
+    """
+    align = math.lcm(block, grid.tile)
+    while unit_estimate(rasters, align, unit_size, unit_width, files) > MAX_UNITS:
+        unit_size, unit_width = 2 * unit_size, 2 * unit_width
+    return unit_size, unit_width
+
+
+def unit_estimate(rasters: list[OutputRaster], align: int, unit_size: int, unit_width: int,
+                   files: list[Window] | None) -> int:
+    """An upper bound of the units :func:`plan_units` makes (cells of the unit lattice under the data)."""
+    total = 0
+    for raster, lattice, rects in _raster_lattices(rasters, align, unit_size, unit_width, files):
+        sx, sy = lattice
+        for c0, r0, c1, r1 in rects:
+            total += ((c1 - 1) // sx - c0 // sx + 1) * ((r1 - 1) // sy - r0 // sy + 1)
+    return total
+
+
+def _raster_lattices(rasters, align, unit_size, unit_width, files):
+    """Per raster: itself, its unit lattice (piece width, piece height) and the data rectangles
+    ``(c0, r0, c1, r1)`` inside it, in its own pixels."""
+    for raster in rasters:
+        w, h = int(raster.window.width), int(raster.window.height)
+        c_off, r_off = int(raster.window.col_off), int(raster.window.row_off)
+        lattice = (span_piece(w, unit_width, align), span_piece(h, unit_size, align))
+        rects = []
+        for f in ([Window(c_off, r_off, w, h)] if files is None else files):
+            c0, r0 = max(int(f.col_off) - c_off, 0), max(int(f.row_off) - r_off, 0)
+            c1 = min(int(f.col_off + f.width) - c_off, w)
+            r1 = min(int(f.row_off + f.height) - r_off, h)
+            if c1 > c0 and r1 > r0:
+                rects.append((c0, r0, c1, r1))
+        yield raster, lattice, rects
 
 
 def plan_units(
     rasters: list[OutputRaster], grid: TileGrid, block: int, unit_size: int, files: list[Window] | None = None,
     unit_width: int | None = None,
 ) -> list[Unit]:
-    """Units of every raster (raster by raster, column by column, top to bottom).
+    """Units of every raster where there is data (raster by raster, column by column, top to bottom).
 
-    About ``unit_width`` (default ``unit_size``) by ``unit_size`` pixels.
+    About ``unit_width`` (default ``unit_size``) by ``unit_size`` pixels, on
+    a lattice of the raster (:func:`~caswit_geo.geo.grid.split_span`).
     Unit offsets are multiples of lcm(block, tile) in the raster's pixels,
     so a unit's pixels fill whole output blocks and, for rasters on the
-    tile grid without overlap, whole tiles. ``files``: the input files'
-    windows (mosaic pixels), for the units' weights; None weighs every tile.
+    tile grid without overlap, whole tiles. ``files``: where the inputs'
+    pixels are (mosaic pixels, :func:`data_windows`); a lattice cell that
+    meets none of them is no unit (its pixels are nodata), and a unit's
+    weight counts its tiles that meet one. None: data everywhere.
+
+    The work is proportional to the units made, never to the rasters'
+    declared size. More than ``MAX_UNITS`` units is refused: callers size
+    units with :func:`unit_shape`.
     """
     align = math.lcm(block, grid.tile)
-    cover = _tile_cover(grid, files)
+    unit_width = unit_width or unit_size
+    if unit_estimate(rasters, align, unit_size, unit_width, files) > MAX_UNITS:
+        raise ConfigError(f"units of {unit_width} x {unit_size} px make more than {MAX_UNITS:,} units; "
+                          "use a larger --unit-size")
     units: list[Unit] = []
-    for index, raster in enumerate(rasters):
+    for index, (raster, (sx, sy), rects) in enumerate(_raster_lattices(rasters, align, unit_size, unit_width, files)):
         w, h = int(raster.window.width), int(raster.window.height)
         c_off, r_off = int(raster.window.col_off), int(raster.window.row_off)
-        for x0, x1 in split_span(w, unit_width or unit_size, align):
-            for y0, y1 in split_span(h, unit_size, align):
-                rows = touching(grid.row_offsets, grid.tile, r_off + y0, r_off + y1)
-                cols = touching(grid.col_offsets, grid.tile, c_off + x0, c_off + x1)
-                weight = int(cover[rows.start : rows.stop, cols.start : cols.stop].sum())
-                units.append(Unit(len(units), index, Window(x0, y0, x1 - x0, y1 - y0), weight))
+        cells: set[tuple[int, int]] = set()
+        for c0, r0, c1, r1 in rects:
+            cells.update((cx, cy) for cx in range(c0 // sx, (c1 - 1) // sx + 1)
+                         for cy in range(r0 // sy, (r1 - 1) // sy + 1))
+        # the tiles of the data: a unit's weight counts its tiles that meet an input file
+        tile_rects = [(touching(grid.row_offsets, grid.tile, r_off + r0, r_off + r1),
+                       touching(grid.col_offsets, grid.tile, c_off + c0, c_off + c1)) for c0, r0, c1, r1 in rects]
+        near = _tile_rects_by_cell(tile_rects, grid, (c_off, r_off), (sx, sy))
+        for cx, cy in sorted(cells):
+            x0, x1 = cx * sx, min((cx + 1) * sx, w)
+            y0, y1 = cy * sy, min((cy + 1) * sy, h)
+            rows = touching(grid.row_offsets, grid.tile, r_off + y0, r_off + y1)
+            cols = touching(grid.col_offsets, grid.tile, c_off + x0, c_off + x1)
+            weight = len(rows) * len(cols) if files is None else _covered(rows, cols, near.get((cx, cy), []))
+            units.append(Unit(len(units), index, Window(x0, y0, x1 - x0, y1 - y0), weight))
     return units
 
 
-def _tile_cover(grid: TileGrid, files: list[Window] | None) -> np.ndarray:
-    """(rows, cols) of tiles: 1 where a tile meets an input file."""
-    rows, cols = grid.shape
-    if files is None:
-        return np.ones((rows, cols), np.int64)
-    cover = np.zeros((rows, cols), np.int64)
-    for f in files:
-        r0, c0 = int(f.row_off), int(f.col_off)
-        rr = touching(grid.row_offsets, grid.tile, r0, r0 + int(f.height))
-        cc = touching(grid.col_offsets, grid.tile, c0, c0 + int(f.width))
-        cover[rr.start : rr.stop, cc.start : cc.stop] = 1
-    return cover
+def _covered(rows: range, cols: range, rects: list[tuple[range, range]]) -> int:
+    """How many tiles of ``rows`` x ``cols`` (tile indices) lie in the union of ``rects``."""
+    def clip(r: range, to: range) -> range:
+        return range(max(r.start, to.start), max(min(r.stop, to.stop), max(r.start, to.start)))
+
+    if len(rects) == 1:  # the common case (one file under the unit): no array
+        return len(clip(rects[0][0], rows)) * len(clip(rects[0][1], cols))
+    cover = np.zeros((len(rows), len(cols)), bool)
+    for rr, cc in rects:
+        r, c = clip(rr, rows), clip(cc, cols)
+        cover[r.start - rows.start : r.stop - rows.start, c.start - cols.start : c.stop - cols.start] = True
+    return int(cover.sum())
+
+
+def _tile_rects_by_cell(tile_rects: list[tuple[range, range]], grid: TileGrid, offset: tuple[int, int],
+                        lattice: tuple[int, int]) -> dict[tuple[int, int], list[tuple[range, range]]]:
+    """The tile ranges (rows, cols) of the data, listed under every lattice cell whose tiles they may meet."""
+    c_off, r_off = offset
+    sx, sy = lattice
+    out: dict[tuple[int, int], list[tuple[range, range]]] = {}
+    for rr, cc in tile_rects:
+        if not rr or not cc:
+            continue
+        # pixels of those tiles, in the raster's pixels; a cell's tiles are those meeting its pixels
+        y0 = grid.row_offsets[rr.start] - r_off
+        y1 = grid.row_offsets[rr.stop - 1] + grid.tile - r_off
+        x0 = grid.col_offsets[cc.start] - c_off
+        x1 = grid.col_offsets[cc.stop - 1] + grid.tile - c_off
+        for cx in range(max(x0, 0) // sx, max(x1 - 1, 0) // sx + 1):
+            for cy in range(max(y0, 0) // sy, max(y1 - 1, 0) // sy + 1):
+                out.setdefault((cx, cy), []).append((rr, cc))
+    return out
 
 
 def shard_units(units: list[Unit], index: int, count: int) -> list[Unit]:

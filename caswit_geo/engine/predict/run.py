@@ -152,11 +152,13 @@ def _finalize(plan: PredictPlan, job: Job, outputs, config: PredictConfig, env: 
         barrier(env)  # every rank has finished its units (or stopped)
         if not env.is_master:
             return None, run.done
+    if not job.dir.exists():  # another run assembled the outputs meanwhile
+        return None, run.done
     if config.finalize_only and job.missing(plan.units):
         raise errors.ConfigError(f"--finalize: {job.describe_missing(plan.units)}")
     if config.defer_finalize or run.stopped or job.missing(plan.units):
         return None, run.done
-    with job.finalize_lock() as ours:  # two shards finishing together: one assembles
+    with job.finalize_lock() as ours:  # two runs finishing together: one assembles, the other waits for it
         if not ours or not job.dir.exists():
             return None, run.done
         reports = unit_reports(job, plan)
@@ -222,5 +224,5 @@ def _finalized_by(config: PredictConfig, env: DistEnv, finished: Finalized | Non
         return "a later --finalize run"
     if env.distributed and not env.is_master:
         return "rank 0"
-    return "another process (it holds the job's finalize lock)"
+    return "another run, which has written them"  # this run waited for it (Job.finalize_lock)
 

@@ -164,8 +164,8 @@ class PartWriter:
         if self.confidence:
             self.part.dst.write(block.confidence, 2, window=block.window)
 
-    def commit(self, stats: dict) -> None:
-        self.part.commit({"CASWIT_UNIT": json.dumps(stats)})
+    def commit(self, stats: dict, identity: dict) -> None:
+        self.part.commit({"CASWIT_UNIT": json.dumps(stats), "CASWIT_PART": json.dumps(identity)})
 
     def abort(self) -> None:
         self.part.abort()
@@ -185,8 +185,8 @@ class ProbabilityPartWriter:
     def write(self, block: RowBlock) -> None:
         self.part.dst.write(block.probabilities, window=block.window)
 
-    def commit(self) -> None:
-        self.part.commit()
+    def commit(self, identity: dict) -> None:
+        self.part.commit({"CASWIT_PART": json.dumps(identity)})
 
     def abort(self) -> None:
         self.part.abort()
@@ -213,8 +213,8 @@ class UnitPyramid:
             if cf is not None:
                 self.conf[sl] = cf
 
-    def write(self, path: os.PathLike) -> None:
-        """Write the levels to ``path`` (flushed to disk first: the assembly trusts the unit's files by name)."""
+    def write(self, path: os.PathLike, identity: dict) -> None:
+        """Write the levels to ``path`` (flushed to disk first), tagged with the unit's ``identity``."""
         rows, cols = self.classes.shape
         profile = overview_levels_profile(cols, rows, count=2 if self.confidence else 1)
         with atomic_path(path, fsync=True) as tmp, warnings.catch_warnings():
@@ -223,6 +223,7 @@ class UnitPyramid:
                 dst.write(self.classes, 1)
                 if self.confidence:
                     dst.write(self.conf, 2)
+                dst.update_tags(CASWIT_PART=json.dumps(identity))
 
 
 @dataclass
@@ -355,11 +356,12 @@ class UnitWriter:
             areas=None if self.areas is None else {int(i): float(self.areas[i]) for i in nz if i != NODATA},
             seconds=time.perf_counter() - self.started,
         )
+        identity = self.job.part_identity(unit)
         if self.pyramid is not None:
-            self.pyramid.write(self.job.pyramid_path(unit.id))
+            self.pyramid.write(self.job.pyramid_path(unit.id), identity)
         if self.probs is not None:
-            self.probs.commit()
-        self.part.commit(done.to_dict())  # last: the part's name says the unit is done
+            self.probs.commit(identity)
+        self.part.commit(done.to_dict(), identity)  # last: the part's name says the unit is done
         self.part, self.sink, self.pyramid, self.probs = None, None, None, None
         self.on_done(done)
 

@@ -125,7 +125,7 @@ class Progress:
         self.mine = {u.id for u in mine}
         self.others_done = self._others()
         done = job.done_units()
-        initial = sum(self.counts[i] for i in done)
+        initial = sum(self.counts.get(i, 0) for i in done)  # a stray part is refused at assembly, not here
         self.bar = tqdm(total=sum(self.counts.values()), initial=initial, unit="tile", desc=desc,
                         disable=not enabled, dynamic_ncols=True, smoothing=0.1)
         self.last = time.monotonic()

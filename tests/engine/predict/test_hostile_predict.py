@@ -15,15 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from caswit_geo.engine.predict import PredictConfig
 from caswit_geo.engine.predict import finalize as finalize_module
-from caswit_geo.engine.predict import predict
 from caswit_geo.safeio.liveness import MARK, live_owners
-from tests.helpers import PREDICT_CLASSES, rgb_image, run_cli, save_nano_checkpoint, write_on_grid
+from tests.helpers import interrupted_job, nano_checkpoint, predict_inputs, run_cli, run_predict
 from tests.hostile import REPO, Case, run_case
 
 T = 128
-_CHECKPOINTS: dict[str, bytes] = {}
 _PROCS: list[subprocess.Popen] = []
 
 
@@ -37,30 +34,7 @@ def stop_holders():
             proc.wait()
 
 
-def checkpoint(folder: Path, name: str = "nano.safetensors", seed: int = 0) -> Path:
-    """A caswit-nano checkpoint (built once per seed, copied into the case folder)."""
-    key = f"{seed}"
-    if key not in _CHECKPOINTS:
-        tmp = save_nano_checkpoint(folder / f".build-{seed}.safetensors", PREDICT_CLASSES, seed=seed)
-        _CHECKPOINTS[key] = tmp.read_bytes()
-        tmp.unlink()
-    path = folder / name
-    path.write_bytes(_CHECKPOINTS[key])
-    return path
-
-
-def inputs(folder: Path) -> None:
-    write_on_grid(folder / "in.tif", rgb_image(256, 384, seed=3))
-    checkpoint(folder)
-
-
-def interrupted_job(folder: Path, **kw) -> None:
-    """An interrupted job: half of its units done (share 0 of 2), nothing at the destination."""
-    inputs(folder)
-    predict(PredictConfig(inputs=[str(folder / "in.tif")], out=str(folder / "map.tif"),
-                          weights=str(folder / "nano.safetensors"), workers=0, progress=False, unit_size=T,
-                          shard=(0, 2), **kw))
-    assert not (folder / "map.tif").exists() and (folder / ".map.tif.caswit-job").is_dir()
+checkpoint, inputs = nano_checkpoint, predict_inputs
 
 
 HOLDER = textwrap.dedent(
@@ -220,8 +194,7 @@ def test_5_litter_of_a_dead_run_is_removed_and_a_live_run_s_is_not(tmp_path):
     _PROCS.append(holder)
     assert holder.stdout.readline().strip() == "ready"
     live = [p for p in tmp_path.iterdir() if p.name.startswith(".other.tif")]
-    predict(PredictConfig(inputs=[str(tmp_path / "in.tif")], out=str(tmp_path / "map.tif"),
-                          weights=str(tmp_path / "nano.safetensors"), workers=0, progress=False))
+    run_predict(tmp_path / "nano.safetensors", [tmp_path / "in.tif"], tmp_path / "map.tif")
     assert not any(p.exists() for p in litter)
     assert live and all(p.exists() for p in live)  # the live run's temporary is untouched
     assert (tmp_path / "map.tif").exists()

@@ -398,8 +398,10 @@ def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, weights, capsys):
     area = (512 * 512 + 1024 * 64) * GSD * GSD / 1e6
     assert f"inputs: 5 file(s)" in out and f"{area:,.2f} km2" in out
     assert "mosaic: 1024 x 576 px" in out
-    assert "tiles: 40 of 128 px" in out  # 8 x 5 tiles (576 rows: 4.5 tile rows -> 5)
-    assert "units: 4 of up to 512 px a side; shards: 2" in out
+    # units of 512 x 384 px (576 rows in two near-equal spans); the one over the gap right of the
+    # 512 px square (columns 512-1024, rows 0-384) has no data and is no unit: 12 + 8 + 8 tiles
+    assert "tiles: 28 of 128 px" in out
+    assert "units: 3 of up to 512 px a side; shards: 2" in out
     assert "z_striped.tif: striped TIFF" in out and "no overviews" in out
     assert "estimate:" in out and "tiles/s over" in out and "per shard" in out
     assert "job folder:" in out and "(none)" in out

@@ -13,6 +13,7 @@ from caswit_geo.core.errors import ConfigError
 from caswit_geo.core.spec import InputSpec, scale_warning
 from caswit_geo.engine.predict.config import PredictConfig
 from caswit_geo.engine.predict.plan import (
+    MAX_UNITS,
     OutputRaster,
     PredictPlan,
     Unit,
@@ -21,6 +22,7 @@ from caswit_geo.engine.predict.plan import (
     job_dir_for,
     plan_units,
     shard_units,
+    unit_shape,
 )
 from caswit_geo.geo.grid import TileGrid, plan_tiles, split_span, touching
 
@@ -149,7 +151,71 @@ def test_shards_are_contiguous_disjoint_covering_and_balanced(count):
 
 def test_job_folder_beside_the_output_or_inside_the_folder(tmp_path):
     assert job_dir_for(tmp_path / "map.tif", False) == tmp_path / ".map.tif.caswit-job"
-    assert job_dir_for(tmp_path, True) == tmp_path / ".caswit-job"
+    a, b = tmp_path / "a_landcover.tif", tmp_path / "b_landcover.tif"
+    job = job_dir_for(tmp_path, True, [a, b])
+    assert job.parent == tmp_path and job.name.startswith(".caswit-job-")
+    assert job_dir_for(tmp_path, True, [b, a]) == job  # a set of outputs: order does not matter
+    assert job_dir_for(tmp_path, True, [a]) != job != job_dir_for(tmp_path, True, [b])  # other outputs, other job
+
+
+def _brute_units(width, height, tile, block, unit_size, files):
+    """Every lattice cell of split_span that meets a file, with the tiles touching it that meet a file."""
+    align = math.lcm(block, tile)
+    grid = TileGrid(width, height, tile)
+    out = []
+    for x0, x1 in split_span(width, unit_size, align):
+        for y0, y1 in split_span(height, unit_size, align):
+            meets = [f for f in files if f.col_off < x1 and f.col_off + f.width > x0
+                     and f.row_off < y1 and f.row_off + f.height > y0]
+            if not meets:
+                continue
+            weight = 0
+            for _, _, t in grid.windows():
+                in_unit = t.col_off < x1 and t.col_off + tile > x0 and t.row_off < y1 and t.row_off + tile > y0
+                on_data = any(t.col_off < f.col_off + f.width and t.col_off + tile > f.col_off
+                              and t.row_off < f.row_off + f.height and t.row_off + tile > f.row_off for f in files)
+                weight += in_unit and on_data
+            out.append(((x0, y0, x1 - x0, y1 - y0), weight))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("width, height, unit_size, files", [
+    (1024, 512, 256, [Window(0, 0, 256, 256), Window(700, 300, 100, 100)]),
+    (3000, 2000, 512, [Window(0, 0, 10, 10), Window(2990, 1990, 10, 10)]),  # two specks at opposite corners
+    (3000, 2000, 384, [Window(100, 100, 1200, 50), Window(900, 0, 40, 2000), Window(1000, 1000, 1, 1)]),
+])
+def test_units_are_only_where_data_is_with_brute_force_weights(width, height, unit_size, files):
+    grid = TileGrid(width, height, 128)
+    units = plan_units([raster(width, height)], grid, 128, unit_size, files)
+    got = sorted(((int(u.window.col_off), int(u.window.row_off), int(u.window.width), int(u.window.height)), u.weight)
+                 for u in units)
+    assert got == _brute_units(width, height, 128, 128, unit_size, files)
+    assert [u.id for u in units] == list(range(len(units)))
+
+
+@pytest.mark.slow
+def test_planning_a_declared_national_mosaic_is_bounded():
+    """1e13 px of data (a 3.2 M px square) plans at most MAX_UNITS units, in bounded memory and time."""
+    import time
+    import tracemalloc
+
+    side = 3_200_000
+    grid = TileGrid(side, side, 512)
+    rasters = [raster(side, side)]
+    files = [Window(0, 0, side, side)]
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    size, width = unit_shape(rasters, grid, 512, 4096, 4096, files)
+    units = plan_units(rasters, grid, 512, size, files, width)
+    seconds = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(units) <= MAX_UNITS and size == width == 4096 * 4  # 16384 px units: 196**2 = 38,416 units
+    assert sum(u.weight for u in units) == math.ceil(side / 512) ** 2  # every tile counted once
+    assert peak < 64 << 20, peak
+    assert seconds < 30
+    with pytest.raises(ConfigError, match="more than 65,536 units"):
+        plan_units(rasters, grid, 512, 4096, files, 4096)
 
 
 @pytest.mark.parametrize("kwargs, message", [
