@@ -42,6 +42,8 @@ def train_cmd(
     fusion_stages: Optional[str] = opt.FUSION_STAGES,
     gate: Optional[bool] = opt.GATE,
     alpha: Optional[float] = typer.Option(None, "--alpha", help="Weight of the auxiliary LR loss (0 = no LR head). (default: 0.5)"),
+    decoder: Optional[str] = typer.Option(None, "--decoder", help="upernet | segformer (all-MLP, cheaper). (default: upernet)"),
+    decoder_dim: Optional[int] = typer.Option(None, "--decoder-dim", help="SegFormer decoder width. (default: 768; caswit-nano 96)"),
     tile_size: Optional[int] = opt.TILE_SIZE,
     context_factor: Optional[int] = opt.CONTEXT_FACTOR,
     bands: Optional[str] = opt.BANDS,

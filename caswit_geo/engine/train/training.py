@@ -21,8 +21,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from caswit_geo.core.limits import bounded, check_settings
+from caswit_geo.core.limits import Text, bounded, check_settings
 from caswit_geo.model.build import build_model
+from caswit_geo.model.caswit import DECODERS
 from caswit_geo.model.checkpoint import load_pretrained_backbone, read_meta, save_checkpoint, stored_behaviour
 from caswit_geo.data import Augment, build_dataset, load_tiles_meta
 from caswit_geo.core.errors import ConfigError
@@ -54,11 +55,18 @@ class TrainConfig(RunConfig):
     split_column: str | None = None  # flairhub: split scheme column of the split GeoPackage
     allow_missing: bool = False  # train/validate on what is found when a split lists missing patches (logged)
     alpha: float | None = bounded(None, ge=0)  # weight of the LR loss; None = the model's (0.5)
+    decoder: str | None = bounded(None, Text(choices=DECODERS))  # upernet | segformer; None = the model's (upernet)
+    decoder_dim: int | None = bounded(None, ge=1, le=2048)  # SegFormer width D; None = the model's (768)
     augment: bool = False  # the paper trains without augmentation
     random_crops: bool = True  # urur/tiles: random tile positions each epoch (else the fixed grid)
     crops_per_image: int | None = bounded(None, ge=1)  # urur/tiles with random crops; None = the image's grid tile count
     init: Path | None = None  # SimMIM checkpoint (pretrain), or its run directory, for encoders and fusion
-    init_upernet: Path | None = None  # UPerNet-Swin (transformers folder, mmsegmentation .pth): encoders, decoder
+    init_upernet: Path | None = None  # UPerNet-Swin (transformers folder, mmsegmentation .pth): encoders, UPerNet decoder
+
+    def model_overrides(self, in_chans: int) -> dict:
+        overrides = super().model_overrides(in_chans)
+        overrides.update({k: getattr(self, k) for k in ("decoder", "decoder_dim") if getattr(self, k) is not None})
+        return overrides
 
 
 @dataclass
@@ -183,12 +191,14 @@ def _initial_model(
     upernet = None
     if resuming and (run_dir / LAST_WEIGHTS).is_file():  # exported at every epoch's end (also by older versions)
         stored = read_meta(run_dir / LAST_WEIGHTS).model_config
-        overrides.update(stored.behaviour(), decoder_channels=stored.decoder_channels)
+        overrides.update(stored.behaviour(), decoder=stored.decoder, decoder_channels=stored.decoder_channels,
+                         decoder_dim=stored.decoder_dim)
     elif init is not None:
         overrides.update(stored_behaviour(init))
     elif config.init_upernet is not None:
         upernet = read_upernet(config.init_upernet)
-        overrides["decoder_channels"] = upernet.decoder_channels
+        if get_config(config.model, **overrides).decoder == "upernet":  # a SegFormer decoder starts fresh
+            overrides["decoder_channels"] = upernet.decoder_channels
         check_upernet_fits(upernet, get_config(config.model, **overrides), "--init-upernet")
     model = build_model(config.model, num_classes=num_classes, backbone_weights=config.backbone_weights, **overrides)
     if resuming or (init is None and upernet is None):
