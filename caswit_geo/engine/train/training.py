@@ -100,8 +100,10 @@ def _train(config: TrainConfig, env: DistEnv) -> TrainResult:
 def _train_in(config: TrainConfig, run: RunDirectory, env: DistEnv) -> TrainResult:
     run_dir, resuming = run.path, run.resuming
     _check(config)
-    if config.batch_size < 2 and not (env.device.type == "cuda" and env.distributed):
-        # the decoder's BatchNorm sees one value per channel after the 1x1 pyramid pooling
+    upernet = (config.decoder or get_config(config.model).decoder) == "upernet"
+    if config.batch_size < 2 and upernet and not (env.device.type == "cuda" and env.distributed):
+        # UPerNet's BatchNorm sees one value per channel after the 1x1 pyramid pooling
+        # (SegFormer's norms all work at 1/4 scale: one tile is enough)
         raise ConfigError(
             f"--batch-size {config.batch_size}: training needs at least 2 tiles per batch (BatchNorm); "
             "use --grad-checkpointing to fit more in memory, or several GPUs (synchronised BatchNorm)"

@@ -2,6 +2,7 @@
 checkpoints it writes through predict, eval and explain."""
 
 import json
+import math
 import re
 from dataclasses import replace
 
@@ -144,3 +145,11 @@ def test_simmim_checkpoint_initialises_a_segformer_caswit(data_root, tmp_path, c
     assert any(k.startswith("backbone.fusion.") for k in backbone)
     assert all(torch.allclose(fine[k], pre_state[k], atol=1e-8) for k in backbone)
     assert any(k.startswith("decoder.projections.") for k in fine)
+
+
+def test_segformer_trains_one_tile_per_batch(data_root, tmp_path):
+    # UPerNet's pyramid pooling leaves BatchNorm one value per channel with one tile; SegFormer's does not
+    with pytest.raises(ConfigError, match="--batch-size 1: training needs at least 2 tiles"):
+        train(nano_config(data_root, tmp_path / "upernet", batch_size=1))
+    result = train(nano_config(data_root, tmp_path / "segformer", batch_size=1, decoder="segformer"))
+    assert result.completed and all(math.isfinite(r["train_loss"]) for r in result.history)
