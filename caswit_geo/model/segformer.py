@@ -37,7 +37,10 @@ class SegFormerDecoder(nn.Module):
     The folded form (module docstring) runs in eval mode when nothing needs
     gradients (``torch.no_grad``, ``torch.inference_mode``): predict, eval,
     explain, validation. Its matrices A_s and c are computed once and kept
-    until a weight changes (loading, an optimiser step, an in-place edit).
+    until the mode changes or a weight does: replaced (``.to``, loading) or
+    written in place through autograd's view of it (an optimiser step, an
+    edit under ``torch.no_grad``). Writes through ``.data`` are not seen
+    (autograd does not count them): switch modes after such an edit.
 
     Args:
         encoder_channels: channels C_s of the four stage maps [1/4, 1/8, 1/16, 1/32].
@@ -62,6 +65,10 @@ class SegFormerDecoder(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(embed_dim, num_classes, 1)
         self._folded: tuple[list, list[torch.Tensor], torch.Tensor] | None = None
+
+    def train(self, mode: bool = True) -> "SegFormerDecoder":
+        self._folded = None  # training changes the weights, some optimisers without telling autograd
+        return super().train(mode)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         # features: NCHW maps at [1/4, 1/8, 1/16, 1/32] -> (B, K, H/4, W/4)
