@@ -100,7 +100,7 @@ class CaswitConfig:
     num_classes: int = bounded(19, Int(1, MAX_CLASSES))  # 255 is nodata / ignore
     img_size: int = bounded(512, Int(32, MAX_TILE, multiple=32))  # tile size T in px (HR and LR inputs are T x T)
     in_chans: int = bounded(3, Int(1, MAX_BANDS))
-    fusion_stages: tuple[int, ...] = bounded(STAGES, _Stages())  # () = single-stream Swin + UPerNet, no LR encoder
+    fusion_stages: tuple[int, ...] = bounded(STAGES, _Stages())  # () = single-stream Swin + decoder, no LR encoder
     gate: bool = bounded(False, Flag())  # the paper's main configuration is ungated
     alpha: float = bounded(0.5, Real(0, 1000))  # weight of the auxiliary LR loss
     aux_head: bool = bounded(True, Flag())  # build the LR head (training only); ignored without an LR encoder
