@@ -196,8 +196,7 @@ def measure(name: str, tile: int, batch: int, repeats: int, threads: int, modes:
         """SegFormer's decoder as training runs it, on the stage maps of the last forward of ``key``."""
         decoder = runs[key].decoder
         with torch.inference_mode(), precisions[key[1]].autocast():
-            x = decoder.act(decoder.norm(decoder.fuse_textbook(stage_maps[key])))
-            return decoder.classifier(x)
+            return decoder.forward_textbook(stage_maps[key])
 
     logits = {key: forward(key) for key in runs}  # also the warm-up (and the folded weights, computed once)
     keys = list(runs)
@@ -218,8 +217,7 @@ def measure(name: str, tile: int, batch: int, repeats: int, threads: int, modes:
         flops[decoder] = {"total": total, **per}
         if decoder == "segformer":
             maps = stage_maps.get(("segformer", modes[0]))
-            flops["segformer textbook"] = {"decoder": count_flops(
-                lambda: model.decoder.classifier(model.decoder.fuse_textbook(maps)))[0]}
+            flops["segformer textbook"] = {"decoder": count_flops(lambda: model.decoder.forward_textbook(maps))[0]}
 
     t0 = time.perf_counter()
     forward(keys[0])

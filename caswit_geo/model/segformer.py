@@ -19,7 +19,12 @@ keeps constants, its weights summing to 1. Hence
 Each stage goes through one C_s -> D map at its own resolution instead of
 a C_s -> D map and a quarter of a 4D -> D one at 1/4: for a Swin-T at
 512 px, about 4.5 GFLOP instead of 82, for the same logits up to float
-rounding. The caller upsamples the logits to the input size.
+rounding. BatchNorm at inference is a per-channel affine map, BN(F) =
+g * F + h, so it folds into A_s and c too. And the channels of F stay
+apart until the classifier, which sums over them: they run in groups of
+GROUP channels whose logits add up, so that the D-channel map at 1/4 (50 MB
+for D = 768 at 512 px) is never held whole; a group's stays in the CPU's
+caches. The caller upsamples the logits to the input size.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+GROUP = 128  # channels of F at a time at inference (8 MB at 1/4 of a 512 px tile)
 
 
 class SegFormerDecoder(nn.Module):
@@ -73,11 +80,12 @@ class SegFormerDecoder(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         # features: NCHW maps at [1/4, 1/8, 1/16, 1/32] -> (B, K, H/4, W/4)
         if self.training or torch.is_grad_enabled():
-            x = self.fuse_textbook(features)
-        else:
-            x = self.fuse_folded(features)
-        x = self.act(self.norm(x))
-        return self.classifier(self.dropout(x)).contiguous()
+            return self.forward_textbook(features)
+        return self.forward_folded(features)
+
+    def forward_textbook(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = self.act(self.norm(self.fuse_textbook(features)))
+        return self.classifier(self.dropout(x))
 
     def fuse_textbook(self, features: list[torch.Tensor]) -> torch.Tensor:
         """F = W [F_4; F_3; F_2; F_1]: (B, D, H/4, W/4)."""
@@ -90,23 +98,35 @@ class SegFormerDecoder(nn.Module):
             maps.append(x)
         return self.fuse(torch.cat(maps[::-1], dim=1))  # (B, 4D, H/4, W/4) -> (B, D, H/4, W/4)
 
-    def fuse_folded(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """F = sum_s Up(A_s x_s) + c: (B, D, H/4, W/4), the same as :meth:`fuse_textbook`."""
+    def forward_folded(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Cls(ReLU(sum_s Up(A_s x_s) + c)), BatchNorm folded in, by groups of channels: (B, K, H/4, W/4).
+
+        The same logits as :meth:`forward_textbook` in eval mode."""
         weights, bias = self.folded_weights()
         size = features[0].shape[-2:]
-        # channels-last, as the Swin stages make them: each A_s is one matrix product
-        out = F.linear(features[0].permute(0, 2, 3, 1), weights[0], bias)  # (B, H/4, W/4, D), stage 1 + c
-        for a, x in zip(weights[1:], features[1:]):
-            z = F.linear(x.permute(0, 2, 3, 1), a).permute(0, 3, 1, 2)  # A_s x_s: (B, D, H_s, W_s)
-            out += F.interpolate(z, size=size, mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
-        return out.permute(0, 3, 1, 2)
+        x = [f.permute(0, 2, 3, 1) for f in features]  # (B, H_s, W_s, C_s): channels-last, as Swin makes them
+        w_cls = self.classifier.weight.flatten(1)  # (K, D)
+        logits = None
+        for g in range(0, self.embed_dim, GROUP):
+            group = slice(g, g + GROUP)
+            f = F.linear(x[0], weights[0][group], bias[group])  # stage 1 and c: (B, H/4, W/4, G)
+            for a, xs in zip(weights[1:], x[1:]):
+                z = F.linear(xs, a[group]).permute(0, 3, 1, 2)  # A_s x_s: (B, G, H_s, W_s)
+                f += F.interpolate(z, size=size, mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+            part = F.linear(f.relu_(), w_cls[:, group])  # this group's share of the logits: (B, H/4, W/4, K)
+            total = torch.promote_types(part.dtype, torch.float32)  # bf16/fp16 shares add up in float32
+            logits = part.to(total) if logits is None else logits + part.to(total)
+        logits = (logits + self.classifier.bias.to(total)).to(part.dtype)
+        return logits.permute(0, 3, 1, 2).contiguous()
 
     @torch.compiler.disable
     def folded_weights(self) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """``[A_1, ..., A_4]`` (each D x C_s) and ``c`` (D), cached until a weight changes."""
-        params = [*self.projections.parameters(), self.fuse.weight]
-        cacheable = not any(p.is_inference() for p in params)  # tensors made in inference mode count no versions
-        key = [(p.data_ptr(), p._version, p.dtype, p.device) for p in params] if cacheable else None
+        """``[A_1, ..., A_4]`` (each D x C_s) and ``c`` (D), BatchNorm folded in; cached until a weight changes."""
+        norm = self.norm
+        tensors = [*self.projections.parameters(), self.fuse.weight, norm.weight, norm.bias, norm.running_mean,
+                   norm.running_var]
+        cacheable = not any(t.is_inference() for t in tensors)  # tensors made in inference mode count no versions
+        key = [(t.data_ptr(), t._version, t.dtype, t.device) for t in tensors] if cacheable else None
         if cacheable and self._folded is not None and self._folded[0] == key:
             return self._folded[1], self._folded[2]
         n, d = len(self.projections), self.embed_dim
@@ -116,8 +136,10 @@ class SegFormerDecoder(nn.Module):
         with torch.inference_mode(False), torch.no_grad(), full:
             w = self.fuse.weight.flatten(1)  # (D, 4D): blocks [W_4 | W_3 | W_2 | W_1]
             blocks = [w[:, (n - 1 - i) * d : (n - i) * d] for i in range(n)]  # W_s, stage order
-            weights = [b @ p.weight for b, p in zip(blocks, self.projections)]  # A_s = W_s P_s: (D, C_s)
-            bias = sum(b @ p.bias for b, p in zip(blocks, self.projections))  # c = sum_s W_s b_s: (D,)
+            g = norm.weight / torch.sqrt(norm.running_var + norm.eps)  # BN(F) = g * F + h
+            h = norm.bias - g * norm.running_mean
+            weights = [g[:, None] * (b @ p.weight) for b, p in zip(blocks, self.projections)]  # g * W_s P_s: (D, C_s)
+            bias = g * sum(b @ p.bias for b, p in zip(blocks, self.projections)) + h  # g * c + h: (D,)
         if cacheable:
             self._folded = (key, weights, bias)
         return weights, bias

@@ -16,6 +16,7 @@ from caswit_geo.model import MODEL_CONFIGS, get_config
 from caswit_geo.model.caswit import CASWiT
 from caswit_geo.model.configs import swin_arch
 from caswit_geo.model.decoder import UPerNetDecoder
+from caswit_geo.model.segformer import GROUP as SEGFORMER_GROUP
 from caswit_geo.model.segformer import SegFormerDecoder
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -47,14 +48,14 @@ def perturbed(decoder: SegFormerDecoder, seed: int = 0) -> SegFormerDecoder:
                 p.add_(torch.randn(p.shape, generator=g) * 0.3)
         decoder.norm.running_mean.copy_(torch.randn(decoder.embed_dim, generator=g) * 0.3)
         decoder.norm.running_var.copy_(torch.rand(decoder.embed_dim, generator=g) * 1.5 + 0.5)
+        decoder.classifier.weight.mul_(4)  # logits of order 1
     return decoder
 
 
 def textbook(decoder: SegFormerDecoder, feats: list[torch.Tensor]) -> torch.Tensor:
-    """Logits of the equations as written, whatever mode the decoder is in."""
+    """Logits of the equations as written (eval mode: dropout off, BatchNorm on its statistics)."""
     with torch.no_grad():
-        x = decoder.act(decoder.norm(decoder.fuse_textbook(feats)))
-        return decoder.classifier(decoder.dropout(x))
+        return decoder.forward_textbook(feats)
 
 
 def assert_close_relative(a: torch.Tensor, b: torch.Tensor, rtol: float) -> None:
@@ -66,11 +67,15 @@ def assert_close_relative(a: torch.Tensor, b: torch.Tensor, rtol: float) -> None
 # -- the fold --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dims,size", [([12, 24, 48, 96], (128, 128)), ([96, 192, 384, 768], (96, 160)),
-                                       ([16, 32, 64, 128], (100, 52))])  # last: no power-of-two factors
-def test_folded_form_is_the_textbook_form(dims, size):
+@pytest.mark.parametrize("dims,size,d", [
+    ([12, 24, 48, 96], (128, 128), 64),  # one group of channels
+    ([96, 192, 384, 768], (96, 160), 200),  # two groups, the second partial
+    ([16, 32, 64, 128], (100, 52), 384),  # three groups; upsampling factors that are no powers of two
+])
+def test_folded_form_is_the_textbook_form(dims, size, d):
+    assert SEGFORMER_GROUP == 128
     torch.manual_seed(0)
-    decoder = perturbed(SegFormerDecoder(dims, 64, 7)).eval()
+    decoder = perturbed(SegFormerDecoder(dims, d, 7)).eval()
     feats = features(dims, size)
     with torch.no_grad():
         folded = decoder(feats)  # eval, no gradients: the folded form
@@ -143,6 +148,7 @@ def test_folded_weights_stay_in_float32_under_autocast():
     decoder, feats = perturbed(SegFormerDecoder(dims, 64, 5)).eval(), features(dims, (64, 64))
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = decoder(feats)
+        assert out.dtype == decoder.forward_textbook(feats).dtype == torch.bfloat16
     weights, bias = decoder.folded_weights()
     assert all(a.dtype == torch.float32 for a in weights) and bias.dtype == torch.float32
     with torch.no_grad():
