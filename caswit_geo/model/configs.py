@@ -30,7 +30,7 @@ SWIN_VARIANTS: dict[str, dict] = {
         img_size=128,
         decoder_channels=24,
         # SegFormer D = the widest stage, as SegFormer-B0/B1 (256 for 256 channels): its
-        # decoder then has fewer parameters than this UPerNet (57k against 90k for 19 classes)
+        # decoder then has fewer parameters than this UPerNet (57k against 90k, 19 classes)
         decoder_dim=96,
         drop_path_rate=0.0,
     ),

@@ -99,16 +99,17 @@ class SegFormerDecoder(nn.Module):
         return self.fuse(torch.cat(maps[::-1], dim=1))  # (B, 4D, H/4, W/4) -> (B, D, H/4, W/4)
 
     def forward_folded(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Cls(ReLU(sum_s Up(A_s x_s) + c)), BatchNorm folded in, by groups of channels: (B, K, H/4, W/4).
+        """Cls(ReLU(sum_s Up(A_s x_s) + c)), by groups of channels: (B, K, H/4, W/4).
 
-        The same logits as :meth:`forward_textbook` in eval mode."""
+        A_s and c hold BatchNorm too (:meth:`folded_weights`). The same logits
+        as :meth:`forward_textbook` in eval mode, up to float rounding."""
         weights, bias = self.folded_weights()
         size = features[0].shape[-2:]
         x = [f.permute(0, 2, 3, 1) for f in features]  # (B, H_s, W_s, C_s): channels-last, as Swin makes them
         w_cls = self.classifier.weight.flatten(1)  # (K, D)
         logits = None
-        for g in range(0, self.embed_dim, GROUP):
-            group = slice(g, g + GROUP)
+        for first in range(0, self.embed_dim, GROUP):
+            group = slice(first, first + GROUP)
             f = F.linear(x[0], weights[0][group], bias[group])  # stage 1 and c: (B, H/4, W/4, G)
             for a, xs in zip(weights[1:], x[1:]):
                 z = F.linear(xs, a[group]).permute(0, 3, 1, 2)  # A_s x_s: (B, G, H_s, W_s)
