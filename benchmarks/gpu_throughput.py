@@ -1,9 +1,11 @@
 """GPU throughput of CASWiT: tiles/s and km2/h by model, batch, precision, layout and torch.compile.
 
     python benchmarks/gpu_throughput.py [--device cuda:0] [--budget 420] [--mosaic 16384]
+                                        [--decoders upernet segformer]
 
 On a machine without CUDA it prints one line and exits 0. Otherwise, on
-random weights and inputs at 512 px (0.2 m, so a tile covers 0.0105 km2):
+random weights and inputs at 512 px (0.2 m, so a tile covers 0.0105 km2),
+with each decoder of ``--decoders`` (both by default):
 
 1. eager forward passes of caswit-tiny and caswit-base, batch 1..32, fp32
    and bf16 (fp16 where the GPU has no bf16), prepared as predict runs them
@@ -14,7 +16,8 @@ random weights and inputs at 512 px (0.2 m, so a tile covers 0.0105 km2):
    tiles/s, and whether its class maps agree with eager;
 3. the stage-1 cross-attention (16,384 x 16,384 tokens) through each SDPA
    backend, to check the one PyTorch picks;
-4. ``predict`` of a 16384 x 16384 px mosaic with caswit-tiny: wall time,
+4. ``predict`` of a 16384 x 16384 px mosaic with caswit-tiny (the first
+   decoder of ``--decoders``): wall time,
    and GPU busy time over wall time from CUDA events around every forward
    pass (a GPU starved by reading, the LR pre-pass or writing shows < 100 %).
 
@@ -59,7 +62,7 @@ def busy_seconds(events: list) -> float:
 
 
 class Table:
-    COLUMNS = ("run", "model", "precision", "layout", "compile", "batch", "tiles/s", "km2/h", "ms/tile",
+    COLUMNS = ("run", "model", "decoder", "precision", "layout", "compile", "batch", "tiles/s", "km2/h", "ms/tile",
                "peak GiB", "GPU busy", "note")
 
     def __init__(self) -> None:
@@ -77,7 +80,7 @@ class Table:
         cells = [self.COLUMNS] + [tuple(fmt(v) for v in r) for r in self.rows]
         widths = [max(len(r[i]) for r in cells) for i in range(len(self.COLUMNS))]
         for n, r in enumerate(cells):
-            print("  ".join(c.rjust(w) if 5 <= i <= 10 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+            print("  ".join(c.rjust(w) if 6 <= i <= 11 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
             if n == 0:
                 print("  ".join("-" * w for w in widths))
 
@@ -122,7 +125,7 @@ def write_mosaic(path: Path, side: int) -> None:
             dst.write(block + noise, window=Window(0, r, side, h))
 
 
-def predict_run(side: int, device, table: Table, work: Path) -> None:
+def predict_run(side: int, device, table: Table, work: Path, decoder: str) -> None:
     """predict of a side x side mosaic with caswit-tiny (auto precision), GPU busy time from CUDA events."""
     import torch
 
@@ -131,7 +134,8 @@ def predict_run(side: int, device, table: Table, work: Path) -> None:
     from caswit_geo.engine.predict import PredictConfig, predict
 
     weights = work / "caswit-tiny.safetensors"
-    caswit_geo.save_checkpoint(caswit_geo.build_model("caswit-tiny", 19), weights, input_spec=InputSpec(gsd=GSD))
+    caswit_geo.save_checkpoint(caswit_geo.build_model("caswit-tiny", 19, decoder=decoder), weights,
+                               input_spec=InputSpec(gsd=GSD))
     t0 = time.perf_counter()
     mosaic = work / "mosaic.tif"
     write_mosaic(mosaic, side)
@@ -158,7 +162,8 @@ def predict_run(side: int, device, table: Table, work: Path) -> None:
     busy = busy_seconds(events)
     tiles = res.tiles_run / res.seconds
     precision = res.precision.split(" ")[0]
-    table.add("predict", "caswit-tiny", precision, "NCHW" if precision == "fp32" else "channels_last", "off", 16, tiles,
+    layout = "NCHW" if precision == "fp32" else "channels_last"
+    table.add("predict", "caswit-tiny", decoder, precision, layout, "off", 16, tiles,
               tiles * KM2_PER_TILE * 3600, 1000 / tiles, torch.cuda.max_memory_allocated(device) / 2**30,
               f"{100 * busy / res.seconds:.0f} %",
               f"{side}x{side} px in {res.seconds:.1f} s, tile loop {res.phases.get('tiles', 0):.1f} s (GPU busy "
@@ -186,10 +191,10 @@ def sdpa_rows(device, dtype, table: Table) -> None:
                     n += 1
                 torch.cuda.synchronize(device)
             ms = (time.perf_counter() - t0) / n * 1000
-            table.add("stage-1 SDPA", "caswit-tiny", name, "", "off", b, b / ms * 1000, None, ms / b, None, None,
+            table.add("stage-1 SDPA", "caswit-tiny", "", name, "", "off", b, b / ms * 1000, None, ms / b, None, None,
                       backend.name.lower())
         except RuntimeError as e:
-            table.add("stage-1 SDPA", "caswit-tiny", name, "", "off", b, None, None, None, None, None,
+            table.add("stage-1 SDPA", "caswit-tiny", "", name, "", "off", b, None, None, None, None, None,
                       f"{backend.name.lower()}: unavailable ({str(e).splitlines()[0][:60]})")
 
 
@@ -198,6 +203,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--budget", type=float, default=420, help="seconds; rows that would overrun it are skipped")
     p.add_argument("--mosaic", type=int, default=16384, help="side of the predicted mosaic in px (0: no predict)")
+    p.add_argument("--decoders", nargs="+", choices=("upernet", "segformer"), default=["upernet", "segformer"])
     a = p.parse_args()
 
     import torch
@@ -218,9 +224,9 @@ def main() -> None:
     left = lambda: a.budget - (time.perf_counter() - start)  # noqa: E731
     predict_reserve = 150 if a.mosaic else 0  # seconds kept for the mosaic predict
 
-    for name in MODELS:
+    for name, decoder in [(n, d) for n in MODELS for d in a.decoders]:
         torch.manual_seed(0)
-        built = caswit_geo.build_model(name, num_classes=19, img_size=TILE).eval().to(device)
+        built = caswit_geo.build_model(name, num_classes=19, img_size=TILE, decoder=decoder).eval().to(device)
         models = {  # fused window attention; decoder layouts; the model as built
             "NCHW": prepare_inference(copy.deepcopy(built), Precision("fp32", "cuda", "benchmark")),
             "channels_last": prepare_inference(copy.deepcopy(built), Precision(reduced, "cuda", "benchmark")),
@@ -233,22 +239,25 @@ def main() -> None:
             runs = [(used, b) for b in BATCHES] + [(other, 16), ("as built", 16)]
             for layout, batch in runs:
                 if left() < predict_reserve + 20:
-                    table.add("forward", name, prec, layout, "off", batch, None, None, None, None, None, "skipped (time)")
+                    table.add("forward", name, decoder, prec, layout, "off", batch, None, None, None, None, None,
+                              "skipped (time)")
                     continue
                 try:
                     tiles, peak, busy = throughput(models[layout], precision, batch, device)
                 except torch.cuda.OutOfMemoryError:
                     torch.cuda.empty_cache()
-                    table.add("forward", name, prec, layout, "off", batch, None, None, None, None, None, "out of memory")
+                    table.add("forward", name, decoder, prec, layout, "off", batch, None, None, None, None, None,
+                              "out of memory")
                     continue
                 note = "trial" if (layout, batch) in ((other, 16), ("as built", 16)) else None
-                table.add("forward", name, prec, layout, "off", batch, tiles, tiles * KM2_PER_TILE * 3600,
+                table.add("forward", name, decoder, prec, layout, "off", batch, tiles, tiles * KM2_PER_TILE * 3600,
                           1000 / tiles, peak, f"{100 * busy:.0f} %", note)
 
         # torch.compile at batch 16 in the reduced precision
         precision = Precision(reduced, "cuda", "benchmark")
         if left() < predict_reserve + 90:
-            table.add("forward", name, reduced, "channels_last", "on", 16, None, None, None, None, None, "skipped (time)")
+            table.add("forward", name, decoder, reduced, "channels_last", "on", 16, None, None, None, None, None,
+                      "skipped (time)")
         else:
             model = models["channels_last"]
             compiled = torch.compile(model)
@@ -261,7 +270,7 @@ def main() -> None:
             agree = float((out.argmax(1) == ref.argmax(1)).float().mean())
             finite = bool(torch.isfinite(out).all())
             tiles, peak, busy = throughput(compiled, precision, 16, device)
-            table.add("forward", name, reduced, "channels_last", "on", 16, tiles, tiles * KM2_PER_TILE * 3600,
+            table.add("forward", name, decoder, reduced, "channels_last", "on", 16, tiles, tiles * KM2_PER_TILE * 3600,
                       1000 / tiles, peak, f"{100 * busy:.0f} %",
                       f"compile {compile_s:.0f} s, maps = eager on {100 * agree:.1f} %" + ("" if finite else ", NaN"))
         del models, built
@@ -270,7 +279,7 @@ def main() -> None:
     sdpa_rows(device, precision.dtype, table)
     if a.mosaic:
         with tempfile.TemporaryDirectory() as work:
-            predict_run(a.mosaic, device, table, Path(work))
+            predict_run(a.mosaic, device, table, Path(work), a.decoders[0])
     print(f"\n{torch.cuda.get_device_name(device)}, torch {torch.__version__}, {TILE} px tiles at {GSD} m "
           f"({KM2_PER_TILE:.4f} km2), {time.perf_counter() - start:.0f} s in all")
     table.print()

@@ -71,16 +71,17 @@ def info(
         for name, cfg in MODEL_CONFIGS.items():
             counts = _counts_for_config(cfg)
             rows.append(dict(name=name, backbone=cfg.backbone, fusion=list(cfg.fusion_stages) or "none",
-                             tile_size=cfg.img_size, parameters=counts["inference_total"]))
+                             decoder=cfg.decoder, tile_size=cfg.img_size, parameters=counts["inference_total"]))
         if as_json:
             print(json.dumps(rows, indent=2))
             return
         table = Table(title="Named model configs")
-        for col in ("name", "backbone", "fusion stages", "tile", "parameters (inference)"):
+        for col in ("name", "backbone", "fusion stages", "decoder", "tile", "parameters (inference)"):
             table.add_column(col)
         for r in rows:
             fusion = r["fusion"] if r["fusion"] == "none" else ",".join(map(str, r["fusion"]))
-            table.add_row(safe(r["name"]), safe(r["backbone"]), fusion, str(r["tile_size"]), f"{r['parameters'] / 1e6:.2f}M")
+            table.add_row(safe(r["name"]), safe(r["backbone"]), fusion, r["decoder"], str(r["tile_size"]),
+                          f"{r['parameters'] / 1e6:.2f}M")
         console.print(table)
         return
     d = describe(target)
@@ -96,9 +97,11 @@ def info(
             t.add_row(safe(k), f"{v:,}")
         console.print(t)
     cfg = d["config"]
+    width = cfg["decoder_dim"] if cfg["decoder"] == "segformer" else cfg["decoder_channels"]
     console.print(
         safe(f"backbone {cfg['backbone']}, fusion stages {cfg['fusion_stages'] or 'none'}, gate {cfg['gate']}, "
-             f"alpha {cfg['alpha']}, tile {cfg['img_size']}, {cfg['num_classes']} classes")
+             f"alpha {cfg['alpha']}, decoder {cfg['decoder']} (width {width}), tile {cfg['img_size']}, "
+             f"{cfg['num_classes']} classes")
     )
     if "classes" in d:
         console.print(

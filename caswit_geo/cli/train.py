@@ -37,6 +37,12 @@ def print_result(result: TrainResult, console: Console) -> None:
     opt.run_option(float, typer.Option(
         None, "--alpha", help="Weight of the auxiliary LR loss (0 = no LR head). (default: 0.5)"
     )),
+    opt.run_option(str, typer.Option(
+        None, "--decoder", help="upernet | segformer (all-MLP, cheaper). (default: upernet)"
+    )),
+    opt.run_option(int, typer.Option(
+        None, "--decoder-dim", help="SegFormer decoder width. (default: 768; caswit-nano 96)"
+    )),
     *opt.INPUT_OPTIONS,
     opt.run_option(str, typer.Option(None, "--train-split", help="Training split. (default: train)")),
     opt.run_option(str, typer.Option(None, "--val-split", help="Validation split, or 'none'. (default: val)")),

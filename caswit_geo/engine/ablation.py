@@ -1,23 +1,27 @@
-"""The context ablation of the paper's Table 3, on the synthetic mosaics.
+"""The context ablation of the paper's Table 3, on the synthetic mosaics, with either decoder.
 
 The rows of Table 3 that vary the context, each trained on the same data
 with the same budget, then scored on the test split:
 
-=============================  ==============  =====  =====
-variant                        fusion stages   gate   alpha
-=============================  ==============  =====  =====
-single stream (no context)     none            -      0
-all stages + gate              all             on     0
-all stages                     all             off    0
-stage 1 only                   1               off    0.5
-stage 4 only                   4               off    0.5
-all stages (CASWiT)            all             off    0.5
-=============================  ==============  =====  =====
+=============================  ==============  =====  =====  =========
+variant                        fusion stages   gate   alpha  decoder
+=============================  ==============  =====  =====  =========
+single stream (no context)     none            -      0      upernet
+all stages + gate              all             on     0      upernet
+all stages                     all             off    0      upernet
+stage 1 only                   1               off    0.5    upernet
+stage 4 only                   4               off    0.5    upernet
+all stages (CASWiT)            all             off    0.5    upernet
+single stream (no context)     none            -      0      segformer
+all stages (CASWiT)            all             off    0.5    segformer
+=============================  ==============  =====  =====  =========
 
 alpha is the weight of the auxiliary LR loss (0: no LR head). The
 synthetic data has two classes (park, meadow) that only the context
 decides, so their IoU shows what the LR branch brings; the other classes
-show it costs nothing where the HR tile decides.
+show it costs nothing where the HR tile decides. The last two rows ask the
+same question with SegFormer's decoder: the context gain is measured
+against the single stream with the same decoder.
 
 One seed cannot tell a real effect from noise on rare classes, so every
 variant is trained once per seed and each metric is reported as the mean
@@ -51,6 +55,7 @@ class Variant:
     fusion_stages: str | None
     gate: bool | None
     alpha: float  # weight of the LR loss
+    decoder: str = "upernet"  # upernet | segformer
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -60,7 +65,11 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("stage1", "stage 1 only", "caswit-nano", "1", False, 0.5),
     Variant("stage4", "stage 4 only", "caswit-nano", "4", False, 0.5),
     Variant("all", "all stages (CASWiT)", "caswit-nano", "all", False, 0.5),
+    Variant("single-stream-segformer", "single stream (no context)", "swin-nano-upernet", None, None, 0.0, "segformer"),
+    Variant("all-segformer", "all stages (CASWiT)", "caswit-nano", "all", False, 0.5, "segformer"),
 )
+# (single stream, CASWiT) with the same decoder: what the context adds
+CONTEXT_PAIRS = {"upernet": ("single-stream", "all"), "segformer": ("single-stream-segformer", "all-segformer")}
 METRICS = ("mIoU", "mF1", "mBIoU", "OA")
 SPREAD = "sample standard deviation over seeds (ddof 1)"
 
@@ -144,6 +153,7 @@ class AblationRow:
     fusion_stages: str
     gate: bool
     alpha: float
+    decoder: str
     seeds: list[int]
     metrics: dict[str, Spread]
 
@@ -159,11 +169,11 @@ class AblationResult:
 
     def markdown(self) -> str:
         cols = [c for c in self.columns() if c != "OA"]
-        head = ["variant", "fusion", "gate", "alpha", *cols]
+        head = ["variant", "decoder", "fusion", "gate", "alpha", *cols]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in self.rows:
             gate = "-" if r.fusion_stages == "none" else ("on" if r.gate else "off")
-            cells = [r.label, r.fusion_stages, gate, f"{r.alpha:g}",
+            cells = [r.label, r.decoder, r.fusion_stages, gate, f"{r.alpha:g}",
                      *[r.metrics[c].text() for c in cols]]
             lines.append("| " + " | ".join(cells) + " |")
         seeds = self.rows[0].seeds if self.rows else []
@@ -171,9 +181,19 @@ class AblationResult:
             f"\nTest split, percent, seed {seeds[0]}." if seeds else "")
         return "\n".join(lines) + "\n" + note + "\n"
 
+    def context_gains(self) -> dict[str, dict[str, float]]:
+        """Per decoder run with both rows: CASWiT's mean minus the single stream's, per metric (fractions)."""
+        rows = {r.variant: r for r in self.rows}
+        gains = {}
+        for decoder, (single, caswit) in CONTEXT_PAIRS.items():
+            if single in rows and caswit in rows:
+                a, b = rows[single].metrics, rows[caswit].metrics
+                gains[decoder] = {name: b[name].mean - a[name].mean for name in a if name in b}
+        return gains
+
     def to_json(self) -> dict:
         """JSON-ready (an undefined score, NaN, becomes null)."""
-        return json_ready({"config": self.config, "spread": SPREAD,
+        return json_ready({"config": self.config, "spread": SPREAD, "context_gains": self.context_gains(),
                         "rows": [asdict(r) for r in self.rows], "runs": [asdict(r) for r in self.runs]})
 
 
@@ -187,7 +207,7 @@ def aggregate(runs: list[AblationRun], variants: tuple[Variant, ...] = VARIANTS)
         names = list(mine[0].metrics)
         metrics = {name: Spread.of([r.metrics[name] for r in mine]) for name in names}
         rows.append(AblationRow(v.key, v.label, v.model, v.fusion_stages or "none", bool(v.gate), v.alpha,
-                                [r.seed for r in mine], metrics))
+                                v.decoder, [r.seed for r in mine], metrics))
     return rows
 
 
@@ -220,7 +240,7 @@ def run_ablation(config: AblationConfig, report: Callable[[str], None] | None = 
             run = _train_and_score(config, v, seed, data, out / v.key / f"seed-{seed}")
             runs.append(run)
             if report is not None:
-                report(f"[{len(runs)}/{total}] {v.label}, alpha {v.alpha:g}, seed {seed}: "
+                report(f"[{len(runs)}/{total}] {v.label}, {v.decoder}, alpha {v.alpha:g}, seed {seed}: "
                        f"mIoU {100 * run.metrics['mIoU']:.1f} "
                        f"({run.train_seconds:.0f} s)")
     result = AblationResult(aggregate(runs, variants), runs,
@@ -245,10 +265,11 @@ def _train_and_score(config: AblationConfig, v: Variant, seed: int, data: Path, 
     res = train(
         TrainConfig(
             dataset="tiles", root=data, model=v.model, fusion_stages=v.fusion_stages, gate=v.gate, alpha=v.alpha,
+            decoder=v.decoder,
             epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
             warmup_epochs=config.warmup_epochs, augment=config.augment, seed=seed,
             workers=config.workers, device=config.device, out=run_dir, overwrite=True,
-            progress=config.progress, command=f"ablation: {v.label}, seed {seed}",
+            progress=config.progress, command=f"ablation: {v.label}, {v.decoder}, seed {seed}",
         )
     )
     seconds = time.perf_counter() - t0
@@ -287,7 +308,7 @@ def plot_ablation(result: AblationResult, path: Path) -> Path:
         ax.set_title(col)
         ax.set_xlim(0, 100)
         ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(ys, [f"{r.label}, α {r.alpha:g}" for r in rows])
+    axes[0].set_yticks(ys, [f"{r.label}, {r.decoder}, α {r.alpha:g}" for r in rows])
     seeds = rows[0].seeds if rows else []
     fig.suptitle(f"Context ablation, test split, {len(seeds)} seed(s): mean"
                  + (" ± std (ddof 1), dots = seeds" if len(seeds) > 1 else ""))

@@ -1,4 +1,4 @@
-"""CASWiT model: encoders, fusion, decoder, loss, SimMIM and named configs.
+"""CASWiT model: encoders, fusion, decoders (UPerNet, SegFormer), loss, SimMIM and named configs.
 
 May import: runtime, safeio, core.
 """

@@ -4,15 +4,17 @@ Two Swin encoders of the same variant with separate weights: the HR branch
 sees the T x T tile, the LR branch the kT x kT context resampled to T x T.
 After every selected stage s, a FusionBlock lets HR tokens attend to LR
 tokens; its output replaces the HR features (input of HR stage s+1 and the
-decoder's stage-s feature). The LR stream is never modified. A UPerNet
-decodes the fused HR features; an auxiliary UPerNet on the LR features is
-trained only and never runs at inference.
+decoder's stage-s feature). The LR stream is never modified. A decoder
+reads the fused HR features; an auxiliary head of the same kind on the LR
+features is trained only and never runs at inference. CASWiT is
+head-agnostic (paper section 5): the decoder is UPerNet, as in the paper,
+or SegFormer's all-MLP decoder, as in its later version.
 
 With stage norms (as UPerNet-Swin), each head reads its branch's stage
 features through that branch's LayerNorm: the HR decoder gets
 ``LN_s(H~_s)``, after fusion, and the auxiliary head ``LN_s(X^LR_s)``,
 while the next stage and the fusion blocks take the features before the
-norm. Without fusion the model is exactly UPerNet-Swin.
+norm. Without fusion, and with UPerNet, the model is exactly UPerNet-Swin.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from caswit_geo.core.spec import MAX_BANDS, MAX_CLASSES, MAX_TILE
 from caswit_geo.model.decoder import UPerNetDecoder
 from caswit_geo.model.encoder import SWIN_BACKBONES, WINDOW_LAYOUTS, SwinEncoder
 from caswit_geo.model.fusion import FusionBlock
+from caswit_geo.model.segformer import SegFormerDecoder
 
 STAGES = (1, 2, 3, 4)
+DECODERS = ("upernet", "segformer")
 
 # Config fields added after checkpoints were first made: a stored config
 # without them was trained with these values and keeps them (CaswitConfig.from_dict).
@@ -96,11 +100,13 @@ class CaswitConfig:
     num_classes: int = bounded(19, Int(1, MAX_CLASSES))  # 255 is nodata / ignore
     img_size: int = bounded(512, Int(32, MAX_TILE, multiple=32))  # tile size T in px (HR and LR inputs are T x T)
     in_chans: int = bounded(3, Int(1, MAX_BANDS))
-    fusion_stages: tuple[int, ...] = bounded(STAGES, _Stages())  # () = single-stream Swin + UPerNet, no LR encoder
+    fusion_stages: tuple[int, ...] = bounded(STAGES, _Stages())  # () = single-stream Swin + decoder, no LR encoder
     gate: bool = bounded(False, Flag())  # the paper's main configuration is ungated
     alpha: float = bounded(0.5, Real(0, 1000))  # weight of the auxiliary LR loss
-    aux_head: bool = bounded(True, Flag())  # build the LR UPerNet (training only); ignored without an LR encoder
-    decoder_channels: int = bounded(512, Int(1, 2048))
+    aux_head: bool = bounded(True, Flag())  # build the LR head (training only); ignored without an LR encoder
+    decoder: str = bounded("upernet", Text(choices=DECODERS))  # HR decoder and auxiliary LR head
+    decoder_channels: int = bounded(512, Int(1, 2048))  # UPerNet width
+    decoder_dim: int = bounded(768, Int(1, 2048))  # SegFormer width D (768 as SegFormer-B2 to B5)
     mlp_ratio: float = bounded(4.0, Real(0, 16, lo_open=True))
     drop_path_rate: float = bounded(0.2, Real(0, 1, hi_open=True))
     dropout: float = bounded(0.1, Real(0, 1, hi_open=True))
@@ -226,13 +232,8 @@ class CASWiT(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = CaswitBackbone(config, backbone_weights)
-        dims = self.backbone.dims
-        self.decoder = UPerNetDecoder(dims, config.decoder_channels, config.num_classes, dropout=config.dropout)
-        self.aux_head = (
-            UPerNetDecoder(dims, config.decoder_channels, config.num_classes, dropout=config.dropout)
-            if config.dual and config.aux_head
-            else None
-        )
+        self.decoder = build_decoder(config, self.backbone.dims)
+        self.aux_head = build_decoder(config, self.backbone.dims) if config.dual and config.aux_head else None
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
@@ -281,6 +282,13 @@ class CASWiT(nn.Module):
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         return param_groups(self, weight_decay)
+
+
+def build_decoder(config: CaswitConfig, dims: list[int]) -> nn.Module:
+    """The decoder of ``config`` on stage maps of ``dims`` channels: logits at 1/4 of the input."""
+    if config.decoder == "segformer":
+        return SegFormerDecoder(dims, config.decoder_dim, config.num_classes, dropout=config.dropout)
+    return UPerNetDecoder(dims, config.decoder_channels, config.num_classes, dropout=config.dropout)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -3,6 +3,8 @@
 ``caswit-*`` are dual-branch with fusion after all four stages (the paper's
 main configuration); ``swin-*-upernet`` are their single-stream baselines
 (fusion none, no LR encoder). ``nano`` is a miniature for tests and demos.
+Every config decodes with UPerNet unless ``decoder="segformer"`` is given
+(the single-stream baselines too, whatever their name says).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import torch
 from caswit_geo.core.errors import ConfigError
 from caswit_geo.model.caswit import CaswitConfig
 
-# Swin variants: timm model name, tile size, decoder width, stochastic depth.
-# base/large use window 12, as the FLAIR-HUB Swin-B baseline.
+# Swin variants: timm model name, tile size, decoder widths, stochastic depth.
+# base/large use window 12, as the FLAIR-HUB Swin-B baseline. SegFormer's width
+# D is 768 (SegFormer-B2 to B5) unless a variant says otherwise.
 SWIN_VARIANTS: dict[str, dict] = {
     "nano": dict(
         backbone="swin_tiny_patch4_window7_224",
@@ -26,6 +29,9 @@ SWIN_VARIANTS: dict[str, dict] = {
         arch_overrides=dict(embed_dim=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window_size=4),
         img_size=128,
         decoder_channels=24,
+        # SegFormer D = the widest stage, as SegFormer-B0/B1 (256 for 256 channels): its
+        # decoder then has fewer parameters than this UPerNet (57k against 90k, 19 classes)
+        decoder_dim=96,
         drop_path_rate=0.0,
     ),
     "tiny": dict(backbone="swin_tiny_patch4_window7_224", decoder_channels=512, drop_path_rate=0.2),

@@ -4,7 +4,9 @@ SimMIM: both encoders and the fusion blocks are copied; the mask tokens and
 the reconstruction head are dropped. UPerNet-Swin (``upernet_keys.py``):
 both encoders start from its backbone, the HR decoder and the auxiliary LR
 head from its decode head (the classifier only when the class count
-matches), the fusion blocks keep their initialisation. Any other difference
+matches), the fusion blocks keep their initialisation. A model with a
+SegFormer decoder takes the encoders only: its heads start fresh, and the
+source's decode head is reported as not used. Any other difference
 (a fusion stage the pretraining did not have, a shape that does not match)
 is an error, never a silent partial load.
 """
@@ -18,6 +20,7 @@ import torch
 
 from caswit_geo.core.errors import CheckpointError
 from caswit_geo.model.caswit import CASWiT
+from caswit_geo.model.decoder import UPerNetDecoder
 from caswit_geo.model.upernet.keys import map_upernet_state
 
 PREFIX = "backbone."
@@ -82,6 +85,7 @@ class UperNetTransferReport:
     encoder_tensors: int  # per branch
     heads: list[str]  # heads initialised from the source decode head
     head_tensors: int  # per head
+    fresh_heads: list[str]  # heads left at their initialisation (a decoder of another kind)
     classifier: bool  # the classifier too (same class count)
     source_classes: int
     model_classes: int
@@ -98,9 +102,12 @@ class UperNetTransferReport:
         each = lambda n: " each" if n > 1 else ""  # noqa: E731
         text = (
             f"loaded the {' and '.join(self.encoders)} encoder{'s' if len(self.encoders) > 1 else ''} "
-            f"({self.encoder_tensors} tensors{each(len(self.encoders))}) and the {' and '.join(self.heads)} "
-            f"({self.head_tensors} tensors{each(len(self.heads))}, {classifier})"
+            f"({self.encoder_tensors} tensors{each(len(self.encoders))})"
         )
+        if self.heads:
+            text += f" and the {' and '.join(self.heads)} ({self.head_tensors} tensors{each(len(self.heads))}, {classifier})"
+        if self.fresh_heads:
+            text += f"; {' and '.join(self.fresh_heads)} fresh"
         if self.fusion_blocks:
             text += f"; {self.fusion_blocks} fusion blocks fresh"
         return text + f"; source tensors not used: {len(self.unused)} ({left})"
@@ -117,24 +124,38 @@ def transfer_upernet(
             "a UPerNet-Swin needs pad-then-shift windows and stage norms"
         )
     b = model.backbone
-    encoder_state, decoder_state = b.hr_encoder.state_dict(), model.decoder.state_dict()
+    upernet = cfg.decoder == "upernet"
+    encoder_state = b.hr_encoder.state_dict()
+    if upernet:
+        decoder_state = model.decoder.state_dict()
+    else:  # the source's head is still read whole (the conversion table stays total), then left out
+        with torch.device("meta"):
+            decoder_state = UPerNetDecoder(b.dims, 1, 1).state_dict()  # key names only
     mapped = map_upernet_state(state, encoder_state.keys(), decoder_state.keys(), fmt, source)
     hint = f"; the source is a different Swin or UPerNet than {cfg.name}"
     check_state_fits(encoder_state, mapped.encoder, source, "Swin backbone does not fit", hint)
-    classifier = mapped.decoder["classifier.weight"].shape == decoder_state["classifier.weight"].shape
-    head = {k: v for k, v in mapped.decoder.items() if classifier or not k.startswith("classifier.")}
-    expected = {k: v for k, v in decoder_state.items() if k in head}
-    check_state_fits(expected, head, source, "UPerNet decode head does not fit", hint)
+    heads = [("decoder", model.decoder)] + ([("auxiliary LR head", model.aux_head)] if model.aux_head is not None else [])
+    classifier, head, unused = False, {}, dict(mapped.unused)
+    if upernet:
+        classifier = mapped.decoder["classifier.weight"].shape == decoder_state["classifier.weight"].shape
+        head = {k: v for k, v in mapped.decoder.items() if classifier or not k.startswith("classifier.")}
+        expected = {k: v for k, v in decoder_state.items() if k in head}
+        check_state_fits(expected, head, source, "UPerNet decode head does not fit", hint)
+    else:
+        why = f"UPerNet decode head (the model's decoder is {cfg.decoder})"
+        unused.update({k: why for k in state if k.startswith("decode_head.")})
 
     encoders = [("HR", b.hr_encoder)] + ([("LR", b.lr_encoder)] if b.lr_encoder is not None else [])
     for _, encoder in encoders:
         encoder.load_state_dict(mapped.encoder, strict=True)
-    heads = [("decoder", model.decoder)] + ([("auxiliary LR head", model.aux_head)] if model.aux_head is not None else [])
-    for _, module in heads:
-        module.load_state_dict(head, strict=classifier)
+    if upernet:
+        for _, module in heads:
+            module.load_state_dict(head, strict=classifier)
+    fresh = [] if upernet else [f"{cfg.decoder} {name}" if name == "decoder" else name for name, _ in heads]
     return UperNetTransferReport(
         encoders=[n for n, _ in encoders], encoder_tensors=len(mapped.encoder),
-        heads=[n for n, _ in heads], head_tensors=len(head), classifier=classifier,
+        heads=[n for n, _ in heads] if upernet else [], head_tensors=len(head), fresh_heads=fresh,
+        classifier=classifier,
         source_classes=int(mapped.decoder["classifier.weight"].shape[0]), model_classes=cfg.num_classes,
-        fusion_blocks=len(b.fusion), unused=mapped.unused,
+        fusion_blocks=len(b.fusion), unused=unused,
     )

@@ -414,6 +414,8 @@ CASES = [
          expect=("crafted.safetensors", "unknown checkpoint header key 'loader'")),
     Case("6-unknown-config-key", INFO, setup=crafted(cfg(pretrained_cfg={"file": "/x"})),
          expect=("crafted.safetensors", "unknown key 'pretrained_cfg'")),
+    Case("6-decoder-not-whitelisted", INFO, setup=crafted(cfg(decoder="mmseg.models.MaskFormerHead")),
+         expect=("crafted.safetensors", "decoder must be one of upernet, segformer")),
     # 7. bounded sizes: nothing allocated or built from a crafted number
     Case("7-context-factor-1000", EXPLAIN_CRAFTED, setup=chain(use("data"), crafted(spec(context_factor=1000))),
          expect=("crafted.safetensors", "context_factor", "1000")),
@@ -421,6 +423,8 @@ CASES = [
          expect=("crafted.safetensors", "img_size", "1048576")),
     Case("7-depths-1000", INFO, setup=crafted(overrides(depths=[2, 2, 1000, 2])),
          expect=("crafted.safetensors", "depths[2]", "1000")),
+    Case("7-decoder-dim-2^20", INFO, setup=crafted(cfg(decoder="segformer", decoder_dim=2**20)),
+         expect=("crafted.safetensors", "decoder_dim", "1048576")),
     Case("7-model-over-budget", INFO, setup=crafted(overrides(embed_dim=1024, depths=[1, 1, 2, 1],
                                                                num_heads=[8, 16, 32, 64])),
          expect=("crafted.safetensors", "GiB")),

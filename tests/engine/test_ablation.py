@@ -30,9 +30,14 @@ def test_variants_are_the_rows_of_table_3():
         ("4", False, 0.5),  # Last-stage fusion only
         ("all", False, 0.5),  # CASWiT
     }
-    got = [(v.fusion_stages or "none", bool(v.gate), v.alpha) for v in VARIANTS]
+    upernet = [v for v in VARIANTS if v.decoder == "upernet"]
+    got = [(v.fusion_stages or "none", bool(v.gate), v.alpha) for v in upernet]
     assert len(got) == 6 and set(got) == table_3
-    assert [v.model for v in VARIANTS].count("swin-nano-upernet") == 1  # only the baseline is single-stream
+    assert [v.model for v in upernet].count("swin-nano-upernet") == 1  # only the baseline is single-stream
+    # with SegFormer: the single stream and CASWiT, to compare like with like
+    segformer = [(v.model, v.fusion_stages or "none", bool(v.gate), v.alpha) for v in VARIANTS if v.decoder == "segformer"]
+    assert segformer == [("swin-nano-upernet", "none", False, 0.0), ("caswit-nano", "all", False, 0.5)]
+    assert len({v.key for v in VARIANTS}) == len(VARIANTS)
 
 
 @pytest.mark.parametrize("text, first, seeds", [("3", 0, (0, 1, 2)), ("2", 5, (5, 6)), ("0,4,9", 0, (0, 4, 9)),
@@ -68,7 +73,19 @@ def test_aggregate_by_hand():
     undefined = aggregate([run("all", 0, 0.5, float("nan")), run("all", 1, 0.7, 0.3)])[0].metrics["IoU park"]
     assert math.isnan(undefined.mean) and undefined.text() == "n/a"  # not averaged away
     md = AblationResult(rows, runs).markdown()
-    assert "| all stages (CASWiT) | all | off | 0.5 | 70.0 ± 20.0 | 50.0 ± 0.0 | 25.0 ± 0.0 | 20.0 ± 10.0 |" in md
+    assert "| all stages (CASWiT) | upernet | all | off | 0.5 | 70.0 ± 20.0 | 50.0 ± 0.0 | 25.0 ± 0.0 | 20.0 ± 10.0 |" in md
+
+
+def test_context_gain_compares_rows_with_the_same_decoder():
+    runs = [run("single-stream", 0, 0.5, 0.25), run("all", 0, 0.6, 0.75), run("all-segformer", 0, 0.7, 0.5),
+            run("single-stream-segformer", 0, 0.4, 0.125), run("single-stream-segformer", 1, 0.6, 0.375)]
+    result = AblationResult(aggregate(runs), runs)
+    assert [r.decoder for r in result.rows] == ["upernet", "upernet", "segformer", "segformer"]
+    gains = result.context_gains()
+    assert gains["upernet"]["IoU park"] == pytest.approx(0.5) and gains["upernet"]["mIoU"] == pytest.approx(0.1)
+    assert gains["segformer"]["IoU park"] == pytest.approx(0.25) and gains["segformer"]["mIoU"] == pytest.approx(0.2)
+    assert "segformer" not in AblationResult(aggregate(runs[:3]), runs[:3]).context_gains()
+    assert "| single stream (no context) | segformer | none | - | 0 | 50.0 ± 14.1 |" in result.markdown()
 
 
 def test_run_ablation_tiny(tmp_path):
@@ -81,7 +98,7 @@ def test_run_ablation_tiny(tmp_path):
     result = run_ablation(config, report=lines.append)
     assert [(r.variant, r.seed) for r in result.runs] == [("all-gate-a0", 0), ("all-gate-a0", 1)]
     assert [row.variant for row in result.rows] == ["all-gate-a0"] and result.rows[0].seeds == [0, 1]
-    assert len(lines) == 2 and lines[1].startswith("[2/2] all stages + gate, alpha 0, seed 1: mIoU")
+    assert len(lines) == 2 and lines[1].startswith("[2/2] all stages + gate, upernet, alpha 0, seed 1: mIoU")
 
     # every run's figures are those its own eval wrote
     for r in result.runs:
@@ -110,3 +127,16 @@ def test_run_ablation_tiny(tmp_path):
     w0, _ = read_checkpoint(result.runs[0].checkpoint)
     w1, _ = read_checkpoint(result.runs[1].checkpoint)
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)
+
+
+def test_segformer_variant_trains_the_segformer_decoder(tmp_path):
+    data = tmp_path / "data"
+    generate_dataset(SyntheticConfig(seed=3, size=256, train=1, val=1, test=1), data)
+    lines = []
+    config = AblationConfig(out=tmp_path / "abl", data=data, epochs=1, batch_size=4, augment=False, seeds=(0,),
+                            workers=0, device="cpu", variants=["all-segformer"])
+    result = run_ablation(config, report=lines.append)
+    meta = read_meta(result.runs[0].checkpoint)
+    assert meta.config["decoder"] == "segformer" and meta.config["fusion_stages"] == [1, 2, 3, 4]
+    assert meta.config["alpha"] == 0.5 and lines[0].startswith("[1/1] all stages (CASWiT), segformer, alpha 0.5")
+    assert "| all stages (CASWiT) | segformer | all | off | 0.5 |" in (tmp_path / "abl" / "ablation.md").read_text()

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from caswit_geo.core.errors import ConfigError
-from caswit_geo.core.limits import bounded
+from caswit_geo.core.limits import Text, bounded
 from caswit_geo.core.spec import ClassTable, InputSpec
 from caswit_geo.data import Augment, build_dataset, load_tiles_meta
 from caswit_geo.data.vector import VectorDataset, VectorSource, load_vector_data, summary_line, warn_unused
@@ -35,6 +35,7 @@ from caswit_geo.engine.train.rundir import BEST_WEIGHTS, LAST_WEIGHTS, SAMPLES, 
 from caswit_geo.engine.train.samples import save_samples_figure
 from caswit_geo.geo.mosaic import expand_inputs
 from caswit_geo.model.build import build_model
+from caswit_geo.model.caswit import DECODERS
 from caswit_geo.model.checkpoint import load_pretrained_backbone, read_meta, save_checkpoint, stored_behaviour
 from caswit_geo.model.configs import get_config
 from caswit_geo.model.loss import CaswitLoss, cross_entropy
@@ -69,11 +70,18 @@ class TrainConfig(RunConfig):
     split_column: str | None = None  # flairhub: split scheme column of the split GeoPackage
     allow_missing: bool = False  # train/validate on what is found when a split lists missing patches (logged)
     alpha: float | None = bounded(None, ge=0)  # weight of the LR loss; None = the model's (0.5)
+    decoder: str | None = bounded(None, Text(choices=DECODERS))  # upernet | segformer; None = the model's (upernet)
+    decoder_dim: int | None = bounded(None, ge=1, le=2048)  # SegFormer width D; None = the model's (768)
     augment: bool = False  # the paper trains without augmentation
     random_crops: bool = True  # urur/tiles: random tile positions each epoch (else the fixed grid)
     crops_per_image: int | None = bounded(None, ge=1)  # urur/tiles with random crops; None = the image's grid tile count
     init: Path | None = None  # SimMIM checkpoint (pretrain), or its run directory, for encoders and fusion
-    init_upernet: Path | None = None  # UPerNet-Swin (transformers folder, mmsegmentation .pth): encoders, decoder
+    init_upernet: Path | None = None  # UPerNet-Swin (transformers folder, mmsegmentation .pth): encoders, UPerNet decoder
+
+    def model_overrides(self, in_chans: int) -> dict:
+        overrides = super().model_overrides(in_chans)
+        overrides.update({k: getattr(self, k) for k in ("decoder", "decoder_dim") if getattr(self, k) is not None})
+        return overrides
 
 
 @dataclass
@@ -99,8 +107,10 @@ def train(config: TrainConfig) -> TrainResult:
 def _train_in(config: TrainConfig, run: RunDirectory, env: DistEnv) -> TrainResult:
     run_dir, resuming = run.path, run.resuming
     _check(config)
-    if config.batch_size < 2 and not (env.device.type == "cuda" and env.distributed):
-        # the decoder's BatchNorm sees one value per channel after the 1x1 pyramid pooling
+    upernet = (config.decoder or get_config(config.model).decoder) == "upernet"
+    if config.batch_size < 2 and upernet and not (env.device.type == "cuda" and env.distributed):
+        # UPerNet's BatchNorm sees one value per channel after the 1x1 pyramid pooling
+        # (SegFormer's norms all work at 1/4 scale: one tile is enough)
         raise ConfigError(
             f"--batch-size {config.batch_size}: training needs at least 2 tiles per batch (BatchNorm); "
             "use --grad-checkpointing to fit more in memory, or several GPUs (synchronised BatchNorm)"
@@ -194,12 +204,14 @@ def _initial_model(
     upernet = None
     if resuming and (run_dir / LAST_WEIGHTS).is_file():  # exported at every epoch's end (also by older versions)
         stored = read_meta(run_dir / LAST_WEIGHTS).model_config
-        overrides.update(stored.behaviour(), decoder_channels=stored.decoder_channels)
+        overrides.update(stored.behaviour(), decoder=stored.decoder, decoder_channels=stored.decoder_channels,
+                         decoder_dim=stored.decoder_dim)
     elif init is not None:
         overrides.update(stored_behaviour(init))
     elif config.init_upernet is not None:
         upernet = read_upernet(config.init_upernet)
-        overrides["decoder_channels"] = upernet.decoder_channels
+        if get_config(config.model, **overrides).decoder == "upernet":  # a SegFormer decoder starts fresh
+            overrides["decoder_channels"] = upernet.decoder_channels
         check_upernet_fits(upernet, get_config(config.model, **overrides), "--init-upernet")
     model = build_model(config.model, num_classes=num_classes, backbone_weights=config.backbone_weights, **overrides)
     if resuming or (init is None and upernet is None):

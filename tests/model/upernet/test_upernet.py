@@ -355,3 +355,45 @@ def test_train_init_upernet_reports_what_it_loaded(tmp_path):
     assert report.startswith("loaded the HR and LR encoders") and "decoder and auxiliary LR head" in report
     assert "classifier fresh (3 classes, the source has 5)" in report and "4 fusion blocks fresh" in report
     assert result.model.config.decoder_channels == 24 and result.model.config.stage_norms
+
+
+def test_segformer_caswit_takes_the_encoders_only(tmp_path):
+    src = upernet(dict(MINI, window_size=7), hidden=32)
+    state = src.state_dict()
+    x = torch.randn(1, 3, 512, 512)
+    ref = reference(src, x)
+    torch.manual_seed(3)
+    model = mini_model(7, 32, fusion_stages="all", decoder="segformer", decoder_dim=40)
+    torch.manual_seed(3)
+    untouched = mini_model(7, 32, fusion_stages="all", decoder="segformer", decoder_dim=40)
+    report = transfer_upernet(model, state, "transformers")
+    assert report.encoders == ["HR", "LR"] and report.heads == [] and report.head_tensors == 0
+    assert report.fresh_heads == ["segformer decoder", "auxiliary LR head"]
+    text = str(report)
+    assert text.startswith("loaded the HR and LR encoders (") and "segformer decoder and auxiliary LR head fresh" in text
+    head_keys = [k for k in state if k.startswith("decode_head.")]
+    assert len(head_keys) > 20 and all(report.unused[k] == "UPerNet decode head (the model's decoder is segformer)"
+                                       for k in head_keys)
+    b = model.backbone
+    with torch.no_grad():
+        for enc in (b.hr_encoder, b.lr_encoder):
+            stage1 = enc.stage(0, enc.embed(x))
+            torch.testing.assert_close(enc.feature(0, stage1), ref[1][0], atol=1e-4, rtol=0)
+    fresh = untouched.state_dict()
+    for key, value in model.state_dict().items():
+        if key.startswith(("backbone.fusion.", "decoder.", "aux_head.")):
+            assert torch.equal(value, fresh[key]), key
+
+
+def test_train_init_upernet_into_segformer_says_the_decoder_is_fresh(tmp_path, capsys):
+    from caswit_geo.engine.train.training import train
+    from tests.engine.train.test_train import make_tiles_root, nano_config, stripes
+
+    source = save(upernet(NANO, hidden=32), tmp_path / "upernet-nano")
+    root = make_tiles_root(tmp_path / "data", {"a": stripes(), "b": stripes()[::-1].copy()})
+    result = train(nano_config(root, tmp_path / "run", init_upernet=source, decoder="segformer", stop_after=1))
+    report = result.init_report
+    assert report.startswith("loaded the HR and LR encoders") and "segformer decoder and auxiliary LR head fresh" in report
+    assert f"--init-upernet {source}: {report}" in capsys.readouterr().out
+    config = result.model.config
+    assert config.decoder == "segformer" and config.decoder_channels == 24  # the model's, not the source's 32
