@@ -51,7 +51,6 @@ def cpu_line() -> str:
 def make_data(folder: Path, size: int, seed: int = 0):
     import geopandas as gpd
     import rasterio
-    import shapely
     from rasterio.features import shapes
     from rasterio.transform import from_origin
     from shapely.geometry import box, shape

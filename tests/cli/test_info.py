@@ -56,16 +56,16 @@ def test_corrupt_checkpoint_is_one_line_error_and_debug_shows_traceback(tmp_path
 
 
 def test_info_names_the_decoder(tmp_path, capsys):
-    code, out, _ = run(capsys, "info", "--list", "--json")
+    code, out, _ = run_cli(["info", "--list", "--json"], capsys)
     assert code == 0 and {r["decoder"] for r in json.loads(out)} == {"upernet"}
-    code, out, _ = run(capsys, "info", "--list")
+    code, out, _ = run_cli(["info", "--list"], capsys)
     assert code == 0 and "decoder" in out and "upernet" in out
-    code, out, _ = run(capsys, "info", "caswit-tiny")
+    code, out, _ = run_cli(["info", "caswit-tiny"], capsys)
     assert code == 0 and "decoder upernet (width 512)" in out
     model = caswit_geo.build_model("caswit-nano", num_classes=4, decoder="segformer")
     path = caswit_geo.save_checkpoint(model, tmp_path / "m.safetensors")
-    code, out, _ = run(capsys, "info", str(path))
+    code, out, _ = run_cli(["info", str(path)], capsys)
     assert code == 0 and "decoder segformer (width 96)" in out
-    code, out, _ = run(capsys, "info", str(path), "--json")
+    code, out, _ = run_cli(["info", str(path), "--json"], capsys)
     d = json.loads(out)
     assert d["config"]["decoder"] == "segformer" and d["parameters"]["decoder"] == model.parameter_counts()["decoder"]

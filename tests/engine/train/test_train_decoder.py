@@ -6,7 +6,6 @@ import math
 import re
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import rasterio
 import torch
