@@ -19,7 +19,7 @@ from caswit_geo.model import get_config
 from caswit_geo.model.checkpoint import read_checkpoint
 from caswit_geo.model.segformer import SegFormerDecoder
 from caswit_geo.model.simmim import CaswitSimMIM
-from tests.engine.train.test_train import CLASSES, SIZE, brute_force_miou, make_tiles_root, nano_config, stripes
+from tests.helpers import NANO_TILE, TILES_CLASSES, brute_force_miou, make_tiles_root, nano_train_config, stripes
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -34,7 +34,7 @@ def runs(data_root, tmp_path_factory):
     """The same SegFormer run straight through and stopped after epoch 1, then resumed."""
     out = tmp_path_factory.mktemp("runs")
     # dropout, random crops and augmentation all draw random numbers
-    base = nano_config(data_root, None, epochs=2, augment=True, crops_per_image=1, decoder="segformer",
+    base = nano_train_config(data_root, None, epochs=2, augment=True, crops_per_image=1, decoder="segformer",
                        decoder_dim=32)
     straight = train(replace(base, out=out / "straight"))
     first = train(replace(base, out=out / "resumed", stop_after=1))
@@ -76,7 +76,7 @@ def test_segformer_checkpoint_predicts(runs, data_root, tmp_path, capsys, precis
     assert e.value.code == 0, capsys.readouterr().err
     with rasterio.open(out) as src:
         pred = src.read(1)
-        assert pred.max() < CLASSES and (src.width, src.height) == (SIZE, SIZE)
+        assert pred.max() < TILES_CLASSES and (src.width, src.height) == (NANO_TILE, NANO_TILE)
         assert src.tags()["CASWIT_PRECISION"].startswith(precision)
     # the class map is the model's own argmax on the tile
     model, meta = caswit_geo.load_checkpoint(straight.best_checkpoint)
@@ -125,7 +125,7 @@ def test_decoder_options_on_the_command_line(data_root, tmp_path, capsys):
         assert re.search(message, capsys.readouterr().err)
         assert not (tmp_path / "bad").exists()
     with pytest.raises(ConfigError, match="--decoder must be one of"):
-        train(nano_config(data_root, tmp_path / "bad", decoder="mlp"))
+        train(nano_train_config(data_root, tmp_path / "bad", decoder="mlp"))
 
 
 def test_simmim_checkpoint_initialises_a_segformer_caswit(data_root, tmp_path, capsys):
@@ -133,7 +133,7 @@ def test_simmim_checkpoint_initialises_a_segformer_caswit(data_root, tmp_path, c
     pre = CaswitSimMIM(get_config("caswit-nano", num_classes=1))
     pretrained = caswit_geo.save_checkpoint(pre, tmp_path / "pre.safetensors")
     # a learning rate of ~0 leaves the initial weights in place: they must be the pretrained ones
-    result = train(nano_config(data_root, tmp_path / "fine", init=pretrained, decoder="segformer", lr=1e-12,
+    result = train(nano_train_config(data_root, tmp_path / "fine", init=pretrained, decoder="segformer", lr=1e-12,
                                min_lr=0.0))
     assert re.match(r"loaded [1-9]\d* HR encoder, [1-9]\d* LR encoder and [1-9]\d* fusion tensors",
                     result.init_report)
@@ -149,6 +149,6 @@ def test_simmim_checkpoint_initialises_a_segformer_caswit(data_root, tmp_path, c
 def test_segformer_trains_one_tile_per_batch(data_root, tmp_path):
     # UPerNet's pyramid pooling leaves BatchNorm one value per channel with one tile; SegFormer's does not
     with pytest.raises(ConfigError, match="--batch-size 1: training needs at least 2 tiles"):
-        train(nano_config(data_root, tmp_path / "upernet", batch_size=1))
-    result = train(nano_config(data_root, tmp_path / "segformer", batch_size=1, decoder="segformer"))
+        train(nano_train_config(data_root, tmp_path / "upernet", batch_size=1))
+    result = train(nano_train_config(data_root, tmp_path / "segformer", batch_size=1, decoder="segformer"))
     assert result.completed and all(math.isfinite(r["train_loss"]) for r in result.history)

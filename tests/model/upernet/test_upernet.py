@@ -387,11 +387,13 @@ def test_segformer_caswit_takes_the_encoders_only(tmp_path):
 
 def test_train_init_upernet_into_segformer_says_the_decoder_is_fresh(tmp_path, capsys):
     from caswit_geo.engine.train.training import train
-    from tests.engine.train.test_train import make_tiles_root, nano_config, stripes
+    from tests.helpers import make_tiles_root
+    from tests.helpers import nano_train_config as nano_config
+    from tests.helpers import stripes
 
     source = save(upernet(NANO, hidden=32), tmp_path / "upernet-nano")
     root = make_tiles_root(tmp_path / "data", {"a": stripes(), "b": stripes()[::-1].copy()})
-    result = train(nano_config(root, tmp_path / "run", init_upernet=source, decoder="segformer", stop_after=1))
+    result = train(nano_train_config(root, tmp_path / "run", init_upernet=source, decoder="segformer", stop_after=1))
     report = result.init_report
     assert report.startswith("loaded the HR and LR encoders") and "segformer decoder and auxiliary LR head fresh" in report
     assert f"--init-upernet {source}: {report}" in capsys.readouterr().out
