@@ -387,9 +387,7 @@ def test_segformer_caswit_takes_the_encoders_only(tmp_path):
 
 def test_train_init_upernet_into_segformer_says_the_decoder_is_fresh(tmp_path, capsys):
     from caswit_geo.engine.train.training import train
-    from tests.helpers import make_tiles_root
-    from tests.helpers import nano_train_config as nano_config
-    from tests.helpers import stripes
+    from tests.helpers import make_tiles_root, nano_train_config, stripes
 
     source = save(upernet(NANO, hidden=32), tmp_path / "upernet-nano")
     root = make_tiles_root(tmp_path / "data", {"a": stripes(), "b": stripes()[::-1].copy()})
