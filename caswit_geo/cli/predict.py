@@ -70,6 +70,10 @@ def predict(
         help="Nodata value of the inputs, replacing the files' own; 'none': no nodata value (alpha bands and "
              "internal masks still apply).",
     ),
+    alpha_mask: bool = typer.Option(
+        DEFAULT.alpha_mask, "--alpha-mask",
+        help="Use a band tagged alpha as the nodata mask even when it holds more than a mask's values.",
+    ),
     resample: bool = typer.Option(DEFAULT.resample, "--resample", help="Read the input at the model's ground sampling distance; the map is then on that grid (said in a warning)."),
     confidence: Optional[Path] = typer.Option(
         DEFAULT.confidence, "--confidence", help="Also write the winning class probability (uint8 percent)."
@@ -138,6 +142,7 @@ def predict(
         overlap=overlap,
         resample=resample,
         nodata=nodata,
+        alpha_mask=alpha_mask,
         confidence=confidence,
         probabilities=probabilities,
         vector=vector,

@@ -280,6 +280,7 @@ def open_mosaic(
     *,
     target_res: float | None = None,
     nodata: float | str | None = None,
+    alpha_mask: bool = False,
 ) -> Mosaic:
     """Validate the inputs and build the virtual mosaic.
 
@@ -287,6 +288,9 @@ def open_mosaic(
     ``"none"`` for no nodata value (None keeps the files'); alpha bands and
     internal masks still apply. The files are then read through our VRT,
     whose mask band applies it.
+
+    ``alpha_mask``: a band tagged alpha is the nodata mask even where it
+    holds more than a mask's values (the user says it is one).
 
     ``target_res``: pixel size (CRS units) to read at; None keeps the
     inputs' own. Inputs must share CRS, pixel size, band count and data type.
@@ -297,6 +301,8 @@ def open_mosaic(
     if nodata is not None:
         value = None if nodata == "none" else float(nodata)
         infos = [dataclasses.replace(i, nodata=(value,) * i.count, nodata_given=True) for i in infos]
+    if alpha_mask:
+        infos = [dataclasses.replace(i, alpha_is_data=False) for i in infos]
     notes: list[str] = []
     first = infos[0]
     for info in infos[1:]:
@@ -325,7 +331,7 @@ def open_mosaic(
             notes.append(
                 f"{info.name}: band {min(info.alpha_bands)} is tagged alpha but holds more than a mask's 0 and 255 "
                 "(a near-infrared band?); it is not used as a nodata mask (gdal_edit.py -colorinterp_"
-                f"{min(info.alpha_bands)} undefined retags it)"
+                f"{min(info.alpha_bands)} undefined retags it; --alpha-mask uses it as the mask)"
             )
         notes.extend(nodata_notes(info, bands))
 

@@ -85,6 +85,13 @@ def test_band_4_tagged_alpha_that_holds_nir_is_not_a_mask(tmp_path):
     with rasterio.open(tmp_path / "map.tif") as src:
         assert (src.read(1) != 255).all()  # every pixel mapped, NIR = 0 or not
     assert res.nodata_pixels == 0
+    # told that it is a mask after all (--alpha-mask), the band masks where it is 0
+    mosaic = open_mosaic([tmp_path / "rgbi.tif"], (1, 2, 3), alpha_mask=True)
+    assert not any("band 4 is tagged alpha" in n for n in mosaic.warnings)
+    res = run_predict(SHARED["ckpt"], [tmp_path / "rgbi.tif"], tmp_path / "masked.tif", alpha_mask=True)
+    with rasterio.open(tmp_path / "masked.tif") as src:
+        got = src.read(1)
+    assert (got[:, :64] == 255).all() and (got[:, 64:] != 255).all() and res.nodata_pixels == 128 * 64
 
 
 def test_a_real_alpha_mask_still_masks(tmp_path):

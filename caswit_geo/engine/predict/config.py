@@ -49,6 +49,7 @@ class PredictConfig:
     workers: int | None = bounded(None, ge=0)
     overlap: int = bounded(0, ge=0)
     resample: bool = False
+    alpha_mask: bool = False  # a band tagged alpha is the mask even where it holds more than a mask's values
     nodata: str | None = None  # a number or "none": replaces the inputs' own nodata value (None keeps theirs)
     confidence: str | Path | None = None
     probabilities: str | Path | None = None  # one uint8 percent band per class (same rule as confidence)

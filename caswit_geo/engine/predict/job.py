@@ -55,10 +55,12 @@ from caswit_geo.safeio.outputs import OutputSet
 from caswit_geo.safeio.sweep import hold_folder, holding, release_folder
 
 # plan.json keys -> the option a user changes to change them
-_OPTIONS_BEFORE = {"tta": "none", "probabilities": False}
+_OPTIONS_BEFORE = {"tta": "none", "probabilities": False, "alpha_mask": False, "nodata": None}
 _OPTION_NAMES = {
     "overlap": "--overlap",
     "resample": "--resample",
+    "alpha_mask": "--alpha-mask",
+    "nodata": "--nodata",
     "context": "the LR context mode",
     "precision": "--precision",
     "tile": "the checkpoint's tile size",

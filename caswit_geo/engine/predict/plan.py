@@ -273,10 +273,10 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
     per_file, classes_dests, conf_dests, prob_dests, vector, preview = plan_outputs(config, inputs, read_files)
 
     nodata = check_nodata_option(config.nodata)
-    mosaic = open_mosaic(inputs, spec.bands, nodata=nodata)
+    mosaic = open_mosaic(inputs, spec.bands, nodata=nodata, alpha_mask=config.alpha_mask)
     target_res, notes = check_resolution(mosaic, spec, config.resample)
     if target_res is not None:
-        mosaic = open_mosaic(inputs, spec.bands, target_res=target_res, nodata=nodata)
+        mosaic = open_mosaic(inputs, spec.bands, target_res=target_res, nodata=nodata, alpha_mask=config.alpha_mask)
     cache_bytes, cache_notes = gdal_cache_bytes(mosaic, tile, config.gdal_cache_mb)
     notes = mosaic.warnings + notes + check_scaling(mosaic, spec) + cache_notes
 
@@ -346,6 +346,7 @@ def pixel_options(config: PredictConfig, plan: PredictPlan) -> dict:
         "overlap": config.overlap,
         "resample": bool(config.resample),
         "nodata": config.nodata,
+        "alpha_mask": bool(config.alpha_mask),
         "context": plan.context,
         "precision": plan.precision.name,  # resolved: "auto" may mean another one on another machine
         "tile": plan.grid.tile,
@@ -472,8 +473,8 @@ def _check_vector_layer(config: PredictConfig, vector: Path) -> None:
 
 
 def _check_folder(folder: Path, option: str) -> Path:
-    if not folder.exists():
-        raise OutputError(f"{option}: folder {folder} does not exist")
+    if not folder.exists():  # made by hand: the job of per-file outputs lives in it from the start
+        raise OutputError(f"{option}: folder {folder} does not exist; create it first (mkdir -p {folder})")
     if not folder.is_dir():
         raise OutputError(f"{option}: {folder} is not a folder")
     return folder

@@ -237,3 +237,14 @@ def test_a_scale_that_does_not_fit_is_noted_as_train_warns():
     # the mosaic's data type is all the check reads
     assert check_scaling(SimpleNamespace(dtype="int16"), InputSpec(scale=255.0)) == [scale_warning("int16", 255.0)]
     assert check_scaling(SimpleNamespace(dtype="uint16"), InputSpec(scale=65535.0)) == []
+
+
+def test_a_missing_per_file_output_folder_is_named_with_the_command_that_makes_it(tmp_path):
+    from caswit_geo.core.errors import OutputError
+    from caswit_geo.engine.predict.plan import plan_outputs
+
+    maps = tmp_path / "maps"
+    config = PredictConfig(inputs=[str(tmp_path / "a.tif")], out=f"{maps}/")
+    with pytest.raises(OutputError, match=rf"--out: folder {maps} does not exist; create it first \(mkdir -p {maps}\)"):
+        plan_outputs(config, [tmp_path / "a.tif"])
+    assert not maps.exists()  # planning writes nothing
