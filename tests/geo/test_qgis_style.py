@@ -84,6 +84,7 @@ def polygons(path, layer):
 def test_gpkg_style_row_as_qgis_writes_it(tmp_path):
     gpkg = tmp_path / "v.gpkg"
     polygons(gpkg, "landcover")
+    write_gpkg_style(gpkg, "landcover", "<qgis>user's</qgis>", name="mine")  # a style the user saved
     write_gpkg_style(gpkg, "landcover", "<qgis>first</qgis>")
     write_gpkg_style(gpkg, "landcover", categorized_qml(CLASSES), categorized_sld(CLASSES, "landcover"))
     with sqlite3.connect(gpkg) as db:
@@ -94,7 +95,9 @@ def test_gpkg_style_row_as_qgis_writes_it(tmp_path):
     assert cols == ["id", "f_table_catalog", "f_table_schema", "f_table_name", "f_geometry_column", "styleName",
                     "styleQML", "styleSLD", "useAsDefault", "description", "owner", "ui", "update_time"]
     assert contents == [("attributes",)]
-    assert [(r[0], r[1], r[4]) for r in rows] == [("landcover", "geom", 0), ("landcover", "geom", 1)]  # one default
+    # one default: ours; the user's style stays, our earlier one of the same name is replaced
+    assert [(r[0], r[1], r[2], r[4]) for r in rows] == [("landcover", "geom", "mine", 0),
+                                                         ("landcover", "geom", "landcover", 1)]
     assert rows[1][3] == categorized_qml(CLASSES) and rows[1][5].endswith("Z")
     # the GeoPackage still reads as one polygon layer (plus the attributes table)
     assert len(gpd.read_file(gpkg, layer="landcover")) == 2
