@@ -69,7 +69,7 @@ def fill_polygons(geoms: np.ndarray, values: np.ndarray, transform: Affine, out:
     yc = row + 0.5
     x = x0[edge] + (yc - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
     g = geom[edge]
-    order = np.lexsort((x, row, g))  # by polygon, then scanline, then x: crossings pair up in turn
+    order = np.lexsort((x, g * height + row))  # by polygon, then scanline, then x: crossings pair up in turn
     x, row, g = x[order], row[order], g[order]
     xa, xb, row, g = x[0::2], x[1::2], row[0::2], g[0::2]
     c0 = np.maximum(np.floor(xa + 0.5), 0).astype(np.int64)
@@ -85,8 +85,8 @@ def fill_polygons(geoms: np.ndarray, values: np.ndarray, transform: Affine, out:
         np.add.at(marks, (r, a), v)
         np.add.at(marks, (r, b), -v)
         painted = np.cumsum(marks[:, :width], axis=1)
-        hit = painted > 0
-        out[hit] = painted[hit] - 1
+        painted -= 1  # -1 where no span: those pixels keep what ``out`` holds
+        np.copyto(out, painted, casting="unsafe", where=painted >= 0)
         return out
     pixel = (np.repeat(row * width + c0, n) + np.arange(total) - np.repeat(np.cumsum(n) - n, n))
     rank = np.full(height * width, -1, np.int32)
