@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -103,6 +104,15 @@ def save_nano_checkpoint(path, classes: ClassTable, *, seed: int = 0, gsd: float
     model = caswit_geo.build_model("caswit-nano", num_classes=len(classes))
     return caswit_geo.save_checkpoint(model, path, classes=classes, input_spec=InputSpec(tile_size=NANO_TILE, gsd=gsd),
                                       **metadata)
+
+
+def module_checkpoint(shared: dict, tmp_path_factory, classes: ClassTable, name: str = "nano.safetensors",
+                      **kw) -> Iterator[None]:
+    """Body of a module-scoped fixture: a caswit-nano checkpoint in ``shared["ckpt"]``, outside every case
+    folder, while the module's tests run (``kw``: :func:`save_nano_checkpoint`'s)."""
+    shared["ckpt"] = save_nano_checkpoint(tmp_path_factory.mktemp("checkpoint") / name, classes, **kw)
+    yield
+    shared.clear()
 
 
 def run_predict(weights, inputs, out, **kw):

@@ -23,7 +23,13 @@ import rasterio
 from affine import Affine
 
 from caswit_geo.core.spec import ClassInfo, ClassTable, InputSpec
-from tests.helpers import grid_transform, qml_palette, save_nano_checkpoint, write_geotiff, write_on_grid
+from tests.helpers import (
+    grid_transform,
+    module_checkpoint,
+    qml_palette,
+    write_geotiff,
+    write_on_grid,
+)
 from tests.hostile import REPO, Case, run_case
 
 T = 128  # caswit-nano tile
@@ -45,10 +51,7 @@ SHARED: dict[str, Path] = {}
 @pytest.fixture(scope="module", autouse=True)
 def shared(tmp_path_factory):
     """A caswit-nano checkpoint with hostile class names, outside every case folder."""
-    folder = tmp_path_factory.mktemp("hostile-cli")
-    SHARED["ckpt"] = save_nano_checkpoint(folder / "hostile.safetensors", HOSTILE_CLASSES, gsd=RES)
-    yield
-    SHARED.clear()
+    yield from module_checkpoint(SHARED, tmp_path_factory, HOSTILE_CLASSES, "hostile.safetensors", gsd=RES)
 
 
 # ---------------------------------------------------------------- fixtures built in a case folder

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 import rasterio
 
-from tests.helpers import PREDICT_CLASSES, rgb_image, run_predict, save_nano_checkpoint, write_on_grid
+from tests.helpers import (
+    PREDICT_CLASSES,
+    module_checkpoint,
+    rgb_image,
+    run_predict,
+    write_on_grid,
+)
 from tests.hostile import Case, run_case
 
 SHARED: dict[str, Path] = {}
@@ -19,10 +25,7 @@ SHARED: dict[str, Path] = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def shared(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hostile-messages")
-    SHARED["ckpt"] = save_nano_checkpoint(folder / "nano.safetensors", PREDICT_CLASSES)
-    yield
-    SHARED.clear()
+    yield from module_checkpoint(SHARED, tmp_path_factory, PREDICT_CLASSES)
 
 
 def two_tiles_one_stem(folder: Path) -> dict:

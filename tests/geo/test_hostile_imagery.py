@@ -20,7 +20,13 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from caswit_geo.geo.mosaic import describe_raster, open_mosaic
-from tests.helpers import PREDICT_CLASSES, rgb_image, run_predict, save_nano_checkpoint, write_on_grid
+from tests.helpers import (
+    PREDICT_CLASSES,
+    module_checkpoint,
+    rgb_image,
+    run_predict,
+    write_on_grid,
+)
 from tests.hostile import Case, run_case
 
 SHARED = {}
@@ -28,10 +34,7 @@ SHARED = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def shared(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hostile-imagery")
-    SHARED["ckpt"] = save_nano_checkpoint(folder / "nano.safetensors", PREDICT_CLASSES)
-    yield
-    SHARED.clear()
+    yield from module_checkpoint(SHARED, tmp_path_factory, PREDICT_CLASSES)
 
 
 def raster(transform=None, crs=None, gcps=None):

@@ -15,7 +15,7 @@ import pytest
 import rasterio
 
 from caswit_geo.core.spec import ClassInfo, ClassTable
-from tests.helpers import rgb_image, run_predict, save_nano_checkpoint, write_on_grid
+from tests.helpers import module_checkpoint, rgb_image, run_predict, write_on_grid
 from tests.hostile import Case, run_case
 
 CLASSES = ClassTable([ClassInfo(0, "building", (219, 14, 154)), ClassInfo(1, "water", (21, 83, 174))])
@@ -24,10 +24,7 @@ SHARED: dict[str, Path] = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def shared(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hostile-checkpoint")
-    SHARED["ckpt"] = save_nano_checkpoint(folder / "nano.safetensors", CLASSES)
-    yield
-    SHARED.clear()
+    yield from module_checkpoint(SHARED, tmp_path_factory, CLASSES)
 
 
 # ---------------------------------------------------------------- fixtures built in a case folder
