@@ -23,6 +23,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from caswit_geo.core.errors import ConfigError, OutputError
+from caswit_geo.core.jsonfile import parse_json
 from caswit_geo.engine.predict.job import Job, remove_job
 from caswit_geo.engine.predict.plan import PredictPlan
 from caswit_geo.engine.predict.sink import UnitDone
@@ -50,6 +51,9 @@ class Finalized:
     preview: Path | None
     seconds: float
     phases: dict[str, float] = field(default_factory=dict)
+
+
+MAX_PART_TAG_BYTES = 1 << 20  # a unit's report: pixels and areas of at most 256 classes
 
 
 def unit_reports(job: Job, plan: PredictPlan, raster: int | None = None) -> list[UnitDone]:
@@ -80,7 +84,7 @@ def unit_reports(job: Job, plan: PredictPlan, raster: int | None = None) -> list
             probabilities = job.probabilities_path(unit.id)
             _check_identity(probabilities, _part_tags(probabilities), job.part_identity(unit))
         try:
-            out.append(UnitDone.from_dict(json.loads(tags["CASWIT_UNIT"])))
+            out.append(UnitDone.from_dict(_tag_json(part, tags, "CASWIT_UNIT")))
         except (KeyError, TypeError, ValueError, AttributeError):
             raise _bad_part(part, "its unit report is missing or malformed") from None
     return out
@@ -96,11 +100,20 @@ def _part_tags(path: Path) -> dict:
         raise _bad_part(path, "cannot be read") from None
 
 
-def _check_identity(path: Path, tags: dict, expected: dict) -> None:
+def _tag_json(path: Path, tags: dict, key: str):
+    """The JSON value of a part's tag, read like any file content (bounded); None when absent or unreadable."""
+    text = tags.get(key)
+    if text is None:
+        return None
     try:
-        found = json.loads(tags.get("CASWIT_PART", "null"))
-    except ValueError:
-        found = None
+        return parse_json(text, source=path, what=f"its {key} tag", max_bytes=MAX_PART_TAG_BYTES, max_depth=4,
+                          error=ConfigError)
+    except ConfigError:
+        return None
+
+
+def _check_identity(path: Path, tags: dict, expected: dict) -> None:
+    found = _tag_json(path, tags, "CASWIT_PART")
     if found != expected:
         what = "it has no unit identity" if not isinstance(found, dict) else (
             f"it holds unit {str(found.get('unit'))[:20]} (window {str(found.get('window'))[:60]}) of job "

@@ -214,6 +214,15 @@ def other_jobs_part(folder: Path) -> None:
     shutil.rmtree(other)
 
 
+def part_tag(key: str, value: str):
+    """An interrupted job whose first done part has ``value`` as its ``key`` tag."""
+    def setup(folder: Path) -> None:
+        interrupted_job(folder)
+        with rasterio.open(done_parts(folder)[0], "r+") as dst:
+            dst.update_tags(**{key: value})
+    return setup
+
+
 def linked_units(folder: Path) -> None:
     interrupted_job(folder)
     outside = folder / "elsewhere"
@@ -227,6 +236,10 @@ PART_CASES = [
          expect=("u000001.tif", "holds unit 0", "not unit 1", "remove it")),
     Case("3-stray-part", RESUME, stray_part, changes=(JOB,), expect=("u000099.tif", "no unit 99")),
     Case("3-part-of-another-job", RESUME, other_jobs_part, changes=(JOB,), expect=("u000000.tif", "of job")),
+    Case("3-part-identity-nested-deep", RESUME, part_tag("CASWIT_PART", "[" * 100_000 + "]" * 100_000),
+         changes=(JOB,), expect=("u000000.tif", "no unit identity", "remove it")),
+    Case("3-part-report-nested-deep", RESUME, part_tag("CASWIT_UNIT", "[" * 100_000 + "]" * 100_000),
+         changes=(JOB,), expect=("u000000.tif", "unit report is missing or malformed")),
     Case("3-units-folder-is-a-link", RESUME, linked_units, expect=("units", "not a folder of the job")),
     Case("3-job-folder-is-a-link", RESUME,
          lambda f: (interrupted_job(f), shutil.move(f / JOB, f / "real"), (f / JOB).symlink_to(f / "real")),
