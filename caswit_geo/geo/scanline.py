@@ -56,16 +56,14 @@ class PolygonEdges:
         if len(offsets) == 2:  # polygons only: one part each
             offsets = (offsets[0], offsets[1], np.arange(len(geoms) + 1))
         ring_offsets, part_offsets, geom_offsets = offsets
-        ring_of_coord = np.repeat(np.arange(len(ring_offsets) - 1), np.diff(ring_offsets))
-        start = np.flatnonzero(ring_of_coord[:-1] == ring_of_coord[1:])
+        # every vertex starts an edge but the last of each ring
+        closes = np.zeros(len(coords), bool)
+        closes[ring_offsets[1:] - 1] = True
+        start = np.flatnonzero(~closes).astype(np.int32 if len(coords) < 2**31 else np.int64)
+        del closes
         # a polygon's edges end where its last ring does: vertex offsets -> edge offsets
-        last_vertex = ring_offsets[part_offsets[geom_offsets]]
-        edge_offsets = np.searchsorted(start, last_vertex)
-        return cls(np.ascontiguousarray(coords[:, 0]), np.ascontiguousarray(coords[:, 1]), start, edge_offsets)
-
-    @property
-    def nbytes(self) -> int:
-        return self.x.nbytes + self.y.nbytes + self.start.nbytes + self.offsets.nbytes
+        edge_offsets = np.searchsorted(start, ring_offsets[part_offsets[geom_offsets]])
+        return cls(coords[:, 0], coords[:, 1], start, edge_offsets)  # views: the coordinates are held once
 
     def select(self, polygons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(edge indices, rank) of the edges of ``polygons``; rank i for the edges of ``polygons[i]``."""
