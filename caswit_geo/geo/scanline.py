@@ -15,8 +15,8 @@ fill (``GDALdllImageFilledPolygon``, ``all_touched=False``) with numpy:
   (a, b) fills the columns ``a .. b - 1``, the pixels whose centre lies in
   (xa, xb];
 * the spans are written as runs along the rows; where polygons overlap
-  the later one wins (a per-pixel maximum of the polygon's rank, only
-  where spans overlap).
+  the later one wins (spans cut where they overlap, each piece taking the
+  highest rank).
 
 The edges of a layer are laid out once (:class:`PolygonEdges`), so a window
 only gathers the edges of the polygons that meet it. Equal to GDAL for every
@@ -132,41 +132,54 @@ def fill_edges(edges: PolygonEdges, edge: np.ndarray, rank: np.ndarray, values: 
 def _write_spans(out: np.ndarray, start: np.ndarray, length: np.ndarray, rank: np.ndarray, values: np.ndarray) -> None:
     """Spans (flat pixel ``start``, ``length``, polygon ``rank``) written into ``out``, the highest rank on top.
 
-    Sorted along the rows, the spans that overlap no other and the gaps between them are runs
-    of one value: one ``np.repeat`` (a coverage, such as OCS GE, has no other). Overlapping spans
-    (overlapping polygons, or a border shared by two polygons through different vertices, whose
-    crossings round apart by a pixel) are ranked pixel by pixel.
+    Where spans overlap (overlapping polygons, or a border shared by two polygons through
+    different vertices, whose crossings round apart by a pixel), they are cut at each other's
+    ends and each piece keeps its highest rank. The spans, now apart, and the gaps between
+    them are runs of one value along the rows: one ``np.repeat``.
     """
     if start.size == 0:
         return
-    flat = out.reshape(-1)
-    order = np.argsort(start, kind="stable")
+    order = np.argsort(start)
     start, length, rank = start[order], length[order], rank[order]
     end = start + length
     conflict = np.zeros(len(start), bool)
     conflict[1:] = start[1:] < np.maximum.accumulate(end)[:-1]
     conflict[:-1] |= end[:-1] > start[1:]
-    clean = ~conflict
-    s, n, v = start[clean], length[clean], values[rank[clean]]
-    if s.size:
-        runs = np.empty(2 * len(s) + 1, np.int64)
-        runs[0:-1:2], runs[1::2], runs[-1] = np.diff(s, prepend=0) - np.concatenate(([0], n[:-1])), n, flat.size - s[-1] - n[-1]
-        if (flat == flat[0]).all():  # a blank canvas (the usual case): one run-length decode
-            fills = np.empty(len(runs), out.dtype)
-            fills[0::2], fills[1::2] = flat[0], v
-            flat[:] = np.repeat(fills, runs)
-        else:
-            fills = np.full(len(runs), -1, np.int32)  # -1: a gap, where ``out`` keeps what it holds
-            fills[1::2] = v
-            painted = np.repeat(fills, runs)
-            np.copyto(flat, painted, casting="unsafe", where=painted >= 0)
-    if conflict.any():
-        s, n, r = start[conflict], length[conflict], rank[conflict].astype(np.int32)
-        pixel = np.repeat(s - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
-        best = np.full(flat.size, -1, np.int32)
-        np.maximum.at(best, pixel, np.repeat(r, n))
-        hit = best >= 0
-        flat[hit] = values[best[hit]]
+    if conflict.any():  # a coverage, such as OCS GE, has none
+        cut, cut_len, cut_rank = _visible_pieces(start[conflict], end[conflict], rank[conflict])
+        clean = ~conflict
+        start = np.concatenate([start[clean], cut])
+        length = np.concatenate([length[clean], cut_len])
+        rank = np.concatenate([rank[clean], cut_rank])
+        order = np.argsort(start)
+        start, length, rank = start[order], length[order], rank[order]
+    flat = out.reshape(-1)
+    runs = np.empty(2 * len(start) + 1, np.int64)
+    runs[0:-1:2] = start - np.concatenate(([0], (start + length)[:-1]))
+    runs[1::2], runs[-1] = length, flat.size - start[-1] - length[-1]
+    value = values[rank]
+    if (flat == flat[0]).all():  # a blank canvas (the usual case): one run-length decode
+        fills = np.empty(len(runs), out.dtype)
+        fills[0::2], fills[1::2] = flat[0], value
+        flat[:] = np.repeat(fills, runs)
+        return
+    fills = np.full(len(runs), -1, np.int32)  # -1: a gap, where ``out`` keeps what it holds
+    fills[1::2] = value
+    painted = np.repeat(fills, runs)
+    np.copyto(flat, painted, casting="unsafe", where=painted >= 0)
+
+
+def _visible_pieces(start: np.ndarray, end: np.ndarray, rank: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Overlapping spans [start, end) cut at every span's ends: (start, length, rank) of each covered piece, top rank."""
+    bounds = np.sort(np.concatenate([start, end]))  # repeated bounds make empty pieces, left out below
+    first, last = np.searchsorted(bounds, start), np.searchsorted(bounds, end)
+    n = last - first
+    piece = np.repeat(first - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+    top = np.full(len(bounds) - 1, -1, np.int64)
+    np.maximum.at(top, piece, np.repeat(rank.astype(np.int64), n))
+    length = np.diff(bounds)
+    keep = (top >= 0) & (length > 0)
+    return bounds[:-1][keep], length[keep], top[keep]
 
 
 def _polygonal(geoms: np.ndarray) -> np.ndarray:
