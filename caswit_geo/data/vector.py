@@ -361,8 +361,10 @@ class VectorDataset(CaswitDataset):
         k = self.input_spec.context_factor
         hr, lr, hr_valid, lr_valid = read_tile_context_valid(src, window, self.input_spec.bands, k, mask=rule)
         label, lr_label = self.labels(window)
-        label[~hr_valid] = IGNORE_INDEX
-        lr_label[~lr_valid] = IGNORE_INDEX
+        if not hr_valid.all():  # the usual tile is valid throughout: no mask to apply
+            label[~hr_valid] = IGNORE_INDEX
+        if not lr_valid.all():
+            lr_label[~lr_valid] = IGNORE_INDEX
         sample_id = f"mosaic/r{int(window.row_off)}_c{int(window.col_off)}"
         return hr, lr, label, lr_label, sample_id
 
