@@ -261,10 +261,12 @@ def main() -> None:
     print(f"  one H100 SXM ({H100_BF16_DENSE / 1e12:.0f} TFLOP/s dense bf16) at {args.mfu:.0%} of its peak: about "
           f"{need:.0f} tiles/s ({H100_BF16_DENSE * 0.3 / step:.0f} at 30 %, {H100_BF16_DENSE * 0.5 / step:.0f} at 50 %); "
           "an estimate, not a measurement")
-    one = {name: statistics.median(loaders[(name, 1)]) if (name, 1) in loaders else 1 / statistics.median(spent[name])
-           for name in datasets}
-    print(f"  workers (one core each, at this CPU's one-worker rate) to feed it: tiles dataset {need / one['tiles']:.1f}, "
-          f"vector dataset {need / one['vector']:.1f} ({one['vector']:.1f} tiles/s per worker)")
+    alone = {name: 1 / statistics.median(spent[name]) for name in datasets}
+    print(f"  workers to feed it (one core each): from the one-process rates, tiles dataset "
+          f"{need / alone['tiles']:.1f}, vector dataset {need / alone['vector']:.1f}; from the DataLoader's "
+          "per-worker rates (batches collated and handed over too), "
+          + ", ".join(f"{w} worker(s): tiles {need * w / statistics.median(loaders[('tiles', w)]):.1f}, "
+                      f"vector {need * w / statistics.median(loaders[('vector', w)]):.1f}" for w in args.workers))
     proc = subprocess.run([sys.executable, __file__, "--memory-only", "--polygons", str(args.polygons)],
                           capture_output=True, text=True, check=True)
     held, peak = json.loads(proc.stdout.strip().splitlines()[-1])

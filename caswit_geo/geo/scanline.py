@@ -139,7 +139,8 @@ def _write_spans(out: np.ndarray, start: np.ndarray, length: np.ndarray, rank: n
     """
     if start.size == 0:
         return
-    order = np.argsort(start)
+    flat = out.reshape(-1)
+    order = _argsort(start, flat.size)
     start, length, rank = start[order], length[order], rank[order]
     end = start + length
     conflict = np.zeros(len(start), bool)
@@ -148,12 +149,15 @@ def _write_spans(out: np.ndarray, start: np.ndarray, length: np.ndarray, rank: n
     if conflict.any():  # a coverage, such as OCS GE, has none
         cut, cut_len, cut_rank = _visible_pieces(start[conflict], end[conflict], rank[conflict])
         clean = ~conflict
-        start = np.concatenate([start[clean], cut])
-        length = np.concatenate([length[clean], cut_len])
-        rank = np.concatenate([rank[clean], cut_rank])
-        order = np.argsort(start)
-        start, length, rank = start[order], length[order], rank[order]
-    flat = out.reshape(-1)
+        start, length, rank = start[clean], length[clean], rank[clean]
+        # both sorted: the pieces are slotted in among the spans left whole
+        at = np.searchsorted(start, cut) + np.arange(len(cut))
+        whole = np.ones(len(start) + len(cut), bool)
+        whole[at] = False
+        merged = [np.empty(len(whole), np.int64) for _ in range(3)]
+        for into, kept, pieces in zip(merged, (start, length, rank), (cut, cut_len, cut_rank)):
+            into[whole], into[at] = kept, pieces
+        start, length, rank = merged
     runs = np.empty(2 * len(start) + 1, np.int64)
     runs[0:-1:2] = start - np.concatenate(([0], (start + length)[:-1]))
     runs[1::2], runs[-1] = length, flat.size - start[-1] - length[-1]
@@ -167,6 +171,16 @@ def _write_spans(out: np.ndarray, start: np.ndarray, length: np.ndarray, rank: n
     fills[1::2] = value
     painted = np.repeat(fills, runs)
     np.copyto(flat, painted, casting="unsafe", where=painted >= 0)
+
+
+def _argsort(keys: np.ndarray, bound: int) -> np.ndarray:
+    """``np.argsort`` of non-negative integer ``keys`` below ``bound``, as a sort of ``key * n + index`` (faster)."""
+    n = len(keys)
+    if bound * n >= 2**62:
+        return np.argsort(keys)
+    packed = keys.astype(np.int64) * n + np.arange(n)
+    packed.sort()
+    return packed % n
 
 
 def _visible_pieces(start: np.ndarray, end: np.ndarray, rank: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
