@@ -1,12 +1,11 @@
 """Polygons burnt into raster windows, through a spatial index (labels from vector data).
 
-The polygons are indexed once (a shapely STRtree); each window selects the
-polygons that meet it, gathers their edges (laid out once, with the index)
-and fills them by GDAL's pixel-centre rule (``all_touched=False``, as
+The polygons are indexed once (a shapely STRtree) and their edges laid out
+once; each window selects the polygons that meet it, gathers their edges and
+fills them by GDAL's pixel-centre rule (``all_touched=False``, as
 ``rasterio.features.rasterize``; ``scanline.py`` does it vectorised), in the
-layer's order, so where polygons
-overlap the later one wins. A window costs the polygons it meets, never the
-whole layer.
+layer's order, so where polygons overlap the later one wins. A window costs
+the polygons it meets, never the whole layer.
 
 The LR labels of a context window (the pixel under the centre of each
 ``k x k`` block, ``context.nearest_downsample`` of the ``kT`` canvas) are

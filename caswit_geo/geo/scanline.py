@@ -197,7 +197,7 @@ def _visible_pieces(start: np.ndarray, end: np.ndarray, rank: np.ndarray) -> tup
 
 
 def _polygonal(geoms: np.ndarray) -> np.ndarray:
-    """Each geometry's polygons: a collection (a clipped polygon may come back as one) keeps only them."""
+    """Each geometry's polygons: a collection (``make_valid`` may return one) keeps only them, lines and points go."""
     kinds = shapely.get_type_id(geoms)
     odd = ~shapely.is_empty(geoms) & ~np.isin(kinds, (3, 6))
     if odd.any():
