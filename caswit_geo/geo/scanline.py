@@ -105,27 +105,30 @@ def fill_edges(edges: PolygonEdges, edge: np.ndarray, rank: np.ndarray, values: 
     if crosses.size == 0:
         return out
     xa, ya, xb, yb, rank = xa[crosses], ya[crosses], xb[crosses], yb[crosses], rank[crosses]
-    first, count = first[crosses].astype(np.int64), count[crosses].astype(np.int64)
+    first, count = first[crosses], count[crosses]
+    total = int(count.sum())
+    # integer keys (polygon, scanline, column) fit in 32 bits for the usual window: half the memory traffic
+    int_t = np.int32 if max((int(rank.max()) + 1) * height * (width + 1), total) < 2**31 else np.int64
+    first, count = first.astype(int_t), count.astype(int_t)
     x0 = inv.a * xa + inv.b * ya + inv.c
     x1 = inv.a * xb + inv.b * yb + inv.c
     y0, y1 = py0[crosses], py1[crosses]
     flip = y0 > y1
     x0, x1 = np.where(flip, x1, x0), np.where(flip, x0, x1)
     y0, y1 = np.where(flip, y1, y0), np.where(flip, y0, y1)
-    total = int(count.sum())
-    row = np.repeat(first - (np.cumsum(count) - count), count) + np.arange(total)
+    row = np.repeat(first - (np.cumsum(count, dtype=int_t) - count), count) + np.arange(total, dtype=int_t)
     dx, dy = np.repeat(x1 - x0, count), np.repeat(y1 - y0, count)
     x = (row + 0.5 - np.repeat(y0, count)) * dx / dy + np.repeat(x0, count)  # GDAL's order of operations
-    col = np.clip(np.floor(x + 0.5), 0, width).astype(np.int64)
+    col = np.clip(np.floor(x + 0.5), 0, width).astype(int_t)
     # one integer key: by polygon, then scanline, then column; the columns of a polygon's scanline pair up
-    key = (np.repeat(rank.astype(np.int64), count) * height + row) * (width + 1) + col
+    key = (np.repeat(rank.astype(int_t), count) * int_t(height) + row) * int_t(width + 1) + col
     key.sort()
     starts, ends = key[0::2], key[1::2]
     c0, c1 = starts % (width + 1), ends % (width + 1)
     line = starts // (width + 1)
     row, g = line % height, line // height
     keep = c1 > c0
-    _write_spans(out, (row * width + c0)[keep], (c1 - c0)[keep], g[keep], values)
+    _write_spans(out, (row.astype(np.int64) * width + c0)[keep], (c1 - c0)[keep], g[keep], values)
     return out
 
 
