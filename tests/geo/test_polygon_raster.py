@@ -147,3 +147,18 @@ def test_edges_of_a_layer_with_empty_and_collection_geometries():
     edge, rank = edges.select(np.asarray([3, 0]))
     assert rank.tolist() == [0] * 8 + [1] * 8
     assert set(edges.x[edges.start[edge[:8]]]) == {5.0, 6.0, 7.0, 8.0}
+
+
+def test_a_large_window_of_many_polygons_keys_crossings_in_64_bits():
+    from caswit_geo.geo.scanline import fill_polygons
+
+    rng = np.random.default_rng(7)
+    xy = rng.uniform(0, 200, (600, 2))
+    geoms = np.asarray([box(x, y, x + w, y + h) for (x, y), (w, h) in zip(xy, rng.uniform(1, 9, (600, 2)))],
+                       dtype=object)
+    values = rng.integers(0, 250, 600).astype(np.uint8)
+    transform = from_origin(0, 205, 0.1, 0.1)  # 600 x 2048 x 2049 keys: past 32 bits
+    expected = rasterize(zip(geoms, values.tolist()), out_shape=(2048, 2048), transform=transform, fill=255,
+                         dtype="uint8")
+    got = fill_polygons(geoms, values, transform, np.full((2048, 2048), 255, np.uint8))
+    assert np.array_equal(got, expected) and (expected != 255).mean() > 0.2
