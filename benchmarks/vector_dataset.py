@@ -84,7 +84,7 @@ def make_data(folder: Path, size: int, seed: int = 0) -> tuple[int, int]:
     for _ in range(n_rects):
         x, y = rng.uniform(0, size - 200, 2)
         w, h = rng.uniform(20, 200, 2)
-        polys.append((box(*(transform * (x, y + h)), *(transform * (x + w, y))), int(rng.integers(0, 6))))
+        polys.append((box(*(transform @ (x, y + h)), *(transform @ (x + w, y))), int(rng.integers(0, 6))))
     label = rasterize(polys, out_shape=(size, size), transform=transform, fill=255, dtype="uint8")
     image = (np.stack([label * 40, 250 - label * 40, label * 20]) + rng.integers(0, 10, (3, size, size))).astype(np.uint8)
     profile = dict(driver="GTiff", width=size, height=size, crs="EPSG:2154", transform=transform, tiled=True,
