@@ -260,8 +260,9 @@ def main() -> None:
           f"{args.loader_repeats} (this machine has {os.cpu_count()} cores, shared):")
     for w in args.workers:
         t, v = loaders[("tiles", w)], loaders[("vector", w)]
-        print(f"  {w} worker(s): tiles {fmt(t)}; vector {fmt(v)}; "
-              f"vector per worker {statistics.median(v) / w:.1f} tiles/s; ratio {statistics.median(t) / statistics.median(v):.2f}x")
+        print(f"  {w} worker(s): tiles {fmt(t)}; vector {fmt(v)}; per worker (core): tiles "
+              f"{statistics.median(t) / w:.1f}, vector {statistics.median(v) / w:.1f} tiles/s; "
+              f"ratio {statistics.median(t) / statistics.median(v):.2f}x")
     forward, step = base_step_flops(args.tile)
     need = H100_BF16_DENSE * args.mfu / step
     print(f"caswit-base training tile ({args.tile} px, LR context, auxiliary head): {forward / 1e12:.2f} TFLOP forward, "
