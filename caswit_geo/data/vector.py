@@ -295,6 +295,7 @@ class VectorDataset(CaswitDataset):
         self.regions = data.region_index(split)
         self.region = shapely.union_all(self.regions.geoms)  # to skip the area mask of windows wholly inside
         shapely.prepare(self.region)
+        self.extent = mosaic_bounds(data.mosaic)
         if grid:
             self.positions = grid_positions(data, split, tile)
         else:
@@ -346,11 +347,21 @@ class VectorDataset(CaswitDataset):
         out = []
         for transform in (hr_t, lr_t):
             label = self.data.labels.burn(transform, t_h, t_w, fill)
-            if not shapely.covers(self.region, shapely.box(*grid_bounds(transform, t_h, t_w))):
+            if not self.inside_region(grid_bounds(transform, t_h, t_w)):
                 inside = self.regions.burn(transform, t_h, t_w, 0).astype(bool)
                 label[~inside] = IGNORE_INDEX
             out.append(label)
         return out[0], out[1]
+
+    def inside_region(self, bounds: tuple[float, float, float, float]) -> bool:
+        """Whether the split's areas cover ``bounds`` where it meets the imagery's extent.
+
+        Pixels outside the imagery are ignored whatever the areas say (they are not valid
+        imagery), so a context window past the mosaic's edge needs no area mask for them.
+        """
+        left, bottom, right, top = self.extent
+        clipped = (max(bounds[0], left), max(bounds[1], bottom), min(bounds[2], right), min(bounds[3], top))
+        return clipped[0] < clipped[2] and clipped[1] < clipped[3] and shapely.covers(self.region, shapely.box(*clipped))
 
     def read(self, index: int):
         return self.read_window(self.window(index))
@@ -361,8 +372,10 @@ class VectorDataset(CaswitDataset):
         k = self.input_spec.context_factor
         hr, lr, hr_valid, lr_valid = read_tile_context_valid(src, window, self.input_spec.bands, k, mask=rule)
         label, lr_label = self.labels(window)
-        label[~hr_valid] = IGNORE_INDEX
-        lr_label[~lr_valid] = IGNORE_INDEX
+        if not hr_valid.all():  # the usual tile is valid throughout: no mask to apply
+            label[~hr_valid] = IGNORE_INDEX
+        if not lr_valid.all():
+            lr_label[~lr_valid] = IGNORE_INDEX
         sample_id = f"mosaic/r{int(window.row_off)}_c{int(window.col_off)}"
         return hr, lr, label, lr_label, sample_id
 

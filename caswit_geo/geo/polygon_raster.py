@@ -1,11 +1,11 @@
 """Polygons burnt into raster windows, through a spatial index (labels from vector data).
 
-The polygons are indexed once (a shapely STRtree); each window selects the
-polygons that meet it, cuts them to the window and fills them by GDAL's
-pixel-centre rule (``all_touched=False``, as ``rasterio.features.rasterize``;
-``scanline.py`` does it vectorised), in the layer's order, so where polygons
-overlap the later one wins. A window costs the polygons it meets, never the
-whole layer.
+The polygons are indexed once (a shapely STRtree) and their edges laid out
+once; each window selects the polygons that meet it, gathers their edges and
+fills them by GDAL's pixel-centre rule (``all_touched=False``, as
+``rasterio.features.rasterize``; ``scanline.py`` does it vectorised), in the
+layer's order, so where polygons overlap the later one wins. A window costs
+the polygons it meets, never the whole layer.
 
 The LR labels of a context window (the pixel under the centre of each
 ``k x k`` block, ``context.nearest_downsample`` of the ``kT`` canvas) are
@@ -21,7 +21,7 @@ import shapely
 from affine import Affine
 from rasterio.windows import Window
 
-from caswit_geo.geo.scanline import fill_polygons
+from caswit_geo.geo.scanline import PolygonEdges, fill_edges
 
 
 def window_transform(transform: Affine, window: Window) -> Affine:
@@ -54,18 +54,17 @@ class PolygonIndex:
         if len(self.geoms) != len(self.values):
             raise ValueError(f"{len(self.geoms)} polygons but {len(self.values)} values")
         self.tree = shapely.STRtree(self.geoms)
-        self.disjoint = False  # set by overlapping_pairs(): no two polygons share interior
+        self.edges = PolygonEdges.from_geoms(self.geoms)  # laid out once: a window gathers its polygons' edges
 
     def __len__(self) -> int:
         return len(self.geoms)
 
     def __getstate__(self) -> dict:
         # an STRtree does not pickle: rebuilt in the receiving process (spawned DataLoader workers)
-        return {"geoms": self.geoms, "values": self.values, "disjoint": self.disjoint}
+        return {"geoms": self.geoms, "values": self.values}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["geoms"], state["values"])
-        self.disjoint = state["disjoint"]
 
     def query(self, bounds: tuple[float, float, float, float]) -> np.ndarray:
         """Indices of the polygons whose envelope meets ``bounds``, in burn order."""
@@ -74,32 +73,26 @@ class PolygonIndex:
     def burn(self, transform: Affine, height: int, width: int, fill: int) -> np.ndarray:
         """(height, width) uint8: the last polygon's value under each pixel centre, else ``fill``."""
         out = np.full((height, width), fill, np.uint8)
-        left, bottom, right, top = grid_bounds(transform, height, width)
-        hits = self.query((left, bottom, right, top))
+        hits = self.query(grid_bounds(transform, height, width))
         if hits.size == 0:
             return out
-        # large polygons (a field, a forest with clearings) are cut to the window plus a pixel first:
-        # GDAL then walks a few edges instead of the whole outline; no pixel centre changes
-        mx, my = abs(transform.a) + abs(transform.b), abs(transform.d) + abs(transform.e)
-        geoms = self.geoms[hits]
-        b = shapely.bounds(geoms)
-        large = (b[:, 0] < left - mx) | (b[:, 1] < bottom - my) | (b[:, 2] > right + mx) | (b[:, 3] > top + my)
-        if large.any():
-            geoms = geoms.copy()
-            geoms[large] = shapely.clip_by_rect(geoms[large], left - mx, bottom - my, right + mx, top + my)
-        return fill_polygons(geoms, self.values[hits], transform, out, disjoint=self.disjoint)
+        # only the edges of the polygons met are gathered; those outside the window's rows cross no scanline,
+        # those left or right of it cross at its borders: a large polygon costs its edge count, no clipping
+        edge, rank = self.edges.select(hits)
+        return fill_edges(self.edges, edge, rank, self.values[hits], transform, out)
 
     def overlapping_pairs(self) -> int:
         """How many pairs of polygons share some interior (the later one is burnt there)."""
         left, right = self.tree.query(self.geoms, predicate="intersects")
         keep = left < right
         left, right = left[keep], right[keep]
-        count = int(shapely.relate_pattern(self.geoms[left], self.geoms[right], "T********").sum()) if left.size else 0
-        self.disjoint = count == 0
-        return count
+        return int(shapely.relate_pattern(self.geoms[left], self.geoms[right], "T********").sum()) if left.size else 0
 
 
 def grid_bounds(transform: Affine, height: int, width: int) -> tuple[float, float, float, float]:
     """(left, bottom, right, top) of a ``height x width`` grid (any sign of the pixel sizes)."""
-    xs, ys = zip(*(transform * (c, r) for c, r in ((0, 0), (width, 0), (0, height), (width, height))))
+    t = transform
+    cols, rows = (0, width, 0, width), (0, 0, height, height)
+    xs = [t.a * c + t.b * r + t.c for c, r in zip(cols, rows)]
+    ys = [t.d * c + t.e * r + t.f for c, r in zip(cols, rows)]
     return min(xs), min(ys), max(xs), max(ys)

@@ -107,23 +107,58 @@ def test_scanline_fill_equals_gdal_on_random_polygons_with_holes(seed):
         assert np.array_equal(got, expected)
 
 
-def test_a_coverage_fills_the_same_with_the_direct_path():
+def test_a_coverage_and_a_coverage_with_overlaps_fill_as_gdal():
     from affine import Affine
+    from rasterio.features import shapes
 
     from caswit_geo.geo.scanline import fill_polygons
 
     rng = np.random.default_rng(5)
     cells = rng.integers(0, 4, (12, 12))
-    from rasterio.features import shapes
-
     transform = from_origin(0, 12, 1, 1)
     polys = [(shapely.geometry.shape(g), int(v)) for g, v in shapes(cells.astype(np.uint8), transform=transform)]
     geoms = np.asarray([g for g, _ in polys], dtype=object)
     values = np.asarray([v for _, v in polys], np.uint8)
-    index = PolygonIndex(geoms, values)
-    assert index.overlapping_pairs() == 0 and index.disjoint  # touching is not overlapping
-    grid = Affine(0.07, 0, 0.3, 0, -0.05, 11.8)
-    ranked = fill_polygons(geoms, values, grid, np.full((200, 160), 255, np.uint8))
-    direct = fill_polygons(geoms, values, grid, np.full((200, 160), 255, np.uint8), disjoint=True)
-    expected = rasterize(zip(geoms, values.tolist()), out_shape=(200, 160), transform=grid, fill=255, dtype="uint8")
-    assert np.array_equal(direct, ranked) and np.array_equal(direct, expected)
+    assert PolygonIndex(geoms, values).overlapping_pairs() == 0  # touching is not overlapping
+    grid = Affine(0.09, 0, -1.1, 0, -0.07, 13.1)  # past the coverage on every side
+    # spans written as runs (the coverage), then over a canvas that is not blank, then with
+    # later polygons overlapping some spans (ranked there, runs elsewhere)
+    later = np.asarray([box(2.1, 3.3, 5.7, 4.9), box(4, 1, 4.5, 11), box(0.5, 0.5, 1, 1)], dtype=object)
+    cases = [(geoms, values, 255), (geoms, values, 7),
+             (np.concatenate([geoms, later]), np.concatenate([values, [10, 11, 12]]).astype(np.uint8), 255)]
+    for g, v, fill in cases:
+        canvas = np.full((200, 160), fill, np.uint8)
+        canvas[:20, :30] = 9  # not blank
+        expected = rasterize(zip(g, v.tolist()), out_shape=(200, 160), transform=grid, dtype="uint8", out=canvas.copy())
+        got = fill_polygons(g, v, grid, canvas)
+        assert np.array_equal(got, expected)
+        assert len(np.unique(got)) >= 5
+
+
+def test_edges_of_a_layer_with_empty_and_collection_geometries():
+    from caswit_geo.geo.scanline import PolygonEdges
+
+    ring = shapely.Polygon([(0, 0), (4, 0), (4, 4), (0, 4)], [[(1, 1), (2, 1), (2, 2), (1, 2)]])
+    mixed = shapely.GeometryCollection([box(10, 10, 11, 11), shapely.LineString([(0, 0), (1, 1)])])
+    multi = shapely.MultiPolygon([box(5, 5, 6, 6), box(7, 7, 8, 8)])
+    edges = PolygonEdges.from_geoms(np.asarray([ring, shapely.Polygon(), mixed, multi], dtype=object))
+    # edges per geometry: 4 + 4 (outer ring and hole), none, the collection's square, two squares
+    assert np.diff(edges.offsets).tolist() == [8, 0, 4, 8]
+    edge, rank = edges.select(np.asarray([3, 0]))
+    assert rank.tolist() == [0] * 8 + [1] * 8
+    assert set(edges.x[edges.start[edge[:8]]]) == {5.0, 6.0, 7.0, 8.0}
+
+
+def test_a_large_window_of_many_polygons_keys_crossings_in_64_bits():
+    from caswit_geo.geo.scanline import fill_polygons
+
+    rng = np.random.default_rng(7)
+    xy = rng.uniform(0, 200, (600, 2))
+    geoms = np.asarray([box(x, y, x + w, y + h) for (x, y), (w, h) in zip(xy, rng.uniform(1, 9, (600, 2)))],
+                       dtype=object)
+    values = rng.integers(0, 250, 600).astype(np.uint8)
+    transform = from_origin(0, 205, 0.1, 0.1)  # 600 x 2048 x 2049 keys: past 32 bits
+    expected = rasterize(zip(geoms, values.tolist()), out_shape=(2048, 2048), transform=transform, fill=255,
+                         dtype="uint8")
+    got = fill_polygons(geoms, values, transform, np.full((2048, 2048), 255, np.uint8))
+    assert np.array_equal(got, expected) and (expected != 255).mean() > 0.2
