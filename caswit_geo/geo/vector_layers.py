@@ -45,6 +45,7 @@ class PolygonLayer:
     values: np.ndarray | None  # (N,) object: the field's values, None when no field was read
     repaired: int = 0
     skipped: int = 0
+    index: np.ndarray | None = None  # (N,) each polygon's feature position in the layer (attributes join on it)
 
     def __len__(self) -> int:
         return len(self.geoms)
@@ -125,6 +126,7 @@ def read_polygons(
             "pass --skip-non-polygons to leave them out"
         )
     keep &= polygonal
+    index = np.flatnonzero(keep)
     geoms = geoms[keep]
     values = values[keep] if values is not None else None
     if len(geoms) == 0:
@@ -140,7 +142,7 @@ def read_polygons(
             geoms = reproject(geoms, source_crs, crs)
         except InputError as exc:
             raise InputError(f"{where}: {exc}") from None
-    return PolygonLayer(path, layer, geoms, values, repaired, skipped)
+    return PolygonLayer(path, layer, geoms, values, repaired, skipped, index)
 
 
 def _polygonal(geom):

@@ -212,10 +212,13 @@ def run_units(
             if plan.context == "prepass":
                 with plan.mosaic.open() as src:
                     lowres = plan_lowres(src, plan.spec.bands, plan.grid, plan.spec.context_factor, job.lowres_dir)
-                order = chunk_order(lowres, windows, complete=False)
+                # only the context of the tiles run (those meeting the region, when one is asked)
+                needed = windows if plan.roi is None else [w for w in windows if plan.roi.meets(w)]
+                order = chunk_order(lowres, needed, complete=False)
                 builder = LowResBuilder(plan.mosaic.source, plan.spec.bands, lowres, order)
             dataset = PredictTiles(plan.mosaic.source, windows, plan.spec, plan.context, lowres,
-                                   lowres_failed=None if builder is None else str(builder.failed))
+                                   lowres_failed=None if builder is None else str(builder.failed),
+                                   region=plan.roi)
             loader = make_loader(dataset, sizes, batch_size, workers, device)
             batches = iter(loader)  # forks the readers first: never fork while our threads hold GDAL locks
             if builder is not None:
