@@ -35,6 +35,7 @@ from caswit_geo.geo.vector_layers import read_polygons, reproject
 
 MAX_RECTS = 256  # feature boxes the units are planned on; more features plan on their common box
 BBOX_VERTICES = 64  # points per side of a --bbox reprojected from another CRS (its sides curve)
+SNAP_TOLERANCE = 1e-6  # pixels
 MAX_ATTRIBUTES = 64  # attribute columns of a --roi feature kept for --stats
 
 
@@ -105,13 +106,15 @@ def region_polygons(roi: str | Path | None, roi_layer: str | None, bbox: str | N
     return RegionPolygons(np.array([box], dtype=object), [{}], f"--bbox {bbox}")
 
 
-def read_attributes(path: Path, layer: str | None, index: np.ndarray | None) -> list[dict]:
+def read_attributes(path: Path, layer: str | None, index: np.ndarray) -> list[dict]:
     """The attribute columns of the features at ``index`` of the layer (for --stats): plain values only."""
     import pyogrio
 
-    table = pyogrio.read_dataframe(path, layer=layer, read_geometry=False)
-    columns = [c for c in table.columns if c != "geometry"][:MAX_ATTRIBUTES]
-    rows = table.iloc[index] if index is not None else table
+    columns = [str(c) for c in pyogrio.read_info(path, layer=layer)["fields"]][:MAX_ATTRIBUTES]
+    if not columns:  # no attribute (a table without columns would have no rows either)
+        return [{} for _ in range(len(index))]
+    table = pyogrio.read_dataframe(path, layer=layer, columns=columns, read_geometry=False)
+    rows = table.iloc[index]
     out = []
     for record in rows[columns].to_dict("records"):
         out.append({str(k): _plain(v) for k, v in record.items()})
@@ -218,8 +221,10 @@ class Region:
 
 
 def _snap(left: float, top: float, right: float, bottom: float) -> Window:
-    c0, r0 = math.floor(left), math.floor(top)
-    c1, r1 = max(math.ceil(right), c0 + 1), max(math.ceil(bottom), r0 + 1)
+    # outward to whole pixels, but not for a reprojection's rounding (a row of 1e-9 px is no row)
+    c0, r0 = math.floor(left + SNAP_TOLERANCE), math.floor(top + SNAP_TOLERANCE)
+    c1 = max(math.ceil(right - SNAP_TOLERANCE), c0 + 1)
+    r1 = max(math.ceil(bottom - SNAP_TOLERANCE), r0 + 1)
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 

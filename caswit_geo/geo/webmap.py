@@ -107,7 +107,8 @@ def open_service(path: Path, bands, gsd: float | None, bounds: tuple[float, floa
     levels = service_levels(info, text)
     level = max((i for i, r in enumerate(levels) if r <= res * (1 + 1e-6)), default=0)
     resample = not math.isclose(levels[level], res, rel_tol=1e-9) or level > 0
-    way = ("average" if levels[level] < res else "bilinear") if resample else "none (the level is the GSD)"
+    # what our VRT asks of GDAL (build_vrt_xml): it then reads from the level above
+    way = ("average" if levels[0] < res else "bilinear") if resample else "none (the level is the GSD)"
     note = (f"{name}: read at {gsd:g} m from the service's level {level} ({levels[level] * factor:.3g} m pixels), "
             f"resampling {way}; {width} x {height} px around the region")
     xml = build_vrt_xml([dataclasses.replace(info, path=text)], transform, width, height, bands, info.crs, resample)

@@ -132,6 +132,7 @@ class PredictPlan:
     vector_update: bool = False  # --vector is an existing GeoPackage: its other layers stay
     roi: Region | None = None  # --roi / --bbox: the pixels kept and the tiles run (geo/region.py)
     stats: Path | None = None  # --stats: class areas per region feature and input file (stats.py)
+    web_service: bool = False  # the input is a WMS/WMTS service (geo/webmap.py): one request per reader at a time
 
     @functools.cached_property
     def checkpoint_sha256(self) -> str:
@@ -347,6 +348,7 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
         simplify=config.simplify, precision=precision, tta=config.tta, unit_width=unit_width, footprints=footprints,
         read_files=read_files, vector_layer=None if vector is None else config.vector_layer or vector.stem,
         vector_update=vector is not None and geopackage_update(vector), roi=region, stats=stats,
+        web_service=any(service_kind(p) for p in inputs),
     )
     plan.options = pixel_options(config, plan)
     check_style_names(plan)

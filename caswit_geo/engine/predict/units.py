@@ -220,8 +220,12 @@ def run_units(
                                    lowres_failed=None if builder is None else str(builder.failed),
                                    region=plan.roi)
             loader = make_loader(dataset, sizes, batch_size, workers, device)
+            sequential = builder is not None and plan.web_service
+            if sequential:  # a web map service: the pre-pass alone first, so requests never outnumber the readers
+                builder.start()
+                builder.join()
             batches = iter(loader)  # forks the readers first: never fork while our threads hold GDAL locks
-            if builder is not None:
+            if builder is not None and not sequential:
                 builder.start()
             sink_thread = SinkThread(UnitWriter(plan, job, units, tiles, on_done))
             sink_thread.start()
