@@ -48,6 +48,15 @@ def service_kind(path: str | Path) -> str | None:
     return None
 
 
+def check_connection_string(item: str | Path) -> None:
+    """A ``WMTS:`` connection string is refused, with how to give the service (its text is not echoed:
+    it may hold a token)."""
+    if str(item)[:5].upper() == "WMTS:":
+        raise ConfigError("a WMTS: connection string is not read as an input; write the service as a GDAL WMTS "
+                          "description file (<GDAL_WMTS><GetCapabilitiesUrl>URL</GetCapabilitiesUrl>"
+                          "<Layer>NAME</Layer></GDAL_WMTS>) and give that file")
+
+
 def service_text(path: Path) -> str:
     """The description, with one connection at a time per open service (added or replacing the file's)."""
     text = path.read_text("utf-8", "replace").lstrip("\ufeff \t\r\n")
@@ -117,4 +126,4 @@ def open_service(path: Path, bands, gsd: float | None, bounds: tuple[float, floa
     return mosaic, [note]
 
 
-__all__ = ["open_service", "service_crs", "service_kind", "service_text"]
+__all__ = ["check_connection_string", "open_service", "service_crs", "service_kind", "service_text"]

@@ -49,7 +49,7 @@ from caswit_geo.geo.qgis_style import style_path
 from caswit_geo.geo.region import Region, intersect_windows, region_on_grid, region_polygons
 from caswit_geo.geo.sources import source_files
 from caswit_geo.geo.vectorize import check_layer_name, geopackage_layers, vector_format
-from caswit_geo.geo.webmap import open_service, service_crs, service_kind
+from caswit_geo.geo.webmap import check_connection_string, open_service, service_crs, service_kind
 from caswit_geo.model.checkpoint import CheckpointMeta, free_dict_summary, read_meta, shape_model
 from caswit_geo.model.weights import resolve_weights, sha256
 from caswit_geo.runtime.device import select_device
@@ -271,6 +271,8 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
     """The whole plan of ``config`` (see the module docstring); writes nothing, builds no model."""
     check_options(config)
     weights = resolve_weights(config.weights)
+    for item in config.inputs:
+        check_connection_string(item)
     inputs = expand_inputs(config.inputs)
     meta = read_meta(weights)
     if meta.kind != "segmentation":

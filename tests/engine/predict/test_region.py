@@ -10,6 +10,10 @@ mosaic (which batch it shares is the only thing that differs).
 
 import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -261,3 +265,20 @@ def test_a_plan_records_the_region(tmp_path, weights, scene):
     with pytest.raises(OutputError):
         plan_predict(PredictConfig(inputs=[str(scene["image"])], out=str(tmp_path / "m.tif"), weights=str(weights),
                                    roi=str(scene["roi"]), stats=str(tmp_path / "m.tif")))
+
+
+def test_torchrun_two_cpu_processes_of_a_region_equal_one(tmp_path, weights, scene):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3]), OMP_NUM_THREADS="1")
+    run_predict(weights, [scene["image"]], tmp_path / "one.tif", roi=scene["roi"], unit_size=NANO_TILE,
+                stats=tmp_path / "one.csv")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "caswit_geo",
+           "predict", str(scene["image"]), "--out", str(tmp_path / "ddp.tif"), "--roi", str(scene["roi"]),
+           "--stats", str(tmp_path / "ddp.csv"), "--weights", str(weights), "--unit-size", str(NANO_TILE),
+           "--workers", "0", "--quiet"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with rasterio.open(tmp_path / "one.tif") as a, rasterio.open(tmp_path / "ddp.tif") as b:
+        assert a.transform == b.transform
+        np.testing.assert_array_equal(a.read(), b.read())
+    # the same counts (the total rows name their own output)
+    assert (tmp_path / "one.csv").read_text().replace("one.tif", "ddp.tif") == (tmp_path / "ddp.csv").read_text()

@@ -51,6 +51,9 @@ def test_a_service_without_a_region_is_refused(tmp_path, weights, ortho, capsys)
         code, _, err = run_cli(["predict", xml, ortho, "--out", tmp_path / "map.tif", "--weights", weights,
                                 "--bbox", BOX], capsys)
         assert code != 0 and "read alone" in err
+        code, _, err = run_cli(["predict", "WMTS:http://127.0.0.1:9/cap.xml?token=secret", "--out",
+                                tmp_path / "map.tif", "--weights", weights, "--bbox", BOX], capsys)
+        assert code != 0 and "<GDAL_WMTS>" in err and "secret" not in err
         assert server.requests == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ortho_wms.xml"]
 
