@@ -247,11 +247,12 @@ def finalize_job(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
         # the class raster is complete and has overviews: the quick-look reads a screenful
         t1 = time.perf_counter()
         first = plan.rasters[0]
-        image = str(plan.inputs[0]) if plan.per_file else plan.mosaic.source
+        image = str(plan.inputs[0]) if plan.per_file and plan.roi is None else plan.mosaic.source
+        window = None if plan.roi is None else first.window  # the input under the region's map
         # the legend's shares are the summary's: counted on every pixel by the units, not on the overview shown
         pixels, _ = class_totals(unit_reports(job, plan, raster=0))
         write_preview(outputs.temp(first.classes), outputs.temp(plan.preview), classes, image=image,
-                      bands=plan.spec.bands[:3], title=first.classes.name, class_pixels=pixels)
+                      bands=plan.spec.bands[:3], title=first.classes.name, class_pixels=pixels, window=window)
         phases["preview"] = time.perf_counter() - t1
 
     t1 = time.perf_counter()

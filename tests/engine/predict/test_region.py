@@ -23,8 +23,8 @@ import shapely
 from rasterio.features import rasterize
 
 from caswit_geo.core.errors import ConfigError, OutputError
-from caswit_geo.engine.predict.plan import plan_predict
 from caswit_geo.engine.predict.config import PredictConfig
+from caswit_geo.engine.predict.plan import plan_predict
 from tests.helpers import (
     NANO_TILE,
     PREDICT_CLASSES,
@@ -247,8 +247,9 @@ def test_dry_run_gives_the_region_area_and_tiles(tmp_path, weights, scene, capsy
 
 def test_vector_polygons_stay_in_the_region(tmp_path, weights, scene):
     run_predict(weights, [scene["image"]], tmp_path / "map.tif", roi=scene["roi"], vector=tmp_path / "v.gpkg",
-                batch_size=1)
-    polygons = gpd.read_file(tmp_path / "v.gpkg")
+                preview=tmp_path / "p.png", batch_size=1)
+    assert (tmp_path / "p.png").stat().st_size > 1000  # the input under the region beside its map
+    polygons = gpd.read_file(tmp_path / "v.gpkg", layer="v")
     region = shapely.union_all(gpd.read_file(scene["roi"]).to_crs("EPSG:2154").geometry)
     # pixel-edged polygons of the pixels whose centre is in the region: within half a pixel of it
     assert len(polygons) > 0 and region.buffer(0.1 * 1.5).contains(shapely.union_all(polygons.geometry))
@@ -267,6 +268,7 @@ def test_a_plan_records_the_region(tmp_path, weights, scene):
                                    roi=str(scene["roi"]), stats=str(tmp_path / "m.tif")))
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_of_a_region_equal_one(tmp_path, weights, scene):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3]), OMP_NUM_THREADS="1")
     run_predict(weights, [scene["image"]], tmp_path / "one.tif", roi=scene["roi"], unit_size=NANO_TILE,
