@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import rasterio
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 
 
@@ -58,7 +60,8 @@ class WmsServer:
         bands, h, w = self.data.shape
         inside = ((r >= 0) & (r < h))[:, None] & ((c >= 0) & (c < w))[None, :]
         image = np.where(inside, self.data[:, r.clip(0, h - 1)][:, :, c.clip(0, w - 1)], 0).astype(self.data.dtype)
-        with MemoryFile() as mem:
+        with MemoryFile() as mem, warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a PNG of a GetMap has no georeferencing
             with mem.open(driver="PNG", width=width, height=height, count=bands, dtype=image.dtype) as dst:
                 dst.write(image)
             return mem.read()

@@ -37,6 +37,7 @@ from caswit_geo.geo.blend import NODATA
 from caswit_geo.geo.region import Region, intersect_windows
 
 ROWS = 1024  # rows of the class raster counted at once
+MAX_PIXELS = 1 << 24  # and no more pixels than this (a wide raster: fewer rows)
 BASE_COLUMNS = ("zone", "feature", "file")
 COUNT_COLUMNS = ("class_id", "class", "pixels", "area_m2", "share_pct")
 
@@ -86,19 +87,26 @@ def count(read: Callable[[Window], np.ndarray], window: Window, crs, transform, 
     pixels = np.zeros(256, np.int64)
     areas: np.ndarray | None = np.zeros(256, np.float64)
     c0, r0, w, h = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
-    for y in range(r0, r0 + h, ROWS):
-        rows = min(ROWS, r0 + h - y)
-        part = Window(c0, y, w, rows)
-        values = read(part)
+    step = max(1, min(ROWS, MAX_PIXELS // max(w, 1)))
+    for y in range(r0, r0 + h, step):
+        rows = min(step, r0 + h - y)
+        values = read(Window(c0, y, w, rows))
         keep = None if mask is None else mask(Window(c0 + origin[0], y + origin[1], w, rows))
-        flat = values.ravel() if keep is None else values[keep]
-        pixels += np.bincount(flat, minlength=256)
         per_row = row_areas_m2(crs, transform, y, rows)
-        if per_row is None or areas is None:
+        if per_row is None:
             areas = None
-        else:
-            weights = np.broadcast_to(per_row[:, None], values.shape)
-            areas += np.bincount(flat, weights=weights.ravel() if keep is None else weights[keep], minlength=256)
+        if per_row is None or np.all(per_row == per_row[0]):  # one area for every pixel (projected CRS)
+            counts = np.bincount(values.ravel() if keep is None else values[keep], minlength=256)
+            if areas is not None:
+                areas += counts * per_row[0]
+        else:  # geographic CRS: a pixel's area depends on its row
+            counts = np.zeros(256, np.int64)
+            for i in range(rows):
+                row = np.bincount(values[i] if keep is None else values[i][keep[i]], minlength=256)
+                counts += row
+                if areas is not None:
+                    areas += row * per_row[i]
+        pixels += counts
     return pixels, areas
 
 
