@@ -1,9 +1,10 @@
-"""A minimal WMS on 127.0.0.1 for the tests: GetMap renders PNG images from a local raster.
+"""A minimal WMS and WMTS on 127.0.0.1 for the tests: GetMap and tiles render PNG images from a local raster.
 
 Requests on the raster's pixel grid (what GDAL's WMS client asks for a
 service description whose data window is the raster's) get the raster's
-own pixels, unresampled; others are read resampled (nearest). The server
-counts requests and the most it served at once.
+own pixels, unresampled; others are read resampled (nearest). The WMTS has
+one layer and one tile matrix, the raster's grid (RESTful tile URLs). The
+server counts requests and the most it served at once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
+
+TILE = 256  # WMTS tile side, px
 
 
 class WmsServer:
@@ -74,29 +77,83 @@ class WmsServer:
                 pass
 
             def do_GET(self) -> None:
+                # in flight: from the request to its answer's last byte but one; the client cannot send its
+                # next request before that byte, so requests counted together were truly concurrent
                 with server.lock:
                     server.requests += 1
                     server.in_flight += 1
                     server.most_in_flight = max(server.most_in_flight, server.in_flight)
                 try:
-                    query = {k.upper(): v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
-                    if query.get("REQUEST", "").lower() != "getmap":
-                        self.send_error(400, "only GetMap")
-                        return
-                    if server.delay:
-                        time.sleep(server.delay)
-                    bbox = tuple(float(v) for v in query["BBOX"].split(","))
-                    body = server.render(bbox, int(query["WIDTH"]), int(query["HEIGHT"]))
-                    self.send_response(200)
-                    self.send_header("Content-Type", "image/png")
+                    status, kind, body = self._answer(urlparse(self.path))
+                    self.send_response(status)
+                    self.send_header("Content-Type", kind)
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
-                    self.wfile.write(body)
+                    self.wfile.write(body[:-1])
+                    self.wfile.flush()
                 finally:
                     with server.lock:
                         server.in_flight -= 1
+                self.wfile.write(body[-1:])
+
+            def _answer(self, url) -> tuple[int, str, bytes]:
+                if url.path == "/wmts/caps.xml":
+                    return 200, "application/xml", server.capabilities().encode()
+                if server.delay:
+                    time.sleep(server.delay)
+                if url.path.startswith("/wmts/"):  # /wmts/{TileMatrix}/{TileRow}/{TileCol}.png: the raster's grid
+                    try:
+                        _, _, matrix, row, col = url.path.removesuffix(".png").split("/")
+                        row, col = int(row), int(col)
+                    except ValueError:
+                        return 404, "text/plain", b"no such tile"
+                    t, side = server.transform, TILE * server.transform.a
+                    left, top = t.c + col * side, t.f - row * side
+                    return 200, "image/png", server.render((left, top - side, left + side, top), TILE, TILE)
+                query = {k.upper(): v[0] for k, v in parse_qs(url.query).items()}
+                if query.get("REQUEST", "").lower() != "getmap":
+                    return 400, "text/plain", b"only GetMap"
+                bbox = tuple(float(v) for v in query["BBOX"].split(","))
+                return 200, "image/png", server.render(bbox, int(query["WIDTH"]), int(query["HEIGHT"]))
 
         return Handler
+
+    def capabilities(self) -> str:
+        """A WMTS GetCapabilities document: one layer, one tile matrix on the raster's grid (RESTful tiles)."""
+        _, h, w = self.data.shape
+        t = self.transform
+        base = self.url.removesuffix("/wms?")
+        return f"""<?xml version="1.0" encoding="UTF-8"?>
+<Capabilities xmlns="http://www.opengis.net/wmts/1.0" xmlns:ows="http://www.opengis.net/ows/1.1" version="1.0.0">
+ <Contents>
+  <Layer>
+   <ows:Identifier>ortho</ows:Identifier>
+   <Style isDefault="true"><ows:Identifier>default</ows:Identifier></Style>
+   <Format>image/png</Format>
+   <TileMatrixSetLink><TileMatrixSet>grid</TileMatrixSet></TileMatrixSetLink>
+   <ResourceURL format="image/png" resourceType="tile" template="{base}/wmts/{{TileMatrix}}/{{TileRow}}/{{TileCol}}.png"/>
+  </Layer>
+  <TileMatrixSet>
+   <ows:Identifier>grid</ows:Identifier>
+   <ows:SupportedCRS>urn:ogc:def:crs:EPSG::2154</ows:SupportedCRS>
+   <TileMatrix>
+    <ows:Identifier>0</ows:Identifier>
+    <ScaleDenominator>{t.a / 0.00028!r}</ScaleDenominator>
+    <TopLeftCorner>{t.c!r} {t.f!r}</TopLeftCorner>
+    <TileWidth>{TILE}</TileWidth><TileHeight>{TILE}</TileHeight>
+    <MatrixWidth>{-(-w // TILE)}</MatrixWidth><MatrixHeight>{-(-h // TILE)}</MatrixHeight>
+   </TileMatrix>
+  </TileMatrixSet>
+ </Contents>
+</Capabilities>
+"""
+
+    def wmts_xml(self, path: Path) -> Path:
+        """A GDAL WMTS service description of this server's one layer."""
+        base = self.url.removesuffix("/wms?")
+        path.write_text(f"<GDAL_WMTS><GetCapabilitiesUrl>{base}/wmts/caps.xml</GetCapabilitiesUrl>"
+                        "<Layer>ortho</Layer></GDAL_WMTS>\n")
+        return path
 
     def service_xml(self, path: Path, epsg: int = 2154, block: int = 256) -> Path:
         """A GDAL WMS service description of this server whose data window is the raster's grid."""

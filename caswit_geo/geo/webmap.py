@@ -10,8 +10,9 @@ region's box plus the reach of the LR context, cut to whole multiples of
 GDAL picks the service's level for the pixel size asked (the finest one
 not coarser than it) and resamples from it (average when it shrinks,
 bilinear when it enlarges; none when the level is the GSD itself). Each
-open service makes one request at a time (``MaxConnections`` 1): the
-readers, one per process, bound the requests in flight.
+open service makes one request at a time (``MaxConnections`` 1 in a WMS
+description, :data:`SERVICE_OPTIONS` for the others): the readers, one per
+process, bound the requests in flight.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from caswit_geo.geo.georef import open_quietly
 from caswit_geo.geo.mosaic import Mosaic, RasterInfo, build_vrt_xml, check_input, describe_raster
 
 SERVICE_ROOTS = ("<GDAL_WMS", "<GDAL_WMTS")
+# GDAL's default for a service opened without MaxConnections (a WMTS's own WMS, say): one request at a time
+SERVICE_OPTIONS = {"GDAL_MAX_CONNECTIONS": "1"}
 MAX_SERVICE_BYTES = 1 << 20  # a service description is a few hundred bytes
 _CONNECTIONS = re.compile(r"<MaxConnections>\s*\d+\s*</MaxConnections>")
 
@@ -126,4 +129,4 @@ def open_service(path: Path, bands, gsd: float | None, bounds: tuple[float, floa
     return mosaic, [note]
 
 
-__all__ = ["check_connection_string", "open_service", "service_crs", "service_kind", "service_text"]
+__all__ = ["SERVICE_OPTIONS", "check_connection_string", "open_service", "service_crs", "service_kind", "service_text"]

@@ -1,4 +1,4 @@
-"""predict from a web map service: a WMS on 127.0.0.1 rendering a local raster gives the map of that raster.
+"""predict from a web map service: a WMS (or WMTS) on 127.0.0.1 rendering a local raster gives the map of that raster.
 
 The service (``tests/wms_server.py``) serves the raster's own pixels, so the
 map of a region read through GDAL's WMS client must equal, pixel for pixel,
@@ -27,12 +27,14 @@ def ortho(tmp_path_factory):
                          blockysize=256)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_the_service_map_equals_the_local_map_and_requests_stay_within_workers(tmp_path, weights, ortho, workers):
+@pytest.mark.parametrize("kind,workers", [("wms", 1), ("wms", 2), ("wmts", 1)])
+def test_the_service_map_equals_the_local_map_and_requests_stay_within_workers(tmp_path, weights, ortho, kind,
+                                                                               workers):
     run_predict(weights, [ortho], tmp_path / "local.tif", confidence=tmp_path / "local_c.tif", bbox=BOX,
                 batch_size=1)
     with WmsServer(ortho, delay=0.02) as server:
-        xml = server.service_xml(tmp_path / "ortho_wms.xml")
+        describe = server.service_xml if kind == "wms" else server.wmts_xml  # WMTS: tiles of 256 px
+        xml = describe(tmp_path / f"ortho_{kind}.xml")
         res = run_predict(weights, [xml], tmp_path / "wms.tif", confidence=tmp_path / "wms_c.tif", bbox=BOX,
                           batch_size=1, workers=workers)
     assert server.requests > 4 and server.most_in_flight <= workers
