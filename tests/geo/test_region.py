@@ -95,3 +95,18 @@ def test_layer_problems_are_one_line(tmp_path):
         region_polygons(bowtie, None, "1,2,3,4", None, L93)
     with pytest.raises(ConfigError, match="--bbox-crs EPSG:99999: not a CRS"):
         region_polygons(None, None, "1,2,3,4", "EPSG:99999", L93)
+
+
+def test_roi_layer_picks_a_layer_and_a_missing_one_is_named(tmp_path):
+    path = tmp_path / "two.gpkg"
+    gpd.GeoDataFrame({"n": [1]}, geometry=[shapely.box(X0, Y0 - 10, X0 + 10, Y0)], crs="EPSG:2154").to_file(
+        path, layer="first")
+    gpd.GeoDataFrame({"n": [2, 3]}, geometry=[shapely.box(X0 + 20, Y0 - 30, X0 + 30, Y0 - 20)] * 2,
+                     crs="EPSG:2154").to_file(path, layer="second")
+    assert [a["n"] for a in region_polygons(path, None, None, None, L93).attributes] == [1]
+    assert [a["n"] for a in region_polygons(path, "second", None, None, L93).attributes] == [2, 3]
+    with pytest.raises(InputError, match="--roi .*two.gpkg \\(layer 'third'\\)") as e:
+        region_polygons(path, "third", None, None, L93)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="--roi-layer names a layer of --roi"):
+        region_polygons(None, "second", "1,2,3,4", None, L93)

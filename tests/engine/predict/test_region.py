@@ -198,7 +198,7 @@ def test_resume_with_another_region_is_refused(tmp_path, weights, scene, monkeyp
         run_predict(weights, [scene["image"]], tmp_path / "map.tif", bbox=box, unit_size=NANO_TILE, batch_size=1)
     assert (tmp_path / ".map.tif.caswit-job").is_dir()
     monkeypatch.undo()
-    with pytest.raises(ConfigError, match="region"):
+    with pytest.raises(ConfigError, match=r"--resume: the region \(--roi, --bbox.* but the interrupted job used"):
         run_predict(weights, [scene["image"]], tmp_path / "map.tif", roi=scene["roi"], unit_size=NANO_TILE,
                     batch_size=1, resume=True)
     res = run_predict(weights, [scene["image"]], tmp_path / "map.tif", bbox=box, unit_size=NANO_TILE, batch_size=1,
