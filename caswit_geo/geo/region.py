@@ -36,7 +36,6 @@ from caswit_geo.geo.vector_layers import read_polygons, reproject
 MAX_RECTS = 256  # feature boxes the units are planned on; more features plan on their common box
 BBOX_VERTICES = 64  # points per side of a --bbox reprojected from another CRS (its sides curve)
 SNAP_TOLERANCE = 1e-6  # pixels
-MAX_ATTRIBUTES = 64  # attribute columns of a --roi feature kept for --stats
 
 
 @dataclass
@@ -84,11 +83,12 @@ def region_polygons(roi: str | Path | None, roi_layer: str | None, bbox: str | N
     if roi is not None:
         if crs is None:
             raise ConfigError(f"--roi {roi}: the imagery has no CRS to place the polygons in")
-        layer = read_polygons(roi, None, crs, layer=roi_layer, option="--roi", skip_non_polygons=True)
+        layer = read_polygons(roi, None, crs, layer=roi_layer, option="--roi", skip_non_polygons=True,
+                              attributes=True)
         if layer.skipped:
             raise InputError(f"--roi {roi}: {layer.skipped:,} features are points or lines; a region is made of "
                              "polygons (keep only those, e.g. ogr2ogr -nlt MULTIPOLYGON -where ...)")
-        attributes = read_attributes(Path(roi), roi_layer, layer.index)
+        attributes = [{str(k): _plain(v) for k, v in row.items()} for row in layer.attributes]
         return RegionPolygons(layer.geoms, attributes, f"--roi {roi}", layer.repaired, layer.index)
     if bbox is None:
         return None
@@ -104,21 +104,6 @@ def region_polygons(roi: str | Path | None, roi_layer: str | None, bbox: str | N
             except InputError as exc:
                 raise ConfigError(f"--bbox {bbox} (--bbox-crs {bbox_crs}): {exc}") from None
     return RegionPolygons(np.array([box], dtype=object), [{}], f"--bbox {bbox}")
-
-
-def read_attributes(path: Path, layer: str | None, index: np.ndarray) -> list[dict]:
-    """The attribute columns of the features at ``index`` of the layer (for --stats): plain values only."""
-    import pyogrio
-
-    columns = [str(c) for c in pyogrio.read_info(path, layer=layer)["fields"]][:MAX_ATTRIBUTES]
-    if not columns:  # no attribute (a table without columns would have no rows either)
-        return [{} for _ in range(len(index))]
-    table = pyogrio.read_dataframe(path, layer=layer, columns=columns, read_geometry=False)
-    rows = table.iloc[index]
-    out = []
-    for record in rows[columns].to_dict("records"):
-        out.append({str(k): _plain(v) for k, v in record.items()})
-    return out
 
 
 def _plain(value):

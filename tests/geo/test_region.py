@@ -110,3 +110,18 @@ def test_roi_layer_picks_a_layer_and_a_missing_one_is_named(tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="--roi-layer names a layer of --roi"):
         region_polygons(None, "second", "1,2,3,4", None, L93)
+
+
+@pytest.mark.parametrize("suffix", [".shp", ".fgb", ".geojson", ".parquet"])
+def test_every_format_gives_the_same_region(tmp_path, suffix):
+    # no pixel centre on an edge: a reprojection's last bits do not move a pixel in or out
+    a = shapely.Polygon([(X0 + 30.03, Y0 - 20.07), (X0 + 90.11, Y0 - 40.13), (X0 + 70.05, Y0 - 100.17),
+                         (X0 + 25.09, Y0 - 80.01)])
+    frame = gpd.GeoDataFrame({"name": ["a"], "code": [5]}, geometry=[a], crs="EPSG:2154").to_crs("EPSG:3857")
+    path = tmp_path / f"roi{suffix}"
+    frame.to_parquet(path) if suffix == ".parquet" else frame.to_file(path)
+    polygons = region_polygons(path, None, None, None, L93)
+    assert polygons.attributes == [{"name": "a", "code": 5}]
+    region = region_on_grid(polygons, grid_transform(), W, H)
+    expected = rasterize([(a, 1)], out_shape=(H, W), transform=grid_transform(), fill=0, dtype="uint8") > 0
+    np.testing.assert_array_equal(region.mask(Window(0, 0, W, H)), expected)
