@@ -56,6 +56,9 @@ def test_a_service_without_a_region_is_refused(tmp_path, weights, ortho, capsys)
         code, _, err = run_cli(["predict", "WMTS:http://127.0.0.1:9/cap.xml?token=secret", "--out",
                                 tmp_path / "map.tif", "--weights", weights, "--bbox", BOX], capsys)
         assert code != 0 and "<GDAL_WMTS>" in err and "secret" not in err
+        code, _, err = run_cli(["predict", xml, "--out", tmp_path / "map.tif", "--weights", weights, "--bbox",
+                                f"{X0 + 900},{Y0 - 900},{X0 + 950},{Y0 - 850}"], capsys)
+        assert code != 0 and "outside the service's extent" in err and len(err.strip().splitlines()) == 1
         assert server.requests == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ortho_wms.xml"]
 
