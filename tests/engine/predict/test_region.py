@@ -284,3 +284,20 @@ def test_torchrun_two_cpu_processes_of_a_region_equal_one(tmp_path, weights, sce
         np.testing.assert_array_equal(a.read(), b.read())
     # the same counts (the total rows name their own output)
     assert (tmp_path / "one.csv").read_text().replace("one.tif", "ddp.tif") == (tmp_path / "ddp.csv").read_text()
+
+
+def test_with_overlap_the_blended_map_equals_the_whole_one_inside(tmp_path, weights):
+    image = write_on_grid(tmp_path / "in.tif", rgb_image(300, 350, seed=3))
+    run_predict(weights, [image], tmp_path / "whole.tif", overlap=48, probabilities=tmp_path / "whole_p.tif",
+                batch_size=1)
+    box = (X0 + 20.33, Y0 - 41.13, X0 + 47.77, Y0 - 12.91)
+    run_predict(weights, [image], tmp_path / "box.tif", overlap=48, probabilities=tmp_path / "box_p.tif",
+                bbox=",".join(map(str, box)), batch_size=1)
+    c, r, got = offset(tmp_path / "box_p.tif")
+    with rasterio.open(tmp_path / "whole_p.tif") as src:
+        whole = src.read()[:, r : r + got.shape[1], c : c + got.shape[2]]
+    inside = rasterize([(shapely.box(*box), 1)], out_shape=got.shape[1:],
+                       transform=grid_transform(c, r), fill=0, dtype="uint8") > 0
+    assert inside.sum() > 10000
+    np.testing.assert_array_equal(got[:, inside], whole[:, inside])
+    assert (got[:, ~inside] == 255).all()
