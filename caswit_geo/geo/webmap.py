@@ -124,7 +124,9 @@ def open_service(path: Path, bands, gsd: float | None, bounds: tuple[float, floa
     note = (f"{name}: read at {gsd:g} m from the service's level {level} ({levels[level] * factor:.3g} m pixels), "
             f"resampling {way}; {width} x {height} px around the region")
     xml = build_vrt_xml([dataclasses.replace(info, path=text)], transform, width, height, bands, info.crs, resample)
-    mosaic = Mosaic(source=xml, files=[info], width=width, height=height, count=info.count, dtype=info.dtype,
+    # the input, as the plan sees it: the service's imagery around the region (not the planet)
+    around = dataclasses.replace(info, width=width, height=height, transform=transform, overviews=0)
+    mosaic = Mosaic(source=xml, files=[around], width=width, height=height, count=info.count, dtype=info.dtype,
                     crs=info.crs, transform=transform, bands=tuple(int(b) for b in bands), resampled=True)
     return mosaic, [note]
 
