@@ -79,3 +79,15 @@ def test_a_finer_service_is_read_at_the_model_gsd_from_the_right_level(tmp_path,
         plain = save_nano_checkpoint(tmp_path / "nogsd.safetensors", PREDICT_CLASSES, gsd=None)
         plan_predict(PredictConfig(inputs=[str(xml)], out=str(tmp_path / "map.tif"), weights=str(plain),
                                    bbox=f"{X0 + 20},{Y0 - 60},{X0 + 60},{Y0 - 20}"))
+
+
+def test_shards_of_a_service_equal_the_local_map(tmp_path, weights, ortho):
+    run_predict(weights, [ortho], tmp_path / "local.tif", bbox=BOX, unit_size=128)
+    with WmsServer(ortho) as server:
+        xml = server.service_xml(tmp_path / "ortho_wms.xml")
+        for shard in ((1, 2), (0, 2)):
+            res = run_predict(weights, [xml], tmp_path / "wms.tif", bbox=BOX, unit_size=128, shard=shard)
+        assert res.complete and res.units > 2
+    with rasterio.open(tmp_path / "local.tif") as x, rasterio.open(tmp_path / "wms.tif") as y:
+        assert x.transform == y.transform
+        np.testing.assert_array_equal(x.read(), y.read())
