@@ -40,9 +40,10 @@ def service_kind(path: str | Path) -> str | None:
     """"WMS" or "WMTS" when ``path`` is a GDAL service description file, else None."""
     p = Path(path)
     try:
-        if not p.is_file() or p.stat().st_size > MAX_SERVICE_BYTES:
+        if not p.is_file():
             return None
-        head = p.read_bytes()[:256].decode("utf-8", "replace").lstrip("\ufeff \t\r\n")
+        with open(p, "rb") as f:
+            head = f.read(256).decode("utf-8", "replace").lstrip("\ufeff \t\r\n")
     except OSError:
         return None
     for root in SERVICE_ROOTS:
@@ -62,11 +63,14 @@ def check_connection_string(item: str | Path) -> None:
 
 def service_text(path: Path) -> str:
     """The description, with one connection at a time per open service (added or replacing the file's)."""
+    if path.stat().st_size > MAX_SERVICE_BYTES:
+        raise InputError(f"{path.name}: {path.stat().st_size:,} bytes, more than a service description "
+                         f"({MAX_SERVICE_BYTES:,} at most)")
     text = path.read_text("utf-8", "replace").lstrip("\ufeff \t\r\n")
     if not text.startswith("<GDAL_WMS"):
-        return text  # WMTS: GDAL's driver makes its own connections from the capabilities
-    text = _CONNECTIONS.sub("", text)
-    return text.replace("</GDAL_WMS>", "<MaxConnections>1</MaxConnections></GDAL_WMS>", 1)
+        return text  # WMTS: its connections follow GDAL_MAX_CONNECTIONS (SERVICE_OPTIONS)
+    head, end, tail = _CONNECTIONS.sub("", text).rpartition("</GDAL_WMS>")
+    return head + "<MaxConnections>1</MaxConnections>" + end + tail
 
 
 def service_crs(path: Path):
@@ -90,6 +94,7 @@ def open_service(path: Path, bands, gsd: float | None, bounds: tuple[float, floa
     origin. Returns the mosaic and a note saying which level and resampling
     are used.
     """
+    text = service_text(path)
     info = describe_raster(path)
     check_input(info, bands)
     name = path.name
@@ -115,7 +120,6 @@ def open_service(path: Path, bands, gsd: float | None, bounds: tuple[float, floa
         raise InputError(f"{name}: the region lies outside the service's extent")
     transform = Affine(res, 0.0, t.c + c0 * res, 0.0, -res, t.f - r0 * res)
     width, height = c1 - c0, r1 - r0
-    text = service_text(path)
     levels = service_levels(info, text)
     level = max((i for i, r in enumerate(levels) if r <= res * (1 + 1e-6)), default=0)
     resample = not math.isclose(levels[level], res, rel_tol=1e-9) or level > 0
