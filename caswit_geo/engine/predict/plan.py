@@ -289,7 +289,6 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
     # what GDAL reads through the inputs (a VRT's sources too): no output may replace one of them
     read_files = list(dict.fromkeys(f for p in inputs for f in source_files(p)))
     per_file, classes_dests, conf_dests, prob_dests, vector, preview = plan_outputs(config, inputs, read_files)
-
     stats = plan_stats(config, read_files)
 
     nodata = check_nodata_option(config.nodata)
@@ -368,7 +367,7 @@ def open_inputs(config: PredictConfig, inputs: list[Path], spec: InputSpec, noda
             mosaic = open_mosaic(inputs, spec.bands, target_res=target_res, nodata=nodata,
                                  alpha_mask=config.alpha_mask)
         polygons = region_polygons(config.roi, config.roi_layer, config.bbox, config.bbox_crs, mosaic.crs)
-        return mosaic, polygons, mosaic.warnings + notes + _region_notes(polygons)
+        return mosaic, polygons, notes + _region_notes(polygons)
     service = services[0]
     if len(inputs) > 1:
         raise ConfigError(f"{service}: a web map service is read alone; predict other inputs in another run")
@@ -377,7 +376,8 @@ def open_inputs(config: PredictConfig, inputs: list[Path], spec: InputSpec, noda
                           "with --roi PATH or --bbox XMIN,YMIN,XMAX,YMAX")
     polygons = region_polygons(config.roi, config.roi_layer, config.bbox, config.bbox_crs, service_crs(service))
     tile, k = spec.tile_size, spec.context_factor
-    # the LR context of a tile meeting the region reaches (k + 1) T / 2 beyond it, plus the tile itself
+    # a tile meeting the region reaches up to T beyond it, its LR context (k - 1) T / 2 beyond the tile;
+    # a tile more keeps the clipped grid's last tiles away from those
     margin = (k + 3) * tile // 2 + config.overlap
     align = math.lcm(tile - config.overlap, k)
     bounds = tuple(float(v) for v in shapely.total_bounds(polygons.geoms))
