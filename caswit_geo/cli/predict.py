@@ -246,12 +246,16 @@ def print_summary(result: PredictResult, console: Console) -> None:
         area = "" if result.class_areas_m2 is None else f"{result.class_areas_m2[name] / 1e4:,.2f}"
         table.add_row(safe(name), f"{px:,}", area, f"{100 * px / total:.1f}%")
     console.print(table)
-    if result.nodata_pixels:
+    if result.nodata_pixels and result.region_km2 is not None:  # the map is the region's box
+        share = 100 * result.nodata_pixels / max(sum(result.class_pixels.values()) + result.nodata_pixels, 1)
+        console.print(f"nodata: {result.nodata_pixels:,} px ({share:.2f} % of the map) outside the region, or "
+                      "masked by the inputs' nodata, alpha or mask")
+    elif result.nodata_pixels:
         share = 100 * result.nodata_pixels / max(result.width * result.height, 1)
         console.print(f"nodata: {result.nodata_pixels:,} px ({share:.2f} % of the map) masked by the inputs' nodata, "
                       "alpha or mask, or outside them")
     if result.region_km2 is not None:
-        console.print(f"region: {result.region_km2:,.4f} km2; nodata outside it")
+        console.print(f"region: {result.region_km2:,.4f} km2")
     print_stats(result.stats, console)
     for path in result.outputs + result.confidence_outputs + result.probability_outputs:
         console.print(f"wrote {safe(path)}")
