@@ -154,6 +154,39 @@ def skip_non_polygons(default: Any) -> Any:
     return typer.Option(default, "--skip-non-polygons", help="Leave points and lines out (counted) instead of refusing.")
 
 
+# The region (predict --roi/--bbox) and its statistics
+
+
+def roi(default: Any) -> Any:
+    return typer.Option(
+        default, "--roi", metavar="PATH",
+        help="Map only this region: polygons (GeoPackage, GeoJSON, Shapefile, GeoParquet, FlatGeobuf), any CRS; "
+             "nodata outside them.",
+    )
+
+
+def roi_layer(default: Any) -> Any:
+    return typer.Option(default, "--roi-layer", metavar="NAME", help="Layer of --roi. (default: the first)")
+
+
+def bbox(default: Any) -> Any:
+    return typer.Option(
+        default, "--bbox", metavar="XMIN,YMIN,XMAX,YMAX",
+        help="Map only this box, in the imagery's CRS (or --bbox-crs).",
+    )
+
+
+def bbox_crs(default: Any) -> Any:
+    return typer.Option(default, "--bbox-crs", metavar="CRS", help="CRS of --bbox, e.g. EPSG:4326.")
+
+
+def stats(default: Any) -> Any:
+    return typer.Option(
+        default, "--stats", metavar="PATH",
+        help="Also write class areas (pixels, area_m2, share %) per --roi feature and per input file (.csv or .json).",
+    )
+
+
 # ---------------------------------------------------------------------------
 # train and pretrain
 # ---------------------------------------------------------------------------

@@ -120,6 +120,11 @@ def predict(
     tta_flips: bool = typer.Option(
         DEFAULT.tta == "flips", "--tta-flips", help="Cheaper test-time augmentation: the 4 flips only (4x the model time)."
     ),
+    roi: Optional[Path] = opt.roi(DEFAULT.roi),
+    roi_layer: Optional[str] = opt.roi_layer(DEFAULT.roi_layer),
+    bbox: Optional[str] = opt.bbox(DEFAULT.bbox),
+    bbox_crs: Optional[str] = opt.bbox_crs(DEFAULT.bbox_crs),
+    stats: Optional[Path] = opt.stats(DEFAULT.stats),
     dry: bool = typer.Option(False, "--dry-run", help="Print the plan, warnings and an estimated time; write nothing."),
     quiet: bool = typer.Option(not DEFAULT.progress, "--quiet", "-q", help="No progress bar or summary."),
 ) -> int:
@@ -159,6 +164,11 @@ def predict(
         stop_after=parse_duration(stop_after),
         unit_size=unit_size,
         tta="dihedral" if tta else "flips" if tta_flips else "none",
+        roi=roi,
+        roi_layer=roi_layer,
+        bbox=bbox,
+        bbox_crs=bbox_crs,
+        stats=stats,
     )
     if dry:
         report = dry_run(config)
@@ -236,16 +246,42 @@ def print_summary(result: PredictResult, console: Console) -> None:
         area = "" if result.class_areas_m2 is None else f"{result.class_areas_m2[name] / 1e4:,.2f}"
         table.add_row(safe(name), f"{px:,}", area, f"{100 * px / total:.1f}%")
     console.print(table)
-    if result.nodata_pixels:
+    if result.nodata_pixels and result.region_km2 is not None:  # the map is the region's box
+        share = 100 * result.nodata_pixels / max(sum(result.class_pixels.values()) + result.nodata_pixels, 1)
+        console.print(f"nodata: {result.nodata_pixels:,} px ({share:.2f} % of the map) outside the region, or "
+                      "masked by the inputs' nodata, alpha or mask")
+    elif result.nodata_pixels:
         share = 100 * result.nodata_pixels / max(result.width * result.height, 1)
         console.print(f"nodata: {result.nodata_pixels:,} px ({share:.2f} % of the map) masked by the inputs' nodata, "
                       "alpha or mask, or outside them")
+    if result.region_km2 is not None:
+        console.print(f"region: {result.region_km2:,.4f} km2")
+    print_stats(result.stats, console)
     for path in result.outputs + result.confidence_outputs + result.probability_outputs:
         console.print(f"wrote {safe(path)}")
     if result.preview is not None:
         console.print(f"wrote {safe(result.preview)}")
     if result.vector is not None:
         console.print(f"wrote {safe(result.vector)} ({result.vector_features:,} polygons, {result.vector_seconds:.1f} s)")
+
+
+MAX_ZONES_SHOWN = 20
+
+
+def print_stats(zones: list[dict], console: Console) -> None:
+    """One line per --stats zone: its area and its classes' shares (the file has every number)."""
+    for zone in zones[:MAX_ZONES_SHOWN]:
+        pixels = zone["pixels"]
+        total = sum(pixels.values()) or 1
+        areas = zone["area_m2"]
+        where = {"feature": f"feature {zone['feature']}", "file": f"file {zone['file']}",
+                 "total": f"total {zone['file']}"}[zone["zone"]]
+        size = f"{sum(pixels.values()):,} px" if areas is None else f"{sum(areas.values()) / 1e4:,.2f} ha"
+        shares = ", ".join(f"{name} {100 * px / total:.1f}%" for name, px in
+                           sorted(pixels.items(), key=lambda kv: -kv[1]) if px)
+        console.print(f"stats {safe(where)}: {size}: {safe(shares)}")
+    if len(zones) > MAX_ZONES_SHOWN:
+        console.print(f"stats: {len(zones) - MAX_ZONES_SHOWN} more zones in the --stats file")
 
 
 def print_dry_run(report: DryRun, console: Console) -> None:
@@ -255,8 +291,14 @@ def print_dry_run(report: DryRun, console: Console) -> None:
     console.print(f"inputs: {len(plan.inputs)} file(s), {report.input_bytes / 2**20:,.1f} MiB{area}")
     console.print(f"mosaic: {m.width} x {m.height} px, {m.res[0]:g} x {m.res[1]:g} CRS units per pixel, "
                   f"{safe(m.crs.to_string()) if m.crs else 'no CRS'}")
-    console.print(f"tiles: {report.tiles:,} of {plan.grid.tile} px ({report.tiles_with_data:,} over input files), "
+    over = "over input files" if plan.roi is None else "meeting the region"
+    console.print(f"tiles: {report.tiles:,} of {plan.grid.tile} px ({report.tiles_with_data:,} {over}), "
                   f"overlap {plan.grid.overlap}, context {plan.context}")
+    if plan.roi is not None:
+        area = "" if report.region_km2 is None else f"{report.region_km2:,.4f} km2, "
+        w = plan.roi.window
+        console.print(f"region: {safe(plan.roi.label)}: {len(plan.roi.geoms)} feature(s), {area}"
+                      f"{int(w.width)} x {int(w.height)} px")
     console.print(f"units: {len(plan.units):,} of up to {plan.unit_size} px a side; shards: {report.shards}"
                   + (f" ({', '.join(f'{t:,}' for t in report.shard_tiles())} tiles)" if report.shards > 1 else ""))
     for dest, option in plan.destinations():

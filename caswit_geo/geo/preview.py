@@ -43,13 +43,14 @@ def write_preview(
     dpi: int = 100,
     title: str | None = None,
     class_pixels: np.ndarray | None = None,
+    window=None,
 ) -> Path:
     """Write ``png``: [input RGB |] class map, legend with each class's share of the mapped area.
 
     ``title``: default the class raster's file name (pass the destination's
     name when ``class_raster`` is a temporary file). ``class_pixels``: pixels per class id counted
     on the full-resolution map (the legend's shares then equal predict's summary); None counts the
-    decimated map drawn.
+    decimated map drawn. ``window``: the part of ``image`` under the class raster (None: all of it).
     """
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
@@ -64,8 +65,9 @@ def write_preview(
     panels = []
     if image is not None:
         with open_quietly(image) as src:
-            img = src.read(list(bands[:3]), out_shape=(min(3, len(bands)), *shape), resampling=Resampling.average)
-            valid = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
+            img = src.read(list(bands[:3]), out_shape=(min(3, len(bands)), *shape), resampling=Resampling.average,
+                           window=window)
+            valid = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest, window=window) > 0
         panels.append(("input", _stretch(img, valid)))
     panels.append(("classes", lut[cls]))
 

@@ -28,6 +28,7 @@ from rasterio.crs import CRS
 from caswit_geo.core.errors import InputError
 
 MAX_FEATURES = 20_000_000  # a bound on what a layer may hold before anything is read
+MAX_ATTRIBUTES = 64  # attribute columns kept when all are asked for
 POLYGONAL = ("Polygon", "MultiPolygon")
 
 
@@ -45,6 +46,8 @@ class PolygonLayer:
     values: np.ndarray | None  # (N,) object: the field's values, None when no field was read
     repaired: int = 0
     skipped: int = 0
+    index: np.ndarray | None = None  # (N,) each polygon's feature position in the layer
+    attributes: list[dict] | None = None  # (N,) the features' attribute columns, when asked for
 
     def __len__(self) -> int:
         return len(self.geoms)
@@ -67,39 +70,25 @@ def read_polygons(
     layer: str | None = None,
     skip_non_polygons: bool = False,
     option: str = "--labels",
+    attributes: bool = False,
 ) -> PolygonLayer:
     """Read ``path``'s polygons and ``field``, reprojected to ``crs`` (None: the mosaic has no CRS).
 
     Raises :class:`InputError` naming the file (and the option, the layer,
     the field) for: a missing file or layer, a layer without a CRS, a
     missing field, values that are neither text nor integers, points or
-    lines (unless ``skip_non_polygons``), an empty layer.
+    lines (unless ``skip_non_polygons``), an empty layer. ``attributes``:
+    also keep every attribute column (the first ``MAX_ATTRIBUTES``) of the
+    features kept, as :attr:`PolygonLayer.attributes`.
     """
-    import pyogrio
-    from pyogrio.errors import DataLayerError, DataSourceError
-
     path = Path(path)
     where = f"{option} {_where(path, layer)}"
     if not path.is_file():
         raise InputError(f"{option} {path}: file not found")
-    try:
-        info = pyogrio.read_info(path, layer=layer)
-    except (DataSourceError, DataLayerError) as exc:
-        raise InputError(f"{where}: not a vector layer GDAL can read ({str(exc).splitlines()[0]})") from None
-    if info["features"] > MAX_FEATURES:
-        raise InputError(f"{where}: {info['features']:,} features, more than the {MAX_FEATURES:,} this reads")
-    if info["crs"] is None:
-        raise InputError(f"{where}: the layer has no CRS; set one (e.g. ogr2ogr -a_srs EPSG:2154)")
-    fields = list(info["fields"])
+    table, source_crs, fields = _read_table(path, layer, field, where, attributes)
     if field is not None and field not in fields:
         shown = ", ".join(fields[:12]) + (", ..." if len(fields) > 12 else "")
         raise InputError(f"{where}: no field {field!r} (fields: {shown or 'none'})")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # GDAL's notes on odd layers
-            table = pyogrio.read_dataframe(path, layer=layer, columns=[field] if field else [], fid_as_index=False)
-    except (DataSourceError, DataLayerError) as exc:
-        raise InputError(f"{where}: cannot read ({str(exc).splitlines()[0]})") from None
     geoms = np.asarray(table.geometry.values, dtype=object)
     values = None
     if field is not None:
@@ -125,6 +114,7 @@ def read_polygons(
             "pass --skip-non-polygons to leave them out"
         )
     keep &= polygonal
+    index = np.flatnonzero(keep)
     geoms = geoms[keep]
     values = values[keep] if values is not None else None
     if len(geoms) == 0:
@@ -134,13 +124,68 @@ def read_polygons(
     if repaired:
         geoms = geoms.copy()
         geoms[invalid] = [_polygonal(g) for g in shapely.make_valid(geoms[invalid])]
-    source_crs = CRS.from_user_input(info["crs"])
+    source_crs = CRS.from_user_input(source_crs)
     if crs is not None and source_crs != crs:
         try:
             geoms = reproject(geoms, source_crs, crs)
         except InputError as exc:
             raise InputError(f"{where}: {exc}") from None
-    return PolygonLayer(path, layer, geoms, values, repaired, skipped)
+    rows = None
+    if attributes:
+        columns = [c for c in fields if c in table.columns][:MAX_ATTRIBUTES]
+        rows = table.iloc[index][columns].to_dict("records") if columns else [{} for _ in index]
+    return PolygonLayer(path, layer, geoms, values, repaired, skipped, index, rows)
+
+
+def _read_table(path: Path, layer: str | None, field: str | None, where: str, attributes: bool):
+    """(GeoDataFrame, its CRS, its fields): GDAL's formats through pyogrio, GeoParquet through pyarrow
+    (GDAL builds may lack its driver). Bounded: the feature count is checked before anything is read."""
+    if path.suffix.lower() == ".parquet":
+        return _read_parquet(path, layer, field, where, attributes)
+    import pyogrio
+    from pyogrio.errors import DataLayerError, DataSourceError
+
+    try:
+        info = pyogrio.read_info(path, layer=layer)
+    except (DataSourceError, DataLayerError) as exc:
+        raise InputError(f"{where}: not a vector layer GDAL can read ({str(exc).splitlines()[0]})") from None
+    _check_count(info["features"], where)
+    if info["crs"] is None:
+        raise InputError(f"{where}: the layer has no CRS; set one (e.g. ogr2ogr -a_srs EPSG:2154)")
+    fields = [str(f) for f in info["fields"]]
+    columns = fields[:MAX_ATTRIBUTES] if attributes else [field] if field in fields else []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # GDAL's notes on odd layers
+            table = pyogrio.read_dataframe(path, layer=layer, columns=columns, fid_as_index=False)
+    except (DataSourceError, DataLayerError) as exc:
+        raise InputError(f"{where}: cannot read ({str(exc).splitlines()[0]})") from None
+    return table, info["crs"], fields
+
+
+def _read_parquet(path: Path, layer: str | None, field: str | None, where: str, attributes: bool):
+    import geopandas as gpd
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    if layer is not None:
+        raise InputError(f"{where}: a GeoParquet file has one layer; leave the layer out")
+    try:
+        schema = pq.read_schema(path)
+        _check_count(pq.ParquetFile(path).metadata.num_rows, where)
+        table = gpd.read_parquet(path)
+    except (pyarrow.ArrowException, OSError, ValueError) as exc:
+        raise InputError(f"{where}: not a GeoParquet file ({str(exc).splitlines()[0][:200]})") from None
+    if table.crs is None:
+        raise InputError(f"{where}: the layer has no CRS; set one (e.g. ogr2ogr -a_srs EPSG:2154)")
+    fields = [str(n) for n in schema.names if n != table.geometry.name]
+    table = table[[c for c in fields if attributes or c == field] + [table.geometry.name]]
+    return table, table.crs.to_wkt(), fields
+
+
+def _check_count(features: int, where: str) -> None:
+    if features > MAX_FEATURES:
+        raise InputError(f"{where}: {features:,} features, more than the {MAX_FEATURES:,} this reads")
 
 
 def _polygonal(geom):

@@ -72,6 +72,11 @@ class PredictConfig:
     stop_after: float | None = bounded(None, ge=0)
     unit_size: int | None = bounded(None, ge=1)
     tta: str = bounded("none", Text(choices=TTA))  # "flips": 4 passes per tile, "dihedral": 8 (model/tta.py)
+    roi: str | Path | None = None  # polygons of the region (geo/region.py); all features of the layer
+    roi_layer: str | None = None  # the layer of --roi (default: its only or first layer)
+    bbox: str | None = None  # "XMIN,YMIN,XMAX,YMAX" in the mosaic's CRS, or in bbox_crs
+    bbox_crs: str | None = None  # the CRS of --bbox (e.g. "EPSG:4326")
+    stats: str | Path | None = None  # per-feature, per-file class areas: a .csv or .json file (engine/predict/stats.py)
 
 
 @dataclass
@@ -110,6 +115,8 @@ class PredictResult:
     stopped: bool = False  # --stop-after ended the run early
     finalized_by: str | None = None  # who assembles the outputs when not this run
     rank: int = 0  # torchrun rank (0 outside torchrun): only rank 0 reports
+    region_km2: float | None = None  # the region's area (--roi, --bbox) inside the imagery; None without one
+    stats: list[dict] = field(default_factory=list)  # zones of --stats (engine/predict/stats.py), once assembled
 
     @property
     def tiles_skipped(self) -> int:

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from affine import Affine
+from rasterio.windows import Window
 
 from caswit_geo.core.errors import ConfigError
 from caswit_geo.engine.predict.config import PredictConfig
 from caswit_geo.engine.predict.job import Job, compare_manifest, live_description
 from caswit_geo.engine.predict.manifest import PLAN_FILE, job_units, read_manifest
 from caswit_geo.engine.predict.plan import PredictPlan, plan_predict, shard_units
+from caswit_geo.engine.predict.run import region_km2
 from caswit_geo.engine.predict.source import PredictTiles, collate_tiles
 from caswit_geo.engine.predict.units import predict_probabilities
 from caswit_geo.geo.area import pixel_area_m2
@@ -56,6 +58,7 @@ class DryRun:
     job_state: str  # "none", or what an existing job folder holds
     warnings: list[str] = field(default_factory=list)
     calibration: Calibration | None = None
+    region_km2: float | None = None  # --roi/--bbox: the region's area inside the imagery
 
     @property
     def estimate_s(self) -> float | None:
@@ -78,14 +81,22 @@ def dry_run(config: PredictConfig, calibrate: int = 16) -> DryRun:
         input_bytes=sum(info.files_bytes for info in plan.mosaic.files),
         area_km2=footprint_km2(plan.mosaic),
         tiles=plan.total_tiles,
-        tiles_with_data=sum(u.weight for u in plan.units),
+        tiles_with_data=sum(u.weight for u in plan.units) if plan.roi is None else region_tiles(plan),
         shards=shards,
         job_state=job_state(plan),
         warnings=plan.warnings + preflight_warnings(plan.mosaic),
+        region_km2=region_km2(plan),
     )
     if calibrate > 0:
         report.calibration = calibration(plan, config, calibrate)
     return report
+
+
+def region_tiles(plan: PredictPlan) -> int:
+    """Tiles that meet the region (those the run predicts)."""
+    seen = {(int(w.col_off), int(w.row_off)) for u in plan.units for _, w in plan.tiles(u)}
+    tile = plan.grid.tile
+    return sum(plan.roi.meets(Window(c, r, tile, tile)) for c, r in seen)
 
 
 def footprint_km2(mosaic: Mosaic) -> float | None:
@@ -184,7 +195,7 @@ def calibration(plan: PredictPlan, config: PredictConfig, tiles: int) -> Calibra
         windows += [w for _, w in plan.tiles(unit)]
         if len(windows) >= 16 * tiles:
             break
-    source = PredictTiles(plan.mosaic.source, windows, plan.spec, context)
+    source = PredictTiles(plan.mosaic.source, windows, plan.spec, context, region=plan.roi)
     bs = max(1, min(config.batch_size, tiles))
     items = []
     try:

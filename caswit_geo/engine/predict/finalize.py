@@ -27,6 +27,7 @@ from caswit_geo.core.jsonfile import parse_json
 from caswit_geo.engine.predict.job import Job, remove_job
 from caswit_geo.engine.predict.plan import PredictPlan
 from caswit_geo.engine.predict.sink import UnitDone
+from caswit_geo.engine.predict.stats import Zone, raster_zones, stats_text
 from caswit_geo.geo.assemble import parts_vrt, write_raster
 from caswit_geo.geo.class_raster import (
     CONFIDENCE_DESCRIPTION,
@@ -39,6 +40,7 @@ from caswit_geo.geo.profiles import coarse_level_profile
 from caswit_geo.geo.pyramid import level_shape, pack_layout, pyramid
 from caswit_geo.geo.qgis_style import categorized_qml, gradient_qml, paletted_qml, style_path
 from caswit_geo.geo.vectorize import VectorResult, vector_format, vectorize
+from caswit_geo.geo.webmap import SERVICE_OPTIONS
 from caswit_geo.safeio.outputs import OutputSet
 from caswit_geo.safeio.writes import atomic_path, write_text
 
@@ -51,6 +53,7 @@ class Finalized:
     preview: Path | None
     seconds: float
     phases: dict[str, float] = field(default_factory=dict)
+    stats: list[dict] = field(default_factory=list)  # the --stats zones (stats.py Zone.summary)
 
 
 MAX_PART_TAG_BYTES = 1 << 20  # a unit's report: pixels and areas of at most 256 classes
@@ -223,6 +226,11 @@ def finalize_job(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
             write_probabilities(plan, job, index, outputs.temp(raster.probabilities), tags)
             outputs.temp(style_path(raster.probabilities)).write_text(gradient_qml(classes.names[0]))
     phases["assemble"] = time.perf_counter() - t0
+    zones = []
+    if plan.stats is not None:
+        t1 = time.perf_counter()
+        zones = write_stats(plan, outputs)
+        phases["stats"] = time.perf_counter() - t1
 
     vector_result = None
     if plan.vector is not None:
@@ -240,11 +248,13 @@ def finalize_job(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
         # the class raster is complete and has overviews: the quick-look reads a screenful
         t1 = time.perf_counter()
         first = plan.rasters[0]
-        image = str(plan.inputs[0]) if plan.per_file else plan.mosaic.source
+        image = str(plan.inputs[0]) if plan.per_file and plan.roi is None else plan.mosaic.source
+        window = None if plan.roi is None else first.window  # the input under the region's map
         # the legend's shares are the summary's: counted on every pixel by the units, not on the overview shown
         pixels, _ = class_totals(unit_reports(job, plan, raster=0))
-        write_preview(outputs.temp(first.classes), outputs.temp(plan.preview), classes, image=image,
-                      bands=plan.spec.bands[:3], title=first.classes.name, class_pixels=pixels)
+        with rasterio.Env(**(SERVICE_OPTIONS if plan.web_service else {})):
+            write_preview(outputs.temp(first.classes), outputs.temp(plan.preview), classes, image=image,
+                          bands=plan.spec.bands[:3], title=first.classes.name, class_pixels=pixels, window=window)
         phases["preview"] = time.perf_counter() - t1
 
     t1 = time.perf_counter()
@@ -262,7 +272,26 @@ def finalize_job(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
         preview=plan.preview,
         seconds=time.perf_counter() - t0,
         phases=phases,
+        stats=[z.summary(classes) for z in zones],
     )
+
+
+def write_stats(plan: PredictPlan, outputs: OutputSet) -> list[Zone]:
+    """Count the zones of ``--stats`` on the assembled class rasters; write the file (a temporary of ``outputs``)."""
+    zones = []
+    m = plan.mosaic
+    for raster in plan.rasters:
+        if raster.source is not None or plan.per_file:  # per-file output: the file is the raster
+            files = [(raster.sources[0], raster.window)]
+            feature_file = raster.sources[0]
+        else:
+            files = [(info.name, m.file_window(info)) for info in m.files]
+            feature_file = ""
+        zones += raster_zones(outputs.temp(raster.classes), raster.classes.name, raster.window, raster.transform,
+                              m.crs, plan.roi, files, feature_file)
+    fmt = "json" if plan.stats.suffix.lower() == ".json" else "csv"
+    outputs.temp(plan.stats).write_text(stats_text(zones, plan.classes, fmt), encoding="utf-8")
+    return zones
 
 
 def write_probabilities(plan: PredictPlan, job: Job, index: int, dest: Path, tags: dict[str, str]) -> None:

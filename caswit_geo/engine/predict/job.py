@@ -55,8 +55,9 @@ from caswit_geo.safeio.outputs import OutputSet
 from caswit_geo.safeio.sweep import hold_folder, holding, release_folder
 
 # plan.json keys -> the option a user changes to change them
-_OPTIONS_BEFORE = {"tta": "none", "probabilities": False, "alpha_mask": False, "nodata": None}
+_OPTIONS_BEFORE = {"tta": "none", "probabilities": False, "alpha_mask": False, "nodata": None, "region": None}
 _OPTION_NAMES = {
+    "region": "the region (--roi, --bbox; a digest of its polygons on the grid)",
     "overlap": "--overlap",
     "resample": "--resample",
     "alpha_mask": "--alpha-mask",

@@ -124,7 +124,7 @@ def check_schema(data) -> None:
 
 
 PIXEL_KEYS = frozenset({"overlap", "resample", "nodata", "context", "precision", "tile", "context_factor", "bands",
-                        "per_file", "confidence", "probabilities", "tta", "alpha_mask"})
+                        "per_file", "confidence", "probabilities", "tta", "alpha_mask", "region"})
 GRID_KEYS = ("width", "height", "tile", "overlap", "block", "strip_width", "unit_size", "unit_width")
 
 

@@ -22,6 +22,7 @@ overlap, tiles on unit borders are computed by both neighbours.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -30,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import shapely
 from affine import Affine
 from rasterio.windows import Window
 
-from caswit_geo.core.errors import CheckpointError, ConfigError, OutputError
+from caswit_geo.core.errors import CheckpointError, ConfigError, InputError, OutputError
 from caswit_geo.core.limits import check_settings
 from caswit_geo.core.spec import ClassTable, InputSpec, scale_warning
 from caswit_geo.engine.predict.config import PredictConfig
@@ -44,8 +46,10 @@ from caswit_geo.geo.lowres import prepass_supported
 from caswit_geo.geo.mosaic import Mosaic, expand_inputs, open_mosaic
 from caswit_geo.geo.pyramid import levels_for
 from caswit_geo.geo.qgis_style import style_path
+from caswit_geo.geo.region import Region, intersect_windows, region_on_grid, region_polygons
 from caswit_geo.geo.sources import source_files
 from caswit_geo.geo.vectorize import check_layer_name, geopackage_layers, vector_format
+from caswit_geo.geo.webmap import check_connection_string, open_service, service_crs, service_kind
 from caswit_geo.model.checkpoint import CheckpointMeta, free_dict_summary, read_meta, shape_model
 from caswit_geo.model.weights import resolve_weights, sha256
 from caswit_geo.runtime.device import select_device
@@ -54,6 +58,7 @@ from caswit_geo.safeio.outputs import OutputSet
 
 GSD_TOLERANCE = 0.10  # relative pixel-size difference that deserves a warning
 RASTER_OUT_SUFFIXES = (".tif", ".tiff")
+STATS_SUFFIXES = (".csv", ".json")
 UNIT_TILES = 8  # default side of a unit, in tiles (twice that with overlap)
 JOB_SUFFIX = ".caswit-job"
 # the most units a job has: units grow beyond --unit-size rather than outnumber this, so a plan
@@ -125,6 +130,9 @@ class PredictPlan:
     read_files: list[Path] = field(default_factory=list)  # every file read: inputs and a VRT's sources
     vector_layer: str | None = None  # the polygons' layer (GeoPackage, FlatGeobuf, GeoJSON)
     vector_update: bool = False  # --vector is an existing GeoPackage: its other layers stay
+    roi: Region | None = None  # --roi / --bbox: the pixels kept and the tiles run (geo/region.py)
+    stats: Path | None = None  # --stats: class areas per region feature and input file (stats.py)
+    web_service: bool = False  # the input is a WMS/WMTS service (geo/webmap.py): one request per reader at a time
 
     @functools.cached_property
     def checkpoint_sha256(self) -> str:
@@ -158,6 +166,12 @@ class PredictPlan:
         r = self.rasters[unit.raster].window
         w = unit.window
         return Window(int(r.col_off + w.col_off), int(r.row_off + w.row_off), int(w.width), int(w.height))
+
+    def region_window(self, unit: Unit, window: Window) -> Window:
+        """``window`` (pixels of the unit) in mosaic pixels."""
+        r = self.region(unit)
+        return Window(int(r.col_off + window.col_off), int(r.row_off + window.row_off), int(window.width),
+                      int(window.height))
 
     def tiles(self, unit: Unit) -> list[tuple[int, Window]]:
         """(strip index, tile window in mosaic pixels) of the unit, in processing order."""
@@ -211,6 +225,8 @@ class PredictPlan:
             out.append((self.vector, "--vector"))
         if self.preview is not None:
             out.append((self.preview, "--preview"))
+        if self.stats is not None:
+            out.append((self.stats, "--stats"))
         return out + [(style_path(d), option) for d, option in self.styled_outputs()]
 
 
@@ -255,6 +271,8 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
     """The whole plan of ``config`` (see the module docstring); writes nothing, builds no model."""
     check_options(config)
     weights = resolve_weights(config.weights)
+    for item in config.inputs:
+        check_connection_string(item)
     inputs = expand_inputs(config.inputs)
     meta = read_meta(weights)
     if meta.kind != "segmentation":
@@ -271,12 +289,11 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
     # what GDAL reads through the inputs (a VRT's sources too): no output may replace one of them
     read_files = list(dict.fromkeys(f for p in inputs for f in source_files(p)))
     per_file, classes_dests, conf_dests, prob_dests, vector, preview = plan_outputs(config, inputs, read_files)
+    stats = plan_stats(config, read_files)
 
     nodata = check_nodata_option(config.nodata)
-    mosaic = open_mosaic(inputs, spec.bands, nodata=nodata, alpha_mask=config.alpha_mask)
-    target_res, notes = check_resolution(mosaic, spec, config.resample)
-    if target_res is not None:
-        mosaic = open_mosaic(inputs, spec.bands, target_res=target_res, nodata=nodata, alpha_mask=config.alpha_mask)
+    mosaic, polygons, notes = open_inputs(config, inputs, spec, nodata)
+    region = None if polygons is None else region_on_grid(polygons, mosaic.transform, mosaic.width, mosaic.height)
     cache_bytes, cache_notes = gdal_cache_bytes(mosaic, tile, config.gdal_cache_mb)
     notes = mosaic.warnings + notes + check_scaling(mosaic, spec) + cache_notes
 
@@ -303,6 +320,9 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
 
     rasters = output_rasters(mosaic, per_file, classes_dests, conf_dests, prob_dests)
     footprints = data_windows(mosaic)
+    if region is not None:
+        rasters, footprints, region_notes = restrict_to_region(rasters, footprints, region)
+        notes += region_notes
     unit_size, unit_width = unit_shape(rasters, grid, block, unit_size, unit_width, footprints)
     units = plan_units(rasters, grid, block, unit_size, footprints, unit_width)
     tags = model_tags(
@@ -328,11 +348,83 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
         cache_bytes=cache_bytes, job_dir=job_dir_for(config.out, per_file, classes_dests), min_area=config.min_area,
         simplify=config.simplify, precision=precision, tta=config.tta, unit_width=unit_width, footprints=footprints,
         read_files=read_files, vector_layer=None if vector is None else config.vector_layer or vector.stem,
-        vector_update=vector is not None and geopackage_update(vector),
+        vector_update=vector is not None and geopackage_update(vector), roi=region, stats=stats,
+        web_service=any(service_kind(p) for p in inputs),
     )
     plan.options = pixel_options(config, plan)
     check_style_names(plan)
     return plan
+
+
+def open_inputs(config: PredictConfig, inputs: list[Path], spec: InputSpec, nodata):
+    """(mosaic, the region's polygons in its CRS or None, notes): the inputs' mosaic, or a web map
+    service's around the region (``geo/webmap.py``), and the region of ``--roi``/``--bbox``."""
+    services = [p for p in inputs if service_kind(p)]
+    if not services:
+        mosaic = open_mosaic(inputs, spec.bands, nodata=nodata, alpha_mask=config.alpha_mask)
+        target_res, notes = check_resolution(mosaic, spec, config.resample)
+        if target_res is not None:
+            mosaic = open_mosaic(inputs, spec.bands, target_res=target_res, nodata=nodata,
+                                 alpha_mask=config.alpha_mask)
+        polygons = region_polygons(config.roi, config.roi_layer, config.bbox, config.bbox_crs, mosaic.crs)
+        return mosaic, polygons, notes + _region_notes(polygons)
+    service = services[0]
+    if len(inputs) > 1:
+        raise ConfigError(f"{service}: a web map service is read alone; predict other inputs in another run")
+    if config.roi is None and config.bbox is None:
+        raise ConfigError(f"{service}: a web map service covers a whole country or the planet; give the region "
+                          "with --roi PATH or --bbox XMIN,YMIN,XMAX,YMAX")
+    polygons = region_polygons(config.roi, config.roi_layer, config.bbox, config.bbox_crs, service_crs(service))
+    tile, k = spec.tile_size, spec.context_factor
+    # a tile meeting the region reaches up to T beyond it, its LR context (k - 1) T / 2 beyond the tile;
+    # a tile more keeps the clipped grid's last tiles away from those
+    margin = (k + 3) * tile // 2 + config.overlap
+    align = math.lcm(tile - config.overlap, k)
+    bounds = tuple(float(v) for v in shapely.total_bounds(polygons.geoms))
+    mosaic, notes = open_service(service, spec.bands, spec.gsd, bounds, margin, align)
+    return mosaic, polygons, notes + _region_notes(polygons)
+
+
+def _region_notes(polygons) -> list[str]:
+    if polygons is None or not polygons.repaired:
+        return []
+    return [f"{polygons.label}: {polygons.repaired:,} invalid polygon(s) repaired (make_valid)"]
+
+
+def restrict_to_region(rasters: list[OutputRaster], footprints: list[Window], region: Region):
+    """(rasters, footprints, notes) cut to the region: each raster to the region's box (per-file
+    rasters that the region does not meet are left out), the data to the features' boxes."""
+    kept = []
+    for raster in rasters:
+        window = intersect_windows(raster.window, region.window)
+        if window is None or not region.overlaps(window):
+            continue
+        dx, dy = int(window.col_off - raster.window.col_off), int(window.row_off - raster.window.row_off)
+        kept.append(dataclasses.replace(raster, window=window, transform=raster.transform @ Affine.translation(dx, dy)))
+    if not kept:
+        raise InputError(f"{region.label}: the region meets none of the input files")
+    notes = []
+    if len(kept) < len(rasters):
+        notes.append(f"{region.label}: {len(rasters) - len(kept)} of {len(rasters)} input files do not meet the "
+                     "region; they have no output")
+    rects = [w for f in footprints for r in region.rects() if (w := intersect_windows(f, r)) is not None]
+    if not rects:
+        raise InputError(f"{region.label}: the region lies over no pixel of the input files (a gap between them)")
+    return kept, rects, notes
+
+
+def plan_stats(config: PredictConfig, read_files: list[Path]) -> Path | None:
+    """The ``--stats`` file: a .csv or .json, not an input, existing only with --overwrite."""
+    if not config.stats:
+        return None
+    stats = Path(config.stats)
+    if _is_folder_arg(stats) or stats.suffix.lower() not in STATS_SUFFIXES:
+        raise OutputError(f"--stats {stats}: expected a .csv or .json file")
+    others = [config.out, config.confidence, config.probabilities, config.vector, config.preview]
+    if any(o is not None and Path(o).resolve() == stats.resolve() for o in others):
+        raise OutputError(f"--stats {stats}: the same path as another output")
+    OutputSet(overwrite=config.overwrite, inputs=read_files).check(stats, "--stats")
+    return stats
 
 
 def pixel_options(config: PredictConfig, plan: PredictPlan) -> dict:
@@ -356,6 +448,7 @@ def pixel_options(config: PredictConfig, plan: PredictPlan) -> dict:
         "confidence": plan.with_confidence,
         "probabilities": plan.with_probabilities,
         "tta": plan.tta,
+        "region": None if plan.roi is None else plan.roi.digest,
     }
     return options
 

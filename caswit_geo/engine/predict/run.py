@@ -14,6 +14,7 @@ from caswit_geo.engine.predict.finalize import Finalized, class_totals, finalize
 from caswit_geo.engine.predict.job import Job, discard_job, join_job, open_job
 from caswit_geo.engine.predict.plan import PredictPlan, Unit, plan_predict, shard_units
 from caswit_geo.engine.predict.units import Progress, UnitsRun, run_units
+from caswit_geo.geo.area import pixel_area_m2
 from caswit_geo.model.checkpoint import load_checkpoint
 from caswit_geo.runtime.distributed import DistEnv, barrier, broadcast_object, process_group
 from caswit_geo.runtime.precision import prepare_inference
@@ -213,7 +214,17 @@ def _result(plan: PredictPlan, job: Job, config: PredictConfig, env: DistEnv, ru
         stopped=run.stopped,
         finalized_by=_finalized_by(config, env, finished, left),
         rank=env.rank,
+        region_km2=region_km2(plan),
+        stats=finished.stats if finished is not None else [],
     )
+
+
+def region_km2(plan: PredictPlan) -> float | None:
+    """The region's area inside the imagery (None without a region or a projected CRS)."""
+    if plan.roi is None:
+        return None
+    px = pixel_area_m2(plan.mosaic.crs, plan.mosaic.transform)
+    return None if px is None else plan.roi.pixel_area * px / 1e6
 
 
 def _finalized_by(config: PredictConfig, env: DistEnv, finished: Finalized | None, left: int) -> str | None:

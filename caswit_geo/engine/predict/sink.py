@@ -313,11 +313,17 @@ class UnitWriter:
     def _write(self, block: RowBlock) -> None:
         unit = self.units[self.current]
         raster = self.plan.rasters[unit.raster]
+        valid = None
         if raster.source is not None:  # per-file output: nodata where this file is nodata
             src, rule = self._mask(unit.raster)
             win = Window(int(unit.window.col_off + block.window.col_off), int(unit.window.row_off + block.window.row_off),
                          int(block.window.width), int(block.window.height))
             valid = valid_mask(src, win, self.plan.mosaic.bands, rule=rule)
+        if self.plan.roi is not None:  # nodata outside the region's polygons (pixel-centre rule)
+            region = self.plan.region_window(unit, block.window)
+            inside = self.plan.roi.mask(region)
+            valid = inside if valid is None else valid & inside
+        if valid is not None:
             block = RowBlock(block.window, np.where(valid, block.classes, NODATA).astype(np.uint8),
                              np.where(valid, block.confidence, NODATA).astype(np.uint8),
                              None if block.probabilities is None else

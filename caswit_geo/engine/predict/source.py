@@ -57,6 +57,8 @@ class PredictTiles(Dataset):
         lowres: the pre-pass raster when ``context == "prepass"``.
         lowres_failed: the marker file of the builder writing its chunks
             (readers stop waiting when it appears).
+        region: the region asked (``geo/region.py``): a tile with no pixel
+            centre in it is neither read nor run.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class PredictTiles(Dataset):
         context: str,
         lowres: LowResRaster | None = None,
         lowres_failed: str | None = None,
+        region=None,
     ) -> None:
         if context not in ("prepass", "direct", "none"):
             raise ValueError(f"unknown context mode {context!r}")
@@ -74,6 +77,7 @@ class PredictTiles(Dataset):
             raise ValueError("context 'prepass' needs the pre-pass raster")
         self.source, self.windows, self.spec = source, windows, spec
         self.context, self.lowres = context, lowres
+        self.region = region
         self.chunks = ChunkReader(failed=lowres_failed)  # the pre-pass chunks this process has open
         self._handles: tuple[int, rasterio.io.DatasetReader, MaskRule] | None = None
 
@@ -112,6 +116,8 @@ class PredictTiles(Dataset):
         return hr, lr, valid
 
     def __getitem__(self, i: int):
+        if self.region is not None and not self.region.meets(self.windows[i]):
+            return i, None, None, None
         hr, lr, valid = self.read(i)
         if not valid.any():
             return i, None, None, None
@@ -123,6 +129,10 @@ class PredictTiles(Dataset):
         """A batch (the DataLoader asks for whole batches): adjacent tiles of a row share one read."""
         if self.context == "direct":
             return [self[i] for i in indices]
+        if self.region is not None:  # tiles outside the region: not read; the batch keeps its order
+            inside = [i for i in indices if self.region.meets(self.windows[i])]
+            read = {item[0]: item for run in self._runs(inside) for item in self._read_run(run)}
+            return [read.get(i, (i, None, None, None)) for i in indices]
         out = []
         for run in self._runs(indices):
             out.extend(self._read_run(run))

@@ -31,6 +31,7 @@ from caswit_geo.engine.predict.source import PredictTiles, TileBatch, collate_ti
 from caswit_geo.geo.blend import NODATA
 from caswit_geo.geo.lowres import LowResBuilder, chunk_order, plan_lowres
 from caswit_geo.geo.sources import read_error
+from caswit_geo.geo.webmap import SERVICE_OPTIONS
 from caswit_geo.model.tta import average_probabilities
 from caswit_geo.runtime.device import CpuThreads, stop_workers
 from caswit_geo.runtime.precision import Precision
@@ -206,19 +207,27 @@ def run_units(
     dataset: PredictTiles | None = None
     # a bounded GDAL block cache (by default it grows with the raster up to 5% of the RAM, in
     # every process) and a smaller pool of open mosaic files (each costs about 1 MB)
-    with rasterio.Env(GDAL_CACHEMAX=plan.cache_bytes, GDAL_MAX_DATASET_POOL_SIZE=GDAL_POOL):
+    with rasterio.Env(GDAL_CACHEMAX=plan.cache_bytes, GDAL_MAX_DATASET_POOL_SIZE=GDAL_POOL,
+                      **(SERVICE_OPTIONS if plan.web_service else {})):
         try:
             lowres = None
             if plan.context == "prepass":
                 with plan.mosaic.open() as src:
                     lowres = plan_lowres(src, plan.spec.bands, plan.grid, plan.spec.context_factor, job.lowres_dir)
-                order = chunk_order(lowres, windows, complete=False)
+                # only the context of the tiles run (those meeting the region, when one is asked)
+                needed = windows if plan.roi is None else [w for w in windows if plan.roi.meets(w)]
+                order = chunk_order(lowres, needed, complete=False)
                 builder = LowResBuilder(plan.mosaic.source, plan.spec.bands, lowres, order)
             dataset = PredictTiles(plan.mosaic.source, windows, plan.spec, plan.context, lowres,
-                                   lowres_failed=None if builder is None else str(builder.failed))
+                                   lowres_failed=None if builder is None else str(builder.failed),
+                                   region=plan.roi)
             loader = make_loader(dataset, sizes, batch_size, workers, device)
+            sequential = builder is not None and plan.web_service
+            if sequential:  # a web map service: the pre-pass alone first, so requests never outnumber the readers
+                builder.start()
+                builder.join()
             batches = iter(loader)  # forks the readers first: never fork while our threads hold GDAL locks
-            if builder is not None:
+            if builder is not None and not sequential:
                 builder.start()
             sink_thread = SinkThread(UnitWriter(plan, job, units, tiles, on_done))
             sink_thread.start()
