@@ -114,6 +114,13 @@ def images(default: Any, help: str = "Imagery, as predict reads it: files, folde
     return typer.Option(default, "--images", "-i", help=help)
 
 
+# Imagery behind catalogues (predict)
+
+
+def asset(default: Any, help: str = "The asset of STAC items to read (default: role visual, else data, a GeoTIFF).") -> Any:
+    return typer.Option(default, "--asset", metavar="KEY", help=help)
+
+
 def labels(default: Any) -> Any:
     return typer.Option(default, "--labels", help="Label polygons (GeoPackage, GeoJSON, Shapefile...).")
 

@@ -72,6 +72,7 @@ class PredictConfig:
     stop_after: float | None = bounded(None, ge=0)
     unit_size: int | None = bounded(None, ge=1)
     tta: str = bounded("none", Text(choices=TTA))  # "flips": 4 passes per tile, "dihedral": 8 (model/tta.py)
+    asset: str | None = None  # the asset of STAC items read (None: role visual, else data; geo/stac.py)
 
 
 @dataclass
@@ -110,6 +111,7 @@ class PredictResult:
     stopped: bool = False  # --stop-after ended the run early
     finalized_by: str | None = None  # who assembles the outputs when not this run
     rank: int = 0  # torchrun rank (0 outside torchrun): only rank 0 reports
+    input_notes: list[str] = field(default_factory=list)  # which STAC assets were read
 
     @property
     def tiles_skipped(self) -> int:

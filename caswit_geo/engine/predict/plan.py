@@ -41,9 +41,11 @@ from caswit_geo.geo.area import unit_to_m
 from caswit_geo.geo.class_raster import model_tags, output_block
 from caswit_geo.geo.grid import TileGrid, plan_tiles, span_piece, strips, touching
 from caswit_geo.geo.lowres import prepass_supported
-from caswit_geo.geo.mosaic import Mosaic, expand_inputs, open_mosaic
+from caswit_geo.geo.inputs import resolve_inputs
+from caswit_geo.geo.mosaic import Mosaic, open_mosaic
 from caswit_geo.geo.pyramid import levels_for
 from caswit_geo.geo.qgis_style import style_path
+from caswit_geo.geo.remote import input_name, input_stem, mask
 from caswit_geo.geo.sources import source_files
 from caswit_geo.geo.vectorize import check_layer_name, geopackage_layers, vector_format
 from caswit_geo.model.checkpoint import CheckpointMeta, free_dict_summary, read_meta, shape_model
@@ -96,7 +98,7 @@ class Unit:
 
 @dataclass
 class PredictPlan:
-    inputs: list[Path]
+    inputs: list[str | Path]  # local paths; URLs and GDAL network names as strings (geo/remote.py)
     weights: Path
     meta: CheckpointMeta
     mosaic: Mosaic
@@ -125,6 +127,8 @@ class PredictPlan:
     read_files: list[Path] = field(default_factory=list)  # every file read: inputs and a VRT's sources
     vector_layer: str | None = None  # the polygons' layer (GeoPackage, FlatGeobuf, GeoJSON)
     vector_update: bool = False  # --vector is an existing GeoPackage: its other layers stay
+    input_notes: list[str] = field(default_factory=list)  # what was taken from STAC documents (the summary says)
+    input_ids: dict[str, dict] = field(default_factory=dict)  # remote inputs' identities (plan.json, --resume)
 
     @functools.cached_property
     def checkpoint_sha256(self) -> str:
@@ -255,7 +259,8 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
     """The whole plan of ``config`` (see the module docstring); writes nothing, builds no model."""
     check_options(config)
     weights = resolve_weights(config.weights)
-    inputs = expand_inputs(config.inputs)
+    resolved = resolve_inputs(config.inputs, config.asset)  # files, URLs, STAC items; URLs probed
+    inputs = resolved.files
     meta = read_meta(weights)
     if meta.kind != "segmentation":
         raise CheckpointError(f"{weights}: a {meta.kind} checkpoint cannot predict classes")
@@ -316,7 +321,7 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
             overlap=str(config.overlap),
             precision=precision.name,
             tta=config.tta,
-            sources=[p.name for p in inputs],
+            sources=[input_name(p) for p in inputs],
             metadata=free_dict_summary(meta.metadata),
             provenance=free_dict_summary(meta.provenance),
         ),
@@ -329,6 +334,7 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
         simplify=config.simplify, precision=precision, tta=config.tta, unit_width=unit_width, footprints=footprints,
         read_files=read_files, vector_layer=None if vector is None else config.vector_layer or vector.stem,
         vector_update=vector is not None and geopackage_update(vector),
+        input_notes=resolved.notes, input_ids=resolved.identities,
     )
     plan.options = pixel_options(config, plan)
     check_style_names(plan)
@@ -385,7 +391,7 @@ def _is_folder_arg(p: str | Path) -> bool:
 
 
 def plan_outputs(
-    config: PredictConfig, inputs: list[Path], read_files: list[Path] | None = None
+    config: PredictConfig, inputs: list[str | Path], read_files: list[Path] | None = None
 ) -> tuple[bool, list[Path], list[Path], list[Path], Path | None, Path | None]:
     """Decide and check every destination (nothing is created, nothing claimed).
 
@@ -395,7 +401,7 @@ def plan_outputs(
     per_file = _is_folder_arg(config.out)
     if per_file:
         _check_folder(out, "--out")
-        classes = [out / f"{p.stem}_landcover.tif" for p in inputs]
+        classes = [out / f"{input_stem(p)}_landcover.tif" for p in inputs]
         check_distinct_outputs(inputs, classes, "--out")
     else:
         if out.suffix.lower() not in RASTER_OUT_SUFFIXES:
@@ -433,7 +439,7 @@ def _companion_rasters(value: str | Path | None, option: str, kind: str, per_fil
         if not _is_folder_arg(value):
             raise OutputError(f"{option}: must be a folder when --out is a folder")
         folder = _check_folder(Path(value), option)
-        paths = [folder / f"{p.stem}_{kind}.tif" for p in inputs]
+        paths = [folder / f"{input_stem(p)}_{kind}.tif" for p in inputs]
         check_distinct_outputs(inputs, paths, option)
         return paths
     path = Path(value)
@@ -448,7 +454,8 @@ def check_distinct_outputs(inputs: list[Path], outputs: list[Path], option: str)
     first: dict[Path, Path] = {}
     for source, dest in zip(inputs, outputs):
         if dest in first:
-            raise OutputError(f"{option} {dest.parent}: {first[dest]} and {source} would both write {dest.name}; "
+            raise OutputError(f"{option} {dest.parent}: {mask(first[dest])} and {mask(source)} would both write "
+                              f"{dest.name}; "
                               "rename one, or predict them into different folders")
         first[dest] = source
 
@@ -488,7 +495,7 @@ def output_rasters(mosaic: Mosaic, per_file: bool, classes: list[Path], confiden
     probs = list(probabilities) or [None] * len(classes)
     whole = Window(0, 0, mosaic.width, mosaic.height)
     if not per_file or (len(mosaic.files) == 1 and not mosaic.resampled):
-        names = tuple(Path(i.path).name for i in mosaic.files)
+        names = tuple(i.name for i in mosaic.files)
         return [OutputRaster(classes[0], conf[0], whole, mosaic.transform, None, names, probs[0])]
     out = []
     for i, (info, dest, cdest, pdest) in enumerate(zip(mosaic.files, classes, conf, probs)):

@@ -213,6 +213,7 @@ def _result(plan: PredictPlan, job: Job, config: PredictConfig, env: DistEnv, ru
         stopped=run.stopped,
         finalized_by=_finalized_by(config, env, finished, left),
         rank=env.rank,
+        input_notes=plan.input_notes,
     )
 
 

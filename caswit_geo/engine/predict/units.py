@@ -30,6 +30,7 @@ from caswit_geo.engine.predict.sink import SinkThread, UnitDone, UnitWriter
 from caswit_geo.engine.predict.source import PredictTiles, TileBatch, collate_tiles
 from caswit_geo.geo.blend import NODATA
 from caswit_geo.geo.lowres import LowResBuilder, chunk_order, plan_lowres
+from caswit_geo.geo.remote import gdal_remote_options
 from caswit_geo.geo.sources import read_error
 from caswit_geo.model.tta import average_probabilities
 from caswit_geo.runtime.device import CpuThreads, stop_workers
@@ -206,7 +207,9 @@ def run_units(
     dataset: PredictTiles | None = None
     # a bounded GDAL block cache (by default it grows with the raster up to 5% of the RAM, in
     # every process) and a smaller pool of open mosaic files (each costs about 1 MB)
-    with rasterio.Env(GDAL_CACHEMAX=plan.cache_bytes, GDAL_MAX_DATASET_POOL_SIZE=GDAL_POOL):
+    # remote inputs: bounded retries and waits, and a bounded /vsicurl/ cache (geo/remote.py)
+    with rasterio.Env(GDAL_CACHEMAX=plan.cache_bytes, GDAL_MAX_DATASET_POOL_SIZE=GDAL_POOL,
+                      **gdal_remote_options(plan.inputs, plan.cache_bytes, GDAL_POOL)):
         try:
             lowres = None
             if plan.context == "prepass":

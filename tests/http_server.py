@@ -1,0 +1,187 @@
+"""A small HTTP server over a folder, on 127.0.0.1, for tests of inputs read over the network.
+
+It answers GET and HEAD like a static file host (a COG bucket, a STAC
+catalogue): single byte ranges (``Range: bytes=a-b``, ``206``), ``ETag``
+and ``Last-Modified``, ``404`` for what it does not have. Optional rules
+make it hostile the way real hosts are:
+
+* ``token``: a query parameter ``token=<value>`` is required (a signed URL); else ``403``;
+* ``auth``: ``(user, password)`` for HTTP Basic authentication; else ``401``;
+* ``dead``: set it to True (from any thread) and every later request is
+  answered by a closed connection, as from a server that died.
+
+It counts what it served (``requests``, ``bytes_sent``), so that a test or
+a benchmark can say how much was read and how. Routes (``routes``) answer
+a path with a function of the request (a WMS endpoint, a generated page)
+instead of a file.
+
+    with ServedFolder(tmp_path) as server:
+        url = server.url("ortho.tif")
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hashlib
+import re
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+from urllib.parse import parse_qs, unquote, urlsplit
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@dataclass
+class Request:
+    method: str
+    path: str  # the path, without the query
+    query: str
+    range: str | None
+    status: int = 0
+    sent: int = 0  # body bytes
+
+
+class ServedFolder:
+    """An HTTP server on 127.0.0.1 serving ``root`` (see the module docstring)."""
+
+    def __init__(self, root: str | Path, *, token: str | None = None, auth: tuple[str, str] | None = None,
+                 routes: dict[str, Callable[["Request"], tuple[int, dict, bytes]]] | None = None):
+        self.root = Path(root)
+        self.token, self.auth = token, auth
+        self.routes = dict(routes or {})
+        self.dead = False
+        self.requests: list[Request] = []
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    # -- life -------------------------------------------------------------------------------------
+
+    def __enter__(self) -> "ServedFolder":
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def url(self, path: str = "", *, token: str | None = None, user: tuple[str, str] | None = None) -> str:
+        """``http://127.0.0.1:<port>/<path>``, with ``?token=`` and ``user:password@`` when given."""
+        auth = f"{user[0]}:{user[1]}@" if user else ""
+        query = f"?token={token}" if token is not None else ""
+        return f"http://{auth}127.0.0.1:{self.port}/{path.lstrip('/')}{query}"
+
+    # -- counts -----------------------------------------------------------------------------------
+
+    @property
+    def bytes_sent(self) -> int:
+        with self._lock:
+            return sum(r.sent for r in self.requests)
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    def _record(self, request: Request) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+
+def file_etag(path: Path) -> str:
+    st = path.stat()
+    return '"' + hashlib.sha1(f"{st.st_size}-{st.st_mtime_ns}".encode()).hexdigest()[:16] + '"'
+
+
+def _handler(server: ServedFolder):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+        def do_HEAD(self) -> None:
+            self._answer(body=False)
+
+        def do_GET(self) -> None:
+            self._answer(body=True)
+
+        def _answer(self, body: bool) -> None:
+            parts = urlsplit(self.path)
+            request = Request(self.command, unquote(parts.path), parts.query, self.headers.get("Range"))
+            server._record(request)
+            if server.dead:  # a dead server: the connection closes without a word
+                self.close_connection = True
+                return
+            if server.auth is not None and not self._authorised():
+                return self._status(request, 401, {"WWW-Authenticate": 'Basic realm="test"'})
+            if server.token is not None and parse_qs(parts.query).get("token") != [server.token]:
+                return self._status(request, 403)
+            route = server.routes.get(request.path)
+            if route is not None:
+                status, headers, data = route(request)
+                return self._send(request, status, headers, data if body else b"", len(data))
+            path = (server.root / request.path.lstrip("/")).resolve()
+            if server.root.resolve() not in path.parents or not path.is_file():
+                return self._status(request, 404)
+            self._file(request, path, body)
+
+        def _authorised(self) -> bool:
+            header = self.headers.get("Authorization", "")
+            user, password = server.auth
+            expected = base64.b64encode(f"{user}:{password}".encode()).decode()
+            return header == f"Basic {expected}"
+
+        def _file(self, request: Request, path: Path, body: bool) -> None:
+            size = path.stat().st_size
+            headers = {"ETag": file_etag(path), "Accept-Ranges": "bytes",
+                       "Last-Modified": email.utils.formatdate(path.stat().st_mtime, usegmt=True),
+                       "Content-Type": "application/octet-stream"}
+            start, end = 0, size - 1
+            status = 200
+            match = _RANGE.match(request.range or "")
+            if match and (match.group(1) or match.group(2)):  # a multi-range is answered whole, as HTTP allows
+                a, b = match.groups()
+                if a:
+                    start, end = int(a), min(int(b) if b else size - 1, size - 1)
+                else:  # the last N bytes
+                    start, end = max(size - int(b), 0), size - 1
+                if start >= size:
+                    return self._status(request, 416, {"Content-Range": f"bytes */{size}"})
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+            length = end - start + 1
+            data = b""
+            if body:
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    data = f.read(length)
+            self._send(request, status, headers, data, length)
+
+        def _status(self, request: Request, status: int, headers: dict | None = None) -> None:
+            self._send(request, status, headers or {}, b"", 0)
+
+        def _send(self, request: Request, status: int, headers: dict, data: bytes, length: int) -> None:
+            request.status, request.sent = status, len(data)
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            if data:
+                self.wfile.write(data)
+
+    return Handler
+
+
+__all__ = ["Request", "ServedFolder", "file_etag"]
