@@ -25,7 +25,8 @@ import base64
 import email.utils
 import hashlib
 import re
-import threading
+import multiprocessing
+import queue
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -46,35 +47,40 @@ class Request:
 
 
 class ServedFolder:
-    """An HTTP server on 127.0.0.1 serving ``root`` (see the module docstring)."""
+    """An HTTP server on 127.0.0.1 serving ``root`` (see the module docstring), in a process of its own.
+
+    Its own process: GDAL may hold this process's GIL while it waits for an
+    answer (a server thread here would then never answer), and timings
+    compare a server that is not competing with the client for it.
+    ``routes`` values must be picklable (module-level functions).
+    """
 
     def __init__(self, root: str | Path, *, token: str | None = None, auth: tuple[str, str] | None = None,
                  routes: dict[str, Callable[["Request"], tuple[int, dict, bytes]]] | None = None):
+        ctx = multiprocessing.get_context("spawn")
         self.root = Path(root)
-        self.token, self.auth = token, auth
+        self.auth = auth
         self.routes = dict(routes or {})
-        self.dead = False
-        self.requests: list[Request] = []
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        self._dead = ctx.Value("b", 0)
+        self._token = ctx.Array("c", 1024)
+        self.token = token
+        self._log = ctx.Queue()
+        self._ready = ctx.Queue()
+        self._requests: list[Request] = []
+        self._process = ctx.Process(target=_serve, args=(self.root, self.auth, self.routes, self._dead, self._token,
+                                                           self._log, self._ready), daemon=True)
+        self.port = 0
 
     # -- life -------------------------------------------------------------------------------------
 
     def __enter__(self) -> "ServedFolder":
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
-        self._thread.start()
+        self._process.start()
+        self.port = self._ready.get(timeout=60)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    @property
-    def port(self) -> int:
-        return self._server.server_address[1]
+        self._process.terminate()
+        self._process.join(10)
 
     def url(self, path: str = "", *, token: str | None = None, user: tuple[str, str] | None = None) -> str:
         """``http://127.0.0.1:<port>/<path>``, with ``?token=`` and ``user:password@`` when given."""
@@ -82,20 +88,74 @@ class ServedFolder:
         query = f"?token={token}" if token is not None else ""
         return f"http://{auth}127.0.0.1:{self.port}/{path.lstrip('/')}{query}"
 
+    # -- rules that change while it runs ----------------------------------------------------------
+
+    @property
+    def dead(self) -> bool:
+        return bool(self._dead.value)
+
+    @dead.setter
+    def dead(self, value: bool) -> None:
+        self._dead.value = int(bool(value))
+
+    @property
+    def token(self) -> str | None:
+        value = self._token.value.decode()
+        return value[1:] if value else None
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        self._token.value = b"" if value is None else ("=" + value).encode()
+
     # -- counts -----------------------------------------------------------------------------------
 
     @property
+    def requests(self) -> list[Request]:
+        """Every request answered so far (method, path, range, status, body bytes)."""
+        while True:
+            try:
+                self._requests.append(self._log.get(timeout=0.2))
+            except queue.Empty:
+                return list(self._requests)
+
+    @property
     def bytes_sent(self) -> int:
-        with self._lock:
-            return sum(r.sent for r in self.requests)
+        return sum(r.sent for r in self.requests)
 
     def reset_counts(self) -> None:
-        with self._lock:
-            self.requests.clear()
+        self.requests
+        self._requests.clear()
+
+
+def _serve(root, auth, routes, dead, token, log, ready) -> None:
+    """The server process: answers until terminated."""
+    rules = _Rules(root, auth, routes, dead, token, log)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(rules))
+    server.daemon_threads = True
+    ready.put(server.server_address[1])
+    server.serve_forever(poll_interval=0.05)
+
+
+@dataclass
+class _Rules:
+    root: Path
+    auth: tuple[str, str] | None
+    routes: dict
+    _dead: object
+    _token: object
+    log: object
+
+    @property
+    def dead(self) -> bool:
+        return bool(self._dead.value)
+
+    @property
+    def token(self) -> str | None:
+        value = self._token.value.decode()
+        return value[1:] if value else None
 
     def _record(self, request: Request) -> None:
-        with self._lock:
-            self.requests.append(request)
+        self.log.put(request)
 
 
 def file_etag(path: Path) -> str:
@@ -103,7 +163,7 @@ def file_etag(path: Path) -> str:
     return '"' + hashlib.sha1(f"{st.st_size}-{st.st_mtime_ns}".encode()).hexdigest()[:16] + '"'
 
 
-def _handler(server: ServedFolder):
+def _handler(server: _Rules):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -119,7 +179,12 @@ def _handler(server: ServedFolder):
         def _answer(self, body: bool) -> None:
             parts = urlsplit(self.path)
             request = Request(self.command, unquote(parts.path), parts.query, self.headers.get("Range"))
-            server._record(request)
+            try:
+                self._route(request, parts, body)
+            finally:
+                server._record(request)
+
+        def _route(self, request: Request, parts, body: bool) -> None:
             if server.dead:  # a dead server: the connection closes without a word
                 self.close_connection = True
                 return

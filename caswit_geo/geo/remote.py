@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import logging
 import os
 import re
 import socket
@@ -115,7 +116,12 @@ def mask_text(text: str) -> str:
     """``text`` with every URL in it masked (:func:`mask`): for messages that may quote a URL."""
     if "://" not in text:
         return text
-    return _URL_IN_TEXT.sub(lambda m: _mask_url(m.group(0)), text)
+    def masked(match: re.Match) -> str:
+        url = match.group(0)
+        trail = len(url) - len(url.rstrip(".,;:)]"))  # the sentence's punctuation, not the URL's
+        return _mask_url(url[: len(url) - trail]) + url[len(url) - trail:]
+
+    return _URL_IN_TEXT.sub(masked, text)
 
 
 def input_name(name: str | Path) -> str:
@@ -144,6 +150,7 @@ def remote_identity(name: str) -> dict:
     Last-Modified come from the server (one request, :func:`probe`); for
     object stores (``/vsis3/``, ...) the name alone is the identity.
     """
+    name = gdal_name(name)  # "https://..." and "/vsicurl/https://..." are one input
     url = http_url(name)
     if url is None:
         return {"path": mask(name), "size": 0, "mtime_ns": 0}
@@ -278,6 +285,7 @@ def gdal_remote_options(names: Sequence[str | Path], cache_bytes: int, open_file
     """
     if not any(is_remote(n) for n in names):
         return {}
+    mask_gdal_logs()
     all_remote = all(is_remote(n) for n in names)
     curl_cache = min(max(cache_bytes, CURL_CACHE_BYTES[0]), CURL_CACHE_BYTES[1])
     options = {
@@ -295,7 +303,31 @@ def gdal_remote_options(names: Sequence[str | Path], cache_bytes: int, open_file
     return {k: v for k, v in options.items() if k not in os.environ}
 
 
+class _MaskedRecords(logging.Filter):
+    """Masks the URLs in a log record: GDAL's warnings (a retried request) quote the URL, token included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_text(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+_MASKED = _MaskedRecords()
+# rasterio's loggers that pass on GDAL's messages (a filter applies to its own logger's records only)
+GDAL_LOGGERS = ("rasterio", "rasterio._env", "rasterio._err", "rasterio._base", "rasterio._io", "rasterio.env")
+
+
+def mask_gdal_logs() -> None:
+    """Mask URLs in the log records of GDAL's messages (idempotent)."""
+    for name in GDAL_LOGGERS:
+        logger = logging.getLogger(name)
+        if _MASKED not in logger.filters:
+            logger.addFilter(_MASKED)
+
+
 __all__ = [
     "fetch_bounded", "gdal_name", "gdal_remote_options", "http_url", "input_name", "input_stem", "is_remote",
-    "is_url", "mask", "mask_text", "probe", "remote_identities", "remote_identity",
+    "is_url", "mask", "mask_gdal_logs", "mask_text", "probe", "remote_identities", "remote_identity",
 ]
