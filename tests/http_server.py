@@ -24,9 +24,9 @@ from __future__ import annotations
 import base64
 import email.utils
 import hashlib
-import re
 import multiprocessing
 import queue
+import re
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path

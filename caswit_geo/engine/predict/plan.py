@@ -40,8 +40,8 @@ from caswit_geo.engine.predict.config import PredictConfig
 from caswit_geo.geo.area import unit_to_m
 from caswit_geo.geo.class_raster import model_tags, output_block
 from caswit_geo.geo.grid import TileGrid, plan_tiles, span_piece, strips, touching
-from caswit_geo.geo.lowres import prepass_supported
 from caswit_geo.geo.inputs import resolve_inputs
+from caswit_geo.geo.lowres import prepass_supported
 from caswit_geo.geo.mosaic import Mosaic, open_mosaic
 from caswit_geo.geo.pyramid import levels_for
 from caswit_geo.geo.qgis_style import style_path
