@@ -287,7 +287,9 @@ def gdal_remote_options(names: Sequence[str | Path], cache_bytes: int, open_file
         return {}
     mask_gdal_logs()
     all_remote = all(is_remote(n) for n in names)
-    curl_cache = min(max(cache_bytes, CURL_CACHE_BYTES[0]), CURL_CACHE_BYTES[1])
+    # the readers and the LR pre-pass read the same blocks at different times: a /vsicurl/ cache a few
+    # times the block cache keeps them from travelling twice (32 MB: 1.5 x the file served, 128 MB: 0.8 x)
+    curl_cache = min(max(4 * cache_bytes, CURL_CACHE_BYTES[0]), CURL_CACHE_BYTES[1])
     options = {
         "GDAL_HTTP_MAX_RETRY": str(MAX_RETRY),
         "GDAL_HTTP_RETRY_DELAY": str(RETRY_DELAY),

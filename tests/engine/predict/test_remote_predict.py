@@ -202,3 +202,20 @@ def test_torchrun_over_served_cogs_equals_one_local_process(tmp_path, weights):
     assert res.returncode == 0, res.stderr[-3000:]
     assert SECRET not in res.stdout + res.stderr
     np.testing.assert_array_equal(read(tmp_path / "ddp.tif"), read(tmp_path / "ref.tif"))
+
+
+def test_stac_asset_named_in_the_dry_run_and_odd_item_in_one_line(tmp_path, weights, capsys):
+    src = imagery(tmp_path / "src")
+    items = [stac_item(n, {"rgb": (f"{n}.tif", GEOTIFF, ["overview"]), "meta": (f"{n}.xml", "text/xml", ["metadata"])})
+             for n in ("west", "east")]
+    doc = src / "search.json"
+    doc.write_text(json.dumps(stac_collection(*items)))
+    code, out, err = run_cli(["predict", doc, "--out", tmp_path / "map.tif", "--weights", weights], capsys)
+    assert code == 1 and err.strip().splitlines() == [
+        f"caswit-geo: error: {doc}: item 'west' has no GeoTIFF asset with role visual or data (its assets: rgb, meta); "
+        "pick one with --asset KEY"]
+    code, out, err = run_cli(["predict", doc, "--asset", "rgb", "--out", tmp_path / "map.tif", "--weights", weights,
+                              "--dry-run"], capsys)
+    assert code == 0, err
+    assert f"inputs: {doc}: 2 STAC items, asset 'rgb'\n" in out
+    assert not (tmp_path / "map.tif").exists()
