@@ -95,7 +95,7 @@ def measure(args: dict) -> dict:
     windows = [w for unit in plan.units for _, w in plan.tiles(unit)]
     tiles = PredictTiles(plan.mosaic.source, windows, plan.spec, "none")
     t1 = time.perf_counter()
-    with rasterio.Env(GDAL_CACHEMAX=plan.cache_bytes, **gdal_remote_options(plan.inputs, plan.cache_bytes)):
+    with rasterio.Env(GDAL_CACHEMAX=plan.cache_bytes, **gdal_remote_options(plan.inputs)):
         for start in range(0, len(windows), 8):
             tiles.__getitems__(list(range(start, min(start + 8, len(windows)))))
     tiles.close()

@@ -117,7 +117,10 @@ def images(default: Any, help: str = "Imagery, as predict reads it: files, folde
 # Imagery behind catalogues (predict)
 
 
-def asset(default: Any, help: str = "The asset of STAC items to read (default: role visual, else data, a GeoTIFF).") -> Any:
+ASSET_HELP = "The asset of STAC items to read (default: the GeoTIFF with role visual, else data)."
+
+
+def asset(default: Any, help: str = ASSET_HELP) -> Any:
     return typer.Option(default, "--asset", metavar="KEY", help=help)
 
 

@@ -10,6 +10,7 @@ mask are nodata in the mosaic (see ``masks.py`` for the validity rule).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import math
@@ -139,8 +140,9 @@ def expand_inputs(items: Sequence[str | Path]) -> list[str | Path]:
 def describe_raster(path: str | Path) -> RasterInfo:
     """Open ``path`` and read its structure; clear errors for non-rasters."""
     path = check_source(path)  # a regular file (a FIFO would block GDAL), and so are a VRT's sources
+    remote = gdal_remote_options([path])  # retries, no sidecar lookups: as the readers will read it
     try:
-        with warnings.catch_warnings(), rasterio.Env(**gdal_remote_options([path], 0)):
+        with warnings.catch_warnings(), rasterio.Env(**remote) if remote else contextlib.nullcontext():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
                 check_georeferencing(src, path)

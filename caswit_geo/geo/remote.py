@@ -56,7 +56,10 @@ MAX_RETRY = 3  # transient failures retried (GDAL_HTTP_MAX_RETRY unless set)
 RETRY_DELAY = 1.0  # seconds before the first retry, doubled at each (GDAL_HTTP_RETRY_DELAY unless set)
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 PROBE_THREADS = 8  # inputs probed at once (a list of hundreds of tiles)
-CURL_CACHE_BYTES = (16 << 20, 256 << 20)  # GDAL's /vsicurl/ block cache, bounds (per process)
+# GDAL's /vsicurl/ cache of downloaded ranges (per process). The readers and the LR pre-pass read the
+# same blocks at different times: at 32 MB a 4096 px COG travelled 1.5 times, at 128 MB 0.8 times (only
+# what is read). GDAL sizes it once, when a process first reads a URL: one value for every caller.
+CURL_CACHE_BYTES = 128 << 20
 
 
 # ---------------------------------------------------------------------------
@@ -273,23 +276,22 @@ def _retry_settings() -> tuple[int, float]:
 # ---------------------------------------------------------------------------
 
 
-def gdal_remote_options(names: Sequence[str | Path], cache_bytes: int, open_files: int = 32) -> dict[str, str]:
+def gdal_remote_options(names: Sequence[str | Path], open_files: int = 32) -> dict[str, str]:
     """GDAL configuration for reading ``names`` when some are remote ({} when none is).
 
     Bounded retries of transient failures and bounded waits (a server that
     stops answering is an error, not a hang); merged ranges; no listing of
     a URL's "folder" (no sidecar files are looked for when every input is
-    remote); the ``/vsicurl/`` block cache and any per-file cache sized from
-    ``cache_bytes``, the GDAL block cache of the run. A variable the user
-    set in the environment wins.
+    remote); the ``/vsicurl/`` cache bounded (``CURL_CACHE_BYTES``), and a
+    per-file cache, if the user turns one on (``VSI_CACHE``), a share of it
+    for each of ``open_files``. The GDAL block cache is the run's own
+    (``GDAL_CACHEMAX``, set by the caller from its budget). A variable the
+    user set in the environment wins.
     """
     if not any(is_remote(n) for n in names):
         return {}
     mask_gdal_logs()
     all_remote = all(is_remote(n) for n in names)
-    # the readers and the LR pre-pass read the same blocks at different times: a /vsicurl/ cache a few
-    # times the block cache keeps them from travelling twice (32 MB: 1.5 x the file served, 128 MB: 0.8 x)
-    curl_cache = min(max(4 * cache_bytes, CURL_CACHE_BYTES[0]), CURL_CACHE_BYTES[1])
     options = {
         "GDAL_HTTP_MAX_RETRY": str(MAX_RETRY),
         "GDAL_HTTP_RETRY_DELAY": str(RETRY_DELAY),
@@ -299,8 +301,8 @@ def gdal_remote_options(names: Sequence[str | Path], cache_bytes: int, open_file
         "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
         # local files beside remote ones keep their sidecars (.msk, .ovr): only skip the listing then
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR" if all_remote else "TRUE",
-        "CPL_VSIL_CURL_CACHE_SIZE": str(curl_cache),
-        "VSI_CACHE_SIZE": str(max(curl_cache // max(open_files, 1), 1 << 20)),
+        "CPL_VSIL_CURL_CACHE_SIZE": str(CURL_CACHE_BYTES),
+        "VSI_CACHE_SIZE": str(max(CURL_CACHE_BYTES // max(open_files, 1), 1 << 20)),
     }
     return {k: v for k, v in options.items() if k not in os.environ}
 

@@ -64,15 +64,15 @@ def test_expand_inputs_keeps_urls_beside_local_files(tmp_path):
 
 
 def test_remote_options_bounded_and_only_for_remote_inputs(monkeypatch):
-    assert gdal_remote_options(["/data/a.tif"], 1 << 30) == {}
+    assert gdal_remote_options(["/data/a.tif"]) == {}
     monkeypatch.delenv("GDAL_HTTP_MAX_RETRY")
-    options = gdal_remote_options(["http://h/a.tif"], 1 << 40, 32)
+    options = gdal_remote_options(["http://h/a.tif"], 32)
     assert options["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
-    assert int(options["CPL_VSIL_CURL_CACHE_SIZE"]) == 256 << 20  # a huge budget still bounds it
-    assert int(options["VSI_CACHE_SIZE"]) * 32 <= 256 << 20
+    assert int(options["CPL_VSIL_CURL_CACHE_SIZE"]) == 128 << 20
+    assert int(options["VSI_CACHE_SIZE"]) * 32 <= 128 << 20  # a per-file cache, if turned on, shares it
     assert options["GDAL_HTTP_MAX_RETRY"] == "3" and float(options["GDAL_HTTP_TIMEOUT"]) > 0
     assert "GDAL_HTTP_RETRY_DELAY" not in options  # the user's own setting wins
-    mixed = gdal_remote_options(["http://h/a.tif", "/data/b.tif"], 0)
+    mixed = gdal_remote_options(["http://h/a.tif", "/data/b.tif"])
     assert mixed["GDAL_DISABLE_READDIR_ON_OPEN"] == "TRUE"  # local sidecars still found
 
 
@@ -130,7 +130,7 @@ def test_served_cog_reads_the_same_pixels_by_ranges(tmp_path):
         mosaic = open_mosaic([gdal_name(server.url("a.tif", token=SECRET))], (1, 2, 3))
         assert mosaic.files[0].name == "a.tif"
         server.reset_counts()
-        with rasterio.Env(**gdal_remote_options([mosaic.source], 0)), mosaic.open() as src:
+        with rasterio.Env(**gdal_remote_options([mosaic.source])), mosaic.open() as src:
             window = ((512, 768), (256, 512))
             np.testing.assert_array_equal(src.read(window=window), data[:, 512:768, 256:512])
         assert server.bytes_sent < (tmp_path / "a.tif").stat().st_size / 2  # ranges, not the file

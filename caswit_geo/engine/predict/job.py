@@ -96,7 +96,8 @@ def make_manifest(plan: PredictPlan, shards: int) -> dict:
         "version": VERSION,
         "job_id": secrets.token_hex(8),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "created_by": {"pid": os.getpid(), "host": socket.gethostname(), "command": mask_text(" ".join(sys.argv))[:2000]},
+        "created_by": {"pid": os.getpid(), "host": socket.gethostname(),
+                       "command": mask_text(" ".join(sys.argv))[:2000]},  # a signed URL's token is not kept
         "inputs": [input_record(p, plan.input_ids) for p in plan.inputs],
         "checkpoint": {"path": os.path.abspath(plan.weights), "sha256": plan.checkpoint_sha256},
         "pixels": plan.options,

@@ -455,8 +455,7 @@ def check_distinct_outputs(inputs: list[Path], outputs: list[Path], option: str)
     for source, dest in zip(inputs, outputs):
         if dest in first:
             raise OutputError(f"{option} {dest.parent}: {mask(first[dest])} and {mask(source)} would both write "
-                              f"{dest.name}; "
-                              "rename one, or predict them into different folders")
+                              f"{dest.name}; rename one, or predict them into different folders")
         first[dest] = source
 
 

@@ -209,7 +209,7 @@ def run_units(
     # every process) and a smaller pool of open mosaic files (each costs about 1 MB)
     # remote inputs: bounded retries and waits, and a bounded /vsicurl/ cache (geo/remote.py)
     with rasterio.Env(GDAL_CACHEMAX=plan.cache_bytes, GDAL_MAX_DATASET_POOL_SIZE=GDAL_POOL,
-                      **gdal_remote_options(plan.inputs, plan.cache_bytes, GDAL_POOL)):
+                      **gdal_remote_options(plan.inputs, GDAL_POOL)):
         try:
             lowres = None
             if plan.context == "prepass":
