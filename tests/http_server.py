@@ -8,7 +8,9 @@ make it hostile the way real hosts are:
 * ``token``: a query parameter ``token=<value>`` is required (a signed URL); else ``403``;
 * ``auth``: ``(user, password)`` for HTTP Basic authentication; else ``401``;
 * ``dead``: set it to True (from any thread) and every later request is
-  answered by a closed connection, as from a server that died.
+  answered by a closed connection, as from a server that died;
+* ``stalled``: set it to True and every later request waits, unanswered;
+* ``flaky = N``: every N-th request is answered ``503`` (a transient failure).
 
 It counts what it served (``requests``, ``bytes_sent``), so that a test or
 a benchmark can say how much was read and how. Routes (``routes``) answer
@@ -27,6 +29,7 @@ import hashlib
 import multiprocessing
 import queue
 import re
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -61,13 +64,13 @@ class ServedFolder:
         self.root = Path(root)
         self.auth = auth
         self.routes = dict(routes or {})
-        self._dead = ctx.Value("b", 0)
+        self._state = ctx.Array("i", 3)  # dead (1) or stalled (2); flaky every N; requests so far
         self._token = ctx.Array("c", 1024)
         self.token = token
         self._log = ctx.Queue()
         self._ready = ctx.Queue()
         self._requests: list[Request] = []
-        self._process = ctx.Process(target=_serve, args=(self.root, self.auth, self.routes, self._dead, self._token,
+        self._process = ctx.Process(target=_serve, args=(self.root, self.auth, self.routes, self._state, self._token,
                                                            self._log, self._ready), daemon=True)
         self.port = 0
 
@@ -92,11 +95,27 @@ class ServedFolder:
 
     @property
     def dead(self) -> bool:
-        return bool(self._dead.value)
+        return self._state[0] == 1
 
     @dead.setter
     def dead(self, value: bool) -> None:
-        self._dead.value = int(bool(value))
+        self._state[0] = 1 if value else 0
+
+    @property
+    def stalled(self) -> bool:
+        return self._state[0] == 2
+
+    @stalled.setter
+    def stalled(self, value: bool) -> None:
+        self._state[0] = 2 if value else 0
+
+    @property
+    def flaky(self) -> int:
+        return self._state[1]
+
+    @flaky.setter
+    def flaky(self, every: int) -> None:
+        self._state[1] = every
 
     @property
     def token(self) -> str | None:
@@ -127,9 +146,9 @@ class ServedFolder:
         self._requests.clear()
 
 
-def _serve(root, auth, routes, dead, token, log, ready) -> None:
+def _serve(root, auth, routes, state, token, log, ready) -> None:
     """The server process: answers until terminated."""
-    rules = _Rules(root, auth, routes, dead, token, log)
+    rules = _Rules(root, auth, routes, state, token, log)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(rules))
     server.daemon_threads = True
     ready.put(server.server_address[1])
@@ -141,13 +160,16 @@ class _Rules:
     root: Path
     auth: tuple[str, str] | None
     routes: dict
-    _dead: object
+    state: object
     _token: object
     log: object
 
-    @property
-    def dead(self) -> bool:
-        return bool(self._dead.value)
+    def mode(self) -> str:
+        """How to answer the next request: "dead", "stalled", "flaky" (a 503) or "" (normally)."""
+        with self.state.get_lock():
+            self.state[2] += 1
+            count, mode, every = self.state[2], self.state[0], self.state[1]
+        return {1: "dead", 2: "stalled"}.get(mode) or ("flaky" if every and count % every == 0 else "")
 
     @property
     def token(self) -> str | None:
@@ -185,9 +207,15 @@ def _handler(server: _Rules):
                 server._record(request)
 
         def _route(self, request: Request, parts, body: bool) -> None:
-            if server.dead:  # a dead server: the connection closes without a word
+            mode = server.mode()
+            if mode == "dead":  # a dead server: the connection closes without a word
                 self.close_connection = True
                 return
+            while mode == "stalled":  # a server that stopped answering (until it is terminated)
+                time.sleep(0.05)
+                mode = "stalled" if server.state[0] == 2 else ""
+            if mode == "flaky":
+                return self._status(request, 503)
             if server.auth is not None and not self._authorised():
                 return self._status(request, 401, {"WWW-Authenticate": 'Basic realm="test"'})
             if server.token is not None and parse_qs(parts.query).get("token") != [server.token]:

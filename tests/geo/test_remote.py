@@ -146,3 +146,23 @@ def test_read_errors_are_masked(tmp_path):
     except RasterioIOError as exc:
         error = read_error(exc, [url])
     assert str(error) == "/vsicurl/http://h/a.tif: cannot read its pixels (/vsicurl/http://h/a.tif: HTTP response code: 404)"
+
+
+def test_transient_failures_are_retried_and_a_stalled_server_times_out(tmp_path, monkeypatch):
+    write_on_grid(tmp_path / "a.tif", rgb_image(16, 16))
+    with ServedFolder(tmp_path) as server:
+        server.flaky = 1  # every request a 503 ...
+        with pytest.raises(InputError, match=r"/a\.tif: the server answers HTTP 503$"):
+            probe(server.url("a.tif"))
+        assert len(server.requests) == 2  # ... retried once (GDAL_HTTP_MAX_RETRY=1), then given up
+        server.flaky = 2  # every other one: the retry succeeds
+        server.reset_counts()
+        assert probe(server.url("a.tif"))[0] == (tmp_path / "a.tif").stat().st_size
+        assert [r.status for r in server.requests] in ([503, 206], [206])
+        server.flaky, server.stalled = 0, True
+        monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "0.5")
+        start = time.monotonic()
+        with pytest.raises(InputError, match="no answer from the server .*2 tries"):
+            probe(server.url("a.tif"))
+        assert time.monotonic() - start < 30  # bounded: no hang
+        server.stalled = False

@@ -219,3 +219,14 @@ def test_stac_asset_named_in_the_dry_run_and_odd_item_in_one_line(tmp_path, weig
     assert code == 0, err
     assert f"inputs: {doc}: 2 STAC items, asset 'rgb'\n" in out
     assert not (tmp_path / "map.tif").exists()
+
+
+def test_flaky_server_is_retried_by_the_readers(tmp_path, weights):
+    src = imagery(tmp_path / "src")
+    run_predict(weights, [src / "west.tif"], tmp_path / "ref.tif")
+    with ServedFolder(src) as server:
+        server.flaky = 3  # every third request: HTTP 503
+        run_predict(weights, [server.url("west.tif")], tmp_path / "map.tif")
+        statuses = [r.status for r in server.requests]
+    assert 503 in statuses and statuses[-1] != 503
+    np.testing.assert_array_equal(read(tmp_path / "map.tif"), read(tmp_path / "ref.tif"))
