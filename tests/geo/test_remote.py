@@ -166,3 +166,13 @@ def test_transient_failures_are_retried_and_a_stalled_server_times_out(tmp_path,
             probe(server.url("a.tif"))
         assert time.monotonic() - start < 30  # bounded: no hang
         server.stalled = False
+
+
+def test_gdal_log_records_are_masked_once_remote_inputs_are_read(caplog):
+    import logging
+
+    gdal_remote_options(["http://h/a.tif"])  # what every remote read sets up
+    with caplog.at_level(logging.INFO, logger="rasterio._env"):
+        logging.getLogger("rasterio._env").warning("HTTP error code: 503 - %s. Retrying again in 1 secs",
+                                                   f"http://u:{PASSWORD}@h/a.tif?token={SECRET}")
+    assert caplog.messages == ["HTTP error code: 503 - http://h/a.tif. Retrying again in 1 secs"]
