@@ -32,7 +32,7 @@ from rasterio.windows import Window
 from caswit_geo.core.errors import InputError, one_line
 from caswit_geo.geo.georef import check_georeferencing, open_quietly
 from caswit_geo.geo.masks import alpha_holds_data
-from caswit_geo.geo.remote import gdal_name, gdal_remote_options, input_name, is_remote, mask, mask_text
+from caswit_geo.geo.remote import gdal_name, gdal_remote_options, input_name, is_remote, known_size, mask, mask_text
 from caswit_geo.geo.sources import check_source, vrt_data_rects
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
@@ -189,9 +189,13 @@ def _overview_levels(src) -> int:
 
 
 def _files_bytes(src) -> int:
-    """Bytes on disk of the raster and the files it reads (a VRT's sources; a file's sidecars)."""
+    """Bytes on disk of the raster and the files it reads (a VRT's sources; a file's sidecars);
+    of a remote file, the size its server gave when it was probed (``remote.py``)."""
     total = 0
     for name in dict.fromkeys(src.files):
+        if is_remote(name):
+            total += known_size(name)
+            continue
         try:
             total += os.stat(name).st_size
         except OSError:  # a source named but absent is reported where it is read

@@ -60,6 +60,8 @@ PROBE_THREADS = 8  # inputs probed at once (a list of hundreds of tiles)
 # same blocks at different times: at 32 MB a 4096 px COG travelled 1.5 times, at 128 MB 0.8 times (only
 # what is read). GDAL sizes it once, when a process first reads a URL: one value for every caller.
 CURL_CACHE_BYTES = 128 << 20
+MAX_KNOWN_SIZES = 1 << 16  # sizes of probed files remembered for reports (known_size)
+_SIZES: dict[str, int] = {}
 
 
 # ---------------------------------------------------------------------------
@@ -158,10 +160,19 @@ def remote_identity(name: str) -> dict:
     if url is None:
         return {"path": mask(name), "size": 0, "mtime_ns": 0}
     size, etag, modified = probe(url)
+    if len(_SIZES) > MAX_KNOWN_SIZES:
+        _SIZES.clear()
+    _SIZES[name] = size
     record = {"path": mask(name), "size": size, "mtime_ns": modified}
     if etag:
         record["etag"] = etag[:256]
     return record
+
+
+def known_size(name: str) -> int:
+    """The size of remote file ``name`` as last probed in this process (0 if never): for reports only,
+    never for identity (a file replaced since is probed again)."""
+    return _SIZES.get(gdal_name(str(name)), 0)
 
 
 def remote_identities(names: Sequence[str | Path]) -> dict[str, dict]:
@@ -333,5 +344,5 @@ def mask_gdal_logs() -> None:
 
 __all__ = [
     "fetch_bounded", "gdal_name", "gdal_remote_options", "http_url", "input_name", "input_stem", "is_remote",
-    "is_url", "mask", "mask_gdal_logs", "mask_text", "probe", "remote_identities", "remote_identity",
+    "is_url", "known_size", "mask", "mask_gdal_logs", "mask_text", "probe", "remote_identities", "remote_identity",
 ]

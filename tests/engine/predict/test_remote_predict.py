@@ -163,6 +163,8 @@ def test_credentials_never_appear_and_a_fresh_token_resumes(tmp_path, weights, c
         seen.append(stdout + stderr)
         code, stdout, stderr = run_cli(argv(FRESH, "--dry-run", "--overwrite"), capsys)
         assert code == 0, stderr
+        size = sum((src / n).stat().st_size for n in ("west.tif", "east.tif")) / 2**20
+        assert f"inputs: 2 file(s), {size:,.1f} MiB" in stdout  # the sizes the server gave
         seen.append(stdout + stderr)
     seen.append(_folder_text(out))
     for text in seen:
