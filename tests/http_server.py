@@ -45,6 +45,7 @@ class Request:
     path: str  # the path, without the query
     query: str
     range: str | None
+    client: int = 0  # the client's port: one per connection
     status: int = 0
     sent: int = 0  # body bytes
 
@@ -200,7 +201,8 @@ def _handler(server: _Rules):
 
         def _answer(self, body: bool) -> None:
             parts = urlsplit(self.path)
-            request = Request(self.command, unquote(parts.path), parts.query, self.headers.get("Range"))
+            request = Request(self.command, unquote(parts.path), parts.query, self.headers.get("Range"),
+                              self.client_address[1])
             try:
                 self._route(request, parts, body)
             finally:

@@ -27,7 +27,9 @@ anything heavy is loaded.
 from __future__ import annotations
 
 import base64
+import ctypes
 import email.utils
+import functools
 import logging
 import os
 import re
@@ -318,6 +320,36 @@ def gdal_remote_options(names: Sequence[str | Path], open_files: int = 32) -> di
     return {k: v for k, v in options.items() if k not in os.environ}
 
 
+def before_forking_readers(names: Sequence[str | Path]) -> None:
+    """Close this thread's cached HTTP connections (GDAL's ``/vsicurl/``) before reader processes are forked.
+
+    A forked reader inherits the forking thread's keep-alive sockets: two
+    readers sending requests on one socket read each other's answers (a
+    tile then fails to decode). Without them, each reader opens its own.
+    A no-op when no input is remote, or where GDAL's library is not found
+    (processes are then spawned, not forked: macOS, Windows).
+    """
+    if any(is_remote(n) for n in names):
+        library = _gdal_library()
+        if library is not None:
+            library.VSICurlClearCache()
+
+
+@functools.lru_cache(maxsize=1)
+def _gdal_library():
+    """rasterio's GDAL, as loaded in this process (ctypes), or None."""
+    try:
+        with open("/proc/self/maps") as f:
+            loaded = sorted({line.split()[-1] for line in f if "libgdal" in line and "/" in line})
+    except OSError:
+        return None
+    ours = [p for p in loaded if "rasterio" in p] or loaded  # pyogrio may load a GDAL of its own
+    try:
+        return ctypes.CDLL(ours[0]) if ours else None
+    except OSError:
+        return None
+
+
 class _MaskedRecords(logging.Filter):
     """Masks the URLs in a log record: GDAL's warnings (a retried request) quote the URL, token included."""
 
@@ -343,6 +375,6 @@ def mask_gdal_logs() -> None:
 
 
 __all__ = [
-    "fetch_bounded", "gdal_name", "gdal_remote_options", "http_url", "input_name", "input_stem", "is_remote",
+    "before_forking_readers", "fetch_bounded", "gdal_name", "gdal_remote_options", "http_url", "input_name", "input_stem", "is_remote",
     "is_url", "known_size", "mask", "mask_gdal_logs", "mask_text", "probe", "remote_identities", "remote_identity",
 ]

@@ -10,6 +10,7 @@ import rasterio
 from caswit_geo.core.errors import InputError
 from caswit_geo.geo.mosaic import describe_raster, expand_inputs, open_mosaic
 from caswit_geo.geo.remote import (
+    before_forking_readers,
     gdal_name,
     gdal_remote_options,
     input_name,
@@ -176,3 +177,24 @@ def test_gdal_log_records_are_masked_once_remote_inputs_are_read(caplog):
         logging.getLogger("rasterio._env").warning("HTTP error code: 503 - %s. Retrying again in 1 secs",
                                                    f"http://u:{PASSWORD}@h/a.tif?token={SECRET}")
     assert caplog.messages == ["HTTP error code: 503 - http://h/a.tif. Retrying again in 1 secs"]
+
+
+def test_connections_are_dropped_before_readers_are_forked(tmp_path):
+    """A forked reader must not inherit this thread's keep-alive socket (see before_forking_readers)."""
+    data = rgb_image(512, 512, seed=1)
+    write_on_grid(tmp_path / "a.tif", data, tiled=True, blockxsize=128, blockysize=128)
+    with ServedFolder(tmp_path) as server:
+        name = gdal_name(server.url("a.tif"))
+
+        def read(window):
+            with rasterio.Env(**gdal_remote_options([name])), rasterio.open(name) as src:
+                return src.read(window=window)
+
+        read(((0, 128), (0, 128)))
+        before = {r.client for r in server.requests}
+        read(((0, 128), (0, 128)))
+        assert {r.client for r in server.requests} == before  # kept alive: one connection
+        server.reset_counts()
+        before_forking_readers([name])
+        np.testing.assert_array_equal(read(((384, 512), (384, 512))), data[:, 384:, 384:])
+        assert server.requests and not {r.client for r in server.requests} & before  # a new connection

@@ -30,7 +30,7 @@ from caswit_geo.engine.predict.sink import SinkThread, UnitDone, UnitWriter
 from caswit_geo.engine.predict.source import PredictTiles, TileBatch, collate_tiles
 from caswit_geo.geo.blend import NODATA
 from caswit_geo.geo.lowres import LowResBuilder, chunk_order, plan_lowres
-from caswit_geo.geo.remote import gdal_remote_options
+from caswit_geo.geo.remote import before_forking_readers, gdal_remote_options
 from caswit_geo.geo.sources import read_error
 from caswit_geo.model.tta import average_probabilities
 from caswit_geo.runtime.device import CpuThreads, stop_workers
@@ -220,6 +220,7 @@ def run_units(
             dataset = PredictTiles(plan.mosaic.source, windows, plan.spec, plan.context, lowres,
                                    lowres_failed=None if builder is None else str(builder.failed))
             loader = make_loader(dataset, sizes, batch_size, workers, device)
+            before_forking_readers(plan.inputs if workers else ())  # a reader must not share our HTTP sockets
             batches = iter(loader)  # forks the readers first: never fork while our threads hold GDAL locks
             if builder is not None:
                 builder.start()

@@ -232,3 +232,13 @@ def test_flaky_server_is_retried_by_the_readers(tmp_path, weights):
         statuses = [r.status for r in server.requests]
     assert 503 in statuses and statuses[-1] != 503
     np.testing.assert_array_equal(read(tmp_path / "map.tif"), read(tmp_path / "ref.tif"))
+
+
+def test_forked_readers_do_not_share_the_parent_connection(tmp_path, weights):
+    """Reader processes forked after the plan read the URL: each opens its own connection (shared
+    keep-alive sockets interleave answers, and a tile fails to decode)."""
+    write_on_grid(tmp_path / "in.tif", rgb_image(1024, 1024, seed=3), tiled=True, blockxsize=256, blockysize=256)
+    run_predict(weights, [tmp_path / "in.tif"], tmp_path / "ref.tif", unit_size=256)
+    with ServedFolder(tmp_path) as server:
+        run_predict(weights, [server.url("in.tif")], tmp_path / "map.tif", unit_size=256, workers=2, gdal_cache_mb=1)
+    np.testing.assert_array_equal(read(tmp_path / "map.tif"), read(tmp_path / "ref.tif"))
