@@ -242,3 +242,22 @@ def test_forked_readers_do_not_share_the_parent_connection(tmp_path, weights):
     with ServedFolder(tmp_path) as server:
         run_predict(weights, [server.url("in.tif")], tmp_path / "map.tif", unit_size=256, workers=2, gdal_cache_mb=1)
     np.testing.assert_array_equal(read(tmp_path / "map.tif"), read(tmp_path / "ref.tif"))
+
+
+def test_object_store_names_read_with_gdals_own_variables(tmp_path, weights, monkeypatch):
+    """``s3://`` and ``/vsis3/`` through GDAL's AWS_* variables, our server standing in for the store."""
+    (tmp_path / "store").mkdir()
+    src = imagery(tmp_path / "store" / "bucket")
+    run_predict(weights, [src / "west.tif", src / "east.tif"], tmp_path / "ref.tif")
+    with ServedFolder(tmp_path / "store") as server:
+        for key, value in dict(AWS_S3_ENDPOINT=f"127.0.0.1:{server.port}", AWS_NO_SIGN_REQUEST="YES", AWS_HTTPS="NO",
+                               AWS_VIRTUAL_HOSTING="FALSE").items():
+            monkeypatch.setenv(key, value)
+        run_predict(weights, ["s3://bucket/west.tif", "/vsis3/bucket/east.tif"], tmp_path / "map.tif", unit_size=128,
+                    shard=(0, 2))
+        plan = json.loads((tmp_path / ".map.tif.caswit-job" / "plan.json").read_text())
+        assert [r["path"] for r in plan["inputs"]] == ["/vsis3/bucket/west.tif", "/vsis3/bucket/east.tif"]
+        run_predict(weights, ["/vsis3/bucket/west.tif", "s3://bucket/east.tif"], tmp_path / "map.tif", unit_size=128,
+                    resume=True)
+        assert {r.path for r in server.requests} == {"/bucket/west.tif", "/bucket/east.tif"}  # no listing, no sidecar
+    np.testing.assert_array_equal(read(tmp_path / "map.tif"), read(tmp_path / "ref.tif"))
