@@ -123,6 +123,7 @@ def mask_text(text: str) -> str:
     """``text`` with every URL in it masked (:func:`mask`): for messages that may quote a URL."""
     if "://" not in text:
         return text
+
     def masked(match: re.Match) -> str:
         url = match.group(0)
         trail = len(url) - len(url.rstrip(".,;:)]"))  # the sentence's punctuation, not the URL's
