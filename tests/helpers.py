@@ -421,3 +421,25 @@ def interrupted_job(folder: Path, **kw) -> None:
     run_predict(folder / "nano.safetensors", [folder / "in.tif"], folder / "map.tif", unit_size=NANO_TILE,
                 shard=(0, 2), **kw)
     assert not (folder / "map.tif").exists() and (folder / ".map.tif.caswit-job").is_dir()
+
+
+# -- STAC documents ------------------------------------------------------------------------------------------
+
+GEOTIFF = "image/tiff; application=geotiff; profile=cloud-optimized"
+
+
+def stac_item(item_id: str, assets: dict[str, tuple[str, str | None, list[str]]], epsg: int | None = 2154) -> dict:
+    """A STAC Item (as JSON) whose ``assets`` are ``{key: (href, media type, roles)}``."""
+    properties = {"datetime": "2024-05-01T10:00:00Z", **({"proj:epsg": epsg} if epsg else {})}
+    return {
+        "type": "Feature", "stac_version": "1.0.0", "stac_extensions": [], "id": item_id,
+        "geometry": {"type": "Polygon", "coordinates": [[[6.0, 46.0], [6.1, 46.0], [6.1, 46.1], [6.0, 46.1], [6.0, 46.0]]]},
+        "bbox": [6.0, 46.0, 6.1, 46.1], "properties": properties, "links": [],
+        "assets": {k: {"href": href, **({"type": media} if media else {}), "roles": roles}
+                   for k, (href, media, roles) in assets.items()},
+    }
+
+
+def stac_collection(*items: dict) -> dict:
+    """A FeatureCollection of STAC Items (a saved search)."""
+    return {"type": "FeatureCollection", "features": list(items)}

@@ -58,11 +58,19 @@ def debug_enabled() -> bool:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"caswit-geo: warning: {plain(one_line(message))}", file=sys.stderr)
+    from caswit_geo.geo.remote import mask_text  # light: no GDAL import
+
+    print(f"caswit-geo: warning: {plain(mask_text(one_line(message)))}", file=sys.stderr)
 
 
 def error_line(exc: BaseException) -> str:
-    """The one line printed for an exception that ends a command."""
+    """The one line printed for an exception that ends a command (URLs masked: no token is printed)."""
+    from caswit_geo.geo.remote import mask_text  # light: no GDAL import
+
+    return mask_text(_error_line(exc))
+
+
+def _error_line(exc: BaseException) -> str:
     name, message = user_message(exc)
     if isinstance(exc, CaswitError):
         return f"caswit-geo: error: {plain(message)}"

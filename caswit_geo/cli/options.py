@@ -114,6 +114,16 @@ def images(default: Any, help: str = "Imagery, as predict reads it: files, folde
     return typer.Option(default, "--images", "-i", help=help)
 
 
+# Imagery behind catalogues (predict)
+
+
+ASSET_HELP = "The asset of STAC items to read (default: the GeoTIFF with role visual, else data)."
+
+
+def asset(default: Any, help: str = ASSET_HELP) -> Any:
+    return typer.Option(default, "--asset", metavar="KEY", help=help)
+
+
 def labels(default: Any) -> Any:
     return typer.Option(default, "--labels", help="Label polygons (GeoPackage, GeoJSON, Shapefile...).")
 

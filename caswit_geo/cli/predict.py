@@ -51,8 +51,11 @@ def parse_duration(value: str | None) -> float | None:
 @app.command()
 def predict(
     inputs: List[str] = typer.Argument(
-        ..., metavar="INPUT...", help="Raster(s): files, a folder, a glob or a VRT, read as one mosaic."
+        ..., metavar="INPUT...",
+        help="Raster(s): files, a folder, a glob, a VRT, http(s) URLs or GDAL /vsi names, STAC items (.json), "
+             "read as one mosaic.",
     ),
+    asset: Optional[str] = opt.asset(DEFAULT.asset),
     out: Path = opt.out(..., "Class raster (.tif), or a folder for one output per input."),
     weights: Optional[str] = opt.weights(DEFAULT.weights, "Checkpoint file or registry name; default: weights/registry.json."),
     overwrite: bool = opt.overwrite(
@@ -169,6 +172,7 @@ def predict(
         bbox=bbox,
         bbox_crs=bbox_crs,
         stats=stats,
+        asset=asset,
     )
     if dry:
         report = dry_run(config)
@@ -227,6 +231,8 @@ def print_summary(result: PredictResult, console: Console) -> None:
     if result.area_km2_run is not None and result.seconds:
         line += f", {result.area_km2_run:,.3f} km2 at {result.area_km2_run / result.seconds * 3600:,.2f} km2/h"
     console.print(line)
+    for note in result.input_notes:  # which STAC assets were read
+        console.print(f"inputs: {safe(note)}")
     if not result.complete:
         if result.units_left:
             where = f" (shard {result.shard})" if result.shard else ""
@@ -289,6 +295,8 @@ def print_dry_run(report: DryRun, console: Console) -> None:
     m = plan.mosaic
     area = "" if report.area_km2 is None else f", {report.area_km2:,.2f} km2"
     console.print(f"inputs: {len(plan.inputs)} file(s), {report.input_bytes / 2**20:,.1f} MiB{area}")
+    for note in plan.input_notes:
+        console.print(f"inputs: {safe(note)}")
     console.print(f"mosaic: {m.width} x {m.height} px, {m.res[0]:g} x {m.res[1]:g} CRS units per pixel, "
                   f"{safe(m.crs.to_string()) if m.crs else 'no CRS'}")
     over = "over input files" if plan.roi is None else "meeting the region"

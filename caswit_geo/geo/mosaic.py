@@ -10,6 +10,7 @@ mask are nodata in the mosaic (see ``masks.py`` for the validity rule).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import math
@@ -28,9 +29,10 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from caswit_geo.core.errors import InputError
+from caswit_geo.core.errors import InputError, one_line
 from caswit_geo.geo.georef import check_georeferencing, open_quietly
 from caswit_geo.geo.masks import alpha_holds_data
+from caswit_geo.geo.remote import gdal_name, gdal_remote_options, input_name, is_remote, known_size, mask, mask_text
 from caswit_geo.geo.sources import check_source, vrt_data_rects
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
@@ -86,22 +88,33 @@ class RasterInfo:
 
     @property
     def name(self) -> str:
-        return Path(self.path).name
+        """The file name, for messages and tags (a URL's, without its query)."""
+        return input_name(self.path)
+
+    @property
+    def label(self) -> str:
+        """The whole name, for messages (a URL without credentials nor query)."""
+        return mask(self.path)
 
     @property
     def alpha_bands(self) -> tuple[int, ...]:
         return tuple(i + 1 for i, ci in enumerate(self.colorinterp) if ci == ColorInterp.alpha)
 
 
-def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
-    """Files, folders (their rasters, not recursive) and glob patterns -> sorted unique files."""
+def expand_inputs(items: Sequence[str | Path]) -> list[str | Path]:
+    """Files, folders (their rasters, not recursive) and glob patterns -> sorted unique files.
+
+    URLs and GDAL network names (``remote.py``) stay strings: their GDAL name.
+    """
     if not items:
         raise InputError("no input raster given")
-    out: list[Path] = []
+    out: list[str | Path] = []
     for item in items:
         s = str(item)
         p = Path(s)
-        if p.is_dir():
+        if is_remote(s):
+            out.append(gdal_name(s))
+        elif p.is_dir():
             found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in RASTER_SUFFIXES)
             if not found:
                 raise InputError(f"{s}: folder holds no raster ({', '.join(RASTER_SUFFIXES)})")
@@ -117,7 +130,7 @@ def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
             raise InputError(f"{s}: no such file or folder")
     seen, unique = set(), []
     for q in out:  # keep the paths as given (messages name them so), drop duplicates
-        key = q.resolve()
+        key = q if isinstance(q, str) else q.resolve()
         if key not in seen:
             seen.add(key)
             unique.append(q)
@@ -127,8 +140,9 @@ def expand_inputs(items: Sequence[str | Path]) -> list[Path]:
 def describe_raster(path: str | Path) -> RasterInfo:
     """Open ``path`` and read its structure; clear errors for non-rasters."""
     path = check_source(path)  # a regular file (a FIFO would block GDAL), and so are a VRT's sources
+    remote = gdal_remote_options([path])  # retries, no sidecar lookups: as the readers will read it
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), rasterio.Env(**remote) if remote else contextlib.nullcontext():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
                 check_georeferencing(src, path)
@@ -154,7 +168,9 @@ def describe_raster(path: str | Path) -> RasterInfo:
                     ),
                     data_rects=_data_rects(path),
                 )
-    except RasterioIOError:
+    except RasterioIOError as e:
+        if is_remote(path):  # the network's reason (HTTP status, credentials) is the useful part
+            raise InputError(f"{mask(path)}: cannot be opened ({mask_text(one_line(e))[:200]})") from None
         raise InputError(f"{path}: not a raster GDAL can read") from None
 
 
@@ -173,9 +189,13 @@ def _overview_levels(src) -> int:
 
 
 def _files_bytes(src) -> int:
-    """Bytes on disk of the raster and the files it reads (a VRT's sources; a file's sidecars)."""
+    """Bytes on disk of the raster and the files it reads (a VRT's sources; a file's sidecars);
+    of a remote file, the size its server gave when it was probed (``remote.py``)."""
     total = 0
     for name in dict.fromkeys(src.files):
+        if is_remote(name):
+            total += known_size(name)
+            continue
         try:
             total += os.stat(name).st_size
         except OSError:  # a source named but absent is reported where it is read
@@ -197,8 +217,8 @@ def nodata_notes(info: RasterInfo, bands: Sequence[int]) -> list[str]:
             f"roofs, sand); where every band is {value:g} the map is nodata (--nodata none reads them as data)"]
 
 
-def _data_rects(path: Path) -> tuple[tuple[int, int, int, int], ...] | None:
-    if path.suffix.lower() != ".vrt":
+def _data_rects(path: str | Path) -> tuple[tuple[int, int, int, int], ...] | None:
+    if is_remote(path) or not str(path).lower().endswith(".vrt"):
         return None
     rects = vrt_data_rects(path, MAX_DATA_RECTS)
     return None if rects is None else tuple(rects)
@@ -207,13 +227,13 @@ def _data_rects(path: Path) -> tuple[tuple[int, int, int, int], ...] | None:
 def check_input(info: RasterInfo, bands: Sequence[int]) -> None:
     """Band count and data type against what the checkpoint reads."""
     if info.count == 0:
-        raise InputError(f"{info.path}: has no raster band")
+        raise InputError(f"{info.label}: has no raster band")
     if info.count < max(bands):
         raise InputError(
-            f"{info.path}: has {info.count} band(s) but the checkpoint reads bands {','.join(map(str, bands))}"
+            f"{info.label}: has {info.count} band(s) but the checkpoint reads bands {','.join(map(str, bands))}"
         )
     if info.dtype not in SUPPORTED_DTYPES:
-        raise InputError(f"{info.path}: data type {info.dtype} is not supported (8- or 16-bit unsigned integers)")
+        raise InputError(f"{info.label}: data type {info.dtype} is not supported (8- or 16-bit unsigned integers)")
 
 
 @dataclass

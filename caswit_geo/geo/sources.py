@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from caswit_geo.core.errors import InputError, exception_chain, one_line
+from caswit_geo.geo.remote import input_name, is_remote, mask, mask_text
 
 VRT_MAX_BYTES = 64 << 20  # a VRT larger than this is not a mosaic description
 VRT_MAX_DEPTH = 4  # VRTs of VRTs
@@ -30,8 +31,14 @@ VRT_MAX_DEPTH = 4  # VRTs of VRTs
 _NOT_A_PATH = re.compile(r"^(/vsi|[A-Za-z][A-Za-z0-9_]+:(?!\\))")
 
 
-def check_source(path: str | Path, what: str = "") -> Path:
-    """``path`` if it is a readable regular file (and a VRT's sources are), else InputError."""
+def check_source(path: str | Path, what: str = "") -> str | Path:
+    """``path`` if it is a readable regular file (and a VRT's sources are), else InputError.
+
+    A remote name (``remote.py``) is returned as it is, a string: GDAL tells
+    whether it can be read.
+    """
+    if is_remote(path):
+        return str(path)
     path = Path(path)
     _check_file(path, what)
     if path.suffix.lower() == ".vrt":
@@ -44,7 +51,10 @@ def source_files(path: str | Path) -> list[Path]:
 
     An output must never replace any of them: a VRT's sources are inputs as
     much as the VRT is. Raises InputError as :func:`check_source` does.
+    A remote input has none (nothing local is read through it).
     """
+    if is_remote(path):
+        return []
     path = Path(path)
     _check_file(path, "")
     found = [path]
@@ -180,8 +190,8 @@ def read_error(exc: BaseException, names: Sequence[str | Path] = (), fallback: s
     named = None
     for name in names:
         name = str(name)
-        if name in text or Path(name).name in _RASTER_NAME.findall(text):
-            named = name
+        if name in text or input_name(name) in _RASTER_NAME.findall(text):
+            named = mask(name)
             break
     if named is None:
         found = _RASTER_NAME.findall(text)
@@ -189,7 +199,8 @@ def read_error(exc: BaseException, names: Sequence[str | Path] = (), fallback: s
     if named is None:
         return None
     reason = messages[-1] if len(messages) > 1 else messages[0]
-    error = InputError(f"{named}: cannot read its pixels ({reason[:300]})")
+    # GDAL's messages may quote a URL with its token: names and reasons are masked
+    error = InputError(mask_text(f"{named}: cannot read its pixels ({reason[:300]})"))
     error.__cause__ = exc
     return error
 

@@ -77,6 +77,7 @@ class PredictConfig:
     bbox: str | None = None  # "XMIN,YMIN,XMAX,YMAX" in the mosaic's CRS, or in bbox_crs
     bbox_crs: str | None = None  # the CRS of --bbox (e.g. "EPSG:4326")
     stats: str | Path | None = None  # per-feature, per-file class areas: a .csv or .json file (engine/predict/stats.py)
+    asset: str | None = None  # the asset of STAC items read (None: role visual, else data; geo/stac.py)
 
 
 @dataclass
@@ -117,6 +118,7 @@ class PredictResult:
     rank: int = 0  # torchrun rank (0 outside torchrun): only rank 0 reports
     region_km2: float | None = None  # the region's area (--roi, --bbox) inside the imagery; None without one
     stats: list[dict] = field(default_factory=list)  # zones of --stats (engine/predict/stats.py), once assembled
+    input_notes: list[str] = field(default_factory=list)  # which STAC assets were read
 
     @property
     def tiles_skipped(self) -> int:

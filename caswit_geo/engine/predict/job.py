@@ -48,6 +48,7 @@ from pathlib import Path
 from caswit_geo.core.errors import ConfigError, OutputError
 from caswit_geo.engine.predict.manifest import FORMAT, PLAN_FILE, VERSION, job_units, manifest_units, read_manifest
 from caswit_geo.engine.predict.plan import PredictPlan, Unit, is_sidecar, shard_units
+from caswit_geo.geo.remote import is_remote, mask_text, remote_identity
 from caswit_geo.safeio import claims
 from caswit_geo.safeio.files import fsync_file, remove_path, rename_noreplace, temp_path
 from caswit_geo.safeio.liveness import describe_owner, live_owners, process_token
@@ -79,7 +80,11 @@ _OPTION_NAMES = {
 # ---------------------------------------------------------------------------
 
 
-def input_record(path: Path) -> dict:
+def input_record(path: str | Path, identities: dict[str, dict] | None = None) -> dict:
+    """What identifies an input: its path, size and mtime; a URL's masked name, size and ETag or
+    Last-Modified (``geo/remote.py``; probed with the plan, in ``identities``)."""
+    if is_remote(path):
+        return (identities or {}).get(str(path)) or remote_identity(str(path))
     st = os.stat(path)
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -92,8 +97,9 @@ def make_manifest(plan: PredictPlan, shards: int) -> dict:
         "version": VERSION,
         "job_id": secrets.token_hex(8),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "created_by": {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:2000]},
-        "inputs": [input_record(p) for p in plan.inputs],
+        "created_by": {"pid": os.getpid(), "host": socket.gethostname(),
+                       "command": mask_text(" ".join(sys.argv))[:2000]},  # a signed URL's token is not kept
+        "inputs": [input_record(p, plan.input_ids) for p in plan.inputs],
         "checkpoint": {"path": os.path.abspath(plan.weights), "sha256": plan.checkpoint_sha256},
         "pixels": plan.options,
         "outputs": make_outputs(plan),
@@ -109,13 +115,14 @@ def compare_manifest(stored: dict, plan: PredictPlan, how: str) -> None:
     """Refuse (one line naming the difference) a run whose plan differs from the job's."""
     restart = "start again without it and with --overwrite"
     old_inputs = {d["path"]: d for d in stored.get("inputs", [])}
-    new_inputs = [input_record(p) for p in plan.inputs]
+    new_inputs = [input_record(p, plan.input_ids) for p in plan.inputs]
     for rec in new_inputs:
         old = old_inputs.get(rec["path"])
         if old is None:
             raise ConfigError(f"{how}: input {rec['path']} is not one of the interrupted job's inputs; {restart}")
-        if (old["size"], old["mtime_ns"]) != (rec["size"], rec["mtime_ns"]):
-            raise ConfigError(f"{how}: input {rec['path']} changed since the job started (size or time); {restart}")
+        if (old["size"], old["mtime_ns"], old.get("etag")) != (rec["size"], rec["mtime_ns"], rec.get("etag")):
+            raise ConfigError(f"{how}: input {rec['path']} changed since the job started (size, time or ETag); "
+                              f"{restart}")
     if len(new_inputs) != len(old_inputs):
         missing = sorted(set(old_inputs) - {r["path"] for r in new_inputs})
         raise ConfigError(f"{how}: the interrupted job also read {missing[0] if missing else 'other files'}; {restart}")

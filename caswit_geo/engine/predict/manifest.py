@@ -93,8 +93,10 @@ def check_schema(data) -> None:
     _str(by["host"], "created_by.host", 256)
     _str(by["command"], "created_by.command", 4096)
     for i, rec in enumerate(_list(data["inputs"], "inputs", MAX_INPUTS)):
-        rec = _dict(rec, f"inputs[{i}]", {"path", "size", "mtime_ns"})
+        rec = _dict(rec, f"inputs[{i}]", {"path", "size", "mtime_ns"}, {"etag"})
         _str(rec["path"], f"inputs[{i}].path")
+        if "etag" in rec:  # a remote input's (geo/remote.py)
+            _str(rec["etag"], f"inputs[{i}].etag", 256)
         _int(rec["size"], f"inputs[{i}].size", 0, 2**63)
         _int(rec["mtime_ns"], f"inputs[{i}].mtime_ns", -(2**63), 2**63)
     checkpoint = _dict(data["checkpoint"], "checkpoint", {"path", "sha256"})

@@ -42,11 +42,13 @@ from caswit_geo.engine.predict.config import PredictConfig
 from caswit_geo.geo.area import unit_to_m
 from caswit_geo.geo.class_raster import model_tags, output_block
 from caswit_geo.geo.grid import TileGrid, plan_tiles, span_piece, strips, touching
+from caswit_geo.geo.inputs import resolve_inputs
 from caswit_geo.geo.lowres import prepass_supported
-from caswit_geo.geo.mosaic import Mosaic, expand_inputs, open_mosaic
+from caswit_geo.geo.mosaic import Mosaic, open_mosaic
 from caswit_geo.geo.pyramid import levels_for
 from caswit_geo.geo.qgis_style import style_path
 from caswit_geo.geo.region import Region, intersect_windows, region_on_grid, region_polygons
+from caswit_geo.geo.remote import input_name, input_stem, mask
 from caswit_geo.geo.sources import source_files
 from caswit_geo.geo.vectorize import check_layer_name, geopackage_layers, vector_format
 from caswit_geo.geo.webmap import check_connection_string, open_service, service_crs, service_kind
@@ -101,7 +103,7 @@ class Unit:
 
 @dataclass
 class PredictPlan:
-    inputs: list[Path]
+    inputs: list[str | Path]  # local paths; URLs and GDAL network names as strings (geo/remote.py)
     weights: Path
     meta: CheckpointMeta
     mosaic: Mosaic
@@ -133,6 +135,8 @@ class PredictPlan:
     roi: Region | None = None  # --roi / --bbox: the pixels kept and the tiles run (geo/region.py)
     stats: Path | None = None  # --stats: class areas per region feature and input file (stats.py)
     web_service: bool = False  # the input is a WMS/WMTS service (geo/webmap.py): one request per reader at a time
+    input_notes: list[str] = field(default_factory=list)  # what was taken from STAC documents (the summary says)
+    input_ids: dict[str, dict] = field(default_factory=dict)  # remote inputs' identities (plan.json, --resume)
 
     @functools.cached_property
     def checkpoint_sha256(self) -> str:
@@ -273,7 +277,8 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
     weights = resolve_weights(config.weights)
     for item in config.inputs:
         check_connection_string(item)
-    inputs = expand_inputs(config.inputs)
+    resolved = resolve_inputs(config.inputs, config.asset)  # files, URLs, STAC items; URLs probed
+    inputs = resolved.files
     meta = read_meta(weights)
     if meta.kind != "segmentation":
         raise CheckpointError(f"{weights}: a {meta.kind} checkpoint cannot predict classes")
@@ -336,7 +341,7 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
             overlap=str(config.overlap),
             precision=precision.name,
             tta=config.tta,
-            sources=[p.name for p in inputs],
+            sources=[input_name(p) for p in inputs],
             metadata=free_dict_summary(meta.metadata),
             provenance=free_dict_summary(meta.provenance),
         ),
@@ -349,7 +354,7 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
         simplify=config.simplify, precision=precision, tta=config.tta, unit_width=unit_width, footprints=footprints,
         read_files=read_files, vector_layer=None if vector is None else config.vector_layer or vector.stem,
         vector_update=vector is not None and geopackage_update(vector), roi=region, stats=stats,
-        web_service=any(service_kind(p) for p in inputs),
+        web_service=any(service_kind(p) for p in inputs), input_notes=resolved.notes, input_ids=resolved.identities,
     )
     plan.options = pixel_options(config, plan)
     check_style_names(plan)
@@ -478,7 +483,7 @@ def _is_folder_arg(p: str | Path) -> bool:
 
 
 def plan_outputs(
-    config: PredictConfig, inputs: list[Path], read_files: list[Path] | None = None
+    config: PredictConfig, inputs: list[str | Path], read_files: list[Path] | None = None
 ) -> tuple[bool, list[Path], list[Path], list[Path], Path | None, Path | None]:
     """Decide and check every destination (nothing is created, nothing claimed).
 
@@ -488,7 +493,7 @@ def plan_outputs(
     per_file = _is_folder_arg(config.out)
     if per_file:
         _check_folder(out, "--out")
-        classes = [out / f"{p.stem}_landcover.tif" for p in inputs]
+        classes = [out / f"{input_stem(p)}_landcover.tif" for p in inputs]
         check_distinct_outputs(inputs, classes, "--out")
     else:
         if out.suffix.lower() not in RASTER_OUT_SUFFIXES:
@@ -526,7 +531,7 @@ def _companion_rasters(value: str | Path | None, option: str, kind: str, per_fil
         if not _is_folder_arg(value):
             raise OutputError(f"{option}: must be a folder when --out is a folder")
         folder = _check_folder(Path(value), option)
-        paths = [folder / f"{p.stem}_{kind}.tif" for p in inputs]
+        paths = [folder / f"{input_stem(p)}_{kind}.tif" for p in inputs]
         check_distinct_outputs(inputs, paths, option)
         return paths
     path = Path(value)
@@ -541,8 +546,8 @@ def check_distinct_outputs(inputs: list[Path], outputs: list[Path], option: str)
     first: dict[Path, Path] = {}
     for source, dest in zip(inputs, outputs):
         if dest in first:
-            raise OutputError(f"{option} {dest.parent}: {first[dest]} and {source} would both write {dest.name}; "
-                              "rename one, or predict them into different folders")
+            raise OutputError(f"{option} {dest.parent}: {mask(first[dest])} and {mask(source)} would both write "
+                              f"{dest.name}; rename one, or predict them into different folders")
         first[dest] = source
 
 
@@ -581,7 +586,7 @@ def output_rasters(mosaic: Mosaic, per_file: bool, classes: list[Path], confiden
     probs = list(probabilities) or [None] * len(classes)
     whole = Window(0, 0, mosaic.width, mosaic.height)
     if not per_file or (len(mosaic.files) == 1 and not mosaic.resampled):
-        names = tuple(Path(i.path).name for i in mosaic.files)
+        names = tuple(i.name for i in mosaic.files)
         return [OutputRaster(classes[0], conf[0], whole, mosaic.transform, None, names, probs[0])]
     out = []
     for i, (info, dest, cdest, pdest) in enumerate(zip(mosaic.files, classes, conf, probs)):

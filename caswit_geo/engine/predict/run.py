@@ -216,6 +216,7 @@ def _result(plan: PredictPlan, job: Job, config: PredictConfig, env: DistEnv, ru
         rank=env.rank,
         region_km2=region_km2(plan),
         stats=finished.stats if finished is not None else [],
+        input_notes=plan.input_notes,
     )
 
 

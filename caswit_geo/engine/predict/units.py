@@ -30,6 +30,7 @@ from caswit_geo.engine.predict.sink import SinkThread, UnitDone, UnitWriter
 from caswit_geo.engine.predict.source import PredictTiles, TileBatch, collate_tiles
 from caswit_geo.geo.blend import NODATA
 from caswit_geo.geo.lowres import LowResBuilder, chunk_order, plan_lowres
+from caswit_geo.geo.remote import before_forking_readers, gdal_remote_options
 from caswit_geo.geo.sources import read_error
 from caswit_geo.geo.webmap import SERVICE_OPTIONS
 from caswit_geo.model.tta import average_probabilities
@@ -207,8 +208,9 @@ def run_units(
     dataset: PredictTiles | None = None
     # a bounded GDAL block cache (by default it grows with the raster up to 5% of the RAM, in
     # every process) and a smaller pool of open mosaic files (each costs about 1 MB)
+    # remote inputs: bounded retries and waits, and a bounded /vsicurl/ cache (geo/remote.py)
     with rasterio.Env(GDAL_CACHEMAX=plan.cache_bytes, GDAL_MAX_DATASET_POOL_SIZE=GDAL_POOL,
-                      **(SERVICE_OPTIONS if plan.web_service else {})):
+                      **gdal_remote_options(plan.inputs, GDAL_POOL), **(SERVICE_OPTIONS if plan.web_service else {})):
         try:
             lowres = None
             if plan.context == "prepass":
@@ -226,6 +228,7 @@ def run_units(
             if sequential:  # a web map service: the pre-pass alone first, so requests never outnumber the readers
                 builder.start()
                 builder.join()
+            before_forking_readers(plan.inputs if workers else ())  # a reader must not share our HTTP sockets
             batches = iter(loader)  # forks the readers first: never fork while our threads hold GDAL locks
             if builder is not None and not sequential:
                 builder.start()
