@@ -3,18 +3,22 @@
 Users size a cluster job from it: inputs, area, tiles, units, shards,
 outputs, the state of an existing job, warnings about the inputs (striped
 TIFFs, missing overviews, a band 4 tagged alpha, odd nodata values, CRS
-problems) and the model's speed on this device, measured on a few real
-tiles of the mosaic (their context read per tile, so no pre-pass file is
-written).
+problems), the model's speed on this device, measured on a few real
+tiles of the mosaic (their context read per tile), and the reading's: the
+first units' tiles read as the run reads them, with the configured reader
+workers (the pre-pass chunks go to a temporary folder, removed after). The
+estimate is set by the slower of the two, and the report says which.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
+import rasterio
 import torch
 from affine import Affine
 
@@ -24,8 +28,17 @@ from caswit_geo.engine.predict.job import Job, compare_manifest, live_descriptio
 from caswit_geo.engine.predict.manifest import PLAN_FILE, job_units, read_manifest
 from caswit_geo.engine.predict.plan import PredictPlan, plan_predict, shard_units
 from caswit_geo.engine.predict.source import PredictTiles, collate_tiles
-from caswit_geo.engine.predict.units import predict_probabilities
+from caswit_geo.engine.predict.units import (
+    decoded_chunks,
+    make_loader,
+    predict_probabilities,
+    prepass_cache_bytes,
+    release_order,
+    releasing,
+    workers_for,
+)
 from caswit_geo.geo.area import pixel_area_m2
+from caswit_geo.geo.lowres import LowResBuilder, chunk_groups, plan_lowres
 from caswit_geo.geo.mosaic import Mosaic, RasterInfo
 from caswit_geo.model.checkpoint import load_checkpoint
 from caswit_geo.runtime.device import CpuThreads, select_device
@@ -46,6 +59,17 @@ class Calibration:
 
 
 @dataclass
+class ReadingRate:
+    workers: int
+    tiles: int  # tiles read, with their LR context
+    seconds: float
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.tiles / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass
 class DryRun:
     plan: PredictPlan
     input_bytes: int
@@ -56,13 +80,29 @@ class DryRun:
     job_state: str  # "none", or what an existing job folder holds
     warnings: list[str] = field(default_factory=list)
     calibration: Calibration | None = None
+    reading: ReadingRate | None = None
 
     @property
     def estimate_s(self) -> float | None:
-        """Model time of the whole job on this device (reading and writing overlap it)."""
+        """Time of the whole job on this device: the model's, or the reading's where that is slower
+        (they overlap, as does writing)."""
         if self.calibration is None:
             return None
-        return self.tiles_with_data / self.calibration.tiles_per_s
+        rate = self.calibration.tiles_per_s
+        if self.reading is not None:
+            rate = min(rate, self.reading.tiles_per_s)
+        return self.tiles_with_data / rate
+
+    def limit(self) -> str | None:
+        """Which of reading and the model sets the pace, with both rates."""
+        cal, read = self.calibration, self.reading
+        if cal is None or read is None:
+            return None
+        line = (f"reading ~{read.tiles_per_s:.1f} tiles/s with {read.workers} worker(s), "
+                f"the model ~{cal.tiles_per_s:.1f} tiles/s on {cal.device}: ")
+        if read.tiles_per_s < cal.tiles_per_s:
+            return line + "reading is the limit; add workers (--workers) or convert the inputs to COG"
+        return line + "the model is the limit"
 
     def shard_tiles(self) -> list[int]:
         """Tiles with data per shard."""
@@ -85,6 +125,7 @@ def dry_run(config: PredictConfig, calibrate: int = 16) -> DryRun:
     )
     if calibrate > 0:
         report.calibration = calibration(plan, config, calibrate)
+        report.reading = reading_rate(plan, config, 4 * calibrate)
     return report
 
 
@@ -212,3 +253,48 @@ def calibration(plan: PredictPlan, config: PredictConfig, tiles: int) -> Calibra
             n += len(b.hr)
         seconds = time.perf_counter() - t0
     return Calibration(str(device), n, seconds)
+
+
+def reading_rate(plan: PredictPlan, config: PredictConfig, tiles: int) -> ReadingRate | None:
+    """The first units' tiles (about ``tiles``) read as the run reads them: the LR pre-pass decoding
+    beside the reader workers (as many as the run would use), tiles with their context batched."""
+    workers = workers_for(config.workers, select_device(config.device))
+    windows, per_unit = [], []
+    for unit in plan.units:
+        if unit.weight:
+            per_unit.append([w for _, w in plan.tiles(unit)])
+            windows += per_unit[-1]
+        if len(windows) >= tiles:
+            break
+    if not windows:
+        return None
+    with rasterio.Env(GDAL_CACHEMAX=max(plan.cache_bytes, prepass_cache_bytes(plan))), tempfile.TemporaryDirectory(prefix="caswit-dry-run-") as tmp:
+        lowres = decoded = builder = None
+        releases: list = []
+        if plan.context == "prepass":
+            with plan.mosaic.open() as src:
+                lowres = plan_lowres(src, plan.spec.bands, plan.grid, plan.spec.context_factor, tmp)
+            releases = release_order(lowres, windows)
+            decoded = decoded_chunks(plan, lowres, releases)
+            builder = LowResBuilder(plan.mosaic.source, plan.spec.bands, lowres, chunk_groups(lowres, per_unit),
+                                    decoded, threads=workers)
+        dataset = PredictTiles(plan.mosaic.source, windows, plan.spec, plan.context, lowres,
+                               lowres_failed=None if builder is None else str(builder.failed), decoded=decoded)
+        t0 = time.perf_counter()
+        n = 0
+        try:
+            batches = iter(make_loader(dataset, [len(ws) for ws in per_unit], config.batch_size, workers, torch.device("cpu")))
+            if builder is not None:
+                builder.start()  # after the readers are forked, as in the run
+            for batch in releasing(batches, decoded, releases):
+                n += len(batch.index)
+            seconds = time.perf_counter() - t0
+        finally:
+            if builder is not None:
+                if builder.is_alive():
+                    builder.stop()
+                builder.close()
+            dataset.close()
+        if builder is not None and builder.error is not None:
+            raise builder.error
+    return ReadingRate(workers, n, seconds)

@@ -29,13 +29,14 @@ from caswit_geo.engine.predict.plan import PredictPlan, Unit
 from caswit_geo.engine.predict.sink import SinkThread, UnitDone, UnitWriter
 from caswit_geo.engine.predict.source import PredictTiles, TileBatch, collate_tiles
 from caswit_geo.geo.blend import NODATA
-from caswit_geo.geo.lowres import LowResBuilder, chunk_order, plan_lowres
+from caswit_geo.geo.lowres import DecodedChunks, LowResBuilder, chunk_groups, plan_lowres
 from caswit_geo.geo.sources import read_error
 from caswit_geo.model.tta import average_probabilities
 from caswit_geo.runtime.device import CpuThreads, stop_workers
 from caswit_geo.runtime.precision import Precision
 
 GDAL_POOL = 32  # files of a mosaic kept open per process (a tile row touches a few)
+DECODED_BUDGET = 1 << 30  # bytes of decoded source pixels kept on disk for the readers at a time
 
 
 def predict_probabilities(model: torch.nn.Module, hr: torch.Tensor, lr: torch.Tensor | None,
@@ -205,17 +206,23 @@ def run_units(
     sink_thread: SinkThread | None = None
     dataset: PredictTiles | None = None
     # a bounded GDAL block cache (by default it grows with the raster up to 5% of the RAM, in
-    # every process) and a smaller pool of open mosaic files (each costs about 1 MB)
-    with rasterio.Env(GDAL_CACHEMAX=plan.cache_bytes, GDAL_MAX_DATASET_POOL_SIZE=GDAL_POOL):
+    # every process), room for the pre-pass to decode each source block once, and a smaller pool
+    # of open mosaic files (each costs about 1 MB)
+    with rasterio.Env(GDAL_CACHEMAX=max(plan.cache_bytes, prepass_cache_bytes(plan)),
+                      GDAL_MAX_DATASET_POOL_SIZE=GDAL_POOL):
         try:
-            lowres = None
+            lowres = decoded = None
+            releases: list[tuple[int, tuple[int, int]]] = []
             if plan.context == "prepass":
                 with plan.mosaic.open() as src:
                     lowres = plan_lowres(src, plan.spec.bands, plan.grid, plan.spec.context_factor, job.lowres_dir)
-                order = chunk_order(lowres, windows, complete=False)
-                builder = LowResBuilder(plan.mosaic.source, plan.spec.bands, lowres, order)
+                # a unit's chunks written by one thread, as many threads as readers
+                order = chunk_groups(lowres, [[w for _, w in t] for t in tiles])
+                releases = release_order(lowres, windows)
+                decoded = decoded_chunks(plan, lowres, releases)
+                builder = LowResBuilder(plan.mosaic.source, plan.spec.bands, lowres, order, decoded, threads=workers)
             dataset = PredictTiles(plan.mosaic.source, windows, plan.spec, plan.context, lowres,
-                                   lowres_failed=None if builder is None else str(builder.failed))
+                                   lowres_failed=None if builder is None else str(builder.failed), decoded=decoded)
             loader = make_loader(dataset, sizes, batch_size, workers, device)
             batches = iter(loader)  # forks the readers first: never fork while our threads hold GDAL locks
             if builder is not None:
@@ -223,7 +230,7 @@ def run_units(
             sink_thread = SinkThread(UnitWriter(plan, job, units, tiles, on_done))
             sink_thread.start()
             try:
-                _model_loop(model, batches, workers, sink_thread, device, precision, plan.tta, plan.with_probabilities,
+                _model_loop(model, releasing(batches, decoded, releases), workers, sink_thread, device, precision, plan.tta, plan.with_probabilities,
                             soft, starts, units, job, run, progress, deadline, builder is not None)
             finally:
                 stop_workers(batches)  # shuts the readers down at once
@@ -257,6 +264,50 @@ def run_units(
     run.tiles = sum(d.tiles for d in run.done)
     run.seconds = time.perf_counter() - t0
     return run
+
+
+def prepass_cache_bytes(plan: PredictPlan) -> int:
+    """GDAL block cache for the pre-pass to decode each source block once: it walks a unit column
+    (plus the context's margin) chunk row by chunk row, so two rows of source blocks that wide."""
+    bh = max(info.block_shape[0] for info in plan.mosaic.files)
+    bw = max(info.block_shape[1] for info in plan.mosaic.files)
+    width = min(plan.mosaic.width, (plan.unit_width or plan.unit_size) + plan.grid.tile * plan.spec.context_factor)
+    itemsize = np.dtype(plan.mosaic.dtype).itemsize
+    return int(1.25 * 2 * (bh + plan.grid.tile) * (width + 2 * bw) * plan.mosaic.count * itemsize)
+
+
+def decoded_chunks(plan: PredictPlan, lowres, releases: list) -> DecodedChunks | None:
+    """Where the pre-pass keeps its decoded pixels for the readers; None for a resampled mosaic, whose
+    pixels GDAL computes per read (a tile read on its own may differ in its last bits from the same
+    pixels read in a larger window), so its tiles are read as before and the maps stay the same."""
+    if plan.mosaic.resampled:
+        return None
+    return DecodedChunks(lowres, DECODED_BUDGET, needed=[c for _, c in releases])
+
+
+def release_order(lowres, windows: list) -> list[tuple[int, tuple[int, int]]]:
+    """(last tile position needing its pixels, chunk) for each chunk holding some tile's pixels, by position."""
+    last: dict[tuple[int, int], int] = {}
+    for pos, w in enumerate(windows):
+        for chunk in lowres.source_chunks(w):
+            last[chunk] = pos
+    return sorted((pos, chunk) for chunk, pos in last.items())
+
+
+def releasing(batches, decoded: DecodedChunks | None, releases: list[tuple[int, tuple[int, int]]]):
+    """``batches``, freeing the decoded pixels of the chunks whose last tile has been read.
+
+    Batches arrive in order, so every tile up to the last of a batch has been read;
+    readers still busy with later batches need only chunks whose last tile is later.
+    """
+    i = 0
+    for batch in batches:
+        if decoded is not None:
+            last = int(batch.index[-1])
+            while i < len(releases) and releases[i][0] <= last:
+                decoded.release(*releases[i][1])
+                i += 1
+        yield batch
 
 
 def _user_failure(exc: BaseException, builder: LowResBuilder | None, work_dir, plan: PredictPlan) -> CaswitError | None:
