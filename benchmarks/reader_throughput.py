@@ -399,7 +399,7 @@ def main() -> None:
         common = dict(work=str(work), weights=str(weights), batch_size=a.batch_size)
 
         decode, read = {}, {}
-        print(f"\n{'format':10} {'workers':>7} {'tiles/s':>16} {'CPU s/Mpx':>16} {'x decode':>9} {'RSS +MB':>8}")
+        print(f"\n{'format':10} {'workers':>7} {'tiles/s':>16} {'CPU s/Mpx':>16} {'x decode':>9} {'mem +MB':>8}")
         for fmt in a.formats:
             files = inputs["cog" if fmt == "http-cog" else fmt] if fmt != "http-cog" else inputs["http-cog"]
             decode[fmt] = run_child("decode", repeats, inputs=[str(p) for p in files])
