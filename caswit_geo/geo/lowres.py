@@ -23,6 +23,11 @@ the same chunk at once write the same bytes under their own temporary
 names. This needs tile offsets that are multiples of k
 (the stride a multiple of k); :func:`prepass_supported` says when,
 otherwise read per tile.
+
+The pixels the pre-pass decodes are kept for the tile readers
+(:class:`DecodedChunks`), so a run decodes each source block once; the
+builder runs in as many threads as there are readers, a group of chunks
+(a unit's) per thread.
 """
 
 from __future__ import annotations
