@@ -17,9 +17,11 @@ with each decoder of ``--decoders`` (both by default):
 3. the stage-1 cross-attention (16,384 x 16,384 tokens) through each SDPA
    backend, to check the one PyTorch picks;
 4. ``predict`` of a 16384 x 16384 px mosaic with caswit-tiny (the first
-   decoder of ``--decoders``): wall time,
-   and GPU busy time over wall time from CUDA events around every forward
-   pass (a GPU starved by reading, the LR pre-pass or writing shows < 100 %).
+   decoder of ``--decoders``), from a GeoTIFF and (``--jp2``) from the same
+   pixels as JPEG 2000 (IGN's BD ORTHO layout: lossy 4:1, 1024 px codestream
+   tiles, 5 resolutions): wall time, and GPU busy time over wall time from
+   CUDA events around every forward pass (a GPU starved by reading, the LR
+   pre-pass or writing shows < 100 %).
 
 Every row records peak GPU memory. Rows that would overrun ``--budget``
 seconds are skipped (and listed as such), so the run ends in under 8 min.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -125,13 +128,11 @@ def write_mosaic(path: Path, side: int) -> None:
             dst.write(block + noise, window=Window(0, r, side, h))
 
 
-def predict_run(side: int, device, table: Table, work: Path, decoder: str) -> None:
-    """predict of a side x side mosaic with caswit-tiny (auto precision), GPU busy time from CUDA events."""
-    import torch
-
+def predict_run(side: int, device, table: Table, work: Path, decoder: str, jp2: bool = False) -> None:
+    """predict of a side x side mosaic with caswit-tiny (auto precision), GPU busy time from CUDA events;
+    with ``jp2`` also from a JPEG 2000 copy of it."""
     import caswit_geo
     from caswit_geo.core.spec import InputSpec
-    from caswit_geo.engine.predict import PredictConfig, predict
 
     weights = work / "caswit-tiny.safetensors"
     caswit_geo.save_checkpoint(caswit_geo.build_model("caswit-tiny", 19, decoder=decoder), weights,
@@ -140,6 +141,22 @@ def predict_run(side: int, device, table: Table, work: Path, decoder: str) -> No
     mosaic = work / "mosaic.tif"
     write_mosaic(mosaic, side)
     note = f"mosaic written in {time.perf_counter() - t0:.0f} s"
+    sources = [(mosaic, "GeoTIFF")]
+    if jp2:
+        import rasterio.shutil
+
+        rasterio.shutil.copy(mosaic, work / "mosaic.jp2", driver="JP2OpenJPEG", QUALITY=25, REVERSIBLE="NO",
+                             RESOLUTIONS=5, BLOCKXSIZE=1024, BLOCKYSIZE=1024)
+        sources.append((work / "mosaic.jp2", "JPEG 2000"))
+    for source, kind in sources:
+        _predict_row(source, kind, side, weights, device, table, work, decoder, note)
+
+
+def _predict_row(mosaic: Path, kind: str, side: int, weights: Path, device, table: Table, work: Path, decoder: str,
+                 note: str) -> None:
+    import torch
+
+    from caswit_geo.engine.predict import PredictConfig, predict
 
     # time every forward pass, wherever the engine calls it from
     events: list = []
@@ -168,7 +185,7 @@ def predict_run(side: int, device, table: Table, work: Path, decoder: str) -> No
               f"{100 * busy / res.seconds:.0f} %",
               f"{side}x{side} px in {res.seconds:.1f} s, tile loop {res.phases.get('tiles', 0):.1f} s (GPU busy "
               f"{100 * busy / max(res.phases.get('tiles', 0), 1e-9):.0f} % of it), model {res.forward_seconds:.1f} s; "
-              f"{note}")
+              f"from {kind}, {os.cpu_count()} CPU cores; {note}")
 
 
 def sdpa_rows(device, dtype, table: Table) -> None:
@@ -204,6 +221,7 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=420, help="seconds; rows that would overrun it are skipped")
     p.add_argument("--mosaic", type=int, default=16384, help="side of the predicted mosaic in px (0: no predict)")
     p.add_argument("--decoders", nargs="+", choices=("upernet", "segformer"), default=["upernet", "segformer"])
+    p.add_argument("--jp2", action="store_true", help="also predict the mosaic from a JPEG 2000 copy")
     a = p.parse_args()
 
     import torch
@@ -279,7 +297,7 @@ def main() -> None:
     sdpa_rows(device, precision.dtype, table)
     if a.mosaic:
         with tempfile.TemporaryDirectory() as work:
-            predict_run(a.mosaic, device, table, Path(work), a.decoders[0])
+            predict_run(a.mosaic, device, table, Path(work), a.decoders[0], jp2=a.jp2)
     print(f"\n{torch.cuda.get_device_name(device)}, torch {torch.__version__}, {TILE} px tiles at {GSD} m "
           f"({KM2_PER_TILE:.4f} km2), {time.perf_counter() - start:.0f} s in all")
     table.print()

@@ -321,8 +321,11 @@ def print_dry_run(report: DryRun, console: Console) -> None:
         console.print("estimate: no tile with data to time")
         return
     est = report.estimate_s
-    line = (f"estimate: {_duration(est)} of model time on {cal.device} "
+    bound = "reading" if report.reading is not None and report.reading.tiles_per_s < cal.tiles_per_s else "model"
+    line = (f"estimate: {_duration(est)} of {bound} time on {cal.device} "
             f"({cal.tiles_per_s:.1f} tiles/s over {cal.tiles} tiles{_tta_note(plan.tta)})")
     if report.shards > 1:
         line += f"; about {_duration(est / report.shards)} per shard"
     console.print(line)
+    if report.limit() is not None:
+        console.print(report.limit())

@@ -23,6 +23,11 @@ the same chunk at once write the same bytes under their own temporary
 names. This needs tile offsets that are multiples of k
 (the stride a multiple of k); :func:`prepass_supported` says when,
 otherwise read per tile.
+
+The pixels the pre-pass decodes are kept for the tile readers
+(:class:`DecodedChunks`), so a run decodes each source block once; the
+builder runs in as many threads as there are readers, a group of chunks
+(a unit's) per thread.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from caswit_geo.geo.grid import TileGrid
 from caswit_geo.geo.masks import MaskRule, mask_rule
 from caswit_geo.geo.profiles import lowres_chunk_profile
 from caswit_geo.geo.raster_cache import RasterHandles
-from caswit_geo.safeio.files import temp_path
+from caswit_geo.safeio.files import remove_path, temp_path
 from caswit_geo.safeio.sweep import holding
 from caswit_geo.safeio.writes import atomic_path
 
@@ -100,6 +105,20 @@ class LowResRaster:
     def chunk_window(self, bi: int, bj: int) -> Window:
         ch, cw = self.chunk
         return Window(bj * cw, bi * ch, min(cw, self.width - bj * cw), min(ch, self.height - bi * ch))
+
+    def source_window(self, bi: int, bj: int) -> Window:
+        """The source pixels summed into chunk (bi, bj) (may extend past the source raster)."""
+        k, out = self.factor, self.chunk_window(bi, bj)
+        return Window(self.origin + k * int(out.col_off), self.origin + k * int(out.row_off),
+                      k * int(out.width), k * int(out.height))
+
+    def source_chunks(self, window: Window) -> list[tuple[int, int]]:
+        """The chunks whose source pixels meet ``window`` (source pixels, inside the pre-pass raster)."""
+        k, o = self.factor, self.origin
+        r0, c0 = (int(window.row_off) - o) // k, (int(window.col_off) - o) // k
+        r1 = (int(window.row_off) + int(window.height) - 1 - o) // k
+        c1 = (int(window.col_off) + int(window.width) - 1 - o) // k
+        return self._chunks(Window(c0, r0, c1 - c0 + 1, r1 - r0 + 1))
 
     def window_for(self, tile_window: Window) -> Window:
         """T x T window of the pre-pass raster holding the context of ``tile_window``."""
@@ -173,26 +192,48 @@ def chunk_order(lowres: LowResRaster, windows: Iterable[Window], complete: bool 
     return list(order)
 
 
+def chunk_groups(lowres: LowResRaster, windows: Iterable[Iterable[Window]]) -> list[list[tuple[int, int]]]:
+    """:func:`chunk_order` cut by group of tiles (a unit's): each chunk in the group of the first tiles
+    needing it, in order; groups that need no new chunk are left out."""
+    seen: set[tuple[int, int]] = set()
+    groups = []
+    for ws in windows:
+        group = [c for c in chunk_order(lowres, ws, complete=False) if c not in seen]
+        seen.update(group)
+        if group:
+            groups.append(group)
+    return groups
+
+
 def write_chunk(
     src: rasterio.io.DatasetReader, bands: Sequence[int], lowres: LowResRaster, bi: int, bj: int,
-    mask: MaskRule | None = None,
+    mask: MaskRule | None = None, decoded: "DecodedChunks | None" = None,
 ) -> Path:
-    """Compute one chunk (k x k sums; outside and nodata pixels count 0) and publish it by renaming."""
-    k, origin = lowres.factor, lowres.origin
+    """Compute one chunk (k x k sums; outside and nodata pixels count 0) and publish it by renaming.
+
+    ``decoded``: where to keep the source pixels read for it (nodata set to 0) and their validity, for
+    the tile readers; kept before the chunk is published, so a reader that sees the chunk sees them.
+    """
+    k = lowres.factor
     out = lowres.chunk_window(bi, bj)
     h, w = int(out.height), int(out.width)
-    src_win = Window(origin + k * int(out.col_off), origin + k * int(out.row_off), k * w, k * h)
+    src_win = lowres.source_window(bi, bj)
     path = lowres.chunk_path(bi, bj)
     profile = lowres_chunk_profile(w, h, lowres.count, lowres.dtype, lowres.crs,
                                    lowres.transform @ Affine.translation(int(out.col_off), int(out.row_off)))
     # this process's own temporary name (the folder may be shared), on disk before its name says it is there
     with atomic_path(path, fsync=True) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        canvas = valid = None
         if _intersects(src_win, src.width, src.height):  # otherwise: all black, sparse file reads 0
             canvas, valid = read_canvas(src, src_win, bands, fill=0, with_mask=True, mask=mask)
             if valid.any():
                 if not valid.all():
                     canvas[:, ~valid] = 0
                 dst.write(block_sums(canvas, k, np.dtype(lowres.dtype)))
+            else:
+                canvas = valid = None
+        if decoded is not None:
+            decoded.put(bi, bj, canvas, valid)
     return path
 
 
@@ -246,9 +287,14 @@ class LowResBuilder(threading.Thread):
     """
 
     def __init__(self, source: str, bands: Sequence[int], lowres: LowResRaster,
-                 order: list[tuple[int, int]]) -> None:
+                 order: list[tuple[int, int]] | list[list[tuple[int, int]]], decoded: "DecodedChunks | None" = None,
+                 threads: int = 1) -> None:
         super().__init__(name="caswit-lowres", daemon=True)
-        self.source, self.bands, self.lowres, self.order = source, tuple(bands), lowres, order
+        self.source, self.bands, self.lowres = source, tuple(bands), lowres
+        # groups of chunks, each written by one thread in its order (a flat order: one group)
+        self.groups = order if order and isinstance(order[0], list) else [list(order)]
+        self.threads = max(1, threads)
+        self.decoded = decoded
         self.error: BaseException | None = None
         self.stop_event = threading.Event()
         Path(lowres.folder).mkdir(parents=True, exist_ok=True)
@@ -257,22 +303,50 @@ class LowResBuilder(threading.Thread):
         self.running = temp_path(folder / RUNNING, "")
         self.running.touch()
         self.written = 0  # chunks this builder computed (the others existed)
+        self._next = iter(self.groups)
+        self._lock = threading.Lock()
 
     def run(self) -> None:
         try:
-            with holding(self.lowres.folder), open_quietly(self.source) as src:
-                rule = mask_rule(src, self.bands)
-                for bi, bj in self.order:
-                    if self.stop_event.is_set():
-                        raise RuntimeError("pre-pass stopped")
-                    if self.lowres.chunk_path(bi, bj).exists():
-                        continue
-                    write_chunk(src, self.bands, self.lowres, bi, bj, rule)
-                    self.written += 1
+            with holding(self.lowres.folder):
+                # more threads take the next groups: each decodes with its own GDAL handle and block
+                # cache, so a group is a region whose source blocks its neighbours share little
+                helpers = [threading.Thread(target=self._work, name=f"caswit-lowres-{i}", daemon=True)
+                           for i in range(1, self.threads)]
+                for h in helpers:
+                    h.start()
+                self._work()
+                for h in helpers:
+                    h.join()
+            if self.error is not None:
+                raise self.error
             self.running.unlink(missing_ok=True)  # done: no failure to announce
         except BaseException as e:
             self.error = e
             self._mark_failed(e)
+
+    def _work(self) -> None:
+        try:
+            with open_quietly(self.source) as src:
+                rule = mask_rule(src, self.bands)
+                while True:
+                    with self._lock:
+                        group = next(self._next, None)
+                    if group is None:
+                        return
+                    for bi, bj in group:
+                        if self.stop_event.is_set() or self.error is not None:
+                            raise RuntimeError("pre-pass stopped")
+                        if self.lowres.chunk_path(bi, bj).exists():
+                            continue
+                        write_chunk(src, self.bands, self.lowres, bi, bj, rule, self.decoded)
+                        with self._lock:
+                            self.written += 1
+        except BaseException as e:
+            with self._lock:
+                if self.error is None:
+                    self.error = e
+            self.stop_event.set()
 
     def _mark_failed(self, error: BaseException) -> None:
         for make in (lambda: os.replace(self.running, self.failed), self.failed.touch):
@@ -291,9 +365,11 @@ class LowResBuilder(threading.Thread):
         self.join(timeout=60)
 
     def close(self) -> None:
-        """Remove the markers (once the readers are gone)."""
+        """Remove the markers and the decoded pixels (once the readers are gone)."""
         self.failed.unlink(missing_ok=True)
         self.running.unlink(missing_ok=True)
+        if self.decoded is not None:
+            self.decoded.close()
 
 
 class ChunkReader:
@@ -326,6 +402,91 @@ class ChunkReader:
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
+
+
+class DecodedChunks:
+    """The source pixels each pre-pass chunk was summed from, kept for the tile readers.
+
+    The pre-pass decodes every source pixel its chunks cover; the tiles lie
+    inside those chunks. Keeping the decoded pixels (nodata set to 0) and
+    their validity in a raw file per chunk lets the readers copy their tiles
+    from there instead of decoding the source a second time: each source
+    pixel is then decoded once per run. The files are private to this run
+    (a folder of this process's own in the chunk folder), written only for
+    the chunks some tile's pixels need (``needed``), removed by
+    :meth:`release` once the last of those tiles is read, and limited to
+    ``budget`` bytes at a time: a chunk over it gets no file and its tiles
+    are read from the source, as are those of chunks that existed already
+    (an earlier run, another shard).
+    """
+
+    def __init__(self, lowres: LowResRaster, budget: int, needed: Iterable[tuple[int, int]] = ()) -> None:
+        self.lowres, self.budget = lowres, budget
+        self.needed = set(needed)
+        Path(lowres.folder).mkdir(parents=True, exist_ok=True)
+        self.folder = temp_path(Path(os.path.abspath(lowres.folder)) / "DECODED", "")
+        self.folder.mkdir()
+        self.held = 0
+        self._sizes: dict[tuple[int, int], int] = {}
+        self._lock = threading.Lock()
+
+    def path(self, bi: int, bj: int) -> Path:
+        return self.folder / f"hr_{bi:05d}_{bj:05d}.npy"
+
+    def put(self, bi: int, bj: int, canvas: np.ndarray | None, valid: np.ndarray | None) -> bool:
+        """Keep chunk (bi, bj)'s pixels (None: no valid pixel); False when not needed or over the budget."""
+        if (bi, bj) not in self.needed:
+            return False
+        data = np.empty(0, np.uint8) if canvas is None else np.concatenate([canvas, valid[None].astype(canvas.dtype)])
+        with self._lock:
+            if self.held + data.nbytes > self.budget:
+                return False
+            self.held += data.nbytes
+            self._sizes[bi, bj] = data.nbytes
+        path = self.path(bi, bj)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to the name
+            np.save(f, data, allow_pickle=False)
+        os.replace(tmp, path)
+        return True
+
+    def release(self, bi: int, bj: int) -> None:
+        """The tiles needing chunk (bi, bj)'s pixels are all read: free its file."""
+        with self._lock:
+            size = self._sizes.pop((bi, bj), None)
+            if size is None:
+                return
+            self.held -= size
+        self.path(bi, bj).unlink(missing_ok=True)
+
+    def read(self, window: Window, count: int, dtype: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(C, h, w) pixels (nodata 0) and (h, w) validity of source ``window``, or None when a chunk it
+        needs has no file (read the source then). Call once the chunks themselves exist."""
+        h, w = int(window.height), int(window.width)
+        wr, wc = int(window.row_off), int(window.col_off)
+        out = np.zeros((count + 1, h, w), dtype)
+        for bi, bj in self.lowres.source_chunks(window):
+            try:
+                part = np.load(self.path(bi, bj), mmap_mode="r", allow_pickle=False)
+            except (FileNotFoundError, ValueError):
+                return None
+            if part.size == 0:  # no valid pixel: zeros
+                continue
+            cw = self.lowres.source_window(bi, bj)
+            r0, r1 = max(wr, int(cw.row_off)), min(wr + h, int(cw.row_off) + int(cw.height))
+            c0, c1 = max(wc, int(cw.col_off)), min(wc + w, int(cw.col_off) + int(cw.width))
+            out[:, r0 - wr : r1 - wr, c0 - wc : c1 - wc] = part[:, r0 - int(cw.row_off) : r1 - int(cw.row_off),
+                                                                c0 - int(cw.col_off) : c1 - int(cw.col_off)]
+            del part
+        return out[:count], out[count].astype(bool)
+
+    def close(self) -> None:
+        remove_path(self.folder)
+
+    def __getstate__(self) -> dict:
+        # readers only read: no lock, no accounting
+        return {"lowres": self.lowres, "budget": self.budget, "folder": self.folder, "needed": set(),
+                "held": 0, "_sizes": {}, "_lock": None}
 
 
 def _intersects(window: Window, width: int, height: int) -> bool:

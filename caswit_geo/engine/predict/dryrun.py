@@ -3,13 +3,16 @@
 Users size a cluster job from it: inputs, area, tiles, units, shards,
 outputs, the state of an existing job, warnings about the inputs (striped
 TIFFs, missing overviews, a band 4 tagged alpha, odd nodata values, CRS
-problems) and the model's speed on this device, measured on a few real
-tiles of the mosaic (their context read per tile, so no pre-pass file is
-written).
+problems), the model's speed on this device, measured on a few real
+tiles of the mosaic (their context read per tile), and the reading's: the
+first units' tiles read as the run reads them, with the configured reader
+workers (the pre-pass chunks go to a temporary folder, removed after). The
+estimate is set by the slower of the two, and the report says which.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -26,7 +29,7 @@ from caswit_geo.engine.predict.manifest import PLAN_FILE, job_units, read_manife
 from caswit_geo.engine.predict.plan import PredictPlan, plan_predict, shard_units
 from caswit_geo.engine.predict.run import region_km2
 from caswit_geo.engine.predict.source import PredictTiles, collate_tiles
-from caswit_geo.engine.predict.units import predict_probabilities
+from caswit_geo.engine.predict.units import Reading, predict_probabilities, reading_env, workers_for
 from caswit_geo.geo.area import pixel_area_m2
 from caswit_geo.geo.mosaic import Mosaic, RasterInfo
 from caswit_geo.model.checkpoint import load_checkpoint
@@ -48,6 +51,17 @@ class Calibration:
 
 
 @dataclass
+class ReadingRate:
+    workers: int
+    tiles: int  # tiles read, with their LR context
+    seconds: float
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.tiles / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass
 class DryRun:
     plan: PredictPlan
     input_bytes: int
@@ -59,13 +73,29 @@ class DryRun:
     warnings: list[str] = field(default_factory=list)
     calibration: Calibration | None = None
     region_km2: float | None = None  # --roi/--bbox: the region's area inside the imagery
+    reading: ReadingRate | None = None
 
     @property
     def estimate_s(self) -> float | None:
-        """Model time of the whole job on this device (reading and writing overlap it)."""
+        """Time of the whole job on this device: the model's, or the reading's where that is slower
+        (they overlap, as does writing)."""
         if self.calibration is None:
             return None
-        return self.tiles_with_data / self.calibration.tiles_per_s
+        rate = self.calibration.tiles_per_s
+        if self.reading is not None:
+            rate = min(rate, self.reading.tiles_per_s)
+        return self.tiles_with_data / rate
+
+    def limit(self) -> str | None:
+        """Which of reading and the model sets the pace, with both rates."""
+        cal, read = self.calibration, self.reading
+        if cal is None or read is None:
+            return None
+        line = (f"reading ~{read.tiles_per_s:.1f} tiles/s with {read.workers} worker(s), "
+                f"the model ~{cal.tiles_per_s:.1f} tiles/s on {cal.device}: ")
+        if read.tiles_per_s < cal.tiles_per_s:
+            return line + "reading is the limit; add workers (--workers) or convert the inputs to COG"
+        return line + "the model is the limit"
 
     def shard_tiles(self) -> list[int]:
         """Tiles with data per shard."""
@@ -89,6 +119,7 @@ def dry_run(config: PredictConfig, calibrate: int = 16) -> DryRun:
     )
     if calibrate > 0:
         report.calibration = calibration(plan, config, calibrate)
+        report.reading = reading_rate(plan, config, 4 * calibrate)
     return report
 
 
@@ -223,3 +254,33 @@ def calibration(plan: PredictPlan, config: PredictConfig, tiles: int) -> Calibra
             n += len(b.hr)
         seconds = time.perf_counter() - t0
     return Calibration(str(device), n, seconds)
+
+
+def reading_rate(plan: PredictPlan, config: PredictConfig, tiles: int) -> ReadingRate | None:
+    """The first units' tiles (about ``tiles``) read as the run reads them: the LR pre-pass decoding
+    beside the reader workers (as many as the run would use), tiles with their context batched."""
+    workers = workers_for(config.workers, select_device(config.device))
+    per_unit: list[list] = []
+    for unit in plan.units:
+        if unit.weight:
+            per_unit.append(plan.tiles(unit))
+        if sum(len(t) for t in per_unit) >= tiles:
+            break
+    if not per_unit:
+        return None
+    reading = Reading(plan)
+    with reading_env(plan), tempfile.TemporaryDirectory(prefix="caswit-dry-run-") as tmp:
+        t0 = time.perf_counter()
+        n = 0
+        try:
+            batches = reading.start(per_unit, tmp, config.batch_size, workers, torch.device("cpu"))
+            for batch in batches:
+                n += len(batch.index)
+            seconds = time.perf_counter() - t0
+        finally:
+            reading.stop_readers()
+            reading.stop_builder()
+            reading.close()
+        if reading.builder is not None and reading.builder.error is not None:
+            raise reading.builder.error
+    return ReadingRate(workers, n, seconds)

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from caswit_geo.core.spec import InputSpec
 from caswit_geo.geo.context import read_canvas, read_tile_and_context
 from caswit_geo.geo.georef import open_quietly
-from caswit_geo.geo.lowres import ChunkReader, LowResRaster
+from caswit_geo.geo.lowres import ChunkReader, DecodedChunks, LowResRaster
 from caswit_geo.geo.masks import MaskRule, mask_rule
 
 
@@ -59,6 +59,9 @@ class PredictTiles(Dataset):
             (readers stop waiting when it appears).
         region: the region asked (``geo/region.py``): a tile with no pixel
             centre in it is neither read nor run.
+        decoded: the source pixels the pre-pass decoded for its chunks; tiles
+            are copied from there when it holds them (each source pixel
+            decoded once), read from ``source`` otherwise.
     """
 
     def __init__(
@@ -70,13 +73,14 @@ class PredictTiles(Dataset):
         lowres: LowResRaster | None = None,
         lowres_failed: str | None = None,
         region=None,
+        decoded: DecodedChunks | None = None,
     ) -> None:
         if context not in ("prepass", "direct", "none"):
             raise ValueError(f"unknown context mode {context!r}")
         if context == "prepass" and lowres is None:
             raise ValueError("context 'prepass' needs the pre-pass raster")
         self.source, self.windows, self.spec = source, windows, spec
-        self.context, self.lowres = context, lowres
+        self.context, self.lowres, self.decoded = context, lowres, decoded
         self.region = region
         self.chunks = ChunkReader(failed=lowres_failed)  # the pre-pass chunks this process has open
         self._handles: tuple[int, rasterio.io.DatasetReader, MaskRule] | None = None
@@ -160,16 +164,23 @@ class PredictTiles(Dataset):
         t, k, bands = int(windows[0].width), self.spec.context_factor, self.spec.bands
         c0, row = int(windows[0].col_off), int(windows[0].row_off)
         span = int(windows[-1].col_off) - c0 + t
-        hr, valid = read_canvas(src, Window(c0, row, span, t), bands, fill=0, with_mask=True, mask=rule)
+        hr_window = Window(c0, row, span, t)
+        lr_sums, hr = None, None
+        if self.context == "prepass":
+            # the chunks first (waiting for the pre-pass): once they exist, so do their decoded pixels
+            lwin = Window(c0 // k, row // k, (span - t) // k + t, t)
+            lr_sums = self.lowres.read_window(self.chunks, lwin)  # (C, T, span')
+            if self.decoded is not None:
+                hr = self.decoded.read(hr_window, len(bands), src.dtypes[bands[0] - 1])
+        if hr is None:
+            hr = read_canvas(src, hr_window, bands, fill=0, with_mask=True, mask=rule)
+        hr, valid = hr
         if not valid.any():
             return [(i, None, None, None) for i in run]
         if not valid.all():
             hr[:, ~valid] = 0
         x_hr = self.spec.normalize(hr)  # (C, T, span)
-        x_lr = None
-        if self.context == "prepass":
-            lwin = Window(c0 // k, row // k, (span - t) // k + t, t)
-            x_lr = self.spec.normalize(self.lowres.read_window(self.chunks, lwin))  # (C, T, span')
+        x_lr = None if lr_sums is None else self.spec.normalize(lr_sums)
         items = []
         for i, w in zip(run, windows):
             off = int(w.col_off) - c0

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import rasterio
 import torch
+from rasterio.windows import Window
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
@@ -29,7 +30,7 @@ from caswit_geo.engine.predict.plan import PredictPlan, Unit
 from caswit_geo.engine.predict.sink import SinkThread, UnitDone, UnitWriter
 from caswit_geo.engine.predict.source import PredictTiles, TileBatch, collate_tiles
 from caswit_geo.geo.blend import NODATA
-from caswit_geo.geo.lowres import LowResBuilder, chunk_order, plan_lowres
+from caswit_geo.geo.lowres import DecodedChunks, LowResBuilder, chunk_groups, plan_lowres
 from caswit_geo.geo.remote import before_forking_readers, gdal_remote_options
 from caswit_geo.geo.sources import read_error
 from caswit_geo.geo.webmap import SERVICE_OPTIONS
@@ -38,6 +39,7 @@ from caswit_geo.runtime.device import CpuThreads, stop_workers
 from caswit_geo.runtime.precision import Precision
 
 GDAL_POOL = 32  # files of a mosaic kept open per process (a tile row touches a few)
+DECODED_BUDGET = 1 << 30  # bytes of decoded source pixels kept on disk for the readers at a time
 
 
 def predict_probabilities(model: torch.nn.Module, hr: torch.Tensor, lr: torch.Tensor | None,
@@ -192,7 +194,6 @@ def run_units(
     t0 = time.perf_counter()
     tiles = [plan.tiles(u) for u in units]
     sizes = [len(t) for t in tiles]
-    windows = [w for t in tiles for _, w in t]
     starts = np.concatenate([[0], np.cumsum(sizes)])
     workers = workers_for(workers, device)
     soft = plan.soft
@@ -203,42 +204,19 @@ def run_units(
             run.done.append(done)
         job.log("unit", unit=done.unit, tiles=done.tiles, tiles_run=done.tiles_run, seconds=round(done.seconds, 3))
 
-    builder: LowResBuilder | None = None
+    reading = Reading(plan)
     sink_thread: SinkThread | None = None
-    dataset: PredictTiles | None = None
-    # a bounded GDAL block cache (by default it grows with the raster up to 5% of the RAM, in
-    # every process) and a smaller pool of open mosaic files (each costs about 1 MB)
-    # remote inputs: bounded retries and waits, and a bounded /vsicurl/ cache (geo/remote.py)
-    with rasterio.Env(GDAL_CACHEMAX=plan.cache_bytes, GDAL_MAX_DATASET_POOL_SIZE=GDAL_POOL,
-                      **gdal_remote_options(plan.inputs, GDAL_POOL), **(SERVICE_OPTIONS if plan.web_service else {})):
+    with reading_env(plan):
         try:
-            lowres = None
-            if plan.context == "prepass":
-                with plan.mosaic.open() as src:
-                    lowres = plan_lowres(src, plan.spec.bands, plan.grid, plan.spec.context_factor, job.lowres_dir)
-                # only the context of the tiles run (those meeting the region, when one is asked)
-                needed = windows if plan.roi is None else [w for w in windows if plan.roi.meets(w)]
-                order = chunk_order(lowres, needed, complete=False)
-                builder = LowResBuilder(plan.mosaic.source, plan.spec.bands, lowres, order)
-            dataset = PredictTiles(plan.mosaic.source, windows, plan.spec, plan.context, lowres,
-                                   lowres_failed=None if builder is None else str(builder.failed),
-                                   region=plan.roi)
-            loader = make_loader(dataset, sizes, batch_size, workers, device)
-            sequential = builder is not None and plan.web_service
-            if sequential:  # a web map service: the pre-pass alone first, so requests never outnumber the readers
-                builder.start()
-                builder.join()
-            before_forking_readers(plan.inputs if workers else ())  # a reader must not share our HTTP sockets
-            batches = iter(loader)  # forks the readers first: never fork while our threads hold GDAL locks
-            if builder is not None and not sequential:
-                builder.start()
+            batches = reading.start(tiles, job.lowres_dir, batch_size, workers, device)
+            builder = reading.builder
             sink_thread = SinkThread(UnitWriter(plan, job, units, tiles, on_done))
             sink_thread.start()
             try:
                 _model_loop(model, batches, workers, sink_thread, device, precision, plan.tta, plan.with_probabilities,
                             soft, starts, units, job, run, progress, deadline, builder is not None)
             finally:
-                stop_workers(batches)  # shuts the readers down at once
+                reading.stop_readers()  # shuts the readers down at once
             sink_thread.finish()
             if builder is not None:
                 builder.join()
@@ -246,29 +224,135 @@ def run_units(
                     raise builder.error
                 run.lowres_chunks = builder.written
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM: keep the units whose tiles are all computed
-            if builder is not None and builder.is_alive():
-                builder.stop()
+            reading.stop_builder()
             if sink_thread is not None and sink_thread.is_alive():
                 sink_thread.drain()
             raise
         except BaseException as exc:
             # decided before the temporaries go: a full disk is recognised by what is left of it
-            failure = _user_failure(exc, builder, job.dir.parent, plan)
-            if builder is not None and builder.is_alive():
-                builder.stop()
+            failure = _user_failure(exc, reading.builder, job.dir.parent, plan)
+            reading.stop_builder()
             if sink_thread is not None and sink_thread.is_alive():
                 sink_thread.abort()
             if failure is not None:
                 raise failure from failure.__cause__
             raise
         finally:
-            if dataset is not None:
-                dataset.close()
-            if builder is not None:
-                builder.close()
+            reading.close()
     run.tiles = sum(d.tiles for d in run.done)
     run.seconds = time.perf_counter() - t0
     return run
+
+
+def reading_env(plan: PredictPlan) -> rasterio.Env:
+    """GDAL settings of a run's reading: a bounded block cache (by default it grows with the raster up to
+    5% of the RAM, in every process) with room for the pre-pass to decode each source block once, a
+    smaller pool of open mosaic files (each costs about 1 MB); for remote inputs bounded retries and
+    waits and a bounded /vsicurl/ cache (geo/remote.py); one connection per reader for a web service."""
+    return rasterio.Env(GDAL_CACHEMAX=max(plan.cache_bytes, prepass_cache_bytes(plan)),
+                        GDAL_MAX_DATASET_POOL_SIZE=GDAL_POOL, **gdal_remote_options(plan.inputs, GDAL_POOL),
+                        **(SERVICE_OPTIONS if plan.web_service else {}))
+
+
+class Reading:
+    """The reading side of a run (and of the dry run's reading estimate): the LR pre-pass builder, the
+    tile dataset and its reader processes, started in the one safe order. Use inside
+    :func:`reading_env`; :meth:`close` whatever :meth:`start` got to."""
+
+    def __init__(self, plan: PredictPlan) -> None:
+        self.plan = plan
+        self.builder: LowResBuilder | None = None
+        self.dataset: PredictTiles | None = None
+        self._batches = None
+
+    def start(self, tiles: list[list[tuple[int, Window]]], lowres_dir, batch_size: int, workers: int,
+              device: torch.device):
+        """Start reading the tiles of ``tiles`` (one list per unit); returns the batches, in order."""
+        plan = self.plan
+        windows = [w for t in tiles for _, w in t]
+        lowres = decoded = None
+        releases: list[tuple[int, tuple[int, int]]] = []
+        if plan.context == "prepass":
+            with plan.mosaic.open() as src:
+                lowres = plan_lowres(src, plan.spec.bands, plan.grid, plan.spec.context_factor, lowres_dir)
+            # a unit's chunks written by one thread, as many threads as readers; only the context
+            # of the tiles run (those meeting the region, when one is asked)
+            run_tiles = [[w for _, w in t if plan.roi is None or plan.roi.meets(w)] for t in tiles]
+            releases = release_order(lowres, windows)
+            decoded = decoded_chunks(plan, lowres, releases)
+            self.builder = LowResBuilder(plan.mosaic.source, plan.spec.bands, lowres, chunk_groups(lowres, run_tiles),
+                                         decoded, threads=workers)
+        self.dataset = PredictTiles(plan.mosaic.source, windows, plan.spec, plan.context, lowres,
+                                    lowres_failed=None if self.builder is None else str(self.builder.failed),
+                                    region=plan.roi, decoded=decoded)
+        loader = make_loader(self.dataset, [len(t) for t in tiles], batch_size, workers, device)
+        sequential = self.builder is not None and plan.web_service
+        if sequential:  # a web map service: the pre-pass alone first, so requests never outnumber the readers
+            self.builder.start()
+            self.builder.join()
+        before_forking_readers(plan.inputs if workers else ())  # a reader must not share our HTTP sockets
+        self._batches = iter(loader)  # forks the readers first: never fork while our threads hold GDAL locks
+        if self.builder is not None and not sequential:
+            self.builder.start()
+        return releasing(self._batches, decoded, releases)
+
+    def stop_readers(self) -> None:
+        if self._batches is not None:
+            stop_workers(self._batches)
+
+    def stop_builder(self) -> None:
+        if self.builder is not None and self.builder.is_alive():
+            self.builder.stop()
+
+    def close(self) -> None:
+        if self.dataset is not None:
+            self.dataset.close()
+        if self.builder is not None:
+            self.builder.close()
+
+
+def prepass_cache_bytes(plan: PredictPlan) -> int:
+    """GDAL block cache for the pre-pass to decode each source block once: it walks a unit column
+    (plus the context's margin) chunk row by chunk row, so two rows of source blocks that wide."""
+    bh = max(info.block_shape[0] for info in plan.mosaic.files)
+    bw = max(info.block_shape[1] for info in plan.mosaic.files)
+    width = min(plan.mosaic.width, (plan.unit_width or plan.unit_size) + plan.grid.tile * plan.spec.context_factor)
+    itemsize = np.dtype(plan.mosaic.dtype).itemsize
+    return int(1.25 * 2 * (bh + plan.grid.tile) * (width + 2 * bw) * plan.mosaic.count * itemsize)
+
+
+def decoded_chunks(plan: PredictPlan, lowres, releases: list) -> DecodedChunks | None:
+    """Where the pre-pass keeps its decoded pixels for the readers; None for a resampled mosaic, whose
+    pixels GDAL computes per read (a tile read on its own may differ in its last bits from the same
+    pixels read in a larger window), so its tiles are read as before and the maps stay the same."""
+    if plan.mosaic.resampled:
+        return None
+    return DecodedChunks(lowres, DECODED_BUDGET, needed=[c for _, c in releases])
+
+
+def release_order(lowres, windows: list) -> list[tuple[int, tuple[int, int]]]:
+    """(last tile position needing its pixels, chunk) for each chunk holding some tile's pixels, by position."""
+    last: dict[tuple[int, int], int] = {}
+    for pos, w in enumerate(windows):
+        for chunk in lowres.source_chunks(w):
+            last[chunk] = pos
+    return sorted((pos, chunk) for chunk, pos in last.items())
+
+
+def releasing(batches, decoded: DecodedChunks | None, releases: list[tuple[int, tuple[int, int]]]):
+    """``batches``, freeing the decoded pixels of the chunks whose last tile has been read.
+
+    Batches arrive in order, so every tile up to the last of a batch has been read;
+    readers still busy with later batches need only chunks whose last tile is later.
+    """
+    i = 0
+    for batch in batches:
+        if decoded is not None:
+            last = int(batch.index[-1])
+            while i < len(releases) and releases[i][0] <= last:
+                decoded.release(*releases[i][1])
+                i += 1
+        yield batch
 
 
 def _user_failure(exc: BaseException, builder: LowResBuilder | None, work_dir, plan: PredictPlan) -> CaswitError | None:

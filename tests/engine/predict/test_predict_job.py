@@ -404,4 +404,20 @@ def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, weights, capsys):
     assert "units: 3 of up to 512 px a side; shards: 2" in out
     assert "z_striped.tif: striped TIFF" in out and "no overviews" in out
     assert "estimate:" in out and "tiles/s over" in out and "per shard" in out
+    # the reading timed too, with the run's readers, and which of it and the model sets the pace
+    assert "reading ~" in out and "with 0 worker(s), the model ~" in out and " is the limit" in out
     assert "job folder:" in out and "(none)" in out
+
+
+def test_dry_run_estimate_follows_the_slower_of_reading_and_the_model():
+    from caswit_geo.engine.predict.dryrun import Calibration, DryRun, ReadingRate
+
+    report = DryRun(plan=None, input_bytes=0, area_km2=None, tiles=100, tiles_with_data=100, shards=1, job_state="none",
+                    calibration=Calibration("cuda:0", tiles=40, seconds=1.0))  # the model: 40 tiles/s
+    report.reading = ReadingRate(workers=2, tiles=20, seconds=2.0)  # reading: 10 tiles/s
+    assert report.estimate_s == pytest.approx(10.0)
+    assert report.limit() == ("reading ~10.0 tiles/s with 2 worker(s), the model ~40.0 tiles/s on cuda:0: "
+                              "reading is the limit; add workers (--workers) or convert the inputs to COG")
+    report.reading = ReadingRate(workers=4, tiles=80, seconds=1.0)
+    assert report.estimate_s == pytest.approx(2.5)
+    assert report.limit().endswith("the model is the limit")

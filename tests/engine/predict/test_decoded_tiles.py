@@ -1,0 +1,127 @@
+"""Tiles copied from the pixels the LR pre-pass decoded (geo/lowres.py DecodedChunks) against per-tile reads.
+
+Reference: geo/context.py's direct construction, each tile's kT window read
+from the mosaic on its own. Inputs: multi-file mosaics with a missing file
+(a gap), partial edge tiles and nodata, as GeoTIFF and JPEG 2000.
+"""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.windows import Window
+
+from caswit_geo.core.spec import InputSpec
+from caswit_geo.engine.predict.source import PredictTiles
+from caswit_geo.engine.predict.units import release_order, releasing
+from caswit_geo.geo.context import read_tile_and_context
+from caswit_geo.geo.grid import TileGrid
+from caswit_geo.geo.lowres import DecodedChunks, LowResBuilder, chunk_groups, chunk_order, plan_lowres
+from caswit_geo.geo.masks import mask_rule
+from caswit_geo.geo.mosaic import open_mosaic
+from tests.helpers import grid_transform, rgb_image, write_geotiff
+
+TILE, K = 32, 2
+# (row, col) of each file on the mosaic grid and its size: (1, 1) is missing, sizes not multiples of the tile
+FILES = {(0, 0): (70, 90), (0, 90): (70, 50), (70, 0): (45, 90)}
+
+
+def write_mosaic(folder, fmt: str) -> list:
+    paths = []
+    for i, ((row, col), (h, w)) in enumerate(FILES.items()):
+        data = rgb_image(h, w, seed=i)
+        data[:, : h // 3, : w // 4] = 0  # nodata in a corner of each file
+        transform = grid_transform(col, row)
+        if fmt == "gtiff":
+            path = write_geotiff(folder / f"f{i}.tif", data, transform=transform, crs="EPSG:2154", nodata=0,
+                                 tiled=True, blockxsize=16, blockysize=16)
+        else:
+            path = folder / f"f{i}.jp2"
+            with rasterio.open(path, "w", driver="JP2OpenJPEG", width=w, height=h, count=3, dtype="uint8",
+                               crs="EPSG:2154", transform=transform, QUALITY=25, REVERSIBLE="NO", RESOLUTIONS=2,
+                               BLOCKXSIZE=32, BLOCKYSIZE=32) as dst:
+                dst.write(data)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("fmt", ["gtiff", "jp2"])
+@pytest.mark.parametrize("overlap, budget, threads", [(0, 1 << 30, 1), (8, 1 << 30, 3), (0, 60_000, 1)])
+def test_tiles_from_decoded_prepass_equal_per_tile_reads(tmp_path, monkeypatch, fmt, overlap, budget, threads):
+    paths = write_mosaic(tmp_path, fmt)
+    mosaic = open_mosaic(paths, (1, 2, 3), nodata="0")
+    spec = InputSpec(tile_size=TILE, context_factor=K)
+    grid = TileGrid(mosaic.width, mosaic.height, TILE, overlap)
+    windows = [w for _, _, w in grid.windows()]
+    with mosaic.open() as src:
+        lowres = plan_lowres(src, spec.bands, grid, K, tmp_path / "lr", chunk=(16, 32))  # tiles cross chunks
+    releases = release_order(lowres, windows)
+    decoded = DecodedChunks(lowres, budget, needed=[c for _, c in releases])
+    # chunks in groups of a few tiles (as units), several threads taking the next group
+    groups = chunk_groups(lowres, [windows[i : i + 5] for i in range(0, len(windows), 5)])
+    assert sorted(c for g in groups for c in g) == sorted(chunk_order(lowres, windows, complete=False))
+    builder = LowResBuilder(mosaic.source, spec.bands, lowres, groups, decoded, threads=threads)
+    tiles = PredictTiles(mosaic.source, windows, spec, "prepass", lowres, decoded=decoded)
+    copied = []
+    real_read = DecodedChunks.read
+
+    def spy(self, window, count, dtype):
+        out = real_read(self, window, count, dtype)
+        copied.append(out is not None)
+        return out
+
+    monkeypatch.setattr(DecodedChunks, "read", spy)
+    builder.start()
+    if budget < 1 << 30:  # the pre-pass done first: the budget holds the first chunks only
+        builder.join()
+    items = []
+
+    def batches():  # read as a DataLoader does, before the batch reaches the model loop
+        for s in range(0, len(windows), 3):
+            run = list(range(s, min(s + 3, len(windows))))
+            items.extend(tiles.__getitems__(run))
+            yield SimpleNamespace(index=torch.tensor(run))  # releasing() only looks at the positions
+
+    for _ in releasing(batches(), decoded, releases):
+        pass
+    builder.join()
+    assert builder.error is None
+    with mosaic.open() as src:
+        rule = mask_rule(src, spec.bands)
+        for i, x_hr, x_lr, valid in items:
+            hr, lr, hr_valid = read_tile_and_context(src, windows[i], spec.bands, K, mask=rule)
+            if not hr_valid.any():
+                assert x_hr is None
+                continue
+            np.testing.assert_array_equal(valid.numpy(), hr_valid)
+            np.testing.assert_array_equal(x_hr.numpy(), spec.normalize(hr))
+            np.testing.assert_array_equal(x_lr.numpy(), spec.normalize(lr))
+    assert len(items) == len(windows)
+    if budget >= 1 << 30:
+        assert all(copied)  # every tile came from the decoded pixels, none from a second decode
+    else:
+        assert any(copied) and not all(copied)  # over the budget: read from the source, same values
+    assert decoded.held == 0  # every file released once its last tile was read
+    tiles.close()
+    builder.close()
+    assert not decoded.folder.exists()
+
+
+def test_decoded_chunks_cover_exactly_the_tiles_pixels(tmp_path):
+    """source_chunks: the chunks whose source window meets a window, by brute force over the chunk grid."""
+    grid = TileGrid(300, 200, 32)
+    path = write_geotiff(tmp_path / "a.tif", np.zeros((1, 200, 300), np.uint8))
+    with rasterio.open(path) as src:
+        lowres = plan_lowres(src, [1], grid, K, tmp_path / "lr", chunk=(16, 32))
+    rows, cols = lowres.chunk_grid
+    for w in [Window(0, 0, 32, 32), Window(64, 96, 96, 32), Window(288, 192, 32, 32)]:
+        expected = []
+        for bi in range(rows):
+            for bj in range(cols):
+                cw = lowres.source_window(bi, bj)
+                if (cw.col_off < w.col_off + w.width and w.col_off < cw.col_off + cw.width
+                        and cw.row_off < w.row_off + w.height and w.row_off < cw.row_off + cw.height):
+                    expected.append((bi, bj))
+        assert sorted(lowres.source_chunks(w)) == expected
