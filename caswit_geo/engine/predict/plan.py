@@ -51,7 +51,7 @@ from caswit_geo.geo.region import Region, intersect_windows, region_on_grid, reg
 from caswit_geo.geo.remote import input_name, input_stem, mask
 from caswit_geo.geo.sources import source_files
 from caswit_geo.geo.vectorize import check_layer_name, geopackage_layers, vector_format
-from caswit_geo.geo.webmap import check_connection_string, open_service, service_crs, service_kind
+from caswit_geo.geo.webmap import check_connection_string, open_service, service_crs, service_kind, service_label
 from caswit_geo.model.checkpoint import CheckpointMeta, free_dict_summary, read_meta, shape_model
 from caswit_geo.model.weights import resolve_weights, sha256
 from caswit_geo.runtime.device import select_device
@@ -374,10 +374,11 @@ def open_inputs(config: PredictConfig, inputs: list[Path], spec: InputSpec, noda
         polygons = region_polygons(config.roi, config.roi_layer, config.bbox, config.bbox_crs, mosaic.crs)
         return mosaic, polygons, notes + _region_notes(polygons)
     service = services[0]
+    label = service_label(service)
     if len(inputs) > 1:
-        raise ConfigError(f"{service}: a web map service is read alone; predict other inputs in another run")
+        raise ConfigError(f"{label}: a web map service is read alone; predict other inputs in another run")
     if config.roi is None and config.bbox is None:
-        raise ConfigError(f"{service}: a web map service covers a whole country or the planet; give the region "
+        raise ConfigError(f"{label}: a web map service covers a whole country or the planet; give the region "
                           "with --roi PATH or --bbox XMIN,YMIN,XMAX,YMAX")
     polygons = region_polygons(config.roi, config.roi_layer, config.bbox, config.bbox_crs, service_crs(service))
     tile, k = spec.tile_size, spec.context_factor
