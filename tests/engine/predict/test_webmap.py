@@ -63,6 +63,14 @@ def test_a_service_without_a_region_is_refused(tmp_path, weights, ortho, capsys)
         code, _, err = run_cli(["predict", "WMTS:http://127.0.0.1:9/cap.xml?token=secret,layers=a", "--out",
                                 tmp_path / "map.tif", "--weights", weights, "--bbox", BOX], capsys)
         assert code != 0 and "'layers=a' is not an option" in err and "secret" not in err
+        caps = server.capabilities()  # a second layer: the one to read must be named
+        layer = caps[caps.index("<Layer>"):caps.index("</Layer>") + len("</Layer>")]
+        two = tmp_path / "two_layers.xml"
+        two.write_text(caps.replace("</Contents>", layer.replace(">ortho<", ">other<") + "</Contents>"))
+        code, _, err = run_cli(["predict", f"WMTS:{two}", "--out", tmp_path / "map.tif", "--weights", weights,
+                                "--bbox", BOX], capsys)
+        assert code != 0 and "several layers" in err and len(err.strip().splitlines()) == 1
+        two.unlink()
         code, _, err = run_cli(["predict", xml, "--out", tmp_path / "map.tif", "--weights", weights, "--bbox",
                                 f"{X0 + 900},{Y0 - 900},{X0 + 950},{Y0 - 850}"], capsys)
         assert code != 0 and "outside the service's extent" in err and len(err.strip().splitlines()) == 1
