@@ -41,7 +41,9 @@ def test_the_service_map_equals_the_local_map_and_requests_stay_within_workers(t
         res = run_predict(weights, [xml], tmp_path / "wms.tif", confidence=tmp_path / "wms_c.tif", bbox=BOX,
                           batch_size=1, workers=workers)
     assert server.requests > 4 and server.most_in_flight <= workers
-    assert any("level 0 (0.2 m pixels), resampling none" in w for w in res.warnings)
+    # said as what was read, not as a warning
+    assert any("level 0 (0.2 m pixels), resampling none" in n for n in res.input_notes)
+    assert not any("resampling" in w for w in res.warnings)
     for a, b in (("local.tif", "wms.tif"), ("local_c.tif", "wms_c.tif")):
         with rasterio.open(tmp_path / a) as x, rasterio.open(tmp_path / b) as y:
             assert x.transform == y.transform and x.crs == y.crs
@@ -87,7 +89,7 @@ def test_a_finer_service_is_read_at_the_model_gsd_from_the_right_level(tmp_path,
         assert server.requests == 0  # planning reads no pixel
     # 0.05 m, 0.1, 0.2, 0.4...: the 0.2 m level is read, averaged from it where it does not fall on the grid
     assert plan.mosaic.res == pytest.approx((0.2, 0.2))
-    assert any("from the service's level 2 (0.2 m pixels), resampling average" in w for w in plan.warnings)
+    assert any("from the service's level 2 (0.2 m pixels), resampling average" in n for n in plan.input_notes)
     with pytest.raises(ConfigError, match="checkpoint records no ground sampling"):
         from tests.helpers import PREDICT_CLASSES, save_nano_checkpoint
 
@@ -135,10 +137,13 @@ def test_a_wmts_connection_string_maps_as_the_local_file_and_keeps_its_token_sec
         seen = [stdout + stderr + _folder_text(job)]
         code, stdout, stderr = run_cli(argv(FRESH, "--resume"), capsys)
         assert code == 0, stderr
+        note = f"inputs: WMTS:{caps},layer=ortho,style=default: read at 0.2 m from the service's level 0 (0.2 m"
+        assert note in stdout + stderr  # the summary says it
         seen.append(stdout + stderr)
         code, stdout, stderr = run_cli(argv(FRESH, "--dry-run", "--overwrite"), capsys)
         assert code == 0, stderr
-        assert "level 0 (0.2 m pixels), resampling none" in stdout
+        assert note in stdout and "resampling none" in stdout
+        assert "warning" not in stdout + stderr
         seen.append(stdout + stderr)
     # GDAL asked the server with the URL as given (the token is the user's to send), tiles from its template
     assert any(f"token={SECRET}" in p for p in server.paths) and any(f"token={FRESH}" in p for p in server.paths)
