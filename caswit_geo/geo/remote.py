@@ -371,6 +371,25 @@ def before_forking_readers(names: Sequence[str | Path]) -> None:
             library.VSICurlClearCache()
 
 
+def clear_connections_at_forks(names: Sequence[str | Path]) -> None:
+    """From now on, :func:`before_forking_readers` before every fork of this process (idempotent).
+
+    For readers forked where the caller cannot step in: a training
+    DataLoader forks its workers at every epoch, while this process reads
+    the same URLs between epochs (validation, sample tiles). A no-op when
+    no input is remote or GDAL's library is not found.
+    """
+    if _AT_FORK or not any(is_remote(n) for n in names):
+        return
+    library = _gdal_library()
+    if library is not None and hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=library.VSICurlClearCache)
+        _AT_FORK.append(library)
+
+
+_AT_FORK: list = []  # the library whose connections are closed before forks, once registered
+
+
 @functools.lru_cache(maxsize=1)
 def _gdal_library():
     """rasterio's GDAL, as loaded in this process (ctypes), or None."""
@@ -411,7 +430,7 @@ def mask_gdal_logs() -> None:
 
 
 __all__ = [
-    "before_forking_readers", "fetch_bounded", "gdal_name", "gdal_remote_options", "http_url", "input_name", "input_stem", "is_remote",
-    "is_connection_string", "is_url", "known_size", "mask", "mask_gdal_logs", "mask_text", "probe", "remote_identities", "remote_identity",
-    "split_connection_string",
+    "before_forking_readers", "clear_connections_at_forks", "fetch_bounded", "gdal_name", "gdal_remote_options",
+    "http_url", "input_name", "input_stem", "is_connection_string", "is_remote", "is_url", "known_size", "mask",
+    "mask_gdal_logs", "mask_text", "probe", "remote_identities", "remote_identity", "split_connection_string",
 ]

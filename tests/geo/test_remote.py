@@ -52,7 +52,8 @@ def test_names_masked_of_query_and_credentials():
 
 def test_wmts_connection_strings_masked_with_their_options_kept():
     name = f'wmts:"https://user:{PASSWORD}@h/wmts?a=1,b",layer=ortho.hr,style=default'
-    assert split_connection_string(name) == (f"https://user:{PASSWORD}@h/wmts?a=1,b", ["layer=ortho.hr", "style=default"])
+    assert split_connection_string(name) == (f"https://user:{PASSWORD}@h/wmts?a=1,b",
+                                             ["layer=ortho.hr", "style=default"])
     assert is_remote(name) and gdal_name(name) == name  # GDAL opens it as it is
     assert mask(name) == 'WMTS:https://h/wmts,layer=ortho.hr,style=default' and input_name(name) == "ortho.hr"
     assert input_name("WMTS:https://h/caps/WMTSCapabilities.xml?token=t") == "WMTSCapabilities.xml"

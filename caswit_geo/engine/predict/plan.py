@@ -135,7 +135,7 @@ class PredictPlan:
     roi: Region | None = None  # --roi / --bbox: the pixels kept and the tiles run (geo/region.py)
     stats: Path | None = None  # --stats: class areas per region feature and input file (stats.py)
     web_service: bool = False  # the input is a WMS/WMTS service (geo/webmap.py): one request per reader at a time
-    input_notes: list[str] = field(default_factory=list)  # what was read: STAC assets, a service's level (the summary says)
+    input_notes: list[str] = field(default_factory=list)  # STAC assets, a service's level: the summary says
     input_ids: dict[str, dict] = field(default_factory=dict)  # remote inputs' identities (plan.json, --resume)
 
     @functools.cached_property
