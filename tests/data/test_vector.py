@@ -17,7 +17,7 @@ from caswit_geo.core.spec import InputSpec
 from caswit_geo.data.vector import VectorDataset, VectorSource, load_vector_data, summary_line
 from caswit_geo.engine.predict.source import PredictTiles
 from caswit_geo.geo.grid import context_window
-from tests.helpers import GSD, VECTOR_NAMES, X0, Y0, write_vector_scene
+from tests.helpers import GEOTIFF, GSD, VECTOR_NAMES, X0, Y0, stac_collection, stac_item, write_vector_scene
 from tests.http_server import ServedFolder
 
 TILE = 64
@@ -176,7 +176,8 @@ def test_bad_input_is_one_line_naming_the_file(scene, tmp_path):
 
 
 def test_served_cogs_give_the_samples_of_the_local_files(tmp_path, scene):
-    """--images as URLs (signed, read by forked DataLoader workers): the samples of the same files read locally."""
+    """--images as URLs (signed, read by forked DataLoader workers) or a STAC search: the samples of the same
+    files read locally."""
     cogs = tmp_path / "cogs"
     cogs.mkdir()
     for name in ("west.tif", "east.tif"):
@@ -197,6 +198,12 @@ def test_served_cogs_give_the_samples_of_the_local_files(tmp_path, scene):
                 assert a["id"] == b["id"]
                 for key in ("hr", "lr", "label", "lr_label"):
                     assert torch.equal(a[key], b[key]), (split, key, a["id"])
+        # a STAC search saved as JSON, its assets behind the same URLs: the same mosaic, said in the summary
+        assets = [stac_item(n, {"rgb": (u, GEOTIFF, ["visual"])}) for n, u in zip(("west", "east"), urls)]
+        (tmp_path / "search.json").write_text(json.dumps(stac_collection(*assets)))
+        stac = load_vector_data(source(scene, images=(str(tmp_path / "search.json"),)), SPEC.bands, TILE, 2)
+        assert stac.images == remote.images
+        assert "images: " in summary_line(stac) and "2 STAC items, asset 'rgb'" in summary_line(stac)
         # read by ranges, never a whole file
         gets = [r for r in server.requests if r.method == "GET"]
         assert gets and all(r.range for r in gets) and max(r.sent for r in gets) < (cogs / "west.tif").stat().st_size

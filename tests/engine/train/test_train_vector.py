@@ -49,6 +49,18 @@ def test_a_run_from_signed_urls_trains_as_from_the_files_and_keeps_no_token(tmp_
         urls = [server.url(n, token=secret) for n in ("west.tif", "east.tif")]
         code, out, err = run_cli(argv(tmp_path / "served", *urls), capsys)
         assert code == 0, err
+        # eval of the test area from the URLs scores as from the files
+        scores = []
+        for images in (urls, [scene["images"]]):
+            code, _, e = run_cli(["eval", "--dataset", "vector", *[w for i in images for w in ("--images", i)],
+                                  "--labels", scene["labels"], "--class-field", "kind", "--areas", scene["areas"],
+                                  "--background", "field", "--split", "test", "--workers", 2, "--weights",
+                                  tmp_path / "served" / "best.safetensors", "--out-dir", tmp_path / f"eval{len(scores)}",
+                                  "--no-progress"], capsys)
+            assert code == 0, e
+            scores.append(json.loads((tmp_path / f"eval{len(scores)}" / "report.json").read_text())["metrics"])
+            err += e
+        assert scores[0] == scores[1] and scores[0]["mIoU"] is not None
     assert secret not in out + err
     run = tmp_path / "served"
     assert not any(secret.encode() in p.read_bytes() for p in run.rglob("*") if p.is_file())
