@@ -15,6 +15,11 @@ bilinear when it enlarges; none when the level is the GSD itself). Each
 open service makes one request at a time (``MaxConnections`` 1 in a WMS
 description, :data:`SERVICE_OPTIONS` for the others): the readers, one per
 process, bound the requests in flight.
+
+GDAL opens a connection string as it is, the same service as the
+``<GDAL_WMTS>`` description of its URL and options. It is a remote name
+(``remote.py``): shown and stored masked (its URL without query nor
+``user:password@``, its options kept), and known for ``--resume`` by that.
 """
 
 from __future__ import annotations
