@@ -4,7 +4,7 @@ Requests on the raster's pixel grid (what GDAL's WMS client asks for a
 service description whose data window is the raster's) get the raster's
 own pixels, unresampled; others are read resampled (nearest). The WMTS has
 one layer and one tile matrix, the raster's grid (RESTful tile URLs). The
-server counts requests and the most it served at once.
+server counts requests, keeps their paths and the most it served at once.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class WmsServer:
             self.data = src.read()
             self.transform, self.crs = src.transform, src.crs
         self.requests = 0
+        self.paths: list[str] = []  # every request's path and query, as the client sent it
         self.in_flight = 0
         self.most_in_flight = 0
         self.lock = threading.Lock()
@@ -81,6 +82,7 @@ class WmsServer:
                 # next request before that byte, so requests counted together were truly concurrent
                 with server.lock:
                     server.requests += 1
+                    server.paths.append(self.path)
                     server.in_flight += 1
                     server.most_in_flight = max(server.most_in_flight, server.in_flight)
                 try:

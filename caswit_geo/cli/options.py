@@ -110,7 +110,10 @@ def allow_missing(default: Any, help: str) -> Any:
 # Vector labels (train and eval --dataset vector, eval --ref POLYGONS)
 
 
-def images(default: Any, help: str = "Imagery, as predict reads it: files, folders, globs; one mosaic; repeatable.") -> Any:
+IMAGES_HELP = "Imagery, as predict reads it: files, folders, globs, URLs, STAC items; one mosaic; repeatable."
+
+
+def images(default: Any, help: str = IMAGES_HELP) -> Any:
     return typer.Option(default, "--images", "-i", help=help)
 
 

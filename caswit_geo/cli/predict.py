@@ -231,7 +231,7 @@ def print_summary(result: PredictResult, console: Console) -> None:
     if result.area_km2_run is not None and result.seconds:
         line += f", {result.area_km2_run:,.3f} km2 at {result.area_km2_run / result.seconds * 3600:,.2f} km2/h"
     console.print(line)
-    for note in result.input_notes:  # which STAC assets were read
+    for note in result.input_notes:  # which STAC assets, which service level were read
         console.print(f"inputs: {safe(note)}")
     if not result.complete:
         if result.units_left:

@@ -65,7 +65,10 @@ def build_config(cls: type, command: str, config_file: Optional[Path], given: di
 
 
 def command_line(command: str, config_file: Optional[Path], given: dict) -> str:
-    """The command as it could be typed again (flags in canonical form)."""
+    """The command as it could be typed again (flags in canonical form), URLs without their query or
+    credentials (it is recorded in ``config.json`` and the checkpoints)."""
+    from caswit_geo.geo.remote import mask_text  # light: no GDAL import
+
     words = ["caswit-geo", command]
     if config_file is not None:
         words += ["--config", str(config_file)]
@@ -80,7 +83,7 @@ def command_line(command: str, config_file: Optional[Path], given: dict) -> str:
                 words += [flag, str(v)]
         else:
             words += [flag, str(value)]
-    return shlex.join(words)
+    return mask_text(shlex.join(words))
 
 
 def report(command: str, result, print_result: Callable[[Any, Console], None]) -> None:

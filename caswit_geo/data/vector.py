@@ -1,9 +1,12 @@
 """Training and evaluation from the labels users have: a mosaic, label polygons, labelled areas.
 
-The imagery is any input of ``predict`` (files, folders, globs), read as one
-mosaic (``geo/mosaic.py``); each tile's HR window and LR context come from
-that mosaic by predict's own code (``geo/context.py``), so the context of a
-tile is the imagery around it, never the black padding of a cut tile.
+The imagery is any input of ``predict`` (files, folders, globs, URLs, GDAL
+network names, STAC items: ``geo/inputs.py``), read as one mosaic
+(``geo/mosaic.py``); remote ones are read with predict's GDAL options
+(``geo/remote.py``) in every process that reads them. Each tile's HR window
+and LR context come from that mosaic by predict's own code
+(``geo/context.py``), so the context of a tile is the imagery around it,
+never the black padding of a cut tile.
 
 Labels are polygons with a class field (``geo/vector_layers.py``), read
 once, reprojected to the mosaic's CRS once, and burnt per tile window by
@@ -29,12 +32,14 @@ the split: each area is covered whole.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import rasterio
 import shapely
 import torch
 from affine import Affine
@@ -47,10 +52,14 @@ from caswit_geo.data.tiles import read_classes_json
 from caswit_geo.data.vector_classes import class_ids
 from caswit_geo.geo.context import read_tile_context_valid
 from caswit_geo.geo.grid import TileGrid, context_window
+from caswit_geo.geo.inputs import Inputs, resolve_inputs
 from caswit_geo.geo.masks import MaskRule, mask_rule
 from caswit_geo.geo.mosaic import Mosaic, expand_inputs, open_mosaic
 from caswit_geo.geo.polygon_raster import PolygonIndex, grid_bounds, lowres_transform, window_transform
+from caswit_geo.geo.remote import clear_connections_at_forks, gdal_remote_options, mask
+from caswit_geo.geo.sources import source_files
 from caswit_geo.geo.vector_layers import read_polygons
+from caswit_geo.geo.webmap import service_kind
 
 SPLITS = ("train", "val", "test")
 LATTICE_DIVISOR = 4  # training positions every T/4 px
@@ -61,7 +70,7 @@ class VectorSource:
     """Where the imagery, labels and areas are, and how to read them (the CLI's data options).
 
     Args:
-        images: predict inputs (files, folders, globs), one mosaic.
+        images: predict inputs (files, folders, globs, URLs, STAC items), one mosaic.
         labels: polygon file (GeoPackage, GeoJSON, Shapefile, FlatGeobuf...).
         class_field: the labels' field holding the class (text or integer).
         labels_layer: the labels' layer (None: the file's first).
@@ -89,8 +98,19 @@ class VectorSource:
     min_labelled: float = 0.25
 
     def input_files(self) -> list[Path]:
+        """The local files read (no output may replace one): labels, areas, classes, images (a VRT's sources)."""
         files = [Path(self.labels)] + [Path(p) for p in (self.areas, self.classes) if p is not None]
-        return files + [Path(p) for p in expand_inputs(list(self.images))]
+        return files + [f for p in expand_inputs(list(self.images)) for f in source_files(p)]
+
+
+def resolve_images(images) -> Inputs:
+    """The rasters of ``--images``, as predict resolves its inputs (remote ones probed, named masked)."""
+    inputs = resolve_inputs(list(images))
+    for name in inputs.files:
+        if service_kind(name):
+            raise InputError(f"--images {mask(name)}: a web map service is read by predict, around a region; "
+                             "train from the imagery's files or URLs")
+    return inputs
 
 
 @dataclass
@@ -105,6 +125,7 @@ class VectorData:
     regions: dict[str, np.ndarray]  # split -> area polygons in the mosaic's CRS
     blocks: bool  # regions are the block split (training contexts kept inside their split)
     summary: dict = field(default_factory=dict)
+    images: list[str | Path] = field(default_factory=list)  # the mosaic's files (URLs as GDAL names)
 
     def region_index(self, split: str) -> PolygonIndex:
         geoms = self.regions.get(split)
@@ -115,15 +136,17 @@ class VectorData:
 
 
 def load_vector_data(source: VectorSource, bands: tuple[int, ...], tile: int, factor: int,
-                     table: ClassTable | None = None) -> VectorData:
+                     table: ClassTable | None = None, images: Inputs | None = None) -> VectorData:
     """Open the mosaic, read and index the labels and areas (once), check them, make the class table.
 
     ``table``: the classes the values must belong to (a checkpoint's, when evaluating);
-    else ``source.classes``, else the field's values.
+    else ``source.classes``, else the field's values. ``images``: ``source.images``
+    already resolved (:func:`resolve_images`).
     """
-    mosaic = open_mosaic(expand_inputs(list(source.images)), bands)
+    images = images or resolve_images(source.images)
+    mosaic = open_mosaic(images.files, bands)
     if mosaic.crs is None:
-        raise InputError(f"--images {source.images[0]}: the imagery has no CRS; polygons cannot be placed on it")
+        raise InputError(f"--images {mask(source.images[0])}: the imagery has no CRS; polygons cannot be placed on it")
     layer = read_polygons(source.labels, source.class_field, mosaic.crs, layer=source.labels_layer,
                           skip_non_polygons=source.skip_non_polygons)
     where = f"--labels {source.labels}, field {source.class_field!r}"
@@ -141,6 +164,7 @@ def load_vector_data(source: VectorSource, bands: tuple[int, ...], tile: int, fa
         "repaired": layer.repaired,
         "skipped_non_polygons": layer.skipped,
         "polygons_per_class": {classes.names[i]: int(n) for i, n in enumerate(np.bincount(ids, minlength=len(classes))) if n},
+        "input_notes": images.notes,  # which STAC assets were taken
     }
     if source.areas is not None:
         regions, outside = read_split_areas(source, mosaic, extent)
@@ -150,7 +174,7 @@ def load_vector_data(source: VectorSource, bands: tuple[int, ...], tile: int, fa
         regions = block_split(mosaic, tile, factor, source.val_fraction)
         blocks = True
     summary["areas"] = {s: len(g) for s, g in regions.items()}
-    return VectorData(source, mosaic, labels, classes, background, regions, blocks, summary)
+    return VectorData(source, mosaic, labels, classes, background, regions, blocks, summary, images.files)
 
 
 def mosaic_bounds(mosaic: Mosaic) -> tuple[float, float, float, float]:
@@ -312,6 +336,10 @@ class VectorDataset(CaswitDataset):
         else:
             self.length = len(self.positions)
         self._handle: tuple[int, object, MaskRule] | None = None
+        # remote imagery: predict's GDAL options (retries, bounded waits and caches) wherever it is read,
+        # and no DataLoader worker inheriting this process's HTTP connections
+        self.gdal_options = gdal_remote_options(data.images)
+        clear_connections_at_forks(data.images)
 
     def __len__(self) -> int:
         return self.length
@@ -325,9 +353,13 @@ class VectorDataset(CaswitDataset):
         import os
 
         if self._handle is None or self._handle[0] != os.getpid():
-            src = self.data.mosaic.open()
+            with self._gdal_env():
+                src = self.data.mosaic.open()
             self._handle = (os.getpid(), src, mask_rule(src, self.input_spec.bands))
         return self._handle[1], self._handle[2]
+
+    def _gdal_env(self):
+        return rasterio.Env(**self.gdal_options) if self.gdal_options else contextlib.nullcontext()
 
     def window(self, index: int) -> Window:
         tile = self.input_spec.tile_size
@@ -370,7 +402,8 @@ class VectorDataset(CaswitDataset):
         """Raw (hr, lr, label, lr_label, id) of the tile at ``window`` (mosaic pixels)."""
         src, rule = self._open()
         k = self.input_spec.context_factor
-        hr, lr, hr_valid, lr_valid = read_tile_context_valid(src, window, self.input_spec.bands, k, mask=rule)
+        with self._gdal_env():
+            hr, lr, hr_valid, lr_valid = read_tile_context_valid(src, window, self.input_spec.bands, k, mask=rule)
         label, lr_label = self.labels(window)
         if not hr_valid.all():  # the usual tile is valid throughout: no mask to apply
             label[~hr_valid] = IGNORE_INDEX
@@ -403,8 +436,9 @@ def summary_line(data: VectorData) -> str:
     areas = ", ".join(f"{k} {v}" for k, v in s["areas"].items())
     kind = "blocks" if data.blocks else "areas"
     extra = f", {s['areas_outside_imagery']} outside the imagery" if s.get("areas_outside_imagery") else ""
-    return (f"labels: {s['polygons']:,} polygons ({'; '.join(notes)}), {len(data.classes)} classes; "
+    line = (f"labels: {s['polygons']:,} polygons ({'; '.join(notes)}), {len(data.classes)} classes; "
             f"{kind}: {areas}{extra}")
+    return "\n".join([*(f"images: {note}" for note in s.get("input_notes", ())), line])
 
 
 def warn_unused(data: VectorData) -> None:

@@ -49,6 +49,8 @@ URL_SCHEMES = ("http://", "https://")
 VSI_NETWORK = ("/vsicurl/", "/vsis3/", "/vsigs/", "/vsiaz/", "/vsiadls/", "/vsioss/", "/vsiswift/", "/vsiwebhdfs/")
 # object store URLs some catalogues give (STAC assets on S3 or GCS): the GDAL name of each
 _BUCKET_SCHEMES = {"s3://": "/vsis3/", "gs://": "/vsigs/", "az://": "/vsiaz/"}
+# GDAL's WMTS connection string, WMTS:URL[,key=value]... (geo/webmap.py): a service read over the network
+CONNECTION_PREFIX = "WMTS:"
 # a URL inside any text (a GDAL message, a command line): scheme, then up to a space or a quote
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
@@ -78,7 +80,32 @@ def is_url(name: str | Path) -> bool:
 def is_remote(name: str | Path) -> bool:
     """A URL or a GDAL network name (read over the network, never a local path)."""
     s = str(name)
-    return is_url(s) or s.startswith(VSI_NETWORK) or s.lower().startswith(tuple(_BUCKET_SCHEMES))
+    return (is_url(s) or s.startswith(VSI_NETWORK) or s.lower().startswith(tuple(_BUCKET_SCHEMES))
+            or is_connection_string(s))
+
+
+def is_connection_string(name: str | Path) -> bool:
+    """A GDAL ``WMTS:`` connection string (GDAL takes the prefix in any case)."""
+    return str(name)[: len(CONNECTION_PREFIX)].upper() == CONNECTION_PREFIX
+
+
+def split_connection_string(name: str | Path) -> tuple[str, list[str]]:
+    """(the GetCapabilities URL, the ``key=value`` options) of a ``WMTS:`` connection string.
+
+    Split on commas as GDAL splits it: the URL first, a part in double
+    quotes (a URL holding commas) kept whole, without its quotes.
+    """
+    parts, part, quoted = [], [], False
+    for c in str(name)[len(CONNECTION_PREFIX):]:
+        if c == '"':
+            quoted = not quoted
+        elif c == "," and not quoted:
+            parts.append("".join(part))
+            part = []
+        else:
+            part.append(c)
+    parts.append("".join(part))
+    return parts[0].strip(), [p.strip() for p in parts[1:]]
 
 
 def gdal_name(name: str) -> str:
@@ -114,6 +141,10 @@ def mask(name: str | Path) -> str:
     s = str(name)
     if not is_remote(s):
         return s
+    if is_connection_string(s):  # the URL masked, the options (layer, style...) kept: they say which imagery
+        url, options = split_connection_string(s)
+        url = mask(url)
+        return CONNECTION_PREFIX + ",".join([f'"{url}"' if "," in url else url, *options])
     if s.startswith("/vsi") and not http_url(s):  # /vsis3/bucket/key: no secret in the name, but a query may be
         return s.split("?", 1)[0]
     return mask_text(s)
@@ -137,6 +168,10 @@ def input_name(name: str | Path) -> str:
     s = str(name)
     if not is_remote(s):
         return Path(s).name
+    if is_connection_string(s):  # a service: its layer's name, else its GetCapabilities document's
+        url, options = split_connection_string(s)
+        layers = [o.split("=", 1)[1] for o in options if o.lower().startswith("layer=")]
+        return layers[-1] if layers and layers[-1] else input_name(url)
     path = urlsplit(http_url(s)).path if http_url(s) else mask(s)
     return unquote(path.rstrip("/").rsplit("/", 1)[-1]) or mask(s)
 
@@ -336,6 +371,25 @@ def before_forking_readers(names: Sequence[str | Path]) -> None:
             library.VSICurlClearCache()
 
 
+def clear_connections_at_forks(names: Sequence[str | Path]) -> None:
+    """From now on, :func:`before_forking_readers` before every fork of this process (idempotent).
+
+    For readers forked where the caller cannot step in: a training
+    DataLoader forks its workers at every epoch, while this process reads
+    the same URLs between epochs (validation, sample tiles). A no-op when
+    no input is remote or GDAL's library is not found.
+    """
+    if _AT_FORK or not any(is_remote(n) for n in names):
+        return
+    library = _gdal_library()
+    if library is not None and hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=library.VSICurlClearCache)
+        _AT_FORK.append(library)
+
+
+_AT_FORK: list = []  # the library whose connections are closed before forks, once registered
+
+
 @functools.lru_cache(maxsize=1)
 def _gdal_library():
     """rasterio's GDAL, as loaded in this process (ctypes), or None."""
@@ -376,6 +430,7 @@ def mask_gdal_logs() -> None:
 
 
 __all__ = [
-    "before_forking_readers", "fetch_bounded", "gdal_name", "gdal_remote_options", "http_url", "input_name", "input_stem", "is_remote",
-    "is_url", "known_size", "mask", "mask_gdal_logs", "mask_text", "probe", "remote_identities", "remote_identity",
+    "before_forking_readers", "clear_connections_at_forks", "fetch_bounded", "gdal_name", "gdal_remote_options",
+    "http_url", "input_name", "input_stem", "is_connection_string", "is_remote", "is_url", "known_size", "mask",
+    "mask_gdal_logs", "mask_text", "probe", "remote_identities", "remote_identity", "split_connection_string",
 ]

@@ -1,4 +1,6 @@
-"""Web map services as input: a GDAL WMS or WMTS service description, read around a region at the model's GSD.
+"""Web map services as input: a GDAL WMS or WMTS service description, or a ``WMTS:`` connection string
+(``WMTS:URL[,layer=NAME][,tilematrixset=NAME][,style=NAME]``, as GDAL takes it), read around a region at
+the model's GSD.
 
 A service's extent is a country or the planet, so it is read only around
 the region asked: the mosaic is a VRT over the service on a grid of the
@@ -13,6 +15,11 @@ bilinear when it enlarges; none when the level is the GSD itself). Each
 open service makes one request at a time (``MaxConnections`` 1 in a WMS
 description, :data:`SERVICE_OPTIONS` for the others): the readers, one per
 process, bound the requests in flight.
+
+GDAL opens a connection string as it is, the same service as the
+``<GDAL_WMTS>`` description of its URL and options. It is a remote name
+(``remote.py``): shown and stored masked (its URL without query nor
+``user:password@``, its options kept), and known for ``--resume`` by that.
 """
 
 from __future__ import annotations
@@ -28,16 +35,22 @@ from caswit_geo.core.errors import ConfigError, InputError
 from caswit_geo.geo.area import unit_to_m
 from caswit_geo.geo.georef import open_quietly
 from caswit_geo.geo.mosaic import Mosaic, RasterInfo, build_vrt_xml, check_input, describe_raster
+from caswit_geo.geo.remote import is_connection_string, mask, split_connection_string
 
 SERVICE_ROOTS = ("<GDAL_WMS", "<GDAL_WMTS")
 # GDAL's default for a service opened without MaxConnections (a WMTS's own WMS, say): one request at a time
 SERVICE_OPTIONS = {"GDAL_MAX_CONNECTIONS": "1"}
 MAX_SERVICE_BYTES = 1 << 20  # a service description is a few hundred bytes
+# the options of GDAL's WMTS connection string, WMTS:URL[,key=value]...
+WMTS_OPTIONS = ("layer", "tilematrixset", "tilematrix", "zoom_level", "style", "extendbeyonddateline")
 _CONNECTIONS = re.compile(r"<MaxConnections>\s*\d+\s*</MaxConnections>")
 
 
 def service_kind(path: str | Path) -> str | None:
-    """"WMS" or "WMTS" when ``path`` is a GDAL service description file, else None."""
+    """"WMS" or "WMTS" when ``path`` is a GDAL service description file or a ``WMTS:`` connection string,
+    else None."""
+    if is_connection_string(path):
+        return "WMTS"
     p = Path(path)
     try:
         if not p.is_file():
@@ -53,16 +66,39 @@ def service_kind(path: str | Path) -> str | None:
 
 
 def check_connection_string(item: str | Path) -> None:
-    """A ``WMTS:`` connection string is refused, with how to give the service (its text is not echoed:
-    it may hold a token)."""
-    if str(item)[:5].upper() == "WMTS:":
-        raise ConfigError("a WMTS: connection string is not read as an input; write the service as a GDAL WMTS "
-                          "description file (<GDAL_WMTS><GetCapabilitiesUrl>URL</GetCapabilitiesUrl>"
-                          "<Layer>NAME</Layer></GDAL_WMTS>) and give that file")
+    """A ``WMTS:`` connection string's options are GDAL's (an unknown one is refused, not ignored);
+    InputError naming it, its URL masked."""
+    if not is_connection_string(item):
+        return
+    url, options = split_connection_string(item)
+    label = mask(item)
+    if not url:
+        raise InputError(f"{label}: names no GetCapabilities URL (WMTS:URL[,layer=NAME][,tilematrixset=NAME]...)")
+    keys = []
+    for option in options:
+        key, eq, value = option.partition("=")
+        key = key.strip().lower()
+        if key not in WMTS_OPTIONS or not eq or not value.strip():
+            raise InputError(f"{label}: {option!r} is not an option of a WMTS connection string "
+                             f"({', '.join(f'{k}=...' for k in WMTS_OPTIONS)})")
+        if key in keys:
+            raise InputError(f"{label}: {key} is given twice")
+        keys.append(key)
+    if {"tilematrix", "zoom_level"} <= set(keys):
+        raise InputError(f"{label}: tilematrix and zoom_level both choose the level; give one")
 
 
-def service_text(path: Path) -> str:
-    """The description, with one connection at a time per open service (added or replacing the file's)."""
+def service_label(item: str | Path) -> str:
+    """The service as messages name it: a description file's name, a connection string masked."""
+    return mask(item) if is_connection_string(item) else Path(item).name
+
+
+def service_text(path: str | Path) -> str:
+    """The description, with one connection at a time per open service (added or replacing the file's);
+    a connection string as it is (GDAL opens it)."""
+    if is_connection_string(path):
+        return str(path)  # WMTS: its connections follow GDAL_MAX_CONNECTIONS (SERVICE_OPTIONS)
+    path = Path(path)
     if path.stat().st_size > MAX_SERVICE_BYTES:
         raise InputError(f"{path.name}: {path.stat().st_size:,} bytes, more than a service description "
                          f"({MAX_SERVICE_BYTES:,} at most)")
@@ -73,7 +109,7 @@ def service_text(path: Path) -> str:
     return head + "<MaxConnections>1</MaxConnections>" + end + tail
 
 
-def service_crs(path: Path):
+def service_crs(path: str | Path):
     """The CRS the service is described in (the region is placed in it)."""
     return describe_raster(path).crs
 
@@ -85,7 +121,7 @@ def service_levels(info: RasterInfo, source: str) -> list[float]:
     return [abs(info.transform.a)] + [abs(info.transform.a) * f for f in factors]
 
 
-def open_service(path: Path, bands, gsd: float | None, bounds: tuple[float, float, float, float],
+def open_service(path: str | Path, bands, gsd: float | None, bounds: tuple[float, float, float, float],
                  margin: int, align: int) -> tuple[Mosaic, list[str]]:
     """The mosaic of the service ``path`` around ``bounds`` (the region's box, in the service's CRS).
 
@@ -96,8 +132,12 @@ def open_service(path: Path, bands, gsd: float | None, bounds: tuple[float, floa
     """
     text = service_text(path)
     info = describe_raster(path)
+    name = service_label(path)
+    if info.count == 0 and service_kind(path) == "WMTS":  # GDAL lists its layers as subdatasets
+        raise InputError(f"{name}: the service has several layers, styles or tile matrix sets: choose with "
+                         "layer=NAME (tilematrixset=NAME, style=NAME) in a connection string, or <Layer> "
+                         "(<TileMatrixSet>, <Style>) in a description")
     check_input(info, bands)
-    name = path.name
     if gsd is None:
         raise ConfigError(f"{name}: the checkpoint records no ground sampling distance to read the service at")
     factor = unit_to_m(info.crs)
@@ -135,4 +175,5 @@ def open_service(path: Path, bands, gsd: float | None, bounds: tuple[float, floa
     return mosaic, [note]
 
 
-__all__ = ["SERVICE_OPTIONS", "check_connection_string", "open_service", "service_crs", "service_kind", "service_text"]
+__all__ = ["SERVICE_OPTIONS", "check_connection_string", "open_service", "service_crs", "service_kind", "service_label",
+           "service_text"]

@@ -6,7 +6,9 @@ import warnings
 import geopandas as gpd
 import numpy as np
 import pytest
+import rasterio.shutil
 import shapely
+import torch
 from rasterio.windows import Window
 from shapely.geometry import LineString, Point, Polygon, box
 
@@ -15,7 +17,8 @@ from caswit_geo.core.spec import InputSpec
 from caswit_geo.data.vector import VectorDataset, VectorSource, load_vector_data, summary_line
 from caswit_geo.engine.predict.source import PredictTiles
 from caswit_geo.geo.grid import context_window
-from tests.helpers import GSD, VECTOR_NAMES, X0, Y0, write_vector_scene
+from tests.helpers import GEOTIFF, GSD, VECTOR_NAMES, X0, Y0, stac_collection, stac_item, write_vector_scene
+from tests.http_server import ServedFolder
 
 TILE = 64
 SPEC = InputSpec(tile_size=TILE)
@@ -170,3 +173,37 @@ def test_bad_input_is_one_line_naming_the_file(scene, tmp_path):
         gpd.read_file(nocrs).set_crs(None, allow_override=True).to_file(no_crs_layer)
     with pytest.raises(InputError, match=r"nocrs\.gpkg.*no CRS"):
         load_vector_data(source(scene, labels=no_crs_layer), SPEC.bands, TILE, 2)
+
+
+def test_served_cogs_give_the_samples_of_the_local_files(tmp_path, scene):
+    """--images as URLs (signed, read by forked DataLoader workers) or a STAC search: the samples of the same
+    files read locally."""
+    cogs = tmp_path / "cogs"
+    cogs.mkdir()
+    for name in ("west.tif", "east.tif"):
+        rasterio.shutil.copy(scene["images"] / name, cogs / name, driver="COG", blocksize=128)
+    local = load_vector_data(source(scene, images=(str(cogs),)), SPEC.bands, TILE, 2)
+    secret = "s1gned-t0ken"
+    with ServedFolder(cogs, token=secret) as server:
+        urls = tuple(server.url(n, token=secret) for n in ("west.tif", "east.tif"))
+        remote = load_vector_data(source(scene, images=urls), SPEC.bands, TILE, 2)
+        assert remote.images == [f"/vsicurl/{u}" for u in urls]
+        for split, grid in (("train", False), ("test", True)):
+            ours = VectorDataset(remote, split, SPEC, grid=grid)
+            assert secret not in str(ours.input_files()) and len(ours) >= 3
+            served = list(torch.utils.data.DataLoader(ours, batch_size=4, num_workers=2))
+            read = list(torch.utils.data.DataLoader(VectorDataset(local, split, SPEC, grid=grid), batch_size=4))
+            assert len(served) == len(read)
+            for a, b in zip(served, read):
+                assert a["id"] == b["id"]
+                for key in ("hr", "lr", "label", "lr_label"):
+                    assert torch.equal(a[key], b[key]), (split, key, a["id"])
+        # a STAC search saved as JSON, its assets behind the same URLs: the same mosaic, said in the summary
+        assets = [stac_item(n, {"rgb": (u, GEOTIFF, ["visual"])}) for n, u in zip(("west", "east"), urls)]
+        (tmp_path / "search.json").write_text(json.dumps(stac_collection(*assets)))
+        stac = load_vector_data(source(scene, images=(str(tmp_path / "search.json"),)), SPEC.bands, TILE, 2)
+        assert stac.images == remote.images
+        assert "images: " in summary_line(stac) and "2 STAC items, asset 'rgb'" in summary_line(stac)
+        # read by ranges, never a whole file
+        gets = [r for r in server.requests if r.method == "GET"]
+        assert gets and all(r.range for r in gets) and max(r.sent for r in gets) < (cogs / "west.tif").stat().st_size

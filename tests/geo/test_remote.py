@@ -20,6 +20,7 @@ from caswit_geo.geo.remote import (
     mask_text,
     probe,
     remote_identity,
+    split_connection_string,
 )
 from caswit_geo.geo.sources import read_error, source_files
 from tests.helpers import rgb_image, write_on_grid
@@ -47,6 +48,20 @@ def test_names_masked_of_query_and_credentials():
     assert "https://example.org/a/b/ortho%20x.tif" in masked and "http://h:81/x" in masked
     assert input_name(url) == "ortho x.tif" and input_stem("/vsicurl/" + url) == "ortho x"
     assert input_name("/vsis3/bucket/dir/key.tif") == "key.tif"
+
+
+def test_wmts_connection_strings_masked_with_their_options_kept():
+    name = f'wmts:"https://user:{PASSWORD}@h/wmts?a=1,b",layer=ortho.hr,style=default'
+    assert split_connection_string(name) == (f"https://user:{PASSWORD}@h/wmts?a=1,b",
+                                             ["layer=ortho.hr", "style=default"])
+    assert is_remote(name) and gdal_name(name) == name  # GDAL opens it as it is
+    assert mask(name) == 'WMTS:https://h/wmts,layer=ortho.hr,style=default' and input_name(name) == "ortho.hr"
+    assert input_name("WMTS:https://h/caps/WMTSCapabilities.xml?token=t") == "WMTSCapabilities.xml"
+    # the identity: the masked URL with the options: a fresh token is the same service, another layer is not
+    fresh = remote_identity(f"WMTS:https://h/wmts?token={SECRET},layer=ortho.hr")
+    assert fresh == remote_identity("WMTS:https://h/wmts?token=other,layer=ortho.hr")
+    assert fresh["path"] != remote_identity("WMTS:https://h/wmts?token=other,layer=irc")["path"]
+    assert SECRET not in str(fresh) and source_files(name) == []
 
 
 def test_gdal_names_of_urls_and_buckets():

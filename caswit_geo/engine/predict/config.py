@@ -118,7 +118,7 @@ class PredictResult:
     rank: int = 0  # torchrun rank (0 outside torchrun): only rank 0 reports
     region_km2: float | None = None  # the region's area (--roi, --bbox) inside the imagery; None without one
     stats: list[dict] = field(default_factory=list)  # zones of --stats (engine/predict/stats.py), once assembled
-    input_notes: list[str] = field(default_factory=list)  # which STAC assets were read
+    input_notes: list[str] = field(default_factory=list)  # which STAC assets, which service level were read
 
     @property
     def tiles_skipped(self) -> int:

@@ -51,7 +51,7 @@ from caswit_geo.geo.region import Region, intersect_windows, region_on_grid, reg
 from caswit_geo.geo.remote import input_name, input_stem, mask
 from caswit_geo.geo.sources import source_files
 from caswit_geo.geo.vectorize import check_layer_name, geopackage_layers, vector_format
-from caswit_geo.geo.webmap import check_connection_string, open_service, service_crs, service_kind
+from caswit_geo.geo.webmap import check_connection_string, open_service, service_crs, service_kind, service_label
 from caswit_geo.model.checkpoint import CheckpointMeta, free_dict_summary, read_meta, shape_model
 from caswit_geo.model.weights import resolve_weights, sha256
 from caswit_geo.runtime.device import select_device
@@ -135,7 +135,7 @@ class PredictPlan:
     roi: Region | None = None  # --roi / --bbox: the pixels kept and the tiles run (geo/region.py)
     stats: Path | None = None  # --stats: class areas per region feature and input file (stats.py)
     web_service: bool = False  # the input is a WMS/WMTS service (geo/webmap.py): one request per reader at a time
-    input_notes: list[str] = field(default_factory=list)  # what was taken from STAC documents (the summary says)
+    input_notes: list[str] = field(default_factory=list)  # STAC assets, a service's level: the summary says
     input_ids: dict[str, dict] = field(default_factory=dict)  # remote inputs' identities (plan.json, --resume)
 
     @functools.cached_property
@@ -297,7 +297,7 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
     stats = plan_stats(config, read_files)
 
     nodata = check_nodata_option(config.nodata)
-    mosaic, polygons, notes = open_inputs(config, inputs, spec, nodata)
+    mosaic, polygons, notes, service_notes = open_inputs(config, inputs, spec, nodata)
     region = None if polygons is None else region_on_grid(polygons, mosaic.transform, mosaic.width, mosaic.height)
     cache_bytes, cache_notes = gdal_cache_bytes(mosaic, tile, config.gdal_cache_mb)
     notes = mosaic.warnings + notes + check_scaling(mosaic, spec) + cache_notes
@@ -354,7 +354,8 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
         simplify=config.simplify, precision=precision, tta=config.tta, unit_width=unit_width, footprints=footprints,
         read_files=read_files, vector_layer=None if vector is None else config.vector_layer or vector.stem,
         vector_update=vector is not None and geopackage_update(vector), roi=region, stats=stats,
-        web_service=any(service_kind(p) for p in inputs), input_notes=resolved.notes, input_ids=resolved.identities,
+        web_service=any(service_kind(p) for p in inputs), input_notes=resolved.notes + service_notes,
+        input_ids=resolved.identities,
     )
     plan.options = pixel_options(config, plan)
     check_style_names(plan)
@@ -362,8 +363,9 @@ def plan_predict(config: PredictConfig) -> PredictPlan:
 
 
 def open_inputs(config: PredictConfig, inputs: list[Path], spec: InputSpec, nodata):
-    """(mosaic, the region's polygons in its CRS or None, notes): the inputs' mosaic, or a web map
-    service's around the region (``geo/webmap.py``), and the region of ``--roi``/``--bbox``."""
+    """(mosaic, the region's polygons in its CRS or None, warnings, input notes): the inputs' mosaic, or a
+    web map service's around the region (``geo/webmap.py``; the notes say which level and resampling are
+    read), and the region of ``--roi``/``--bbox``."""
     services = [p for p in inputs if service_kind(p)]
     if not services:
         mosaic = open_mosaic(inputs, spec.bands, nodata=nodata, alpha_mask=config.alpha_mask)
@@ -372,12 +374,13 @@ def open_inputs(config: PredictConfig, inputs: list[Path], spec: InputSpec, noda
             mosaic = open_mosaic(inputs, spec.bands, target_res=target_res, nodata=nodata,
                                  alpha_mask=config.alpha_mask)
         polygons = region_polygons(config.roi, config.roi_layer, config.bbox, config.bbox_crs, mosaic.crs)
-        return mosaic, polygons, notes + _region_notes(polygons)
+        return mosaic, polygons, notes + _region_notes(polygons), []
     service = services[0]
+    label = service_label(service)
     if len(inputs) > 1:
-        raise ConfigError(f"{service}: a web map service is read alone; predict other inputs in another run")
+        raise ConfigError(f"{label}: a web map service is read alone; predict other inputs in another run")
     if config.roi is None and config.bbox is None:
-        raise ConfigError(f"{service}: a web map service covers a whole country or the planet; give the region "
+        raise ConfigError(f"{label}: a web map service covers a whole country or the planet; give the region "
                           "with --roi PATH or --bbox XMIN,YMIN,XMAX,YMAX")
     polygons = region_polygons(config.roi, config.roi_layer, config.bbox, config.bbox_crs, service_crs(service))
     tile, k = spec.tile_size, spec.context_factor
@@ -387,7 +390,7 @@ def open_inputs(config: PredictConfig, inputs: list[Path], spec: InputSpec, noda
     align = math.lcm(tile - config.overlap, k)
     bounds = tuple(float(v) for v in shapely.total_bounds(polygons.geoms))
     mosaic, notes = open_service(service, spec.bands, spec.gsd, bounds, margin, align)
-    return mosaic, polygons, notes + _region_notes(polygons)
+    return mosaic, polygons, _region_notes(polygons), notes
 
 
 def _region_notes(polygons) -> list[str]:

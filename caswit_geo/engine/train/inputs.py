@@ -23,10 +23,12 @@ from caswit_geo.engine.train.config import RunConfig
 RGB = (1, 2, 3)
 
 
-def scale_for(image: str | Path) -> float:
-    """255 for 8-bit imagery; other data types need an explicit scale."""
-    with open_raster(image) as src:
-        dtype = src.dtypes[0]
+def scale_for(image: str | Path, dtype: str | None = None) -> float:
+    """255 for 8-bit imagery; other data types need an explicit scale. ``dtype``: the image's, when known
+    (``image`` then only names it)."""
+    if dtype is None:
+        with open_raster(image) as src:
+            dtype = src.dtypes[0]
     if dtype == "uint8":
         return 255.0
     raise ConfigError(

@@ -13,6 +13,7 @@ auxiliary LR head, what ``predict`` and ``eval`` load.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,14 @@ from caswit_geo.core.errors import ConfigError
 from caswit_geo.core.limits import Text, bounded
 from caswit_geo.core.spec import ClassTable, InputSpec
 from caswit_geo.data import Augment, build_dataset, load_tiles_meta
-from caswit_geo.data.vector import VectorDataset, VectorSource, load_vector_data, summary_line, warn_unused
+from caswit_geo.data.vector import (
+    VectorDataset,
+    VectorSource,
+    load_vector_data,
+    resolve_images,
+    summary_line,
+    warn_unused,
+)
 from caswit_geo.engine.convert import check_upernet_fits
 from caswit_geo.engine.evaluate.metrics import ConfusionMatrix, protocol_for
 from caswit_geo.engine.train.config import RunConfig
@@ -33,7 +41,8 @@ from caswit_geo.engine.train.inputs import check_dtypes, check_samples, run_inpu
 from caswit_geo.engine.train.loop import build_loop, eval_loader, fit, run_command, seed_run, training_metadata
 from caswit_geo.engine.train.rundir import BEST_WEIGHTS, LAST_WEIGHTS, SAMPLES, RunDirectory
 from caswit_geo.engine.train.samples import save_samples_figure
-from caswit_geo.geo.mosaic import expand_inputs
+from caswit_geo.geo.mosaic import describe_raster
+from caswit_geo.geo.remote import is_remote, mask
 from caswit_geo.model.build import build_model
 from caswit_geo.model.caswit import DECODERS
 from caswit_geo.model.checkpoint import load_pretrained_backbone, read_meta, save_checkpoint, stored_behaviour
@@ -54,7 +63,7 @@ class TrainConfig(RunConfig):
     dataset: str | None = None  # flairhub | urur | tiles | vector
     root: Path | None = None
     # vector: a mosaic, label polygons and labelled areas (data/vector.py)
-    images: tuple[Path, ...] = ()  # predict inputs: files, folders, globs
+    images: tuple[str, ...] = ()  # predict inputs: files, folders, globs, URLs, STAC items (a URL is no Path)
     labels: Path | None = None
     labels_layer: str | None = None
     class_field: str | None = None
@@ -82,6 +91,14 @@ class TrainConfig(RunConfig):
         overrides = super().model_overrides(in_chans)
         overrides.update({k: getattr(self, k) for k in ("decoder", "decoder_dim") if getattr(self, k) is not None})
         return overrides
+
+    def to_dict(self, absolute_paths: bool = False) -> dict:
+        """As :meth:`RunConfig.to_dict`; ``images``: local paths absolute with ``absolute_paths``, URLs
+        without their query or credentials (``config.json`` keeps no token)."""
+        settings = super().to_dict(absolute_paths)
+        settings["images"] = [mask(p) if is_remote(p) else os.path.abspath(p) if absolute_paths else str(p)
+                              for p in self.images]
+        return settings
 
 
 @dataclass
@@ -292,15 +309,16 @@ def vector_source(config) -> VectorSource:
 def _vector_datasets(config: TrainConfig, tile: int):
     """The vector dataset's train and val splits (areas, or the block split), read once."""
     source = vector_source(config)
+    images = resolve_images(source.images)  # files, URLs, STAC items: resolved (and probed) once
     scale = None
     if config.scale is None:
-        scale = scale_for(expand_inputs(list(source.images))[0])
+        scale = scale_for(mask(images.files[0]), describe_raster(images.files[0]).dtype)
     spec = run_input_spec(config, tile, None, scale)
-    data = load_vector_data(source, spec.bands, tile, spec.context_factor)
+    data = load_vector_data(source, spec.bands, tile, spec.context_factor, images=images)
     transform = Augment(spec) if config.augment else None
     train_set = VectorDataset(data, config.train_split, spec, random_crops=config.random_crops,
                               samples=config.crops_per_image, transform=transform)
-    check_samples(train_set, spec, f"--images {source.images[0]} ({config.train_split})")
+    check_samples(train_set, spec, f"--images {mask(source.images[0])} ({config.train_split})")
     val_set = None
     if config.val_split is not None and config.val_split.lower() != "none" and config.val_split in data.regions:
         val_set = VectorDataset(data, config.val_split, spec, grid=True)

@@ -6,6 +6,9 @@ the map of the same region read from the file; and the server never sees
 more requests at once than ``--workers``.
 """
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
@@ -38,7 +41,9 @@ def test_the_service_map_equals_the_local_map_and_requests_stay_within_workers(t
         res = run_predict(weights, [xml], tmp_path / "wms.tif", confidence=tmp_path / "wms_c.tif", bbox=BOX,
                           batch_size=1, workers=workers)
     assert server.requests > 4 and server.most_in_flight <= workers
-    assert any("level 0 (0.2 m pixels), resampling none" in w for w in res.warnings)
+    # said as what was read, not as a warning
+    assert any("level 0 (0.2 m pixels), resampling none" in n for n in res.input_notes)
+    assert not any("resampling" in w for w in res.warnings)
     for a, b in (("local.tif", "wms.tif"), ("local_c.tif", "wms_c.tif")):
         with rasterio.open(tmp_path / a) as x, rasterio.open(tmp_path / b) as y:
             assert x.transform == y.transform and x.crs == y.crs
@@ -53,9 +58,21 @@ def test_a_service_without_a_region_is_refused(tmp_path, weights, ortho, capsys)
         code, _, err = run_cli(["predict", xml, ortho, "--out", tmp_path / "map.tif", "--weights", weights,
                                 "--bbox", BOX], capsys)
         assert code != 0 and "read alone" in err
-        code, _, err = run_cli(["predict", "WMTS:http://127.0.0.1:9/cap.xml?token=secret", "--out",
+        code, _, err = run_cli(["predict", "WMTS:http://127.0.0.1:9/cap.xml?token=secret,layer=a", "--out",
+                                tmp_path / "map.tif", "--weights", weights], capsys)
+        assert code != 0 and "--roi PATH or --bbox" in err and "secret" not in err
+        assert "WMTS:http://127.0.0.1:9/cap.xml,layer=a" in err and len(err.strip().splitlines()) == 1
+        code, _, err = run_cli(["predict", "WMTS:http://127.0.0.1:9/cap.xml?token=secret,layers=a", "--out",
                                 tmp_path / "map.tif", "--weights", weights, "--bbox", BOX], capsys)
-        assert code != 0 and "<GDAL_WMTS>" in err and "secret" not in err
+        assert code != 0 and "'layers=a' is not an option" in err and "secret" not in err
+        caps = server.capabilities()  # a second layer: the one to read must be named
+        layer = caps[caps.index("<Layer>"):caps.index("</Layer>") + len("</Layer>")]
+        two = tmp_path / "two_layers.xml"
+        two.write_text(caps.replace("</Contents>", layer.replace(">ortho<", ">other<") + "</Contents>"))
+        code, _, err = run_cli(["predict", f"WMTS:{two}", "--out", tmp_path / "map.tif", "--weights", weights,
+                                "--bbox", BOX], capsys)
+        assert code != 0 and "several layers" in err and len(err.strip().splitlines()) == 1
+        two.unlink()
         code, _, err = run_cli(["predict", xml, "--out", tmp_path / "map.tif", "--weights", weights, "--bbox",
                                 f"{X0 + 900},{Y0 - 900},{X0 + 950},{Y0 - 850}"], capsys)
         assert code != 0 and "outside the service's extent" in err and len(err.strip().splitlines()) == 1
@@ -72,7 +89,7 @@ def test_a_finer_service_is_read_at_the_model_gsd_from_the_right_level(tmp_path,
         assert server.requests == 0  # planning reads no pixel
     # 0.05 m, 0.1, 0.2, 0.4...: the 0.2 m level is read, averaged from it where it does not fall on the grid
     assert plan.mosaic.res == pytest.approx((0.2, 0.2))
-    assert any("from the service's level 2 (0.2 m pixels), resampling average" in w for w in plan.warnings)
+    assert any("from the service's level 2 (0.2 m pixels), resampling average" in n for n in plan.input_notes)
     with pytest.raises(ConfigError, match="checkpoint records no ground sampling"):
         from tests.helpers import PREDICT_CLASSES, save_nano_checkpoint
 
@@ -91,3 +108,53 @@ def test_shards_of_a_service_equal_the_local_map(tmp_path, weights, ortho):
     with rasterio.open(tmp_path / "local.tif") as x, rasterio.open(tmp_path / "wms.tif") as y:
         assert x.transform == y.transform
         np.testing.assert_array_equal(x.read(), y.read())
+
+
+SECRET, FRESH = "s1gned-t0ken-A", "s1gned-t0ken-B"
+
+
+def test_a_wmts_connection_string_maps_as_the_local_file_and_keeps_its_token_secret(tmp_path, weights, ortho,
+                                                                                    capsys):
+    """``WMTS:URL?token=...,layer=...``: the map of the local raster; the token reaches the server but no
+    output; a resume with a fresh token is the same input."""
+    run_predict(weights, [ortho], tmp_path / "local.tif", confidence=tmp_path / "local_c.tif", bbox=BOX,
+                batch_size=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    with WmsServer(ortho) as server:
+        caps = server.url.removesuffix("/wms?") + "/wmts/caps.xml"
+
+        def argv(token: str, *extra) -> list:
+            return ["predict", f"WMTS:{caps}?token={token},layer=ortho,style=default", "--out", out / "map.tif",
+                    "--confidence", out / "conf.tif", "--weights", weights, "--bbox", BOX, "--batch-size", 1,
+                    "--unit-size", 128, *extra]
+
+        code, stdout, stderr = run_cli(argv(SECRET, "--shard", "0/2"), capsys)
+        assert code == 0, stderr
+        job = out / ".map.tif.caswit-job"
+        plan = json.loads((job / "plan.json").read_text())
+        assert [r["path"] for r in plan["inputs"]] == [f"WMTS:{caps},layer=ortho,style=default"]
+        seen = [stdout + stderr + _folder_text(job)]
+        code, stdout, stderr = run_cli(argv(FRESH, "--resume"), capsys)
+        assert code == 0, stderr
+        note = f"inputs: WMTS:{caps},layer=ortho,style=default: read at 0.2 m from the service's level 0 (0.2 m"
+        assert note in stdout + stderr  # the summary says it
+        seen.append(stdout + stderr)
+        code, stdout, stderr = run_cli(argv(FRESH, "--dry-run", "--overwrite"), capsys)
+        assert code == 0, stderr
+        assert note in stdout and "resampling none" in stdout
+        assert "warning" not in stdout + stderr
+        seen.append(stdout + stderr)
+    # GDAL asked the server with the URL as given (the token is the user's to send), tiles from its template
+    assert any(f"token={SECRET}" in p for p in server.paths) and any(f"token={FRESH}" in p for p in server.paths)
+    assert sum(p.startswith("/wmts/0/") for p in server.paths) > 4
+    seen.append(_folder_text(out))
+    assert not any(secret in text for text in seen for secret in (SECRET, FRESH))
+    for a, b in (("local.tif", "out/map.tif"), ("local_c.tif", "out/conf.tif")):
+        with rasterio.open(tmp_path / a) as x, rasterio.open(tmp_path / b) as y:
+            assert x.transform == y.transform and x.crs == y.crs
+            np.testing.assert_array_equal(x.read(), y.read())
+
+
+def _folder_text(folder: Path) -> str:
+    return "".join(p.read_bytes().decode("latin-1") for p in folder.rglob("*") if p.is_file())
