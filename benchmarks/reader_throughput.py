@@ -58,18 +58,10 @@ FORMATS = ("gtiff", "cog", "jp2-4", "jp2-10", "jp2-1tile", "http-cog")
 
 
 def cpu_line() -> str:
-    model, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f") if f in flags]
-    return f"CPU: {model}, {os.cpu_count()} cores; flags: {', '.join(wanted) or 'no bf16/AMX'}"
+    """The CPU model and its bf16/AMX flags (as every benchmark prints them)."""
+    from model_speed import cpu_description, describe_cpu
+
+    return describe_cpu(cpu_description())
 
 
 # ---------------------------------------------------------------------------

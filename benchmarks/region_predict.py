@@ -22,7 +22,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -36,18 +35,10 @@ X0, Y0, GSD, TILE = 650_000.0, 6_860_000.0, 0.2, 128
 
 
 def cpu_line() -> str:
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f") if f in flags]
-    return f"CPU: {model}; flags: {', '.join(wanted) or 'no bf16/AMX'}"
+    """The CPU model and its bf16/AMX flags (as every benchmark prints them)."""
+    from model_speed import cpu_description, describe_cpu
+
+    return describe_cpu(cpu_description())
 
 
 def make_inputs(folder: Path, size: int) -> tuple[Path, Path]:

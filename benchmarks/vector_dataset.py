@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -52,18 +51,10 @@ MFU = 0.4  # an assumed share of that peak for Swin training (windowed attention
 
 
 def cpu_line() -> str:
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f") if f in flags]
-    return f"CPU: {model}, {os.cpu_count()} cores; flags: {', '.join(wanted) or 'no bf16/AMX'}"
+    """The CPU model and its bf16/AMX flags (as every benchmark prints them)."""
+    from model_speed import cpu_description, describe_cpu
+
+    return describe_cpu(cpu_description())
 
 
 def make_data(folder: Path, size: int, seed: int = 0) -> tuple[int, int]:
