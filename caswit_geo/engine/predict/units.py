@@ -40,6 +40,7 @@ from caswit_geo.runtime.precision import Precision
 
 GDAL_POOL = 32  # files of a mosaic kept open per process (a tile row touches a few)
 DECODED_BUDGET = 1 << 30  # bytes of decoded source pixels kept on disk for the readers at a time
+DECODED_MEMORY = 128 << 20  # ...of which first in memory, when the tiles are read in the run's own process
 
 
 def predict_probabilities(model: torch.nn.Module, hr: torch.Tensor, lr: torch.Tensor | None,
@@ -279,12 +280,14 @@ class Reading:
             # of the tiles run (those meeting the region, when one is asked)
             run_tiles = [[w for _, w in t if plan.roi is None or plan.roi.meets(w)] for t in tiles]
             releases = release_order(lowres, windows)
-            decoded = decoded_chunks(plan, lowres, releases)
+            decoded = decoded_chunks(plan, lowres, releases, in_process=not workers)
             self.builder = LowResBuilder(plan.mosaic.source, plan.spec.bands, lowres, chunk_groups(lowres, run_tiles),
                                          decoded, threads=workers)
         self.dataset = PredictTiles(plan.mosaic.source, windows, plan.spec, plan.context, lowres,
                                     lowres_failed=None if self.builder is None else str(self.builder.failed),
                                     region=plan.roi, decoded=decoded)
+        if self.builder is not None and not workers:  # tiles read in this process: chunks handed over in memory
+            self.builder.memory = self.dataset.chunks
         loader = make_loader(self.dataset, [len(t) for t in tiles], batch_size, workers, device)
         sequential = self.builder is not None and plan.web_service
         if sequential:  # a web map service: the pre-pass alone first, so requests never outnumber the readers
@@ -321,13 +324,15 @@ def prepass_cache_bytes(plan: PredictPlan) -> int:
     return int(1.25 * 2 * (bh + plan.grid.tile) * (width + 2 * bw) * plan.mosaic.count * itemsize)
 
 
-def decoded_chunks(plan: PredictPlan, lowres, releases: list) -> DecodedChunks | None:
-    """Where the pre-pass keeps its decoded pixels for the readers; None for a resampled mosaic, whose
+def decoded_chunks(plan: PredictPlan, lowres, releases: list, in_process: bool = False) -> DecodedChunks | None:
+    """Where the pre-pass keeps its decoded pixels for the readers (``in_process``: tiles read in this
+    process, so the first of them held in memory); None for a resampled mosaic, whose
     pixels GDAL computes per read (a tile read on its own may differ in its last bits from the same
     pixels read in a larger window), so its tiles are read as before and the maps stay the same."""
     if plan.mosaic.resampled:
         return None
-    return DecodedChunks(lowres, DECODED_BUDGET, needed=[c for _, c in releases])
+    return DecodedChunks(lowres, DECODED_BUDGET, needed=[c for _, c in releases],
+                         memory=DECODED_MEMORY if in_process else 0)
 
 
 def release_order(lowres, windows: list) -> list[tuple[int, tuple[int, int]]]:
