@@ -400,7 +400,7 @@ class ChunkReader:
     """
 
     def __init__(self, max_open: int = 8, poll: float = 0.005, failed: str | Path | None = None,
-                 cache_bytes: int = 64 << 20) -> None:
+                 cache_bytes: int = 16 << 20) -> None:
         self.poll = poll
         self.max_open = max_open
         self.failed = None if failed is None else Path(failed)

@@ -12,6 +12,8 @@ Memory is bounded: strip buffers, bounded queues, no full-raster array.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import os
 import threading
 import time
@@ -40,6 +42,7 @@ from caswit_geo.runtime.precision import Precision
 
 GDAL_POOL = 32  # files of a mosaic kept open per process (a tile row touches a few)
 DECODED_BUDGET = 1 << 30  # bytes of decoded source pixels kept on disk for the readers at a time
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 DECODED_MEMORY = 128 << 20  # ...of which first in memory, when the tiles are read in the run's own process
 
 
@@ -100,6 +103,18 @@ def _init_reader(worker_id: int) -> None:
     # Share batches by shared-memory file name rather than by passing descriptors: the descriptor
     # server thread prints a traceback when an interrupted run stops its readers.
     torch.multiprocessing.set_sharing_strategy("file_system")
+    release_large_buffers()
+
+
+def release_large_buffers() -> None:
+    """Give the memory of freed buffers of 1 MiB and more (tiles, batches) back to the system at once.
+
+    glibc otherwise raises its mmap threshold after the first such buffer is freed, serves the next ones
+    from the heap, and keeps what they leave: a reader process grew by hundreds of MB that way."""
+    try:
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def make_loader(dataset: PredictTiles, sizes: list[int], batch_size: int, workers: int,
@@ -294,7 +309,14 @@ class Reading:
             self.builder.start()
             self.builder.join()
         before_forking_readers(plan.inputs if workers else ())  # a reader must not share our HTTP sockets
-        self._batches = iter(loader)  # forks the readers first: never fork while our threads hold GDAL locks
+        # forks the readers first: never fork while our threads hold GDAL locks. The objects of this process
+        # (torch's modules...) frozen meanwhile: a reader's garbage collector then leaves them alone instead of
+        # writing to every page holding one, which would copy those pages into each reader
+        gc.freeze()
+        try:
+            self._batches = iter(loader)
+        finally:
+            gc.unfreeze()
         if self.builder is not None and not sequential:
             self.builder.start()
         return releasing(self._batches, decoded, releases)
