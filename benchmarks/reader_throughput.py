@@ -27,6 +27,8 @@ Then the goals, measured side by side in this run:
    FLAIR-HUB zonal detection does per tile); memory growth of the process tree during a run at most 300 MB.
 
 Every measurement runs in its own interpreter; timings are the minimum (and median) of ``--repeats``.
+Memory is sampled in one more run of each: reading ``/proc/*/smaps_rollup`` every 20 ms stalls the
+process's memory mappings, and would slow the timed runs (the more so the more they allocate).
 Usage::
 
     python benchmarks/reader_throughput.py --quick          # 4096 px mosaic, workers 1 and 2, a few minutes
@@ -296,12 +298,12 @@ def measure_read(args: dict) -> dict:
     for sub in ("units", "lowres", "log"):
         (job_dir / sub).mkdir()
     job = Job(job_dir, {})
-    rss = TreeRss()
+    rss = TreeRss() if args.get("memory") else None
     t0, c0 = time.perf_counter(), cpu_seconds()
     units_module.run_units(plan, job, plan.units, None, torch.device("cpu"), batch_size=args["batch_size"],
                            workers=args["workers"])
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    return dict(wall_s=wall, cpu_s=cpu, tiles=counted["tiles"], rss_growth_mb=rss.stop(),
+    return dict(wall_s=wall, cpu_s=cpu, tiles=counted["tiles"], rss_growth_mb=rss.stop() if rss else None,
                 mpx=plan.mosaic.width * plan.mosaic.height / 1e6)
 
 
@@ -314,7 +316,7 @@ def measure_minimal(args: dict) -> dict:
     from caswit_geo.geo.mosaic import open_mosaic
 
     mosaic = open_mosaic([Path(p) for p in args["inputs"]], (1, 2, 3))
-    rss = TreeRss()
+    rss = TreeRss() if args.get("memory") else None
     t0, c0 = time.perf_counter(), cpu_seconds()
     n = 0
     with rasterio.Env(GDAL_CACHEMAX=32 * 2**20), rasterio.open(mosaic.source) as src:
@@ -323,7 +325,7 @@ def measure_minimal(args: dict) -> dict:
                 x = src.read(window=Window(c, r, TILE, TILE), boundless=True, fill_value=0)
                 torch.from_numpy(x).float().div_(255)
                 n += 1
-    return dict(wall_s=time.perf_counter() - t0, cpu_s=cpu_seconds() - c0, tiles=n, rss_growth_mb=rss.stop(),
+    return dict(wall_s=time.perf_counter() - t0, cpu_s=cpu_seconds() - c0, tiles=n, rss_growth_mb=rss.stop() if rss else None,
                 mpx=mosaic.width * mosaic.height / 1e6)
 
 
@@ -331,16 +333,21 @@ MEASURES = {"decode": measure_decode, "read": measure_read, "minimal": measure_m
 
 
 def run_child(kind: str, repeats: int, **args) -> dict:
-    """``kind`` measured ``repeats`` times, each in a fresh interpreter: min and median of each figure."""
+    """``kind`` measured ``repeats`` times, each in a fresh interpreter: min and median of each figure; its
+    memory growth in one more run (``kind`` "decode" samples none)."""
     runs = []
-    for _ in range(repeats):
-        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps({"kind": kind, **args}, default=str)],
-                              capture_output=True, text=True)
+    for memory in [False] * repeats + ([True] if kind != "decode" else []):
+        child = json.dumps({"kind": kind, **args, "memory": memory}, default=str)
+        proc = subprocess.run([sys.executable, __file__, "--child", child], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{kind} {args}: {proc.stderr[-3000:]}")
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    sampled = runs[repeats:]
+    runs = runs[:repeats]
     out = dict(runs[0])
-    for key in ("wall_s", "cpu_s", "rss_growth_mb"):
+    if sampled:
+        out["rss_growth_mb"] = sampled[0]["rss_growth_mb"]
+    for key in ("wall_s", "cpu_s"):
         if key in out:
             values = [r[key] for r in runs]
             out[key], out[key + "_median"] = min(values), statistics.median(values)

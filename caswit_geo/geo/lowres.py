@@ -35,6 +35,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -151,11 +152,19 @@ class LowResRaster:
             # intersection of the window with chunk (bi, bj), in pre-pass pixels
             r0, r1 = max(wr, bi * ch), min(wr + h, (bi + 1) * ch, self.height)
             c0, c1 = max(wc, bj * cw), min(wc + width, (bj + 1) * cw, self.width)
-            sums[:, r0 - wr : r1 - wr, c0 - wc : c1 - wc] = reader.get(self, bi, bj).read(
-                window=Window(c0 - bj * cw, r0 - bi * ch, c1 - c0, r1 - r0)
-            )
-        # mean = sum / k^2 in float64, as the per-tile k x k mean: identical float32 values
-        return (sums / float(self.factor * self.factor)).astype(np.float32)
+            sums[:, r0 - wr : r1 - wr, c0 - wc : c1 - wc] = reader.array(self, bi, bj)[
+                :, r0 - bi * ch : r1 - bi * ch, c0 - bj * cw : c1 - bj * cw
+            ]
+        return block_means(sums, self.factor)
+
+
+def block_means(sums: np.ndarray, k: int) -> np.ndarray:
+    """float32 k x k means from their sums, the same values as the per-tile k x k mean (float64, rounded)."""
+    n = k * k
+    if n & (n - 1) == 0 and np.iinfo(sums.dtype).max < 2**24:
+        # a power of two and sums exact in float32: the float32 quotient is exact, so the same value, faster
+        return np.divide(sums, np.float32(n), dtype=np.float32)
+    return (sums / float(n)).astype(np.float32)
 
 
 def plan_lowres(
@@ -207,12 +216,13 @@ def chunk_groups(lowres: LowResRaster, windows: Iterable[Iterable[Window]]) -> l
 
 def write_chunk(
     src: rasterio.io.DatasetReader, bands: Sequence[int], lowres: LowResRaster, bi: int, bj: int,
-    mask: MaskRule | None = None, decoded: "DecodedChunks | None" = None,
+    mask: MaskRule | None = None, decoded: "DecodedChunks | None" = None, memory: "ChunkReader | None" = None,
 ) -> Path:
     """Compute one chunk (k x k sums; outside and nodata pixels count 0) and publish it by renaming.
 
     ``decoded``: where to keep the source pixels read for it (nodata set to 0) and their validity, for
     the tile readers; kept before the chunk is published, so a reader that sees the chunk sees them.
+    ``memory``: the chunk reader of a tile reader in this process, given the sums once published.
     """
     k = lowres.factor
     out = lowres.chunk_window(bi, bj)
@@ -223,17 +233,20 @@ def write_chunk(
                                    lowres.transform @ Affine.translation(int(out.col_off), int(out.row_off)))
     # this process's own temporary name (the folder may be shared), on disk before its name says it is there
     with atomic_path(path, fsync=True) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        canvas = valid = None
+        canvas = valid = sums = None
         if _intersects(src_win, src.width, src.height):  # otherwise: all black, sparse file reads 0
             canvas, valid = read_canvas(src, src_win, bands, fill=0, with_mask=True, mask=mask)
             if valid.any():
                 if not valid.all():
                     canvas[:, ~valid] = 0
-                dst.write(block_sums(canvas, k, np.dtype(lowres.dtype)))
+                sums = block_sums(canvas, k, np.dtype(lowres.dtype))
+                dst.write(sums)
             else:
                 canvas = valid = None
         if decoded is not None:
             decoded.put(bi, bj, canvas, valid)
+    if memory is not None:
+        memory.keep(lowres, bi, bj, np.zeros((lowres.count, h, w), lowres.dtype) if sums is None else sums)
     return path
 
 
@@ -288,13 +301,13 @@ class LowResBuilder(threading.Thread):
 
     def __init__(self, source: str, bands: Sequence[int], lowres: LowResRaster,
                  order: list[tuple[int, int]] | list[list[tuple[int, int]]], decoded: "DecodedChunks | None" = None,
-                 threads: int = 1) -> None:
+                 threads: int = 1, memory: "ChunkReader | None" = None) -> None:
         super().__init__(name="caswit-lowres", daemon=True)
         self.source, self.bands, self.lowres = source, tuple(bands), lowres
         # groups of chunks, each written by one thread in its order (a flat order: one group)
         self.groups = order if order and isinstance(order[0], list) else [list(order)]
         self.threads = max(1, threads)
-        self.decoded = decoded
+        self.decoded, self.memory = decoded, memory
         self.error: BaseException | None = None
         self.stop_event = threading.Event()
         Path(lowres.folder).mkdir(parents=True, exist_ok=True)
@@ -312,7 +325,7 @@ class LowResBuilder(threading.Thread):
                 # more threads take the next groups: each decodes with its own GDAL handle and block
                 # cache, so a group is a region whose source blocks its neighbours share little
                 helpers = [threading.Thread(target=self._work, name=f"caswit-lowres-{i}", daemon=True)
-                           for i in range(1, self.threads)]
+                           for i in range(1, min(self.threads, len(self.groups)))]
                 for h in helpers:
                     h.start()
                 self._work()
@@ -326,8 +339,11 @@ class LowResBuilder(threading.Thread):
             self._mark_failed(e)
 
     def _work(self) -> None:
+        # fewer groups than threads (one unit): GDAL decodes the blocks of each read in the spare threads,
+        # so the threads share one handle and block cache rather than decode blocks they both touch
+        decoders = max(1, self.threads // max(1, min(self.threads, len(self.groups))))
         try:
-            with open_quietly(self.source) as src:
+            with rasterio.Env(GDAL_NUM_THREADS=str(decoders)), open_quietly(self.source) as src:
                 rule = mask_rule(src, self.bands)
                 while True:
                     with self._lock:
@@ -339,7 +355,7 @@ class LowResBuilder(threading.Thread):
                             raise RuntimeError("pre-pass stopped")
                         if self.lowres.chunk_path(bi, bj).exists():
                             continue
-                        write_chunk(src, self.bands, self.lowres, bi, bj, rule, self.decoded)
+                        write_chunk(src, self.bands, self.lowres, bi, bj, rule, self.decoded, self.memory)
                         with self._lock:
                             self.written += 1
         except BaseException as e:
@@ -373,17 +389,26 @@ class LowResBuilder(threading.Thread):
 
 
 class ChunkReader:
-    """Per-process open chunk files (a few, least recently used closed), waiting for unwritten ones.
+    """Per-process chunks of the pre-pass raster: their sums kept in memory (the least recently used
+    dropped past ``cache_bytes``), a few chunk files open; waits for unwritten ones.
 
+    A chunk is read whole once, then each tile's context is a slice of it
+    (a tile row's windows fall in the same few chunks). A builder in the
+    same process hands its chunks over as it publishes them (:meth:`keep`).
     ``failed``: the marker of the builder writing the chunks
     (:attr:`LowResBuilder.failed`); when it appears, readers stop waiting.
     """
 
-    def __init__(self, max_open: int = 8, poll: float = 0.005, failed: str | Path | None = None) -> None:
+    def __init__(self, max_open: int = 8, poll: float = 0.005, failed: str | Path | None = None,
+                 cache_bytes: int = 16 << 20) -> None:
         self.poll = poll
         self.max_open = max_open
         self.failed = None if failed is None else Path(failed)
+        self.cache_bytes = cache_bytes
         self._handles = RasterHandles(max_open)
+        self._arrays: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
+        self._held = 0
+        self._lock = threading.Lock()  # the builder's threads keep chunks while the reader reads
 
     def get(self, lowres: LowResRaster, bi: int, bj: int) -> rasterio.io.DatasetReader:
         path = lowres.chunk_path(bi, bj)
@@ -394,11 +419,38 @@ class ChunkReader:
             time.sleep(self.poll)
         return self._handles.get(path)
 
+    def array(self, lowres: LowResRaster, bi: int, bj: int) -> np.ndarray:
+        """(C, h, w) sums of chunk (bi, bj), whole (read only: shared with later calls)."""
+        key = (lowres.folder, bi, bj)
+        with self._lock:
+            data = self._arrays.get(key)
+            if data is not None:
+                self._arrays.move_to_end(key)
+                return data
+        data = self.get(lowres, bi, bj).read()
+        self.keep(lowres, bi, bj, data)
+        return data
+
+    def keep(self, lowres: LowResRaster, bi: int, bj: int, data: np.ndarray) -> None:
+        """Hold chunk (bi, bj)'s sums for :meth:`array`."""
+        data.flags.writeable = False
+        key = (lowres.folder, bi, bj)
+        with self._lock:
+            old = self._arrays.pop(key, None)
+            self._held += data.nbytes - (0 if old is None else old.nbytes)
+            self._arrays[key] = data
+            while self._held > self.cache_bytes and len(self._arrays) > 1:
+                self._held -= self._arrays.popitem(last=False)[1].nbytes
+
     def close(self) -> None:
         self._handles.close()
+        with self._lock:
+            self._arrays.clear()
+            self._held = 0
 
     def __getstate__(self) -> dict:
-        return {"max_open": self.max_open, "poll": self.poll, "failed": self.failed}
+        return {"max_open": self.max_open, "poll": self.poll, "failed": self.failed,
+                "cache_bytes": self.cache_bytes}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
@@ -417,12 +469,16 @@ class DecodedChunks:
     :meth:`release` once the last of those tiles is read, and limited to
     ``budget`` bytes at a time: a chunk over it gets no file and its tiles
     are read from the source, as are those of chunks that existed already
-    (an earlier run, another shard).
+    (an earlier run, another shard). When the tiles are read in this very
+    process, the first ``memory`` bytes of them are held in memory instead
+    of files (no write, no read back).
     """
 
-    def __init__(self, lowres: LowResRaster, budget: int, needed: Iterable[tuple[int, int]] = ()) -> None:
-        self.lowres, self.budget = lowres, budget
+    def __init__(self, lowres: LowResRaster, budget: int, needed: Iterable[tuple[int, int]] = (),
+                 memory: int = 0) -> None:
+        self.lowres, self.budget, self.memory = lowres, budget, memory
         self.needed = set(needed)
+        self._arrays: dict[tuple[int, int], np.ndarray] = {}
         Path(lowres.folder).mkdir(parents=True, exist_ok=True)
         self.folder = temp_path(Path(os.path.abspath(lowres.folder)) / "DECODED", "")
         self.folder.mkdir()
@@ -439,6 +495,10 @@ class DecodedChunks:
             return False
         data = np.empty(0, np.uint8) if canvas is None else np.concatenate([canvas, valid[None].astype(canvas.dtype)])
         with self._lock:
+            in_memory = sum(a.nbytes for a in self._arrays.values()) + data.nbytes <= self.memory
+            if in_memory:
+                self._arrays[bi, bj] = data
+                return True
             if self.held + data.nbytes > self.budget:
                 return False
             self.held += data.nbytes
@@ -453,6 +513,7 @@ class DecodedChunks:
     def release(self, bi: int, bj: int) -> None:
         """The tiles needing chunk (bi, bj)'s pixels are all read: free its file."""
         with self._lock:
+            self._arrays.pop((bi, bj), None)
             size = self._sizes.pop((bi, bj), None)
             if size is None:
                 return
@@ -466,8 +527,10 @@ class DecodedChunks:
         wr, wc = int(window.row_off), int(window.col_off)
         out = np.zeros((count + 1, h, w), dtype)
         for bi, bj in self.lowres.source_chunks(window):
+            part = self._arrays.get((bi, bj))
             try:
-                part = np.load(self.path(bi, bj), mmap_mode="r", allow_pickle=False)
+                if part is None:
+                    part = np.load(self.path(bi, bj), mmap_mode="r", allow_pickle=False)
             except (FileNotFoundError, ValueError):
                 return None
             if part.size == 0:  # no valid pixel: zeros
@@ -481,12 +544,13 @@ class DecodedChunks:
         return out[:count], out[count].astype(bool)
 
     def close(self) -> None:
+        self._arrays.clear()
         remove_path(self.folder)
 
     def __getstate__(self) -> dict:
-        # readers only read: no lock, no accounting
-        return {"lowres": self.lowres, "budget": self.budget, "folder": self.folder, "needed": set(),
-                "held": 0, "_sizes": {}, "_lock": None}
+        # readers only read: no lock, no accounting; those of another process read files only
+        return {"lowres": self.lowres, "budget": self.budget, "memory": 0, "folder": self.folder, "needed": set(),
+                "held": 0, "_sizes": {}, "_arrays": {}, "_lock": None}
 
 
 def _intersects(window: Window, width: int, height: int) -> bool:

@@ -12,6 +12,8 @@ Memory is bounded: strip buffers, bounded queues, no full-raster array.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import os
 import threading
 import time
@@ -40,6 +42,8 @@ from caswit_geo.runtime.precision import Precision
 
 GDAL_POOL = 32  # files of a mosaic kept open per process (a tile row touches a few)
 DECODED_BUDGET = 1 << 30  # bytes of decoded source pixels kept on disk for the readers at a time
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+DECODED_MEMORY = 128 << 20  # ...of which first in memory, when the tiles are read in the run's own process
 
 
 def predict_probabilities(model: torch.nn.Module, hr: torch.Tensor, lr: torch.Tensor | None,
@@ -99,6 +103,18 @@ def _init_reader(worker_id: int) -> None:
     # Share batches by shared-memory file name rather than by passing descriptors: the descriptor
     # server thread prints a traceback when an interrupted run stops its readers.
     torch.multiprocessing.set_sharing_strategy("file_system")
+    release_large_buffers()
+
+
+def release_large_buffers() -> None:
+    """Give the memory of freed buffers of 1 MiB and more (tiles, batches) back to the system at once.
+
+    glibc otherwise raises its mmap threshold after the first such buffer is freed, serves the next ones
+    from the heap, and keeps what they leave: a reader process grew by hundreds of MB that way."""
+    try:
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def make_loader(dataset: PredictTiles, sizes: list[int], batch_size: int, workers: int,
@@ -279,19 +295,28 @@ class Reading:
             # of the tiles run (those meeting the region, when one is asked)
             run_tiles = [[w for _, w in t if plan.roi is None or plan.roi.meets(w)] for t in tiles]
             releases = release_order(lowres, windows)
-            decoded = decoded_chunks(plan, lowres, releases)
+            decoded = decoded_chunks(plan, lowres, releases, in_process=not workers)
             self.builder = LowResBuilder(plan.mosaic.source, plan.spec.bands, lowres, chunk_groups(lowres, run_tiles),
                                          decoded, threads=workers)
         self.dataset = PredictTiles(plan.mosaic.source, windows, plan.spec, plan.context, lowres,
                                     lowres_failed=None if self.builder is None else str(self.builder.failed),
                                     region=plan.roi, decoded=decoded)
+        if self.builder is not None and not workers:  # tiles read in this process: chunks handed over in memory
+            self.builder.memory = self.dataset.chunks
         loader = make_loader(self.dataset, [len(t) for t in tiles], batch_size, workers, device)
         sequential = self.builder is not None and plan.web_service
         if sequential:  # a web map service: the pre-pass alone first, so requests never outnumber the readers
             self.builder.start()
             self.builder.join()
         before_forking_readers(plan.inputs if workers else ())  # a reader must not share our HTTP sockets
-        self._batches = iter(loader)  # forks the readers first: never fork while our threads hold GDAL locks
+        # forks the readers first: never fork while our threads hold GDAL locks. The objects of this process
+        # (torch's modules...) frozen meanwhile: a reader's garbage collector then leaves them alone instead of
+        # writing to every page holding one, which would copy those pages into each reader
+        gc.freeze()
+        try:
+            self._batches = iter(loader)
+        finally:
+            gc.unfreeze()
         if self.builder is not None and not sequential:
             self.builder.start()
         return releasing(self._batches, decoded, releases)
@@ -321,13 +346,15 @@ def prepass_cache_bytes(plan: PredictPlan) -> int:
     return int(1.25 * 2 * (bh + plan.grid.tile) * (width + 2 * bw) * plan.mosaic.count * itemsize)
 
 
-def decoded_chunks(plan: PredictPlan, lowres, releases: list) -> DecodedChunks | None:
-    """Where the pre-pass keeps its decoded pixels for the readers; None for a resampled mosaic, whose
+def decoded_chunks(plan: PredictPlan, lowres, releases: list, in_process: bool = False) -> DecodedChunks | None:
+    """Where the pre-pass keeps its decoded pixels for the readers (``in_process``: tiles read in this
+    process, so the first of them held in memory); None for a resampled mosaic, whose
     pixels GDAL computes per read (a tile read on its own may differ in its last bits from the same
     pixels read in a larger window), so its tiles are read as before and the maps stay the same."""
     if plan.mosaic.resampled:
         return None
-    return DecodedChunks(lowres, DECODED_BUDGET, needed=[c for _, c in releases])
+    return DecodedChunks(lowres, DECODED_BUDGET, needed=[c for _, c in releases],
+                         memory=DECODED_MEMORY if in_process else 0)
 
 
 def release_order(lowres, windows: list) -> list[tuple[int, tuple[int, int]]]:

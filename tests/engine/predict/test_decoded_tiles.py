@@ -48,8 +48,10 @@ def write_mosaic(folder, fmt: str) -> list:
 
 
 @pytest.mark.parametrize("fmt", ["gtiff", "jp2"])
-@pytest.mark.parametrize("overlap, budget, threads", [(0, 1 << 30, 1), (8, 1 << 30, 3), (0, 60_000, 1)])
-def test_tiles_from_decoded_prepass_equal_per_tile_reads(tmp_path, monkeypatch, fmt, overlap, budget, threads):
+@pytest.mark.parametrize("overlap, budget, threads, memory",
+                         [(0, 1 << 30, 1, 0), (8, 1 << 30, 3, 0), (0, 60_000, 1, 0), (0, 1 << 30, 2, 30_000)])
+def test_tiles_from_decoded_prepass_equal_per_tile_reads(tmp_path, monkeypatch, fmt, overlap, budget, threads,
+                                                         memory):
     paths = write_mosaic(tmp_path, fmt)
     mosaic = open_mosaic(paths, (1, 2, 3), nodata="0")
     spec = InputSpec(tile_size=TILE, context_factor=K)
@@ -58,12 +60,14 @@ def test_tiles_from_decoded_prepass_equal_per_tile_reads(tmp_path, monkeypatch, 
     with mosaic.open() as src:
         lowres = plan_lowres(src, spec.bands, grid, K, tmp_path / "lr", chunk=(16, 32))  # tiles cross chunks
     releases = release_order(lowres, windows)
-    decoded = DecodedChunks(lowres, budget, needed=[c for _, c in releases])
+    decoded = DecodedChunks(lowres, budget, needed=[c for _, c in releases], memory=memory)
     # chunks in groups of a few tiles (as units), several threads taking the next group
     groups = chunk_groups(lowres, [windows[i : i + 5] for i in range(0, len(windows), 5)])
     assert sorted(c for g in groups for c in g) == sorted(chunk_order(lowres, windows, complete=False))
-    builder = LowResBuilder(mosaic.source, spec.bands, lowres, groups, decoded, threads=threads)
     tiles = PredictTiles(mosaic.source, windows, spec, "prepass", lowres, decoded=decoded)
+    # with ``memory``, read in this process as with no reader process: chunks and pixels handed over in memory
+    builder = LowResBuilder(mosaic.source, spec.bands, lowres, groups, decoded, threads=threads,
+                            memory=tiles.chunks if memory else None)
     copied = []
     real_read = DecodedChunks.read
 
@@ -103,7 +107,7 @@ def test_tiles_from_decoded_prepass_equal_per_tile_reads(tmp_path, monkeypatch, 
         assert all(copied)  # every tile came from the decoded pixels, none from a second decode
     else:
         assert any(copied) and not all(copied)  # over the budget: read from the source, same values
-    assert decoded.held == 0  # every file released once its last tile was read
+    assert decoded.held == 0 and not decoded._arrays  # every file released once its last tile was read
     tiles.close()
     builder.close()
     assert not decoded.folder.exists()
