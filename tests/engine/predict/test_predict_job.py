@@ -396,7 +396,7 @@ def test_dry_run_reports_the_plan_and_writes_nothing(tmp_path, weights, capsys):
     assert exc.value.code == 0
     assert snapshot(tmp_path) == before  # nothing written, not even a lock
     area = (512 * 512 + 1024 * 64) * GSD * GSD / 1e6
-    assert f"inputs: 5 file(s)" in out and f"{area:,.2f} km2" in out
+    assert "inputs: 5 file(s)" in out and f"{area:,.2f} km2" in out
     assert "mosaic: 1024 x 576 px" in out
     # units of 512 x 384 px (576 rows in two near-equal spans); the one over the gap right of the
     # 512 px square (columns 512-1024, rows 0-384) has no data and is no unit: 12 + 8 + 8 tiles
