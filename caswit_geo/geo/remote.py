@@ -356,34 +356,33 @@ def gdal_remote_options(names: Sequence[str | Path], open_files: int = 32) -> di
     return {k: v for k, v in options.items() if k not in os.environ}
 
 
-def before_forking_readers(names: Sequence[str | Path]) -> None:
-    """Close this thread's cached HTTP connections (GDAL's ``/vsicurl/``) before reader processes are forked.
+def drop_connections() -> None:
+    """Close this thread's cached HTTP connections (GDAL's ``/vsicurl/``); run before every fork.
 
     A forked reader inherits the forking thread's keep-alive sockets: two
     readers sending requests on one socket read each other's answers (a
     tile then fails to decode). Without them, each reader opens its own.
-    A no-op when no input is remote, or where GDAL's library is not found
-    (processes are then spawned, not forked: macOS, Windows).
+    A no-op where GDAL's library is not found (processes are then spawned,
+    not forked: macOS, Windows).
     """
-    if any(is_remote(n) for n in names):
-        library = _gdal_library()
-        if library is not None:
-            library.VSICurlClearCache()
+    library = _gdal_library()
+    if library is not None:
+        library.VSICurlClearCache()
 
 
 def clear_connections_at_forks(names: Sequence[str | Path]) -> None:
-    """From now on, :func:`before_forking_readers` before every fork of this process (idempotent).
+    """From now on, :func:`drop_connections` before every fork of this process (idempotent).
 
-    For readers forked where the caller cannot step in: a training
-    DataLoader forks its workers at every epoch, while this process reads
-    the same URLs between epochs (validation, sample tiles). A no-op when
-    no input is remote or GDAL's library is not found.
+    Predict's readers and a training DataLoader's workers (forked at every
+    epoch, while this process reads the same URLs between epochs) then
+    open connections of their own. A no-op when no input is remote or
+    GDAL's library is not found.
     """
     if _AT_FORK or not any(is_remote(n) for n in names):
         return
     library = _gdal_library()
     if library is not None and hasattr(os, "register_at_fork"):
-        os.register_at_fork(before=library.VSICurlClearCache)
+        os.register_at_fork(before=drop_connections)
         _AT_FORK.append(library)
 
 
@@ -430,7 +429,7 @@ def mask_gdal_logs() -> None:
 
 
 __all__ = [
-    "before_forking_readers", "clear_connections_at_forks", "fetch_bounded", "gdal_name", "gdal_remote_options",
+    "clear_connections_at_forks", "drop_connections", "fetch_bounded", "gdal_name", "gdal_remote_options",
     "http_url", "input_name", "input_stem", "is_connection_string", "is_remote", "is_url", "known_size", "mask",
     "mask_gdal_logs", "mask_text", "probe", "remote_identities", "remote_identity", "split_connection_string",
 ]

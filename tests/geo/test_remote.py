@@ -10,7 +10,7 @@ import rasterio
 from caswit_geo.core.errors import InputError
 from caswit_geo.geo.mosaic import describe_raster, expand_inputs, open_mosaic
 from caswit_geo.geo.remote import (
-    before_forking_readers,
+    drop_connections,
     gdal_name,
     gdal_remote_options,
     input_name,
@@ -195,7 +195,7 @@ def test_gdal_log_records_are_masked_once_remote_inputs_are_read(caplog):
 
 
 def test_connections_are_dropped_before_readers_are_forked(tmp_path):
-    """A forked reader must not inherit this thread's keep-alive socket (see before_forking_readers)."""
+    """A forked reader must not inherit this thread's keep-alive socket (see drop_connections)."""
     data = rgb_image(512, 512, seed=1)
     write_on_grid(tmp_path / "a.tif", data, tiled=True, blockxsize=128, blockysize=128)
     with ServedFolder(tmp_path) as server:
@@ -210,6 +210,6 @@ def test_connections_are_dropped_before_readers_are_forked(tmp_path):
         read(((0, 128), (0, 128)))
         assert {r.client for r in server.requests} == before  # kept alive: one connection
         server.reset_counts()
-        before_forking_readers([name])
+        drop_connections()
         np.testing.assert_array_equal(read(((384, 512), (384, 512))), data[:, 384:, 384:])
         assert server.requests and not {r.client for r in server.requests} & before  # a new connection

@@ -33,7 +33,7 @@ from caswit_geo.engine.predict.sink import SinkThread, UnitDone, UnitWriter
 from caswit_geo.engine.predict.source import PredictTiles, TileBatch, collate_tiles
 from caswit_geo.geo.blend import NODATA
 from caswit_geo.geo.lowres import DecodedChunks, LowResBuilder, chunk_groups, plan_lowres
-from caswit_geo.geo.remote import before_forking_readers, gdal_remote_options
+from caswit_geo.geo.remote import clear_connections_at_forks, gdal_remote_options
 from caswit_geo.geo.sources import read_error
 from caswit_geo.geo.webmap import SERVICE_OPTIONS
 from caswit_geo.model.tta import average_probabilities
@@ -308,7 +308,7 @@ class Reading:
         if sequential:  # a web map service: the pre-pass alone first, so requests never outnumber the readers
             self.builder.start()
             self.builder.join()
-        before_forking_readers(plan.inputs if workers else ())  # a reader must not share our HTTP sockets
+        clear_connections_at_forks(plan.inputs)  # a reader must not share our HTTP sockets
         # forks the readers first: never fork while our threads hold GDAL locks. The objects of this process
         # (torch's modules...) frozen meanwhile: a reader's garbage collector then leaves them alone instead of
         # writing to every page holding one, which would copy those pages into each reader
