@@ -222,11 +222,11 @@ def calibration(plan: PredictPlan, config: PredictConfig, tiles: int) -> Calibra
     prepare_inference(model, plan.precision)
     context = "none" if plan.context == "none" else "direct"
     windows = []
-    for unit in plan.units:
-        windows += [w for _, w in plan.tiles(unit)]
+    for unit in plan.units:  # the tiles run: those meeting the region, when one is asked
+        windows += [w for _, w in plan.tiles(unit) if plan.roi is None or plan.roi.meets(w)]
         if len(windows) >= 16 * tiles:
             break
-    source = PredictTiles(plan.mosaic.source, windows, plan.spec, context, region=plan.roi)
+    source = PredictTiles(plan.mosaic.source, windows, plan.spec, context)
     bs = max(1, min(config.batch_size, tiles))
     items = []
     try:

@@ -57,8 +57,8 @@ class PredictTiles(Dataset):
         lowres: the pre-pass raster when ``context == "prepass"``.
         lowres_failed: the marker file of the builder writing its chunks
             (readers stop waiting when it appears).
-        region: the region asked (``geo/region.py``): a tile with no pixel
-            centre in it is neither read nor run.
+        inside: which of ``windows`` are run (those meeting the region asked,
+            ``geo/region.py``); the others are neither read nor run. None: all.
         decoded: the source pixels the pre-pass decoded for its chunks; tiles
             are copied from there when it holds them (each source pixel
             decoded once), read from ``source`` otherwise.
@@ -72,7 +72,7 @@ class PredictTiles(Dataset):
         context: str,
         lowres: LowResRaster | None = None,
         lowres_failed: str | None = None,
-        region=None,
+        inside: np.ndarray | None = None,
         decoded: DecodedChunks | None = None,
     ) -> None:
         if context not in ("prepass", "direct", "none"):
@@ -81,7 +81,7 @@ class PredictTiles(Dataset):
             raise ValueError("context 'prepass' needs the pre-pass raster")
         self.source, self.windows, self.spec = source, windows, spec
         self.context, self.lowres, self.decoded = context, lowres, decoded
-        self.region = region
+        self.inside = inside
         self.chunks = ChunkReader(failed=lowres_failed)  # the pre-pass chunks this process has open
         self._handles: tuple[int, rasterio.io.DatasetReader, MaskRule] | None = None
 
@@ -120,7 +120,7 @@ class PredictTiles(Dataset):
         return hr, lr, valid
 
     def __getitem__(self, i: int):
-        if self.region is not None and not self.region.meets(self.windows[i]):
+        if self.inside is not None and not self.inside[i]:
             return i, None, None, None
         hr, lr, valid = self.read(i)
         if not valid.any():
@@ -133,9 +133,9 @@ class PredictTiles(Dataset):
         """A batch (the DataLoader asks for whole batches): adjacent tiles of a row share one read."""
         if self.context == "direct":
             return [self[i] for i in indices]
-        if self.region is not None:  # tiles outside the region: not read; the batch keeps its order
-            inside = [i for i in indices if self.region.meets(self.windows[i])]
-            read = {item[0]: item for run in self._runs(inside) for item in self._read_run(run)}
+        if self.inside is not None:  # tiles outside the region: not read; the batch keeps its order
+            run = [i for i in indices if self.inside[i]]
+            read = {item[0]: item for piece in self._runs(run) for item in self._read_run(piece)}
             return [read.get(i, (i, None, None, None)) for i in indices]
         out = []
         for run in self._runs(indices):

@@ -286,21 +286,25 @@ class Reading:
         """Start reading the tiles of ``tiles`` (one list per unit); returns the batches, in order."""
         plan = self.plan
         windows = [w for t in tiles for _, w in t]
+        # the tiles run: those meeting the region, when one is asked (decided once, here)
+        inside = None if plan.roi is None else np.array([plan.roi.meets(w) for w in windows], bool)
         lowres = decoded = None
         releases: list[tuple[int, tuple[int, int]]] = []
         if plan.context == "prepass":
             with plan.mosaic.open() as src:
                 lowres = plan_lowres(src, plan.spec.bands, plan.grid, plan.spec.context_factor, lowres_dir)
             # a unit's chunks written by one thread, as many threads as readers; only the context
-            # of the tiles run (those meeting the region, when one is asked)
-            run_tiles = [[w for _, w in t if plan.roi is None or plan.roi.meets(w)] for t in tiles]
+            # of the tiles run
+            starts = np.cumsum([0] + [len(t) for t in tiles])
+            run_tiles = [[w for j, (_, w) in enumerate(t) if inside is None or inside[s + j]]
+                         for s, t in zip(starts, tiles)]
             releases = release_order(lowres, windows)
             decoded = decoded_chunks(plan, lowres, releases, in_process=not workers)
             self.builder = LowResBuilder(plan.mosaic.source, plan.spec.bands, lowres, chunk_groups(lowres, run_tiles),
                                          decoded, threads=workers)
         self.dataset = PredictTiles(plan.mosaic.source, windows, plan.spec, plan.context, lowres,
                                     lowres_failed=None if self.builder is None else str(self.builder.failed),
-                                    region=plan.roi, decoded=decoded)
+                                    inside=inside, decoded=decoded)
         if self.builder is not None and not workers:  # tiles read in this process: chunks handed over in memory
             self.builder.memory = self.dataset.chunks
         loader = make_loader(self.dataset, [len(t) for t in tiles], batch_size, workers, device)
