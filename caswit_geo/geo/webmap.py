@@ -32,6 +32,7 @@ from pathlib import Path
 from affine import Affine
 
 from caswit_geo.core.errors import ConfigError, InputError
+from caswit_geo.core.jsonfile import read_bounded
 from caswit_geo.geo.area import unit_to_m
 from caswit_geo.geo.georef import open_quietly
 from caswit_geo.geo.mosaic import Mosaic, RasterInfo, build_vrt_xml, check_input, describe_raster
@@ -98,11 +99,8 @@ def service_text(path: str | Path) -> str:
     a connection string as it is (GDAL opens it)."""
     if is_connection_string(path):
         return str(path)  # WMTS: its connections follow GDAL_MAX_CONNECTIONS (SERVICE_OPTIONS)
-    path = Path(path)
-    if path.stat().st_size > MAX_SERVICE_BYTES:
-        raise InputError(f"{path.name}: {path.stat().st_size:,} bytes, more than a service description "
-                         f"({MAX_SERVICE_BYTES:,} at most)")
-    text = path.read_text("utf-8", "replace").lstrip("\ufeff \t\r\n")
+    raw = read_bounded(path, what="the service description", max_bytes=MAX_SERVICE_BYTES)
+    text = raw.decode("utf-8", "replace").lstrip("\ufeff \t\r\n")
     if not text.startswith("<GDAL_WMS"):
         return text  # WMTS: its connections follow GDAL_MAX_CONNECTIONS (SERVICE_OPTIONS)
     head, end, tail = _CONNECTIONS.sub("", text).rpartition("</GDAL_WMS>")
