@@ -60,6 +60,8 @@ def debug_enabled() -> bool:
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     from caswit_geo.geo.remote import mask_text  # light: no GDAL import
 
+    if (category.__module__, category.__name__) == ("rasterio.errors", "NotGeoreferencedWarning"):
+        return  # planning says it once in our words (see caswit_geo.geo.ignore_not_georeferenced)
     print(f"caswit-geo: warning: {plain(mask_text(one_line(message)))}", file=sys.stderr)
 
 

@@ -6,11 +6,10 @@ pool with :func:`open_raster` as its opener (one pool per worker process).
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import rasterio
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import RasterioIOError
 
 from caswit_geo.core.errors import CaswitError, DatasetError, InputError
 from caswit_geo.geo.sources import check_source
@@ -28,9 +27,6 @@ def open_raster(
     except InputError as e:
         raise error(str(e)) from None
     try:
-        with warnings.catch_warnings():
-            # PNG datasets (URUR) and plain class rasters may carry no georeferencing
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
+        return rasterio.open(path)  # PNG datasets (URUR) carry no georeferencing: caswit_geo.geo silences that
     except RasterioIOError as exc:
         raise error(f"{path}: not a readable raster ({str(exc).splitlines()[0]})") from None

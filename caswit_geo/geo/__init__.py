@@ -2,3 +2,22 @@
 
 May import: runtime, safeio, core.
 """
+
+import warnings
+
+from rasterio.errors import NotGeoreferencedWarning
+
+
+def ignore_not_georeferenced() -> None:
+    """Silence rasterio's NotGeoreferencedWarning in this process.
+
+    Planning says in its own words, once, that an input has no georeferencing
+    ("working in pixel coordinates"), and PNG data sets never have any; rasterio
+    would repeat its raw warning at every open, in every reader. One
+    process-wide filter, because warnings.catch_warnings() around each open is
+    not thread-safe and the LR pre-pass opens sources from several threads.
+    """
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+
+
+ignore_not_georeferenced()

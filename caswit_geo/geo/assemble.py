@@ -29,7 +29,6 @@ overview value.
 from __future__ import annotations
 
 import os
-import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Sequence
@@ -38,7 +37,6 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.shutil import copy as gdal_copy
 from rasterio.windows import Window
 
@@ -129,8 +127,7 @@ def write_raster(source: str, dest: str | Path, *, fmt: str, block: int, is_clas
     """
     if fmt not in ("cog", "gtiff"):
         raise ValueError(f"unknown output format {fmt!r}")
-    with rasterio.Env(GDAL_CACHEMAX=cache_mb * 2**20, GDAL_NUM_THREADS="ALL_CPUS"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    with rasterio.Env(GDAL_CACHEMAX=cache_mb * 2**20, GDAL_NUM_THREADS="ALL_CPUS"):
         with rasterio.open(source) as src:
             width, height = src.width, src.height
             if fmt == "cog" and average_overviews:

@@ -24,7 +24,7 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from caswit_geo.core.errors import CaswitError, disk_full_guard, one_line
@@ -184,9 +184,7 @@ class AtomicRasterWriter:
             self.tmp = self._raster.tmp
             if classes is not None:
                 self._legend = AtomicWrite(self.legend)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                self.dst = rasterio.open(self.tmp, "w", **class_raster_profile(width, height, crs, transform, block))
+            self.dst = rasterio.open(self.tmp, "w", **class_raster_profile(width, height, crs, transform, block))
             usual_permissions(self.tmp)
             if classes is not None:
                 self.dst.write_colormap(1, classes.colormap())

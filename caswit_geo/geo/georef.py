@@ -11,12 +11,10 @@ their geotransform places every pixel exactly.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import rasterio
 from affine import Affine
-from rasterio.errors import NotGeoreferencedWarning
 
 from caswit_geo.core.errors import InputError
 
@@ -63,14 +61,3 @@ def check_geographic_extent(t: Affine, width: int, height: int, path: str | Path
                          f"reproject it to a projected CRS first (gdalwarp -t_srs EPSG:<UTM zone> "
                          f"{Path(path).name} projected.tif)")
 
-
-def open_quietly(source: str | Path) -> rasterio.io.DatasetReader:
-    """Open an input (a file or a mosaic's VRT) for reading without rasterio's NotGeoreferencedWarning.
-
-    Planning says once that a raster has no georeferencing ("working in pixel
-    coordinates"); every later open of it, in every reader, would repeat
-    rasterio's raw warning.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return rasterio.open(source)

@@ -46,7 +46,6 @@ from affine import Affine
 from rasterio.windows import Window
 
 from caswit_geo.geo.context import read_canvas
-from caswit_geo.geo.georef import open_quietly
 from caswit_geo.geo.grid import TileGrid
 from caswit_geo.geo.masks import MaskRule, mask_rule
 from caswit_geo.geo.profiles import lowres_chunk_profile
@@ -343,7 +342,7 @@ class LowResBuilder(threading.Thread):
         # so the threads share one handle and block cache rather than decode blocks they both touch
         decoders = max(1, self.threads // max(1, min(self.threads, len(self.groups))))
         try:
-            with rasterio.Env(GDAL_NUM_THREADS=str(decoders)), open_quietly(self.source) as src:
+            with rasterio.Env(GDAL_NUM_THREADS=str(decoders)), rasterio.open(self.source) as src:
                 rule = mask_rule(src, self.bands)
                 while True:
                     with self._lock:

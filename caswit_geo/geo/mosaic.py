@@ -15,7 +15,6 @@ import dataclasses
 import glob
 import math
 import os
-import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +25,11 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from caswit_geo.core.errors import InputError, one_line
-from caswit_geo.geo.georef import check_georeferencing, open_quietly
+from caswit_geo.geo.georef import check_georeferencing
 from caswit_geo.geo.masks import alpha_holds_data
 from caswit_geo.geo.remote import gdal_name, gdal_remote_options, input_name, is_remote, known_size, mask, mask_text
 from caswit_geo.geo.sources import check_source, vrt_data_rects
@@ -142,8 +141,7 @@ def describe_raster(path: str | Path) -> RasterInfo:
     path = check_source(path)  # a regular file (a FIFO would block GDAL), and so are a VRT's sources
     remote = gdal_remote_options([path])  # retries, no sidecar lookups: as the readers will read it
     try:
-        with warnings.catch_warnings(), rasterio.Env(**remote) if remote else contextlib.nullcontext():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.Env(**remote) if remote else contextlib.nullcontext():
             with rasterio.open(path) as src:
                 check_georeferencing(src, path)
                 flags = src.mask_flag_enums[0] if src.count else ()
@@ -266,7 +264,7 @@ class Mosaic:
         return abs(self.transform.a), abs(self.transform.e)
 
     def open(self) -> rasterio.io.DatasetReader:
-        return open_quietly(self.source)
+        return rasterio.open(self.source)
 
     def data_windows(self, info: RasterInfo) -> list[Window]:
         """Where ``info``'s pixels come from, in mosaic pixels: its window, or its VRT source rectangles."""

@@ -13,7 +13,6 @@ import rasterio
 from rasterio.enums import Resampling
 
 from caswit_geo.core.spec import IGNORE_INDEX, ClassTable
-from caswit_geo.geo.georef import open_quietly
 from caswit_geo.safeio.writes import save_figure
 
 
@@ -64,7 +63,7 @@ def write_preview(
         lut[c.id] = (*(np.asarray(c.color) / 255.0), 1.0)
     panels = []
     if image is not None:
-        with open_quietly(image) as src:
+        with rasterio.open(image) as src:
             img = src.read(list(bands[:3]), out_shape=(min(3, len(bands)), *shape), resampling=Resampling.average,
                            window=window)
             valid = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest, window=window) > 0

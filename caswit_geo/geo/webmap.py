@@ -29,12 +29,12 @@ import math
 import re
 from pathlib import Path
 
+import rasterio
 from affine import Affine
 
 from caswit_geo.core.errors import ConfigError, InputError
 from caswit_geo.core.jsonfile import read_bounded
 from caswit_geo.geo.area import unit_to_m
-from caswit_geo.geo.georef import open_quietly
 from caswit_geo.geo.mosaic import Mosaic, RasterInfo, build_vrt_xml, check_input, describe_raster
 from caswit_geo.geo.remote import is_connection_string, mask, split_connection_string
 
@@ -114,7 +114,7 @@ def service_crs(path: str | Path):
 
 def service_levels(info: RasterInfo, source: str) -> list[float]:
     """Pixel sizes (CRS units) of the service's levels, finest first."""
-    with open_quietly(source) as src:
+    with rasterio.open(source) as src:
         factors = src.overviews(1) if src.count else []
     return [abs(info.transform.a)] + [abs(info.transform.a) * f for f in factors]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import numpy as np
 import rasterio
 import rasterio.errors
 from affine import Affine
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from caswit_geo.core.errors import ConfigError, OutputError
@@ -95,10 +93,8 @@ def unit_reports(job: Job, plan: PredictPlan, raster: int | None = None) -> list
 
 def _part_tags(path: Path) -> dict:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                return src.tags()
+        with rasterio.open(path) as src:
+            return src.tags()
     except rasterio.errors.RasterioIOError:
         raise _bad_part(path, "cannot be read") from None
 
@@ -177,14 +173,11 @@ def overview_levels(plan: PredictPlan, job: Job, index: int, band: int, folder: 
         paths.append(path)
     coarse = [f for f in factors if f > plan.block]
     if coarse:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(paths[-1]) as src:
-                base = src.read(1)
+        with rasterio.open(paths[-1]) as src:
+            base = src.read(1)
         for f, image in zip(coarse, pyramid(base, [f // fine[-1] for f in coarse], band == 1)):
             path = folder / f"r{index:05d}_b{band}_x{f}.tif"
-            with atomic_path(path) as tmp, warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with atomic_path(path) as tmp:
                 with rasterio.open(tmp, "w", **coarse_level_profile(image.shape[1], image.shape[0], plan.mosaic.crs,
                                                                     raster.transform @ Affine.scale(f))) as dst:
                     dst.write(image, 1)

@@ -20,7 +20,6 @@ import os
 import queue
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,14 +27,12 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from caswit_geo.engine.predict.job import Job
 from caswit_geo.engine.predict.plan import PredictPlan, Unit
 from caswit_geo.geo.area import row_areas_m2
 from caswit_geo.geo.blend import NODATA, RowBlock, StripAccumulator
-from caswit_geo.geo.georef import open_quietly
 from caswit_geo.geo.grid import strips
 from caswit_geo.geo.masks import MaskRule, mask_rule, valid_mask
 from caswit_geo.geo.mosaic import build_vrt_xml
@@ -126,9 +123,7 @@ class _PartRaster:
     def __init__(self, path: os.PathLike, profile: dict) -> None:
         self.file = AtomicWrite(path, fsync=True)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                self.dst = rasterio.open(self.file.tmp, "w", **profile)
+            self.dst = rasterio.open(self.file.tmp, "w", **profile)
         except BaseException:
             self.file.abort()
             raise
@@ -217,8 +212,7 @@ class UnitPyramid:
         """Write the levels to ``path`` (flushed to disk first), tagged with the unit's ``identity``."""
         rows, cols = self.classes.shape
         profile = overview_levels_profile(cols, rows, count=2 if self.confidence else 1)
-        with atomic_path(path, fsync=True) as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with atomic_path(path, fsync=True) as tmp:
             with rasterio.open(tmp, "w", **profile) as dst:
                 dst.write(self.classes, 1)
                 if self.confidence:
@@ -348,7 +342,7 @@ class UnitWriter:
             raster, mosaic = self.plan.rasters[index], self.plan.mosaic
             xml = build_vrt_xml([mosaic.files[raster.source]], raster.transform, int(raster.window.width),
                                 int(raster.window.height), mosaic.bands, mosaic.crs, mosaic.resampled)
-            src = open_quietly(xml)
+            src = rasterio.open(xml)
             self.masks[index] = (src, mask_rule(src, mosaic.bands))
         return self.masks[index]
 

@@ -20,7 +20,6 @@ from torch.utils.data import Dataset
 
 from caswit_geo.core.spec import InputSpec
 from caswit_geo.geo.context import read_canvas, read_tile_and_context
-from caswit_geo.geo.georef import open_quietly
 from caswit_geo.geo.lowres import ChunkReader, DecodedChunks, LowResRaster
 from caswit_geo.geo.masks import MaskRule, mask_rule
 
@@ -91,7 +90,7 @@ class PredictTiles(Dataset):
     def _open(self) -> tuple[rasterio.io.DatasetReader, MaskRule]:
         # (re)open in each process: a GDAL handle must not be shared across a fork
         if self._handles is None or self._handles[0] != os.getpid():
-            src = open_quietly(self.source)
+            src = rasterio.open(self.source)
             self._handles = (os.getpid(), src, mask_rule(src, self.spec.bands))
         return self._handles[1], self._handles[2]
 
