@@ -33,6 +33,7 @@ builder runs in as many threads as there are readers, a group of chunks
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections import OrderedDict
@@ -217,35 +218,50 @@ def write_chunk(
     src: rasterio.io.DatasetReader, bands: Sequence[int], lowres: LowResRaster, bi: int, bj: int,
     mask: MaskRule | None = None, decoded: "DecodedChunks | None" = None, memory: "ChunkReader | None" = None,
 ) -> Path:
-    """Compute one chunk (k x k sums; outside and nodata pixels count 0) and publish it by renaming.
+    """Compute one chunk (:func:`compute_chunk`) and publish it (:func:`publish_chunk`)."""
+    return publish_chunk(lowres, bi, bj, compute_chunk(src, bands, lowres, bi, bj, mask, decoded, memory))
+
+
+def compute_chunk(
+    src: rasterio.io.DatasetReader, bands: Sequence[int], lowres: LowResRaster, bi: int, bj: int,
+    mask: MaskRule | None = None, decoded: "DecodedChunks | None" = None, memory: "ChunkReader | None" = None,
+) -> np.ndarray | None:
+    """(C, h, w) k x k sums of chunk (bi, bj) (outside and nodata pixels count 0), None when all are 0.
 
     ``decoded``: where to keep the source pixels read for it (nodata set to 0) and their validity, for
-    the tile readers; kept before the chunk is published, so a reader that sees the chunk sees them.
-    ``memory``: the chunk reader of a tile reader in this process, given the sums once published.
+    the tile readers. ``memory``: the chunk reader of a tile reader in this process, given the sums at
+    once (before the file exists: its reader need not wait for the write). Both are given the chunk
+    before its file is published, so a reader that sees the file sees them.
     """
-    k = lowres.factor
     out = lowres.chunk_window(bi, bj)
-    h, w = int(out.height), int(out.width)
     src_win = lowres.source_window(bi, bj)
-    path = lowres.chunk_path(bi, bj)
-    profile = lowres_chunk_profile(w, h, lowres.count, lowres.dtype, lowres.crs,
-                                   lowres.transform @ Affine.translation(int(out.col_off), int(out.row_off)))
-    # this process's own temporary name (the folder may be shared), on disk before its name says it is there
-    with atomic_path(path, fsync=True) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        canvas = valid = sums = None
-        if _intersects(src_win, src.width, src.height):  # otherwise: all black, sparse file reads 0
-            canvas, valid = read_canvas(src, src_win, bands, fill=0, with_mask=True, mask=mask)
-            if valid.any():
-                if not valid.all():
-                    canvas[:, ~valid] = 0
-                sums = block_sums(canvas, k, np.dtype(lowres.dtype))
-                dst.write(sums)
-            else:
-                canvas = valid = None
-        if decoded is not None:
-            decoded.put(bi, bj, canvas, valid)
+    canvas = valid = sums = None
+    if _intersects(src_win, src.width, src.height):  # otherwise: all black
+        canvas, valid = read_canvas(src, src_win, bands, fill=0, with_mask=True, mask=mask)
+        if valid.any():
+            if not valid.all():
+                canvas[:, ~valid] = 0
+            sums = block_sums(canvas, lowres.factor, np.dtype(lowres.dtype))
+        else:
+            canvas = valid = None
+    if decoded is not None:
+        decoded.put(bi, bj, canvas, valid)
     if memory is not None:
-        memory.keep(lowres, bi, bj, np.zeros((lowres.count, h, w), lowres.dtype) if sums is None else sums)
+        shape = (lowres.count, int(out.height), int(out.width))
+        memory.keep(lowres, bi, bj, np.zeros(shape, lowres.dtype) if sums is None else sums)
+    return sums
+
+
+def publish_chunk(lowres: LowResRaster, bi: int, bj: int, sums: np.ndarray | None) -> Path:
+    """Write chunk (bi, bj)'s file (``sums`` None: all 0, a sparse file) under a temporary name of this
+    process's own (the folder may be shared), on disk before its name says it is there."""
+    out = lowres.chunk_window(bi, bj)
+    path = lowres.chunk_path(bi, bj)
+    profile = lowres_chunk_profile(int(out.width), int(out.height), lowres.count, lowres.dtype, lowres.crs,
+                                   lowres.transform @ Affine.translation(int(out.col_off), int(out.row_off)))
+    with atomic_path(path, fsync=True) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        if sums is not None:
+            dst.write(sums)
     return path
 
 
@@ -315,6 +331,7 @@ class LowResBuilder(threading.Thread):
         self.running = temp_path(folder / RUNNING, "")
         self.running.touch()
         self.written = 0  # chunks this builder computed (the others existed)
+        self._written: queue.Queue = queue.Queue(maxsize=4)  # computed chunks to write (a few MB each)
         self._next = iter(self.groups)
         self._lock = threading.Lock()
 
@@ -325,11 +342,19 @@ class LowResBuilder(threading.Thread):
                 # cache, so a group is a region whose source blocks its neighbours share little
                 helpers = [threading.Thread(target=self._work, name=f"caswit-lowres-{i}", daemon=True)
                            for i in range(1, min(self.threads, len(self.groups)))]
+                # the files are written on a thread of their own: compressing and syncing them is a
+                # third of a chunk's time, and the decoding threads need not wait for it
+                writer = threading.Thread(target=self._write, name="caswit-lowres-write", daemon=True)
+                writer.start()
                 for h in helpers:
                     h.start()
-                self._work()
-                for h in helpers:
-                    h.join()
+                try:
+                    self._work()
+                    for h in helpers:
+                        h.join()
+                finally:
+                    self._written.put(None)
+                    writer.join()
             if self.error is not None:
                 raise self.error
             self.running.unlink(missing_ok=True)  # done: no failure to announce
@@ -354,14 +379,38 @@ class LowResBuilder(threading.Thread):
                             raise RuntimeError("pre-pass stopped")
                         if self.lowres.chunk_path(bi, bj).exists():
                             continue
-                        write_chunk(src, self.bands, self.lowres, bi, bj, rule, self.decoded, self.memory)
-                        with self._lock:
-                            self.written += 1
+                        sums = compute_chunk(src, self.bands, self.lowres, bi, bj, rule, self.decoded, self.memory)
+                        self._put_written((bi, bj, sums))
         except BaseException as e:
-            with self._lock:
-                if self.error is None:
-                    self.error = e
-            self.stop_event.set()
+            self._fail(e)
+
+    def _put_written(self, item: tuple) -> None:
+        while not self.stop_event.is_set():  # bounded queue: give up when the writer has failed
+            try:
+                return self._written.put(item, timeout=0.1)
+            except queue.Full:
+                pass
+        raise RuntimeError("pre-pass stopped")
+
+    def _write(self) -> None:
+        """Publish the computed chunks' files, in the order they were computed."""
+        try:
+            while (item := self._written.get()) is not None:
+                if self.stop_event.is_set():
+                    continue  # drain: the computing threads may be blocked on a full queue
+                publish_chunk(self.lowres, *item)
+                with self._lock:
+                    self.written += 1
+        except BaseException as e:
+            self._fail(e)
+            while self._written.get() is not None:  # unblock the computing threads until they stop
+                pass
+
+    def _fail(self, e: BaseException) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = e
+        self.stop_event.set()
 
     def _mark_failed(self, error: BaseException) -> None:
         for make in (lambda: os.replace(self.running, self.failed), self.failed.touch):
@@ -407,43 +456,52 @@ class ChunkReader:
         self._handles = RasterHandles(max_open)
         self._arrays: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
         self._held = 0
-        self._lock = threading.Lock()  # the builder's threads keep chunks while the reader reads
+        self._kept = threading.Condition()  # the builder's threads keep chunks while the reader reads
 
     def get(self, lowres: LowResRaster, bi: int, bj: int) -> rasterio.io.DatasetReader:
         path = lowres.chunk_path(bi, bj)
         while not path.exists():  # the pre-pass thread has not written it yet
-            if self.failed is not None and self.failed.exists():
-                reason = self.failed.read_text().strip() or "no reason recorded"
-                raise RuntimeError(f"the LR pre-pass failed: {reason}")
+            self._check_failed()
             time.sleep(self.poll)
         return self._handles.get(path)
 
     def array(self, lowres: LowResRaster, bi: int, bj: int) -> np.ndarray:
         """(C, h, w) sums of chunk (bi, bj), whole (read only: shared with later calls)."""
-        key = (lowres.folder, bi, bj)
-        with self._lock:
-            data = self._arrays.get(key)
-            if data is not None:
-                self._arrays.move_to_end(key)
-                return data
-        data = self.get(lowres, bi, bj).read()
-        self.keep(lowres, bi, bj, data)
-        return data
+        key, path = (lowres.folder, bi, bj), lowres.chunk_path(bi, bj)
+        while True:
+            with self._kept:
+                data = self._arrays.get(key)
+                if data is not None:
+                    self._arrays.move_to_end(key)
+                    return data
+                if not path.exists():  # not computed yet: a builder here wakes us when it keeps a chunk
+                    self._check_failed()
+                    self._kept.wait(self.poll)
+                    continue
+            data = self._handles.get(path).read()
+            self.keep(lowres, bi, bj, data)
+            return data
+
+    def _check_failed(self) -> None:
+        if self.failed is not None and self.failed.exists():
+            reason = self.failed.read_text().strip() or "no reason recorded"
+            raise RuntimeError(f"the LR pre-pass failed: {reason}")
 
     def keep(self, lowres: LowResRaster, bi: int, bj: int, data: np.ndarray) -> None:
         """Hold chunk (bi, bj)'s sums for :meth:`array`."""
         data.flags.writeable = False
         key = (lowres.folder, bi, bj)
-        with self._lock:
+        with self._kept:
             old = self._arrays.pop(key, None)
             self._held += data.nbytes - (0 if old is None else old.nbytes)
             self._arrays[key] = data
             while self._held > self.cache_bytes and len(self._arrays) > 1:
                 self._held -= self._arrays.popitem(last=False)[1].nbytes
+            self._kept.notify_all()
 
     def close(self) -> None:
         self._handles.close()
-        with self._lock:
+        with self._kept:
             self._arrays.clear()
             self._held = 0
 

@@ -206,7 +206,7 @@ def geopackage_full(mp, folder):
 def prepass_chunk_enospc(mp, folder):
     from caswit_geo.geo import lowres
 
-    mp.setattr(lowres, "write_chunk", enospc)  # the LR pre-pass thread's first write fails...
+    mp.setattr(lowres, "publish_chunk", enospc)  # the LR pre-pass thread's first write fails...
     mp.setattr(Path, "write_text", enospc)  # ...and so does the reason it leaves for the readers
 
 

@@ -179,7 +179,7 @@ class PredictTiles(Dataset):
         if not valid.all():
             hr[:, ~valid] = 0
         x_hr = self.spec.normalize(hr)  # (C, T, span)
-        x_lr = None if lr_sums is None else self.spec.normalize(lr_sums)
+        x_lr = None if lr_sums is None else self.spec.normalize(lr_sums, copy=False)  # our own means
         items = []
         for i, w in zip(run, windows):
             off = int(w.col_off) - c0
@@ -187,16 +187,25 @@ class PredictTiles(Dataset):
             if not v.any():
                 items.append((i, None, None, None))
                 continue
-            lr = None if x_lr is None else torch.from_numpy(x_lr[:, :, off // k : off // k + t].copy())
-            items.append((i, torch.from_numpy(x_hr[:, :, off : off + t].copy()), lr, torch.from_numpy(v.copy())))
+            # a copy of each tile (a run of one tile is its own array already)
+            lr = None if x_lr is None else torch.from_numpy(np.ascontiguousarray(x_lr[:, :, off // k : off // k + t]))
+            items.append((i, torch.from_numpy(np.ascontiguousarray(x_hr[:, :, off : off + t])), lr,
+                          torch.from_numpy(np.ascontiguousarray(v))))
         return items
 
 
 def collate_tiles(items) -> TileBatch:
     run = [hr is not None for _, hr, _, _ in items]
     kept = [it for it, r in zip(items, run) if r]
-    hr = torch.stack([it[1] for it in kept]) if kept else torch.empty(0)
+    hr = _stack([it[1] for it in kept]) if kept else torch.empty(0)
     has_lr = bool(kept) and kept[0][2] is not None
-    lr = torch.stack([it[2] for it in kept]) if has_lr else None
-    valid = torch.stack([it[3] for it in kept]) if kept else torch.empty(0, dtype=torch.bool)
+    lr = _stack([it[2] for it in kept]) if has_lr else None
+    valid = _stack([it[3] for it in kept]) if kept else torch.empty(0, dtype=torch.bool)
     return TileBatch(torch.tensor([it[0] for it in items]), torch.tensor(run), hr, lr, valid)
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack of CPU tensors as one plain copy in this thread: torch's own runs on its intra-op
+    threads, which wait on each other whenever a core is busy elsewhere (the LR pre-pass beside the
+    model, with --workers 0: ten times slower there)."""
+    return torch.from_numpy(np.stack([t.numpy() for t in tensors]))
