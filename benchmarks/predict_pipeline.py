@@ -127,7 +127,7 @@ def measure(args: dict) -> dict:
     import torch
 
     from caswit_geo.engine.predict import PredictConfig, predict, predict_probabilities
-    from caswit_geo.engine.predict.source import PredictTiles, collate_tiles
+    from caswit_geo.engine.predict.source import PredictTiles, model_inputs
     from caswit_geo.geo.grid import TileGrid, plan_tiles
     from caswit_geo.geo.lowres import build_lowres
     from caswit_geo.geo.mosaic import expand_inputs, open_mosaic
@@ -165,14 +165,15 @@ def measure(args: dict) -> dict:
             lowres = build_lowres(src, spec.bands, grid, spec.context_factor, Path(tmp) / "lr.tif")
         ds = PredictTiles(mosaic.source, [w for _, w in plan], spec, "prepass", lowres)
         bs = args["batch_size"]
-        batches = [collate_tiles([ds[i] for i in range(s, min(s + bs, len(ds)))]) for s in range(0, len(ds), bs)]
+        batches = [model_inputs(ds.collate([ds[i] for i in range(s, min(s + bs, len(ds)))]), spec, torch.device("cpu"))
+                   for s in range(0, len(ds), bs)]
         ds.close()
-    predict_probabilities(model, batches[0].hr, batches[0].lr, precision)  # warm-up, untimed
+    predict_probabilities(model, *batches[0], precision)  # warm-up, untimed
 
     def forward_only():
         t0 = time.perf_counter()
-        for b in batches:
-            probs = predict_probabilities(model, b.hr, b.lr, precision)
+        for hr, lr in batches:
+            probs = predict_probabilities(model, hr, lr, precision)
             conf, cls = probs.max(dim=1)
             cls.to(torch.uint8).cpu(), conf.cpu()
         return time.perf_counter() - t0

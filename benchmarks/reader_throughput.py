@@ -277,6 +277,8 @@ def measure_read(args: dict) -> dict:
     from caswit_geo.engine.predict.config import PredictConfig
     from caswit_geo.engine.predict.job import Job
     from caswit_geo.engine.predict.plan import plan_predict
+    from caswit_geo.engine.predict.source import model_inputs
+    from caswit_geo.runtime.device import CpuThreads
 
     work = Path(args["work"])
     config = PredictConfig(inputs=[str(p) for p in args["inputs"]], out=work / "out.tif", weights=args["weights"],
@@ -289,9 +291,13 @@ def measure_read(args: dict) -> dict:
         plan.mosaic = dataclasses.replace(plan.mosaic, source=args["url"])
     counted = {"tiles": 0}
 
-    def drain(model, batches, *rest, **kw):
-        for batch in batches:
-            counted["tiles"] += len(batch.index)
+    def drain(model, batches, workers, sink_thread, device, *rest):
+        # the model's inputs made as predict's model loop makes them (on the CPU here, with its threads), not run
+        with CpuThreads(device, workers) as threads:
+            threads.update(int(rest[-1]))  # the pre-pass busy: a core left to it
+            for batch in batches:
+                model_inputs(batch, plan.spec, device)
+                counted["tiles"] += len(batch.index)
 
     units_module._model_loop = drain
     job_dir = Path(tempfile.mkdtemp(dir=work))

@@ -74,12 +74,11 @@ class InputSpec:
     def in_chans(self) -> int:
         return len(self.bands)
 
-    def normalize(self, x: np.ndarray, copy: bool = True) -> np.ndarray:
-        """(C, H, W) or (B, C, H, W) raw band values -> float32 model input (``copy`` False: a float32
-        ``x`` is normalized in place)."""
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """(C, H, W) or (B, C, H, W) raw band values -> float32 model input."""
         mean = np.asarray(self.mean, np.float32)[:, None, None]
         std = np.asarray(self.std, np.float32)[:, None, None]
-        y = x.astype(np.float32, copy=copy)  # the same operations in place: the same values, no temporaries
+        y = x.astype(np.float32)  # the same operations in place: the same values, no temporaries
         y /= np.float32(self.scale)
         y -= mean
         y /= std

@@ -145,6 +145,10 @@ class LowResRaster:
 
     def read_window(self, reader: "ChunkReader", w: Window) -> np.ndarray:
         """(C, h, w) float32 k x k means of window ``w`` of the pre-pass raster (inside it)."""
+        return block_means(self.sums_window(reader, w), self.factor)
+
+    def sums_window(self, reader: "ChunkReader", w: Window) -> np.ndarray:
+        """(C, h, w) k x k sums (``dtype``) of window ``w`` of the pre-pass raster (inside it)."""
         (ch, cw), (wr, wc) = self.chunk, (int(w.row_off), int(w.col_off))
         h, width = int(w.height), int(w.width)
         sums = np.empty((self.count, h, width), self.dtype)
@@ -155,14 +159,20 @@ class LowResRaster:
             sums[:, r0 - wr : r1 - wr, c0 - wc : c1 - wc] = reader.array(self, bi, bj)[
                 :, r0 - bi * ch : r1 - bi * ch, c0 - bj * cw : c1 - bj * cw
             ]
-        return block_means(sums, self.factor)
+        return sums
+
+
+def means_in_float32(sums_max: int, k: int) -> bool:
+    """True when k x k means of sums up to ``sums_max`` are exact as float32 quotients: k^2 a power of two
+    and the sums exact in float32. Otherwise the mean is computed in float64 and rounded."""
+    n = k * k
+    return n & (n - 1) == 0 and sums_max < 2**24
 
 
 def block_means(sums: np.ndarray, k: int) -> np.ndarray:
     """float32 k x k means from their sums, the same values as the per-tile k x k mean (float64, rounded)."""
     n = k * k
-    if n & (n - 1) == 0 and np.iinfo(sums.dtype).max < 2**24:
-        # a power of two and sums exact in float32: the float32 quotient is exact, so the same value, faster
+    if means_in_float32(int(np.iinfo(sums.dtype).max), k):  # the same value as in float64, faster
         return np.divide(sums, np.float32(n), dtype=np.float32)
     return (sums / float(n)).astype(np.float32)
 

@@ -28,7 +28,7 @@ from caswit_geo.engine.predict.job import Job, compare_manifest, live_descriptio
 from caswit_geo.engine.predict.manifest import PLAN_FILE, job_units, read_manifest
 from caswit_geo.engine.predict.plan import PredictPlan, plan_predict, shard_units
 from caswit_geo.engine.predict.run import region_km2
-from caswit_geo.engine.predict.source import PredictTiles, collate_tiles
+from caswit_geo.engine.predict.source import PredictTiles, model_inputs
 from caswit_geo.engine.predict.units import Reading, predict_probabilities, reading_env, workers_for
 from caswit_geo.geo.area import pixel_area_m2
 from caswit_geo.geo.mosaic import Mosaic, RasterInfo
@@ -240,16 +240,16 @@ def calibration(plan: PredictPlan, config: PredictConfig, tiles: int) -> Calibra
         source.close()
     if not items:
         return None
-    batches = [collate_tiles(items[s : s + bs]) for s in range(0, len(items), bs)]
+    batches = [source.collate(items[s : s + bs]) for s in range(0, len(items), bs)]
     with CpuThreads(device, 0):
-        predict_probabilities(model, batches[0].hr, batches[0].lr, plan.precision, plan.tta)  # warm-up
+        predict_probabilities(model, *model_inputs(batches[0], plan.spec, device), plan.precision, plan.tta)  # warm-up
         timed = batches[1:] or batches
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         n = 0
         for b in timed:
-            probs = predict_probabilities(model, b.hr, b.lr, plan.precision, plan.tta)
+            probs = predict_probabilities(model, *model_inputs(b, plan.spec, device), plan.precision, plan.tta)
             probs.max(dim=1)[1].cpu()
             n += len(b.hr)
         seconds = time.perf_counter() - t0

@@ -3,12 +3,16 @@
 Each worker opens its own rasterio handles (the mosaic and the LR pre-pass
 raster) the first time it reads; handles never cross processes. A tile
 whose HR window holds no valid pixel is returned empty and skipped by the
-model. Values are normalised here (with the checkpoint's statistics, never
-per tile) so the main process only moves tensors and runs the model.
+model. Batches hold the raw pixels (1 or 2 bytes each, not 4) and the LR
+context as k x k sums: :func:`model_inputs` turns them into the model's
+inputs (means, normalised with the checkpoint's statistics, never per tile)
+on the model's device, so readers, shared memory and the host-to-GPU copy
+move a quarter of the bytes.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -20,7 +24,7 @@ from torch.utils.data import Dataset
 
 from caswit_geo.core.spec import InputSpec
 from caswit_geo.geo.context import read_canvas, read_tile_and_context
-from caswit_geo.geo.lowres import ChunkReader, DecodedChunks, LowResRaster
+from caswit_geo.geo.lowres import ChunkReader, DecodedChunks, LowResRaster, means_in_float32
 from caswit_geo.geo.masks import MaskRule, mask_rule
 
 
@@ -30,9 +34,10 @@ class TileBatch:
 
     index: torch.Tensor  # (B,) plan positions
     run: torch.Tensor  # (B,) bool: tile has valid pixels
-    hr: torch.Tensor  # (N, C, T, T) float32, N = run.sum()
-    lr: torch.Tensor | None  # (N, C, T, T) float32, None for single-stream models
+    hr: torch.Tensor  # (N, C, T, T) raw pixels (the source's type, nodata 0), N = run.sum()
+    lr: torch.Tensor | None  # (N, C, T, T) sums of lr_cells pixels each (raw), None for single-stream models
     valid: torch.Tensor  # (N, T, T) bool
+    lr_cells: int = 1  # source pixels summed in an LR value: k^2 from the pre-pass, 1 for means read per tile
 
     def pin_memory(self) -> "TileBatch":
         return TileBatch(
@@ -41,7 +46,32 @@ class TileBatch:
             self.hr.pin_memory(),
             None if self.lr is None else self.lr.pin_memory(),
             self.valid.pin_memory(),
+            self.lr_cells,
         )
+
+
+def model_inputs(batch: TileBatch, spec: InputSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, C, T, T) float32 HR and LR model inputs of ``batch`` on ``device``: the LR sums divided into
+    means, both normalised: the same values as ``spec.normalize`` and ``lowres.block_means`` give."""
+    hr = _normalized(batch.hr.to(device, non_blocking=True), spec)
+    if batch.lr is None:
+        return hr, None
+    lr = batch.lr.to(device, non_blocking=True)
+    if batch.lr_cells > 1:
+        k = int(round(batch.lr_cells**0.5))
+        if means_in_float32(torch.iinfo(lr.dtype).max, k):
+            lr = lr.to(torch.float32).div_(batch.lr_cells)
+        else:
+            lr = lr.to(torch.float64).div_(batch.lr_cells).to(torch.float32)
+    return hr, _normalized(lr, spec)
+
+
+def _normalized(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """``spec.normalize`` on a tensor (the same float32 operations, in place on a new tensor)."""
+    y = x.to(torch.float32, copy=True)
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=y.device)[:, None, None]
+    std = torch.tensor(spec.std, dtype=torch.float32, device=y.device)[:, None, None]
+    return y.div_(torch.tensor(spec.scale, dtype=torch.float32, device=y.device)).sub_(mean).div_(std)
 
 
 class PredictTiles(Dataset):
@@ -81,6 +111,8 @@ class PredictTiles(Dataset):
         self.source, self.windows, self.spec = source, windows, spec
         self.context, self.lowres, self.decoded = context, lowres, decoded
         self.inside = inside
+        # collate function of this dataset's batches: pre-pass LR values are sums of k^2 pixels
+        self.collate = functools.partial(collate_tiles, lr_cells=spec.context_factor**2 if context == "prepass" else 1)
         self.chunks = ChunkReader(failed=lowres_failed)  # the pre-pass chunks this process has open
         self._handles: tuple[int, rasterio.io.DatasetReader, MaskRule] | None = None
 
@@ -106,7 +138,8 @@ class PredictTiles(Dataset):
         return state
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """Raw HR (C, T, T), LR (C, T, T) float32 or None, validity (T, T); nodata pixels are 0."""
+        """Raw HR (C, T, T), LR (C, T, T) or None, validity (T, T); nodata pixels are 0. The LR values are
+        float32 means read per tile ("direct") or k x k sums of the pre-pass ("prepass")."""
         src, rule = self._open()
         window, bands, k = self.windows[i], self.spec.bands, self.spec.context_factor
         if self.context == "direct":
@@ -115,7 +148,7 @@ class PredictTiles(Dataset):
         if not valid.any():
             return hr, None, valid
         hr[:, ~valid] = 0
-        lr = self.lowres.read(self.chunks, window) if self.context == "prepass" else None
+        lr = self.lowres.sums_window(self.chunks, self.lowres.window_for(window)) if self.context == "prepass" else None
         return hr, lr, valid
 
     def __getitem__(self, i: int):
@@ -124,9 +157,8 @@ class PredictTiles(Dataset):
         hr, lr, valid = self.read(i)
         if not valid.any():
             return i, None, None, None
-        x_hr = torch.from_numpy(self.spec.normalize(hr))
-        x_lr = None if lr is None or self.context == "none" else torch.from_numpy(self.spec.normalize(lr))
-        return i, x_hr, x_lr, torch.from_numpy(valid)
+        x_lr = None if lr is None or self.context == "none" else torch.from_numpy(lr)
+        return i, torch.from_numpy(hr), x_lr, torch.from_numpy(valid)
 
     def __getitems__(self, indices: list[int]) -> list:
         """A batch (the DataLoader asks for whole batches): adjacent tiles of a row share one read."""
@@ -168,7 +200,7 @@ class PredictTiles(Dataset):
         if self.context == "prepass":
             # the chunks first (waiting for the pre-pass): once they exist, so do their decoded pixels
             lwin = Window(c0 // k, row // k, (span - t) // k + t, t)
-            lr_sums = self.lowres.read_window(self.chunks, lwin)  # (C, T, span')
+            lr_sums = self.lowres.sums_window(self.chunks, lwin)  # (C, T, span')
             if self.decoded is not None:
                 hr = self.decoded.read(hr_window, len(bands), src.dtypes[bands[0] - 1])
         if hr is None:
@@ -178,8 +210,7 @@ class PredictTiles(Dataset):
             return [(i, None, None, None) for i in run]
         if not valid.all():
             hr[:, ~valid] = 0
-        x_hr = self.spec.normalize(hr)  # (C, T, span)
-        x_lr = None if lr_sums is None else self.spec.normalize(lr_sums, copy=False)  # our own means
+        x_hr, x_lr = hr, lr_sums  # (C, T, span), (C, T, span')
         items = []
         for i, w in zip(run, windows):
             off = int(w.col_off) - c0
@@ -194,14 +225,14 @@ class PredictTiles(Dataset):
         return items
 
 
-def collate_tiles(items) -> TileBatch:
+def collate_tiles(items, lr_cells: int = 1) -> TileBatch:
     run = [hr is not None for _, hr, _, _ in items]
     kept = [it for it, r in zip(items, run) if r]
     hr = _stack([it[1] for it in kept]) if kept else torch.empty(0)
     has_lr = bool(kept) and kept[0][2] is not None
     lr = _stack([it[2] for it in kept]) if has_lr else None
     valid = _stack([it[3] for it in kept]) if kept else torch.empty(0, dtype=torch.bool)
-    return TileBatch(torch.tensor([it[0] for it in items]), torch.tensor(run), hr, lr, valid)
+    return TileBatch(torch.tensor([it[0] for it in items]), torch.tensor(run), hr, lr, valid, lr_cells)
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:

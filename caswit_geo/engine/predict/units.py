@@ -30,7 +30,7 @@ from caswit_geo.core.errors import CaswitError, no_space_error
 from caswit_geo.engine.predict.job import Job
 from caswit_geo.engine.predict.plan import PredictPlan, Unit
 from caswit_geo.engine.predict.sink import SinkThread, UnitDone, UnitWriter
-from caswit_geo.engine.predict.source import PredictTiles, TileBatch, collate_tiles
+from caswit_geo.engine.predict.source import PredictTiles, TileBatch, model_inputs
 from caswit_geo.geo.blend import NODATA
 from caswit_geo.geo.lowres import DecodedChunks, LowResBuilder, chunk_groups, plan_lowres
 from caswit_geo.geo.remote import clear_connections_at_forks, gdal_remote_options
@@ -123,7 +123,7 @@ def make_loader(dataset: PredictTiles, sizes: list[int], batch_size: int, worker
         dataset,
         batch_sampler=UnitBatches(sizes, batch_size),
         num_workers=workers,
-        collate_fn=collate_tiles,
+        collate_fn=dataset.collate,
         pin_memory=device.type == "cuda",
         prefetch_factor=2 if workers else None,
         persistent_workers=False,
@@ -229,8 +229,9 @@ def run_units(
             sink_thread = SinkThread(UnitWriter(plan, job, units, tiles, on_done))
             sink_thread.start()
             try:
-                _model_loop(model, batches, workers, sink_thread, device, precision, plan.tta, plan.with_probabilities,
-                            soft, starts, units, job, run, progress, deadline, builder is not None)
+                _model_loop(model, batches, workers, sink_thread, device, precision, plan.spec, plan.tta,
+                            plan.with_probabilities, soft, starts, units, job, run, progress, deadline,
+                            builder is not None)
             finally:
                 reading.stop_readers()  # shuts the readers down at once
             sink_thread.finish()
@@ -400,8 +401,8 @@ def _user_failure(exc: BaseException, builder: LowResBuilder | None, work_dir, p
     )
 
 
-def _model_loop(model, batches, workers, sink_thread, device, precision, tta, with_probs, soft, starts, units, job,
-                run, progress, deadline, builder_busy) -> None:
+def _model_loop(model, batches, workers, sink_thread, device, precision, spec, tta, with_probs, soft, starts, units,
+                job, run, progress, deadline, builder_busy) -> None:
     """Batches in order -> the model -> results to the writer thread; stops between units after ``deadline``."""
     unit_of = lambda pos: int(np.searchsorted(starts, pos, side="right")) - 1  # noqa: E731
     with CpuThreads(device, workers) as threads:
@@ -418,7 +419,8 @@ def _model_loop(model, batches, workers, sink_thread, device, precision, tta, wi
             results: list = [None] * len(batch.index)  # None: all nodata, not run
             if len(batch.hr):
                 t0 = time.perf_counter()
-                probs = predict_probabilities(model, batch.hr, batch.lr, precision, tta)  # (N, K, T, T)
+                hr, lr = model_inputs(batch, spec, device)  # on the device: the batch holds raw pixels
+                probs = predict_probabilities(model, hr, lr, precision, tta)  # (N, K, T, T)
                 if soft:
                     host = probs.half().cpu().numpy()
                     payload = [(host[i], batch.valid[i].numpy()) for i in range(len(host))]

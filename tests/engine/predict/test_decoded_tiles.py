@@ -14,7 +14,7 @@ import torch
 from rasterio.windows import Window
 
 from caswit_geo.core.spec import InputSpec
-from caswit_geo.engine.predict.source import PredictTiles
+from caswit_geo.engine.predict.source import PredictTiles, model_inputs
 from caswit_geo.engine.predict.units import release_order, releasing
 from caswit_geo.geo.context import read_tile_and_context
 from caswit_geo.geo.grid import TileGrid
@@ -100,8 +100,9 @@ def test_tiles_from_decoded_prepass_equal_per_tile_reads(tmp_path, monkeypatch, 
                 assert x_hr is None
                 continue
             np.testing.assert_array_equal(valid.numpy(), hr_valid)
-            np.testing.assert_array_equal(x_hr.numpy(), spec.normalize(hr))
-            np.testing.assert_array_equal(x_lr.numpy(), spec.normalize(lr))
+            m_hr, m_lr = model_inputs(tiles.collate([(i, x_hr, x_lr, valid)]), spec, torch.device("cpu"))
+            np.testing.assert_array_equal(m_hr[0].numpy(), spec.normalize(hr))
+            np.testing.assert_array_equal(m_lr[0].numpy(), spec.normalize(lr))
     assert len(items) == len(windows)
     if budget >= 1 << 30:
         assert all(copied)  # every tile came from the decoded pixels, none from a second decode

@@ -15,7 +15,7 @@ import caswit_geo
 from caswit_geo.core.spec import InputSpec
 from caswit_geo.engine.predict import predict_probabilities
 from caswit_geo.engine.predict import units as predict_module
-from caswit_geo.engine.predict.source import PredictTiles
+from caswit_geo.engine.predict.source import PredictTiles, model_inputs
 from caswit_geo.geo.class_raster import read_pam_categories
 from caswit_geo.geo.grid import TileGrid, context_window
 from caswit_geo.geo.lowres import build_lowres
@@ -119,9 +119,9 @@ def test_tile_depends_on_its_context_window_only(tmp_path, weights):
         with rasterio.open(paths[name]) as src:
             lowres = build_lowres(src, meta.input_spec.bands, grid, 2, tmp_path / f"{name}_lr")
         ds = PredictTiles(str(paths[name]), [tile], meta.input_spec, "prepass", lowres)
-        _, hr, lr, _ = ds[0]
+        hr, lr = model_inputs(ds.collate([ds[0]]), meta.input_spec, torch.device("cpu"))
         ds.close()
-        return predict_probabilities(model, hr[None], lr[None])[0]
+        return predict_probabilities(model, hr, lr)[0]
 
     p_base, p_out, p_in = tile_probs("base"), tile_probs("outside"), tile_probs("inside")
     assert torch.equal(p_base, p_out)  # pixels outside the context window do not matter
