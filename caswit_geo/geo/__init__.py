@@ -7,6 +7,8 @@ import warnings
 
 from rasterio.errors import NotGeoreferencedWarning
 
+from caswit_geo.geo.forks import single_threaded_children
+
 
 def ignore_not_georeferenced() -> None:
     """Silence rasterio's NotGeoreferencedWarning in this process.
@@ -21,3 +23,4 @@ def ignore_not_georeferenced() -> None:
 
 
 ignore_not_georeferenced()
+single_threaded_children()  # see geo/forks.py
