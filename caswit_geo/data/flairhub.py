@@ -35,7 +35,7 @@ from caswit_geo.data.open_raster import open_raster
 from caswit_geo.data.sample import CaswitDataset, SampleGeo, check_label_values
 from caswit_geo.geo.context import area_downsample, lowres_valid, nearest_downsample
 from caswit_geo.geo.grid import context_window
-from caswit_geo.geo.masks import MaskRule, mask_rule, valid_mask
+from caswit_geo.geo.masks import MaskRule, mask_rule, valid_mask, zero_invalid
 from caswit_geo.geo.raster_cache import RasterHandles
 
 
@@ -238,7 +238,7 @@ class FlairHubDataset(CaswitDataset):
                     check_label_values(part, len(self.classes), q.label)
                     label_canvas[dst] = part
         if not valid.all():
-            canvas[:, ~valid] = 0
+            zero_invalid(canvas, valid)
         r, c = -ctx.row_off, -ctx.col_off  # the patch inside the context canvas
         hr = canvas[:, r : r + size, c : c + size].copy()
         lr = area_downsample(canvas, k)

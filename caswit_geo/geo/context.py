@@ -15,7 +15,7 @@ from rasterio.windows import Window
 
 from caswit_geo.core.spec import IGNORE_INDEX
 from caswit_geo.geo.grid import clip_window, context_window
-from caswit_geo.geo.masks import MaskRule, valid_mask
+from caswit_geo.geo.masks import MaskRule, valid_mask, zero_invalid
 
 
 def read_canvas(
@@ -91,7 +91,7 @@ def _tile_and_canvas(src, window: Window, bands, factor: int, mask: MaskRule | N
     ctx = context_window(window, factor)
     canvas, valid = read_canvas(src, ctx, bands, fill=0, with_mask=True, mask=mask)
     if not valid.all():
-        canvas[:, ~valid] = 0
+        zero_invalid(canvas, valid)
     t_h, t_w = int(window.height), int(window.width)
     r0, c0 = int(window.row_off - ctx.row_off), int(window.col_off - ctx.col_off)
     hr = canvas[:, r0 : r0 + t_h, c0 : c0 + t_w].copy()

@@ -48,7 +48,7 @@ from rasterio.windows import Window
 
 from caswit_geo.geo.context import read_canvas
 from caswit_geo.geo.grid import TileGrid
-from caswit_geo.geo.masks import MaskRule, mask_rule
+from caswit_geo.geo.masks import MaskRule, mask_rule, zero_invalid
 from caswit_geo.geo.profiles import lowres_chunk_profile
 from caswit_geo.geo.raster_cache import RasterHandles
 from caswit_geo.safeio.files import remove_path, temp_path
@@ -250,7 +250,7 @@ def compute_chunk(
         canvas, valid = read_canvas(src, src_win, bands, fill=0, with_mask=True, mask=mask)
         if valid.any():
             if not valid.all():
-                canvas[:, ~valid] = 0
+                zero_invalid(canvas, valid)
             sums = block_sums(canvas, lowres.factor, np.dtype(lowres.dtype))
         else:
             canvas = valid = None

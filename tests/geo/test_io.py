@@ -13,7 +13,7 @@ from rasterio.windows import Window
 from caswit_geo.core.errors import InputError, OutputError
 from caswit_geo.core.spec import ClassInfo, ClassTable
 from caswit_geo.geo.class_raster import AtomicRasterWriter, class_description, overview_factors, read_pam_categories
-from caswit_geo.geo.masks import valid_mask
+from caswit_geo.geo.masks import valid_mask, zero_invalid
 from caswit_geo.geo.mosaic import describe_raster, expand_inputs, open_mosaic
 from caswit_geo.safeio.outputs import OutputSet
 from tests.helpers import write_on_grid
@@ -244,3 +244,17 @@ def test_overview_factors(w, h, expected):
 
 def test_pam_categories_absent(tmp_path):
     assert read_pam_categories(tmp_path / "none.tif") == []
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_zero_invalid_equals_boolean_index_assignment(dtype):
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(1, 200, (3, 40, 70)).astype(dtype)
+    if dtype == "float32":
+        pixels[0, 5, :] = np.nan  # nodata as NaN: set to 0 too, not left NaN as a multiplication would
+    valid = rng.random((40, 70)) > 0.3
+    valid[5, :] = False
+    expected = pixels.copy()
+    expected[:, ~valid] = 0
+    zero_invalid(pixels, valid)
+    np.testing.assert_array_equal(pixels, expected)

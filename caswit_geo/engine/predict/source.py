@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from caswit_geo.core.spec import InputSpec
 from caswit_geo.geo.context import read_canvas, read_tile_and_context
 from caswit_geo.geo.lowres import ChunkReader, DecodedChunks, LowResRaster, means_in_float32
-from caswit_geo.geo.masks import MaskRule, mask_rule
+from caswit_geo.geo.masks import MaskRule, mask_rule, zero_invalid
 
 
 @dataclass
@@ -147,7 +147,7 @@ class PredictTiles(Dataset):
         hr, valid = read_canvas(src, window, bands, fill=0, with_mask=True, mask=rule)
         if not valid.any():
             return hr, None, valid
-        hr[:, ~valid] = 0
+        zero_invalid(hr, valid)
         lr = self.lowres.sums_window(self.chunks, self.lowres.window_for(window)) if self.context == "prepass" else None
         return hr, lr, valid
 
@@ -209,7 +209,7 @@ class PredictTiles(Dataset):
         if not valid.any():
             return [(i, None, None, None) for i in run]
         if not valid.all():
-            hr[:, ~valid] = 0
+            zero_invalid(hr, valid)
         x_hr, x_lr = hr, lr_sums  # (C, T, span), (C, T, span')
         items = []
         for i, w in zip(run, windows):
