@@ -35,7 +35,6 @@ from __future__ import annotations
 import os
 import queue
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -467,13 +466,6 @@ class ChunkReader:
         self._arrays: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
         self._held = 0
         self._kept = threading.Condition()  # the builder's threads keep chunks while the reader reads
-
-    def get(self, lowres: LowResRaster, bi: int, bj: int) -> rasterio.io.DatasetReader:
-        path = lowres.chunk_path(bi, bj)
-        while not path.exists():  # the pre-pass thread has not written it yet
-            self._check_failed()
-            time.sleep(self.poll)
-        return self._handles.get(path)
 
     def array(self, lowres: LowResRaster, bi: int, bj: int) -> np.ndarray:
         """(C, h, w) sums of chunk (bi, bj), whole (read only: shared with later calls)."""
