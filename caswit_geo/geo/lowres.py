@@ -451,7 +451,8 @@ class ChunkReader:
 
     A chunk is read whole once, then each tile's context is a slice of it
     (a tile row's windows fall in the same few chunks). A builder in the
-    same process hands its chunks over as it publishes them (:meth:`keep`).
+    same process hands its chunks over as it computes them, before their
+    files exist (:meth:`keep`).
     ``failed``: the marker of the builder writing the chunks
     (:attr:`LowResBuilder.failed`); when it appears, readers stop waiting.
     """

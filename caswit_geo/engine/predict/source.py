@@ -35,9 +35,9 @@ class TileBatch:
     index: torch.Tensor  # (B,) plan positions
     run: torch.Tensor  # (B,) bool: tile has valid pixels
     hr: torch.Tensor  # (N, C, T, T) raw pixels (the source's type, nodata 0), N = run.sum()
-    lr: torch.Tensor | None  # (N, C, T, T) sums of lr_cells pixels each (raw), None for single-stream models
+    lr: torch.Tensor | None  # (N, C, T, T) sums of lr_factor^2 pixels each (raw), None for single-stream models
     valid: torch.Tensor  # (N, T, T) bool
-    lr_cells: int = 1  # source pixels summed in an LR value: k^2 from the pre-pass, 1 for means read per tile
+    lr_factor: int = 1  # k: LR values are sums of k x k source pixels (the pre-pass); 1: means read per tile
 
     def pin_memory(self) -> "TileBatch":
         return TileBatch(
@@ -46,7 +46,7 @@ class TileBatch:
             self.hr.pin_memory(),
             None if self.lr is None else self.lr.pin_memory(),
             self.valid.pin_memory(),
-            self.lr_cells,
+            self.lr_factor,
         )
 
 
@@ -57,12 +57,12 @@ def model_inputs(batch: TileBatch, spec: InputSpec, device: torch.device) -> tup
     if batch.lr is None:
         return hr, None
     lr = batch.lr.to(device, non_blocking=True)
-    if batch.lr_cells > 1:
-        k = int(round(batch.lr_cells**0.5))
+    k = batch.lr_factor
+    if k > 1:
         if means_in_float32(torch.iinfo(lr.dtype).max, k):
-            lr = lr.to(torch.float32).div_(batch.lr_cells)
+            lr = lr.to(torch.float32).div_(k * k)
         else:
-            lr = lr.to(torch.float64).div_(batch.lr_cells).to(torch.float32)
+            lr = lr.to(torch.float64).div_(k * k).to(torch.float32)
     return hr, _normalized(lr, spec)
 
 
@@ -111,8 +111,8 @@ class PredictTiles(Dataset):
         self.source, self.windows, self.spec = source, windows, spec
         self.context, self.lowres, self.decoded = context, lowres, decoded
         self.inside = inside
-        # collate function of this dataset's batches: pre-pass LR values are sums of k^2 pixels
-        self.collate = functools.partial(collate_tiles, lr_cells=spec.context_factor**2 if context == "prepass" else 1)
+        # collate function of this dataset's batches: pre-pass LR values are sums of k x k pixels
+        self.collate = functools.partial(collate_tiles, lr_factor=spec.context_factor if context == "prepass" else 1)
         self.chunks = ChunkReader(failed=lowres_failed)  # the pre-pass chunks this process has open
         self._handles: tuple[int, rasterio.io.DatasetReader, MaskRule] | None = None
 
@@ -225,14 +225,14 @@ class PredictTiles(Dataset):
         return items
 
 
-def collate_tiles(items, lr_cells: int = 1) -> TileBatch:
+def collate_tiles(items, lr_factor: int = 1) -> TileBatch:
     run = [hr is not None for _, hr, _, _ in items]
     kept = [it for it, r in zip(items, run) if r]
     hr = _stack([it[1] for it in kept]) if kept else torch.empty(0)
     has_lr = bool(kept) and kept[0][2] is not None
     lr = _stack([it[2] for it in kept]) if has_lr else None
     valid = _stack([it[3] for it in kept]) if kept else torch.empty(0, dtype=torch.bool)
-    return TileBatch(torch.tensor([it[0] for it in items]), torch.tensor(run), hr, lr, valid, lr_cells)
+    return TileBatch(torch.tensor([it[0] for it in items]), torch.tensor(run), hr, lr, valid, lr_factor)
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:

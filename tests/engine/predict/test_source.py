@@ -28,7 +28,7 @@ def test_model_inputs_equal_numpy_means_and_normalisation(dtype, scale, k):
         means = (context.reshape(3, 32, k, 32, k).astype(np.float64).mean(axis=(2, 4))).astype(np.float32)
         np.testing.assert_array_equal(block_means(sums, k), means)
         expected.append((spec.normalize(hr), spec.normalize(means)))
-    batch = collate_tiles(items, lr_cells=k * k)
+    batch = collate_tiles(items, lr_factor=k)
     assert batch.hr.dtype == torch.from_numpy(np.zeros(1, dtype)).dtype  # raw: 1 or 2 bytes a pixel, not 4
     hr, lr = model_inputs(batch, spec, CPU)
     assert hr.dtype == lr.dtype == torch.float32
