@@ -13,8 +13,7 @@ their own thread; they are several processes already.
 from __future__ import annotations
 
 import os
-
-from rasterio.env import set_gdal_config
+import sys
 
 SINGLE_THREADED = {"VRT_NUM_THREADS": "1", "GDAL_NUM_THREADS": "1"}
 _REGISTERED: list[bool] = []
@@ -29,5 +28,9 @@ def single_threaded_children() -> None:
 
 
 def _in_child() -> None:
+    if "rasterio" not in sys.modules:  # GDAL not loaded by the parent: no pool to avoid (and none imported here)
+        return
+    from rasterio.env import set_gdal_config
+
     for key, value in SINGLE_THREADED.items():
         set_gdal_config(key, value)

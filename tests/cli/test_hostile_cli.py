@@ -469,7 +469,8 @@ def test_pipe_output_tables_are_never_cut():
 
 
 def test_start_up_imports_no_heavy_library():
-    """--help, --version and a usage error answer without importing torch, GDAL or matplotlib (item 19)."""
+    """--help, --version and a usage error answer without importing torch, GDAL or matplotlib (item 19), and so
+    does the error printer's use of caswit_geo.geo (its package import stays light)."""
     code = (
         "import sys\n"
         "from caswit_geo.cli import main\n"
@@ -478,6 +479,8 @@ def test_start_up_imports_no_heavy_library():
         "        main(argv)\n"
         "    except SystemExit as e:\n"
         "        print('exit', e.code)\n"
+        "from caswit_geo.cli import error_line\n"
+        "error_line(OSError('https://h/a.tif?token=x: HTTP 404'))\n"  # imports geo.remote and geo.sources
         "heavy = [m for m in ('torch', 'timm', 'torchvision', 'rasterio', 'geopandas', 'matplotlib') if m in sys.modules]\n"
         "print('heavy', heavy)\n"
     )
