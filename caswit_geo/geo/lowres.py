@@ -24,6 +24,10 @@ names. This needs tile offsets that are multiples of k
 (the stride a multiple of k); :func:`prepass_supported` says when,
 otherwise read per tile.
 
+When the tiles are read in the builder's own process (no reader process),
+its chunks are handed over in memory and no file is written: a file would
+only be read back by this process.
+
 The pixels the pre-pass decodes are kept for the tile readers
 (:class:`DecodedChunks`), so a run decodes each source block once; the
 builder runs in as many threads as there are readers, a group of chunks
@@ -225,24 +229,21 @@ def chunk_groups(lowres: LowResRaster, windows: Iterable[Iterable[Window]]) -> l
 
 def write_chunk(
     src: rasterio.io.DatasetReader, bands: Sequence[int], lowres: LowResRaster, bi: int, bj: int,
-    mask: MaskRule | None = None, decoded: "DecodedChunks | None" = None, memory: "ChunkReader | None" = None,
+    mask: MaskRule | None = None, decoded: "DecodedChunks | None" = None,
 ) -> Path:
     """Compute one chunk (:func:`compute_chunk`) and publish it (:func:`publish_chunk`)."""
-    return publish_chunk(lowres, bi, bj, compute_chunk(src, bands, lowres, bi, bj, mask, decoded, memory))
+    return publish_chunk(lowres, bi, bj, compute_chunk(src, bands, lowres, bi, bj, mask, decoded))
 
 
 def compute_chunk(
     src: rasterio.io.DatasetReader, bands: Sequence[int], lowres: LowResRaster, bi: int, bj: int,
-    mask: MaskRule | None = None, decoded: "DecodedChunks | None" = None, memory: "ChunkReader | None" = None,
+    mask: MaskRule | None = None, decoded: "DecodedChunks | None" = None,
 ) -> np.ndarray | None:
     """(C, h, w) k x k sums of chunk (bi, bj) (outside and nodata pixels count 0), None when all are 0.
 
     ``decoded``: where to keep the source pixels read for it (nodata set to 0) and their validity, for
-    the tile readers. ``memory``: the chunk reader of a tile reader in this process, given the sums at
-    once (before the file exists: its reader need not wait for the write). Both are given the chunk
-    before its file is published, so a reader that sees the file sees them.
+    the tile readers, before the chunk's file is published (a reader that sees the file sees them).
     """
-    out = lowres.chunk_window(bi, bj)
     src_win = lowres.source_window(bi, bj)
     canvas = valid = sums = None
     if _intersects(src_win, src.width, src.height):  # otherwise: all black
@@ -255,10 +256,13 @@ def compute_chunk(
             canvas = valid = None
     if decoded is not None:
         decoded.put(bi, bj, canvas, valid)
-    if memory is not None:
-        shape = (lowres.count, int(out.height), int(out.width))
-        memory.keep(lowres, bi, bj, np.zeros(shape, lowres.dtype) if sums is None else sums)
     return sums
+
+
+def chunk_or_zeros(lowres: LowResRaster, bi: int, bj: int, sums: np.ndarray | None) -> np.ndarray:
+    """Chunk (bi, bj)'s sums as :func:`compute_chunk` returns them, zeros for None."""
+    out = lowres.chunk_window(bi, bj)
+    return np.zeros((lowres.count, int(out.height), int(out.width)), lowres.dtype) if sums is None else sums
 
 
 def publish_chunk(lowres: LowResRaster, bi: int, bj: int, sums: np.ndarray | None) -> Path:
@@ -321,17 +325,28 @@ class LowResBuilder(threading.Thread):
     keeps the exception in ``error``.
     The marker is made by renaming one created at the start, because on a
     full disk a new file may not fit (readers would then wait forever).
+
+    ``memory``: the chunk reader of the tiles read in this process, handed
+    each chunk as soon as it is computed. With ``publish`` False no file is
+    written: the chunks are pinned there until the reader releases them
+    (:meth:`ChunkReader.release`), and the builder holds back while more than
+    ``pinned_bytes`` are pinned, unless the reader waits for a chunk.
     """
 
     def __init__(self, source: str, bands: Sequence[int], lowres: LowResRaster,
                  order: list[tuple[int, int]] | list[list[tuple[int, int]]], decoded: "DecodedChunks | None" = None,
-                 threads: int = 1, memory: "ChunkReader | None" = None) -> None:
+                 threads: int = 1, memory: "ChunkReader | None" = None, publish: bool = True,
+                 pinned_bytes: int = 32 << 20) -> None:
+        if not publish and memory is None:
+            raise ValueError("chunks that are not published need a chunk reader to hold them")
         super().__init__(name="caswit-lowres", daemon=True)
         self.source, self.bands, self.lowres = source, tuple(bands), lowres
         # groups of chunks, each written by one thread in its order (a flat order: one group)
         self.groups = order if order and isinstance(order[0], list) else [list(order)]
         self.threads = max(1, threads)
         self.decoded, self.memory = decoded, memory
+        self.publish, self.pinned_bytes = publish, pinned_bytes
+        self.cancelled = False
         self.error: BaseException | None = None
         self.stop_event = threading.Event()
         Path(lowres.folder).mkdir(parents=True, exist_ok=True)
@@ -354,7 +369,8 @@ class LowResBuilder(threading.Thread):
                 # the files are written on a thread of their own: compressing and syncing them is a
                 # third of a chunk's time, and the decoding threads need not wait for it
                 writer = threading.Thread(target=self._write, name="caswit-lowres-write", daemon=True)
-                writer.start()
+                if self.publish:
+                    writer.start()
                 for h in helpers:
                     h.start()
                 try:
@@ -362,12 +378,16 @@ class LowResBuilder(threading.Thread):
                     for h in helpers:
                         h.join()
                 finally:
-                    self._written.put(None)
-                    writer.join()
+                    if self.publish:
+                        self._written.put(None)
+                        writer.join()
             if self.error is not None:
                 raise self.error
             self.running.unlink(missing_ok=True)  # done: no failure to announce
         except BaseException as e:
+            if self.cancelled:  # stopped on purpose (cancel): no reader is left to tell
+                self.error = None
+                return
             self.error = e
             self._mark_failed(e)
 
@@ -388,8 +408,17 @@ class LowResBuilder(threading.Thread):
                             raise RuntimeError("pre-pass stopped")
                         if self.lowres.chunk_path(bi, bj).exists():
                             continue
-                        sums = compute_chunk(src, self.bands, self.lowres, bi, bj, rule, self.decoded, self.memory)
-                        self._put_written((bi, bj, sums))
+                        if not self.publish:  # bounded memory: no further ahead of the reader than that
+                            self.memory.wait_for_room(self.pinned_bytes, self.stop_event)
+                        sums = compute_chunk(src, self.bands, self.lowres, bi, bj, rule, self.decoded)
+                        if self.memory is not None:  # before the file exists: its reader need not wait for it
+                            self.memory.keep(self.lowres, bi, bj, chunk_or_zeros(self.lowres, bi, bj, sums),
+                                             pinned=not self.publish)
+                        if self.publish:
+                            self._put_written((bi, bj, sums))
+                        else:
+                            with self._lock:
+                                self.written += 1
         except BaseException as e:
             self._fail(e)
 
@@ -437,6 +466,12 @@ class LowResBuilder(threading.Thread):
         self.stop_event.set()
         self.join(timeout=60)
 
+    def cancel(self) -> None:
+        """Stop without an error: the readers of the chunks are gone (chunks not published are of no
+        further use)."""
+        self.cancelled = True
+        self.stop()
+
     def close(self) -> None:
         """Remove the markers and the decoded pixels (once the readers are gone)."""
         self.failed.unlink(missing_ok=True)
@@ -452,7 +487,8 @@ class ChunkReader:
     A chunk is read whole once, then each tile's context is a slice of it
     (a tile row's windows fall in the same few chunks). A builder in the
     same process hands its chunks over as it computes them, before their
-    files exist (:meth:`keep`).
+    files exist (:meth:`keep`); pinned ones (never written to a file) stay
+    until :meth:`release`.
     ``failed``: the marker of the builder writing the chunks
     (:attr:`LowResBuilder.failed`); when it appears, readers stop waiting.
     """
@@ -466,6 +502,9 @@ class ChunkReader:
         self._handles = RasterHandles(max_open)
         self._arrays: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
         self._held = 0
+        self._pinned: dict[tuple[str, int, int], np.ndarray] = {}
+        self._pinned_bytes = 0
+        self._awaited: list[tuple[str, int, int]] = []  # chunks readers wait for (one entry per waiting reader)
         self._kept = threading.Condition()  # the builder's threads keep chunks while the reader reads
 
     def array(self, lowres: LowResRaster, bi: int, bj: int) -> np.ndarray:
@@ -473,13 +512,21 @@ class ChunkReader:
         key, path = (lowres.folder, bi, bj), lowres.chunk_path(bi, bj)
         while True:
             with self._kept:
+                data = self._pinned.get(key)
+                if data is not None:
+                    return data
                 data = self._arrays.get(key)
                 if data is not None:
                     self._arrays.move_to_end(key)
                     return data
                 if not path.exists():  # not computed yet: a builder here wakes us when it keeps a chunk
                     self._check_failed()
-                    self._kept.wait(self.poll)
+                    self._awaited.append(key)
+                    self._kept.notify_all()  # a builder holding back for room goes on (wait_for_room)
+                    try:
+                        self._kept.wait(self.poll)
+                    finally:
+                        self._awaited.remove(key)
                     continue
             data = self._handles.get(path).read()
             self.keep(lowres, bi, bj, data)
@@ -490,11 +537,18 @@ class ChunkReader:
             reason = self.failed.read_text().strip() or "no reason recorded"
             raise RuntimeError(f"the LR pre-pass failed: {reason}")
 
-    def keep(self, lowres: LowResRaster, bi: int, bj: int, data: np.ndarray) -> None:
-        """Hold chunk (bi, bj)'s sums for :meth:`array`."""
+    def keep(self, lowres: LowResRaster, bi: int, bj: int, data: np.ndarray, pinned: bool = False) -> None:
+        """Hold chunk (bi, bj)'s sums for :meth:`array`: ``pinned`` until :meth:`release`, otherwise
+        among the most recently used."""
         data.flags.writeable = False
         key = (lowres.folder, bi, bj)
         with self._kept:
+            if pinned:
+                old = self._pinned.pop(key, None)
+                self._pinned_bytes += data.nbytes - (0 if old is None else old.nbytes)
+                self._pinned[key] = data
+                self._kept.notify_all()
+                return
             old = self._arrays.pop(key, None)
             self._held += data.nbytes - (0 if old is None else old.nbytes)
             self._arrays[key] = data
@@ -502,11 +556,29 @@ class ChunkReader:
                 self._held -= self._arrays.popitem(last=False)[1].nbytes
             self._kept.notify_all()
 
+    def release(self, lowres: LowResRaster, bi: int, bj: int) -> None:
+        """Drop pinned chunk (bi, bj): no tile left needs it."""
+        with self._kept:
+            data = self._pinned.pop((lowres.folder, bi, bj), None)
+            if data is not None:
+                self._pinned_bytes -= data.nbytes
+                self._kept.notify_all()
+
+    def wait_for_room(self, budget: int, stop: threading.Event) -> None:
+        """Return once at most ``budget`` bytes are pinned, a reader waits for a chunk not kept yet (the
+        next one computed, as chunks are computed in the order tiles need them) or ``stop`` is set."""
+        with self._kept:
+            while (self._pinned_bytes > budget and not stop.is_set()
+                   and all(k in self._pinned or k in self._arrays for k in self._awaited)):
+                self._kept.wait(0.1)
+
     def close(self) -> None:
         self._handles.close()
         with self._kept:
             self._arrays.clear()
             self._held = 0
+            self._pinned.clear()
+            self._pinned_bytes = 0
 
     def __getstate__(self) -> dict:
         return {"max_open": self.max_open, "poll": self.poll, "failed": self.failed,
@@ -553,20 +625,29 @@ class DecodedChunks:
         """Keep chunk (bi, bj)'s pixels (None: no valid pixel); False when not needed or over the budget."""
         if (bi, bj) not in self.needed:
             return False
-        data = np.empty(0, np.uint8) if canvas is None else np.concatenate([canvas, valid[None].astype(canvas.dtype)])
+        # kept as they are (no copy): pixels and validity, or nothing for no valid pixel
+        data = () if canvas is None else (canvas, valid)
+        nbytes = sum(a.nbytes for a in data)
         with self._lock:
-            in_memory = sum(a.nbytes for a in self._arrays.values()) + data.nbytes <= self.memory
+            in_memory = sum(a.nbytes for d in self._arrays.values() for a in d) + nbytes <= self.memory
             if in_memory:
                 self._arrays[bi, bj] = data
                 return True
-            if self.held + data.nbytes > self.budget:
+            if self.held + nbytes > self.budget:
                 return False
-            self.held += data.nbytes
-            self._sizes[bi, bj] = data.nbytes
+            self.held += nbytes
+            self._sizes[bi, bj] = nbytes
         path = self.path(bi, bj)
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to the name
-            np.save(f, data, allow_pickle=False)
+        with open(tmp, "wb") as f:  # one (C + 1, h, w) array: the pixels, then the validity as a band
+            if canvas is None:
+                np.save(f, np.empty(0, np.uint8), allow_pickle=False)
+            else:
+                shape = (canvas.shape[0] + 1, *canvas.shape[1:])
+                np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(canvas.dtype),
+                                                         "fortran_order": False, "shape": shape})
+                f.write(np.ascontiguousarray(canvas).data)
+                f.write(valid.astype(canvas.dtype).data)
         os.replace(tmp, path)
         return True
 
@@ -585,23 +666,26 @@ class DecodedChunks:
         needs has no file (read the source then). Call once the chunks themselves exist."""
         h, w = int(window.height), int(window.width)
         wr, wc = int(window.row_off), int(window.col_off)
-        out = np.zeros((count + 1, h, w), dtype)
+        pixels, valid = np.zeros((count, h, w), dtype), np.zeros((h, w), bool)
         for bi, bj in self.lowres.source_chunks(window):
             part = self._arrays.get((bi, bj))
             try:
                 if part is None:
-                    part = np.load(self.path(bi, bj), mmap_mode="r", allow_pickle=False)
+                    stored = np.load(self.path(bi, bj), mmap_mode="r", allow_pickle=False)
+                    part = (stored[:count], stored[count]) if stored.size else ()
             except (FileNotFoundError, ValueError):
                 return None
-            if part.size == 0:  # no valid pixel: zeros
+            if not part:  # no valid pixel: zeros
                 continue
             cw = self.lowres.source_window(bi, bj)
             r0, r1 = max(wr, int(cw.row_off)), min(wr + h, int(cw.row_off) + int(cw.height))
             c0, c1 = max(wc, int(cw.col_off)), min(wc + w, int(cw.col_off) + int(cw.width))
-            out[:, r0 - wr : r1 - wr, c0 - wc : c1 - wc] = part[:, r0 - int(cw.row_off) : r1 - int(cw.row_off),
-                                                                c0 - int(cw.col_off) : c1 - int(cw.col_off)]
+            inside = (slice(r0 - int(cw.row_off), r1 - int(cw.row_off)),
+                      slice(c0 - int(cw.col_off), c1 - int(cw.col_off)))
+            pixels[:, r0 - wr : r1 - wr, c0 - wc : c1 - wc] = part[0][(slice(None), *inside)]
+            valid[r0 - wr : r1 - wr, c0 - wc : c1 - wc] = part[1][inside]
             del part
-        return out[:count], out[count].astype(bool)
+        return pixels, valid
 
     def close(self) -> None:
         self._arrays.clear()

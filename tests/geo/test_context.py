@@ -7,6 +7,8 @@ copy of the raster. The LR pre-pass must equal the per-tile construction
 bit for bit.
 """
 
+import time
+
 import numpy as np
 import pytest
 import rasterio
@@ -192,6 +194,46 @@ def test_background_builder_feeds_waiting_readers(tmp_path):
         reader.close()
     assert builder.error is None
     assert not list((tmp_path / "lr").glob(".*"))  # chunks appear only complete (renamed)
+
+
+def test_unpublished_builder_holds_back_until_released_or_awaited(tmp_path):
+    """publish=False: no chunk file; the builder stops past its budget of pinned chunks and goes on when
+    one is released or when the reader waits for the next; cancel() stops it without an error."""
+    data = np.random.default_rng(4).integers(0, 256, (3, 128, 128)).astype(np.uint8)
+    path = write_raster(tmp_path / "a.tif", data)
+    grid = TileGrid(128, 128, 32)
+    with rasterio.open(path) as src:
+        lowres = plan_lowres(src, [1, 2, 3], grid, 2, tmp_path / "lr", chunk=(16, 16))
+    order = chunk_order(lowres, [w for _, _, w in grid.windows()])
+    assert len(order) == 25
+    reader = ChunkReader()
+    one = 3 * 16 * 16 * 2  # bytes of a chunk's sums
+    builder = LowResBuilder(str(path), [1, 2, 3], lowres, order, memory=reader, publish=False, pinned_bytes=2 * one)
+    builder.start()
+
+    def settled(n: int) -> None:  # the builder has computed n chunks and holds back
+        for _ in range(200):
+            if builder.written == n:
+                break
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert builder.written == n and builder.is_alive()
+
+    settled(3)  # over the budget of two after the third
+    reader.release(lowres, *order[0])
+    settled(4)  # one released, one more computed
+    # a reader waiting for the next chunk lets the builder compute it
+    with rasterio.open(path) as src:
+        _, expected, _ = read_tile_and_context(src, Window(32, 0, 32, 32), [1, 2, 3], 2)
+    needs = lowres.chunks_for(Window(32, 0, 32, 32))
+    assert max(order.index(c) for c in needs) >= 4
+    np.testing.assert_array_equal(lowres.read(reader, Window(32, 0, 32, 32)), expected)
+    assert builder.written == max(order.index(c) for c in needs) + 1
+    assert not list((tmp_path / "lr").glob("lr_*.tif"))
+    builder.cancel()
+    assert not builder.is_alive() and builder.error is None and not builder.failed.exists()
+    builder.close()
+    reader.close()
 
 
 def test_failed_builder_stops_waiting_readers(tmp_path):

@@ -58,17 +58,18 @@ def model_inputs(batch: TileBatch, spec: InputSpec, device: torch.device) -> tup
         return hr, None
     lr = batch.lr.to(device, non_blocking=True)
     k = batch.lr_factor
-    if k > 1:
-        if means_in_float32(torch.iinfo(lr.dtype).max, k):
-            lr = lr.to(torch.float32).div_(k * k)
-        else:
-            lr = lr.to(torch.float64).div_(k * k).to(torch.float32)
-    return hr, _normalized(lr, spec)
+    if k == 1:
+        return hr, _normalized(lr, spec)
+    if means_in_float32(torch.iinfo(lr.dtype).max, k):
+        lr = lr.to(torch.float32).div_(k * k)
+    else:
+        lr = lr.to(torch.float64).div_(k * k).to(torch.float32)
+    return hr, _normalized(lr, spec, in_place=True)  # the means are a new tensor already
 
 
-def _normalized(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
-    """``spec.normalize`` on a tensor (the same float32 operations, in place on a new tensor)."""
-    y = x.to(torch.float32, copy=True)
+def _normalized(x: torch.Tensor, spec: InputSpec, in_place: bool = False) -> torch.Tensor:
+    """``spec.normalize`` on a tensor (the same float32 operations, on a new tensor unless ``in_place``)."""
+    y = x if in_place else x.to(torch.float32, copy=True)
     mean = torch.tensor(spec.mean, dtype=torch.float32, device=y.device)[:, None, None]
     std = torch.tensor(spec.std, dtype=torch.float32, device=y.device)[:, None, None]
     return y.div_(torch.tensor(spec.scale, dtype=torch.float32, device=y.device)).sub_(mean).div_(std)
@@ -84,8 +85,6 @@ class PredictTiles(Dataset):
         context: "prepass" (read from ``lowres``), "direct" (kT window per
             tile) or "none" (single-stream model).
         lowres: the pre-pass raster when ``context == "prepass"``.
-        lowres_failed: the marker file of the builder writing its chunks
-            (readers stop waiting when it appears).
         inside: which of ``windows`` are run (those meeting the region asked,
             ``geo/region.py``); the others are neither read nor run. None: all.
         decoded: the source pixels the pre-pass decoded for its chunks; tiles
@@ -100,7 +99,6 @@ class PredictTiles(Dataset):
         spec: InputSpec,
         context: str,
         lowres: LowResRaster | None = None,
-        lowres_failed: str | None = None,
         inside: np.ndarray | None = None,
         decoded: DecodedChunks | None = None,
     ) -> None:
@@ -113,7 +111,8 @@ class PredictTiles(Dataset):
         self.inside = inside
         # collate function of this dataset's batches: pre-pass LR values are sums of k x k pixels
         self.collate = functools.partial(collate_tiles, lr_factor=spec.context_factor if context == "prepass" else 1)
-        self.chunks = ChunkReader(failed=lowres_failed)  # the pre-pass chunks this process has open
+        # the pre-pass chunks this process has open; the run sets their builder's failure marker (.failed)
+        self.chunks = ChunkReader()
         self._handles: tuple[int, rasterio.io.DatasetReader, MaskRule] | None = None
 
     def __len__(self) -> int:

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import rasterio
@@ -44,6 +45,7 @@ GDAL_POOL = 32  # files of a mosaic kept open per process (a tile row touches a 
 DECODED_BUDGET = 1 << 30  # bytes of decoded source pixels kept on disk for the readers at a time
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 DECODED_MEMORY = 128 << 20  # ...of which first in memory, when the tiles are read in the run's own process
+LR_AHEAD_BYTES = 32 << 20  # LR chunks the pre-pass holds ahead of the tiles read in its own process
 
 
 def predict_probabilities(model: torch.nn.Module, hr: torch.Tensor, lr: torch.Tensor | None,
@@ -295,7 +297,11 @@ class Reading:
         # the tiles run: those meeting the region, when one is asked (decided once, here)
         inside = None if plan.roi is None else np.array([plan.roi.meets(w) for w in windows], bool)
         lowres = decoded = None
-        releases: list[tuple[int, tuple[int, int]]] = []
+        frees: list[tuple[Callable, list[tuple[int, tuple[int, int]]]]] = []  # (free, its release order)
+        # a web map service: the pre-pass alone first, so requests never outnumber the readers
+        sequential = plan.context == "prepass" and plan.web_service
+        # tiles read in this process, beside the pre-pass: its chunks handed over in memory, no file written
+        in_memory = plan.context == "prepass" and not workers and not sequential
         if plan.context == "prepass":
             with plan.mosaic.open() as src:
                 lowres = plan_lowres(src, plan.spec.bands, plan.grid, plan.spec.context_factor, lowres_dir)
@@ -306,16 +312,21 @@ class Reading:
                          for s, t in zip(starts, tiles)]
             releases = release_order(lowres, windows)
             decoded = decoded_chunks(plan, lowres, releases, in_process=not workers)
+            if decoded is not None:
+                frees.append((decoded.release, releases))
+        self.dataset = PredictTiles(plan.mosaic.source, windows, plan.spec, plan.context, lowres, inside=inside,
+                                    decoded=decoded)
+        if lowres is not None:
             self.builder = LowResBuilder(plan.mosaic.source, plan.spec.bands, lowres, chunk_groups(lowres, run_tiles),
-                                         decoded, threads=workers)
-        self.dataset = PredictTiles(plan.mosaic.source, windows, plan.spec, plan.context, lowres,
-                                    lowres_failed=None if self.builder is None else str(self.builder.failed),
-                                    inside=inside, decoded=decoded)
-        if self.builder is not None and not workers:  # tiles read in this process: chunks handed over in memory
-            self.builder.memory = self.dataset.chunks
+                                         decoded, threads=workers, publish=not in_memory,
+                                         memory=self.dataset.chunks if not workers else None,
+                                         pinned_bytes=LR_AHEAD_BYTES)
+            self.dataset.chunks.failed = self.builder.failed  # readers stop waiting when the builder fails
+            if in_memory:
+                chunks = self.dataset.chunks
+                frees.append((lambda bi, bj: chunks.release(lowres, bi, bj), lr_release_order(lowres, windows)))
         loader = make_loader(self.dataset, [len(t) for t in tiles], batch_size, workers, device)
-        sequential = self.builder is not None and plan.web_service
-        if sequential:  # a web map service: the pre-pass alone first, so requests never outnumber the readers
+        if sequential:
             self.builder.start()
             self.builder.join()
         clear_connections_at_forks(plan.inputs)  # a reader must not share our HTTP sockets
@@ -329,11 +340,13 @@ class Reading:
             gc.unfreeze()
         if self.builder is not None and not sequential:
             self.builder.start()
-        return releasing(self._batches, decoded, releases)
+        return releasing(self._batches, frees)
 
     def stop_readers(self) -> None:
         if self._batches is not None:
             stop_workers(self._batches)
+        if self.builder is not None and not self.builder.publish:
+            self.builder.cancel()  # its chunks were for these readers only (none left when all tiles were read)
 
     def stop_builder(self) -> None:
         if self.builder is not None and self.builder.is_alive():
@@ -369,26 +382,36 @@ def decoded_chunks(plan: PredictPlan, lowres, releases: list, in_process: bool =
 
 def release_order(lowres, windows: list) -> list[tuple[int, tuple[int, int]]]:
     """(last tile position needing its pixels, chunk) for each chunk holding some tile's pixels, by position."""
+    return _last_uses(windows, lowres.source_chunks)
+
+
+def lr_release_order(lowres, windows: list) -> list[tuple[int, tuple[int, int]]]:
+    """(last tile position needing its LR context from it, chunk) for each chunk, by position."""
+    return _last_uses(windows, lowres.chunks_for)
+
+
+def _last_uses(windows: list, chunks_of: Callable) -> list[tuple[int, tuple[int, int]]]:
     last: dict[tuple[int, int], int] = {}
     for pos, w in enumerate(windows):
-        for chunk in lowres.source_chunks(w):
+        for chunk in chunks_of(w):
             last[chunk] = pos
     return sorted((pos, chunk) for chunk, pos in last.items())
 
 
-def releasing(batches, decoded: DecodedChunks | None, releases: list[tuple[int, tuple[int, int]]]):
-    """``batches``, freeing the decoded pixels of the chunks whose last tile has been read.
+def releasing(batches, frees: list[tuple[Callable, list[tuple[int, tuple[int, int]]]]]):
+    """``batches``, calling each ``free(bi, bj)`` of ``frees`` once the last tile needing that chunk
+    (its release order) has been read.
 
     Batches arrive in order, so every tile up to the last of a batch has been read;
     readers still busy with later batches need only chunks whose last tile is later.
     """
-    i = 0
+    done = [0] * len(frees)
     for batch in batches:
-        if decoded is not None:
-            last = int(batch.index[-1])
-            while i < len(releases) and releases[i][0] <= last:
-                decoded.release(*releases[i][1])
-                i += 1
+        last = int(batch.index[-1])
+        for f, (free, releases) in enumerate(frees):
+            while done[f] < len(releases) and releases[done[f]][0] <= last:
+                free(*releases[done[f]][1])
+                done[f] += 1
         yield batch
 
 

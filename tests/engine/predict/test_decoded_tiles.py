@@ -15,7 +15,7 @@ from rasterio.windows import Window
 
 from caswit_geo.core.spec import InputSpec
 from caswit_geo.engine.predict.source import PredictTiles, model_inputs
-from caswit_geo.engine.predict.units import release_order, releasing
+from caswit_geo.engine.predict.units import lr_release_order, release_order, releasing
 from caswit_geo.geo.context import read_tile_and_context
 from caswit_geo.geo.grid import TileGrid
 from caswit_geo.geo.lowres import DecodedChunks, LowResBuilder, chunk_groups, chunk_order, plan_lowres
@@ -48,10 +48,11 @@ def write_mosaic(folder, fmt: str) -> list:
 
 
 @pytest.mark.parametrize("fmt", ["gtiff", "jp2"])
-@pytest.mark.parametrize("overlap, budget, threads, memory",
-                         [(0, 1 << 30, 1, 0), (8, 1 << 30, 3, 0), (0, 60_000, 1, 0), (0, 1 << 30, 2, 30_000)])
+@pytest.mark.parametrize("overlap, budget, threads, memory, publish",
+                         [(0, 1 << 30, 1, 0, True), (8, 1 << 30, 3, 0, True), (0, 60_000, 1, 0, True),
+                          (0, 1 << 30, 2, 30_000, True), (8, 1 << 30, 1, 30_000, False)])
 def test_tiles_from_decoded_prepass_equal_per_tile_reads(tmp_path, monkeypatch, fmt, overlap, budget, threads,
-                                                         memory):
+                                                         memory, publish):
     paths = write_mosaic(tmp_path, fmt)
     mosaic = open_mosaic(paths, (1, 2, 3), nodata="0")
     spec = InputSpec(tile_size=TILE, context_factor=K)
@@ -65,9 +66,22 @@ def test_tiles_from_decoded_prepass_equal_per_tile_reads(tmp_path, monkeypatch, 
     groups = chunk_groups(lowres, [windows[i : i + 5] for i in range(0, len(windows), 5)])
     assert sorted(c for g in groups for c in g) == sorted(chunk_order(lowres, windows, complete=False))
     tiles = PredictTiles(mosaic.source, windows, spec, "prepass", lowres, decoded=decoded)
-    # with ``memory``, read in this process as with no reader process: chunks and pixels handed over in memory
+    # with ``memory``, read in this process as with no reader process: chunks and pixels handed over in memory;
+    # not published: no chunk file, at most two chunks held ahead of the reader
+    chunk_bytes = 3 * 16 * 32 * 2
     builder = LowResBuilder(mosaic.source, spec.bands, lowres, groups, decoded, threads=threads,
-                            memory=tiles.chunks if memory else None)
+                            memory=tiles.chunks if memory else None, publish=publish, pinned_bytes=2 * chunk_bytes)
+    frees = [(decoded.release, releases)]
+    if not publish:
+        frees.append((lambda bi, bj: tiles.chunks.release(lowres, bi, bj), lr_release_order(lowres, windows)))
+    pinned = []
+    real_keep = tiles.chunks.keep
+
+    def keep(*args, **kwargs):
+        real_keep(*args, **kwargs)
+        pinned.append(tiles.chunks._pinned_bytes)
+
+    tiles.chunks.keep = keep
     copied = []
     real_read = DecodedChunks.read
 
@@ -88,7 +102,7 @@ def test_tiles_from_decoded_prepass_equal_per_tile_reads(tmp_path, monkeypatch, 
             items.extend(tiles.__getitems__(run))
             yield SimpleNamespace(index=torch.tensor(run))  # releasing() only looks at the positions
 
-    for _ in releasing(batches(), decoded, releases):
+    for _ in releasing(batches(), frees):
         pass
     builder.join()
     assert builder.error is None
@@ -109,6 +123,14 @@ def test_tiles_from_decoded_prepass_equal_per_tile_reads(tmp_path, monkeypatch, 
     else:
         assert any(copied) and not all(copied)  # over the budget: read from the source, same values
     assert decoded.held == 0 and not decoded._arrays  # every file released once its last tile was read
+    files = list(lowres.chunk_grid and (tmp_path / "lr").glob("lr_*.tif"))
+    if publish:
+        assert len(files) == builder.written
+    else:
+        assert not files and builder.written == len(chunk_order(lowres, windows, complete=False))
+        assert tiles.chunks._pinned_bytes == 0  # each chunk released after its last tile
+        # held back: never more than the budget plus the chunks the reader was waiting for (one tile row's)
+        assert max(pinned) <= 2 * chunk_bytes + 3 * 4 * chunk_bytes
     tiles.close()
     builder.close()
     assert not decoded.folder.exists()

@@ -148,7 +148,14 @@ def test_ctrl_c_then_resume_redoes_nothing_and_equals_one_run(tmp_path, weights,
     assert_same_as_reference(ref, out)
 
 
-def test_stop_after_ends_between_units_and_resume_finishes(tmp_path, weights, small, capsys):
+@pytest.mark.parametrize("lr_ahead", [units_module.LR_AHEAD_BYTES, 1])
+def test_stop_after_ends_between_units_and_resume_finishes(tmp_path, weights, small, capsys, monkeypatch, lr_ahead):
+    # lr_ahead 1: the pre-pass (its chunks in memory, tiles read in this process) holds back after each of
+    # its small chunks, and is waiting when the run stops: it is cancelled, not waited for
+    monkeypatch.setattr(units_module, "LR_AHEAD_BYTES", lr_ahead)
+    if lr_ahead == 1:
+        plan_lowres = units_module.plan_lowres
+        monkeypatch.setattr(units_module, "plan_lowres", lambda *a: plan_lowres(*a, chunk=(16, 16)))
     tiles, ref = small
     out = tmp_path / "out"
     out.mkdir()
