@@ -5,8 +5,10 @@ tiles (HR tile, LR context from the pre-pass chunks, validity), a thread
 writes the pre-pass chunks in the order the tiles need them, the main
 thread runs the model, a writer thread assembles each unit's rows and
 writes its part file. Batches never span two units, and a unit's tiles come
-in a fixed order, so a unit's pixels do not depend on which run computes it.
-Memory is bounded: strip buffers, bounded queues, no full-raster array.
+in a fixed order, so a unit's pixels do not depend on which run computes it;
+the readers take runs of batches by source block rows, put back in plan
+order for the model (batches.py). Memory is bounded: strip buffers, bounded
+queues, no full-raster array.
 """
 
 from __future__ import annotations
@@ -24,10 +26,18 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.windows import Window
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from caswit_geo.core.errors import CaswitError, no_space_error
+from caswit_geo.engine.predict.batches import (
+    ReaderBatches,
+    UnitBatches,
+    block_rows,
+    in_plan_order,
+    reader_order,
+    reader_runs,
+)
 from caswit_geo.engine.predict.job import Job
 from caswit_geo.engine.predict.plan import PredictPlan, Unit
 from caswit_geo.engine.predict.sink import SinkThread, UnitDone, UnitWriter
@@ -80,27 +90,6 @@ def workers_for(n: int | None, device: torch.device | None = None) -> int:
     return max(0, min(4, cpus - 1))
 
 
-class UnitBatches(Sampler):
-    """Batches of tile positions that never span two units (``sizes``: tiles per unit, in order).
-
-    So a tile's batch, and with it the floating-point path of its forward
-    pass, is the same whichever run computes its unit.
-    """
-
-    def __init__(self, sizes: list[int], batch_size: int) -> None:
-        self.sizes, self.batch_size = sizes, batch_size
-
-    def __iter__(self):
-        start = 0
-        for n in self.sizes:
-            for s in range(0, n, self.batch_size):
-                yield list(range(start + s, start + min(s + self.batch_size, n)))
-            start += n
-
-    def __len__(self) -> int:
-        return sum(-(-n // self.batch_size) for n in self.sizes)
-
-
 def _init_reader(worker_id: int) -> None:
     # Share batches by shared-memory file name rather than by passing descriptors: the descriptor
     # server thread prints a traceback when an interrupted run stops its readers.
@@ -120,10 +109,15 @@ def release_large_buffers() -> None:
 
 
 def make_loader(dataset: PredictTiles, sizes: list[int], batch_size: int, workers: int,
-                device: torch.device) -> DataLoader:
+                device: torch.device, rows: list[tuple[int, int]] | None = None) -> DataLoader:
+    """The readers' batches. ``rows``: each tile's source block rows; with several readers, each then takes
+    runs of batches sharing block rows (batches.py: the loader's order is not the plan's)."""
+    sampler = UnitBatches(sizes, batch_size)
+    if workers > 1 and rows is not None:
+        sampler = ReaderBatches(reader_order(reader_runs(list(sampler), rows), workers))
     return DataLoader(
         dataset,
-        batch_sampler=UnitBatches(sizes, batch_size),
+        batch_sampler=sampler,
         num_workers=workers,
         collate_fn=dataset.collate,
         pin_memory=device.type == "cuda",
@@ -325,7 +319,8 @@ class Reading:
             if in_memory:
                 chunks = self.dataset.chunks
                 frees.append((lambda bi, bj: chunks.release(lowres, bi, bj), lr_release_order(lowres, windows)))
-        loader = make_loader(self.dataset, [len(t) for t in tiles], batch_size, workers, device)
+        rows = block_rows(windows, plan.mosaic.block_height)
+        loader = make_loader(self.dataset, [len(t) for t in tiles], batch_size, workers, device, rows)
         if sequential:
             self.builder.start()
             self.builder.join()
@@ -340,7 +335,7 @@ class Reading:
             gc.unfreeze()
         if self.builder is not None and not sequential:
             self.builder.start()
-        return releasing(self._batches, frees)
+        return releasing(in_plan_order(self._batches), frees)
 
     def stop_readers(self) -> None:
         if self._batches is not None:

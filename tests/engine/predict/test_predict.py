@@ -168,6 +168,9 @@ def test_mosaic_of_files_equals_the_single_raster(tmp_path, weights):
     res = run_predict(weights, [tiles_dir], tmp_path / "mosaic_cls.tif", workers=1)  # also the DataLoader-worker path
     assert res.context == "prepass"
     np.testing.assert_array_equal(read(tmp_path / "mosaic_cls.tif")[0], whole)
+    # three readers taking runs of batches by block rows (batches.py), back in plan order for the model
+    run_predict(weights, [tiles_dir], tmp_path / "three_cls.tif", workers=3, batch_size=1)
+    np.testing.assert_array_equal(read(tmp_path / "three_cls.tif")[0], whole)
 
     out_dir = tmp_path / "per_file"
     out_dir.mkdir()
