@@ -20,7 +20,7 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.windows import Window
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from caswit_geo.core.spec import InputSpec
 from caswit_geo.geo.context import read_canvas, read_tile_and_context
@@ -237,5 +237,12 @@ def collate_tiles(items, lr_factor: int = 1) -> TileBatch:
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     """torch.stack of CPU tensors as one plain copy in this thread: torch's own runs on its intra-op
     threads, which wait on each other whenever a core is busy elsewhere (the LR pre-pass beside the
-    model, with --workers 0: ten times slower there)."""
-    return torch.from_numpy(np.stack([t.numpy() for t in tensors]))
+    model, with --workers 0: ten times slower there). In a reader process the copy goes straight into
+    shared memory, as torch's default collate does: sending the batch then copies nothing."""
+    first = tensors[0]
+    if get_worker_info() is None:
+        return torch.from_numpy(np.stack([t.numpy() for t in tensors]))
+    storage = first._typed_storage()._new_shared(first.numel() * len(tensors), device=first.device)
+    out = first.new(storage).resize_(len(tensors), *first.shape)
+    np.stack([t.numpy() for t in tensors], out=out.numpy())
+    return out
