@@ -5,8 +5,11 @@ For each input format (the same pixels each time) and reader worker count,
 workers, batches) runs with its model loop replaced by one that only
 drains the batches. Reported per run: tiles/s, CPU seconds of the whole
 process tree (the run's process and its reader processes) per source
-megapixel, and the same against one full decode of the files (every block
-read once, one process). Formats:
+megapixel, the same against one full decode of the files (every block
+read once, one process), and the cores kept busy (CPU seconds per second:
+with one worker the LR pre-pass thread, the reader process and the run's
+process already share the cores, which bounds what a second worker can
+add on a 2-core machine). Formats:
 
 - ``gtiff``: DEFLATE GeoTIFF, 512 px blocks;
 - ``cog``: Cloud Optimized GeoTIFF (DEFLATE, 512 px blocks, overviews);
@@ -358,6 +361,7 @@ def run_child(kind: str, repeats: int, **args) -> dict:
     if sampled:
         out["rss_growth_mb"] = sampled[0]["rss_growth_mb"]
         out["rss_growth_gpu_host_mb"] = sampled[-1]["rss_growth_mb"]
+    out["cores"] = statistics.median(r["cpu_s"] / r["wall_s"] for r in runs)  # each run's own ratio
     for key in ("wall_s", "cpu_s"):
         if key in out:
             values = [r[key] for r in runs]
@@ -409,7 +413,8 @@ def main() -> None:
         common = dict(work=str(work), weights=str(weights), batch_size=a.batch_size)
 
         decode, read = {}, {}
-        print(f"\n{'format':10} {'workers':>7} {'tiles/s':>16} {'CPU s/Mpx':>16} {'x decode':>9} {'mem +MB':>8} {'as GPU':>7}")
+        print(f"\n{'format':10} {'workers':>7} {'tiles/s':>16} {'CPU s/Mpx':>16} {'x decode':>9} {'cores':>6} "
+              f"{'mem +MB':>8} {'as GPU':>7}")
         for fmt in a.formats:
             files = inputs["cog" if fmt == "http-cog" else fmt] if fmt != "http-cog" else inputs["http-cog"]
             decode[fmt] = run_child("decode", repeats, inputs=[str(p) for p in files])
@@ -421,7 +426,8 @@ def main() -> None:
                 r = read[fmt, n] = run_child("read", repeats, inputs=[str(p) for p in src], workers=n, **common, **extra)
                 rate, rate_med = r["tiles"] / r["wall_s"], r["tiles"] / r["wall_s_median"]
                 print(f"{fmt:10} {n:>7} {rate:>7.1f} ({rate_med:>6.1f}) {r['cpu_s'] / r['mpx']:>16.4f} "
-                      f"{r['cpu_s'] / d['cpu_s']:>9.2f} {r['rss_growth_mb']:>8.0f} {r['rss_growth_gpu_host_mb']:>7.0f}")
+                      f"{r['cpu_s'] / d['cpu_s']:>9.2f} {r['cores']:>6.2f} {r['rss_growth_mb']:>8.0f} "
+                      f"{r['rss_growth_gpu_host_mb']:>7.0f}")
 
         lines = []
         if "jp2-4" in a.formats and "gtiff" in a.formats and 2 in workers:
