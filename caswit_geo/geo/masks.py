@@ -96,8 +96,6 @@ def valid_mask(
     return valid
 
 
-
-
 def zero_invalid(pixels: np.ndarray, valid: np.ndarray) -> None:
     """Set the (C, H, W) ``pixels`` where the (H, W) ``valid`` is False to 0, in place.
 

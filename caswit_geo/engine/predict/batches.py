@@ -66,10 +66,10 @@ def reader_runs(batches: list[list[int]], rows: list[tuple[int, int]], most: int
     """``batches`` (plan order) cut into runs of up to ``most``: a run goes on while a batch meets a block row
     of the batch before it (``rows``: each tile position's block rows)."""
     runs: list[list[list[int]]] = []
-    last: tuple[int, int] | None = None
+    last = (0, -1)  # the span of the batch before (set whenever ``runs`` is not empty)
     for batch in batches:
         span = (min(rows[i][0] for i in batch), max(rows[i][1] for i in batch))
-        if runs and len(runs[-1]) < most and last is not None and span[0] <= last[1] and last[0] <= span[1]:
+        if runs and len(runs[-1]) < most and span[0] <= last[1] and last[0] <= span[1]:
             runs[-1].append(batch)
         else:
             runs.append([batch])
