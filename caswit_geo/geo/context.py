@@ -41,6 +41,9 @@ def read_canvas(
         r0 = int(inside.row_off - window.row_off)
         c0 = int(inside.col_off - window.col_off)
         sl = (slice(r0, r0 + int(inside.height)), slice(c0, c0 + int(inside.width)))
+        if hasattr(src, "read_valid"):  # read at another pixel size (.resampled.ResampledReader)
+            out[(slice(None), *sl)], valid[sl] = src.read_valid(bands, inside, mask)
+            return (out, valid) if with_mask else out
         part = src.read(list(bands), window=inside)
         out[(slice(None), *sl)] = part
         if with_mask:

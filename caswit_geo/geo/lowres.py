@@ -54,6 +54,7 @@ from caswit_geo.geo.grid import TileGrid
 from caswit_geo.geo.masks import MaskRule, mask_rule, zero_invalid
 from caswit_geo.geo.profiles import lowres_chunk_profile
 from caswit_geo.geo.raster_cache import RasterHandles
+from caswit_geo.geo.resampled import ResampledSource, open_reader
 from caswit_geo.safeio.files import remove_path, temp_path
 from caswit_geo.safeio.sweep import holding
 from caswit_geo.safeio.writes import atomic_path
@@ -333,7 +334,7 @@ class LowResBuilder(threading.Thread):
     ``pinned_bytes`` are pinned, unless the reader waits for a chunk.
     """
 
-    def __init__(self, source: str, bands: Sequence[int], lowres: LowResRaster,
+    def __init__(self, source: "str | ResampledSource", bands: Sequence[int], lowres: LowResRaster,
                  order: list[tuple[int, int]] | list[list[tuple[int, int]]], decoded: "DecodedChunks | None" = None,
                  threads: int = 1, memory: "ChunkReader | None" = None, publish: bool = True,
                  pinned_bytes: int = 32 << 20) -> None:
@@ -396,7 +397,7 @@ class LowResBuilder(threading.Thread):
         # so the threads share one handle and block cache rather than decode blocks they both touch
         decoders = max(1, self.threads // max(1, min(self.threads, len(self.groups))))
         try:
-            with rasterio.Env(GDAL_NUM_THREADS=str(decoders)), rasterio.open(self.source) as src:
+            with rasterio.Env(GDAL_NUM_THREADS=str(decoders)), open_reader(self.source) as src:
                 rule = mask_rule(src, self.bands)
                 while True:
                     with self._lock:

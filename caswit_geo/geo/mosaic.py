@@ -1,11 +1,13 @@
 """Input rasters of ``predict``: files, folders and globs read as one virtual mosaic.
 
-One raster or several forming one mosaic. Several files (or one file read at
-another pixel size) become a GDAL VRT built here as an XML string, so that
+One raster or several forming one mosaic. Several files become a GDAL VRT
+built here as an XML string, so that
 every reader (DataLoader workers included) opens the same virtual mosaic and
 the LR context crosses file borders. The VRT carries an explicit mask band,
 so gaps between files and each file's own nodata, alpha band or internal
 mask are nodata in the mosaic (see ``masks.py`` for the validity rule).
+Read at another pixel size, the files (or that VRT on their own grid) are
+resampled by ``resampled.py``, the same pixels whatever the window read.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from caswit_geo.core.errors import InputError, one_line
 from caswit_geo.geo.georef import check_georeferencing
 from caswit_geo.geo.masks import alpha_holds_data
 from caswit_geo.geo.remote import gdal_name, gdal_remote_options, input_name, is_remote, known_size, mask, mask_text
+from caswit_geo.geo.resampled import ResampledReader, ResampledSource, open_reader
 from caswit_geo.geo.sources import check_source, vrt_data_rects
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
@@ -254,6 +257,21 @@ class Mosaic:
     bands: tuple[int, ...]
     resampled: bool = False
     warnings: list[str] = field(default_factory=list)
+    # resampled: the files on their own grid (path or VRT), read by .resampled (same pixels whatever the
+    # window); None: GDAL resamples ``source`` per read (a web map service)
+    native: str | None = None
+
+    @property
+    def reader(self) -> "str | ResampledSource":
+        """What readers open (:func:`.resampled.open_reader`): ``source``, or ``native`` resampled."""
+        if self.native is None:
+            return self.source
+        return ResampledSource(self.native, self.width, self.height, self.transform)
+
+    @property
+    def window_invariant(self) -> bool:
+        """True when a window's pixels do not depend on the window read (not GDAL resampling)."""
+        return not self.resampled or self.native is not None
 
     @property
     def is_vrt(self) -> bool:
@@ -263,8 +281,8 @@ class Mosaic:
     def res(self) -> tuple[float, float]:
         return abs(self.transform.a), abs(self.transform.e)
 
-    def open(self) -> rasterio.io.DatasetReader:
-        return rasterio.open(self.source)
+    def open(self) -> "rasterio.io.DatasetReader | ResampledReader":
+        return open_reader(self.reader)
 
     @property
     def block_height(self) -> float:
@@ -384,18 +402,28 @@ def open_mosaic(
     bottom = min(i.bounds[1] for i in infos)
     right = max(i.bounds[2] for i in infos)
     top = max(i.bounds[3] for i in infos)
-    xres, yres = (target_res, target_res) if resample else first.res
-    width = max(1, int(round((right - left) / xres)))
-    height = max(1, int(round((top - bottom) / yres)))
-    transform = Affine(xres, 0.0, left, 0.0, -yres, top)
+
+    def grid(xres: float, yres: float) -> tuple[Affine, int, int]:
+        width = max(1, int(round((right - left) / xres)))
+        height = max(1, int(round((top - bottom) / yres)))
+        return Affine(xres, 0.0, left, 0.0, -yres, top), width, height
+
+    native_transform, native_width, native_height = grid(*first.res)
+    for info in infos:
+        off = ~native_transform @ (info.transform.c, info.transform.f)
+        if max(abs(v - round(v)) for v in off) > 0.01:
+            notes.append(f"{info.name}: not on the pixel grid of the mosaic; its pixels are snapped to it")
+    native = build_vrt_xml(infos, native_transform, native_width, native_height, bands, first.crs)
     if not resample:
-        for info in infos:
-            off = ~transform @ (info.transform.c, info.transform.f)
-            if max(abs(v - round(v)) for v in off) > 0.01:
-                notes.append(f"{info.name}: not on the pixel grid of the mosaic; its pixels are snapped to it")
-    xml = build_vrt_xml(infos, transform, width, height, bands, first.crs, resample)
+        return Mosaic(source=native, files=infos, width=native_width, height=native_height,
+                      count=min(i.count for i in infos), dtype=first.dtype, crs=first.crs, transform=native_transform,
+                      bands=bands, warnings=notes)
+    transform, width, height = grid(target_res, target_res)
+    if len(infos) == 1 and not first.alpha_is_data and not first.nodata_given:
+        native = first.path  # one file read resampled: no VRT between
     return Mosaic(
-        source=xml,
+        source=build_vrt_xml(infos, transform, width, height, bands, first.crs, resample),
+        native=native,
         files=infos,
         width=width,
         height=height,

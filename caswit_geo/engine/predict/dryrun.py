@@ -226,7 +226,7 @@ def calibration(plan: PredictPlan, config: PredictConfig, tiles: int) -> Calibra
         windows += [w for _, w in plan.tiles(unit) if plan.roi is None or plan.roi.meets(w)]
         if len(windows) >= 16 * tiles:
             break
-    source = PredictTiles(plan.mosaic.source, windows, plan.spec, context)
+    source = PredictTiles(plan.mosaic.reader, windows, plan.spec, context)
     bs = max(1, min(config.batch_size, tiles))
     items = []
     try:

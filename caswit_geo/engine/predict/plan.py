@@ -444,7 +444,9 @@ def pixel_options(config: PredictConfig, plan: PredictPlan) -> dict:
     """
     options = {
         "overlap": config.overlap,
-        "resample": bool(config.resample),
+        # "warp": window-invariant resampling (geo/resampled.py); jobs of earlier releases stored True, GDAL's
+        # VRT resampling, whose pixels differ: not continued with these
+        "resample": "warp" if config.resample else False,
         "nodata": config.nodata,
         "alpha_mask": bool(config.alpha_mask),
         "context": plan.context,

@@ -26,6 +26,7 @@ from caswit_geo.core.spec import InputSpec
 from caswit_geo.geo.context import read_canvas, read_tile_and_context
 from caswit_geo.geo.lowres import ChunkReader, DecodedChunks, LowResRaster, means_in_float32
 from caswit_geo.geo.masks import MaskRule, mask_rule, zero_invalid
+from caswit_geo.geo.resampled import ResampledSource, open_reader
 
 
 @dataclass
@@ -94,7 +95,7 @@ class PredictTiles(Dataset):
 
     def __init__(
         self,
-        source: str,
+        source: "str | ResampledSource",
         windows: list[Window],
         spec: InputSpec,
         context: str,
@@ -121,7 +122,7 @@ class PredictTiles(Dataset):
     def _open(self) -> tuple[rasterio.io.DatasetReader, MaskRule]:
         # (re)open in each process: a GDAL handle must not be shared across a fork
         if self._handles is None or self._handles[0] != os.getpid():
-            src = rasterio.open(self.source)
+            src = open_reader(self.source)
             self._handles = (os.getpid(), src, mask_rule(src, self.spec.bands))
         return self._handles[1], self._handles[2]
 

@@ -308,10 +308,10 @@ class Reading:
             decoded = decoded_chunks(plan, lowres, releases, in_process=not workers)
             if decoded is not None:
                 frees.append((decoded.release, releases))
-        self.dataset = PredictTiles(plan.mosaic.source, windows, plan.spec, plan.context, lowres, inside=inside,
+        self.dataset = PredictTiles(plan.mosaic.reader, windows, plan.spec, plan.context, lowres, inside=inside,
                                     decoded=decoded)
         if lowres is not None:
-            self.builder = LowResBuilder(plan.mosaic.source, plan.spec.bands, lowres, chunk_groups(lowres, run_tiles),
+            self.builder = LowResBuilder(plan.mosaic.reader, plan.spec.bands, lowres, chunk_groups(lowres, run_tiles),
                                          decoded, threads=workers, publish=not in_memory,
                                          memory=self.dataset.chunks if not workers else None,
                                          pinned_bytes=LR_AHEAD_BYTES)
@@ -360,16 +360,17 @@ def prepass_cache_bytes(plan: PredictPlan) -> int:
     bh = max(info.block_shape[0] for info in plan.mosaic.files)
     bw = max(info.block_shape[1] for info in plan.mosaic.files)
     width = min(plan.mosaic.width, (plan.unit_width or plan.unit_size) + plan.grid.tile * plan.spec.context_factor)
+    # read resampled by us: the files' pixels, more of them when the mosaic's are larger
+    scale = max(1.0, plan.mosaic.res[0] / plan.mosaic.files[0].res[0]) if plan.mosaic.native else 1.0
     itemsize = np.dtype(plan.mosaic.dtype).itemsize
-    return int(1.25 * 2 * (bh + plan.grid.tile) * (width + 2 * bw) * plan.mosaic.count * itemsize)
+    return int(1.25 * 2 * (bh + scale * plan.grid.tile) * (scale * width + 2 * bw) * plan.mosaic.count * itemsize)
 
 
 def decoded_chunks(plan: PredictPlan, lowres, releases: list, in_process: bool = False) -> DecodedChunks | None:
     """Where the pre-pass keeps its decoded pixels for the readers (``in_process``: tiles read in this
-    process, so the first of them held in memory); None for a resampled mosaic, whose
-    pixels GDAL computes per read (a tile read on its own may differ in its last bits from the same
-    pixels read in a larger window), so its tiles are read as before and the maps stay the same."""
-    if plan.mosaic.resampled:
+    process, so the first of them held in memory); None for a web map service read resampled by GDAL,
+    whose pixels depend on the window read, so its tiles are read on their own."""
+    if not plan.mosaic.window_invariant:
         return None
     return DecodedChunks(lowres, DECODED_BUDGET, needed=[c for _, c in releases],
                          memory=DECODED_MEMORY if in_process else 0)

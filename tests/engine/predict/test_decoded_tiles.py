@@ -2,7 +2,8 @@
 
 Reference: geo/context.py's direct construction, each tile's kT window read
 from the mosaic on its own. Inputs: multi-file mosaics with a missing file
-(a gap), partial edge tiles and nodata, as GeoTIFF and JPEG 2000.
+(a gap), partial edge tiles and nodata, as GeoTIFF and JPEG 2000, and read
+at another pixel size (--resample).
 """
 
 from types import SimpleNamespace
@@ -47,14 +48,16 @@ def write_mosaic(folder, fmt: str) -> list:
     return paths
 
 
-@pytest.mark.parametrize("fmt", ["gtiff", "jp2"])
+@pytest.mark.parametrize("fmt", ["gtiff", "jp2", "gtiff-resampled"])
 @pytest.mark.parametrize("overlap, budget, threads, memory, publish",
                          [(0, 1 << 30, 1, 0, True), (8, 1 << 30, 3, 0, True), (0, 60_000, 1, 0, True),
                           (0, 1 << 30, 2, 30_000, True), (8, 1 << 30, 1, 30_000, False)])
 def test_tiles_from_decoded_prepass_equal_per_tile_reads(tmp_path, monkeypatch, fmt, overlap, budget, threads,
                                                          memory, publish):
-    paths = write_mosaic(tmp_path, fmt)
-    mosaic = open_mosaic(paths, (1, 2, 3), nodata="0")
+    paths = write_mosaic(tmp_path, fmt.removesuffix("-resampled"))
+    # resampled: read at 0.26 m from 0.2 m files, whose edges then fall between pixels
+    mosaic = open_mosaic(paths, (1, 2, 3), nodata="0", target_res=0.26 if fmt.endswith("resampled") else None)
+    assert mosaic.resampled == fmt.endswith("resampled")
     spec = InputSpec(tile_size=TILE, context_factor=K)
     grid = TileGrid(mosaic.width, mosaic.height, TILE, overlap)
     windows = [w for _, _, w in grid.windows()]
@@ -65,11 +68,11 @@ def test_tiles_from_decoded_prepass_equal_per_tile_reads(tmp_path, monkeypatch, 
     # chunks in groups of a few tiles (as units), several threads taking the next group
     groups = chunk_groups(lowres, [windows[i : i + 5] for i in range(0, len(windows), 5)])
     assert sorted(c for g in groups for c in g) == sorted(chunk_order(lowres, windows, complete=False))
-    tiles = PredictTiles(mosaic.source, windows, spec, "prepass", lowres, decoded=decoded)
+    tiles = PredictTiles(mosaic.reader, windows, spec, "prepass", lowres, decoded=decoded)
     # with ``memory``, read in this process as with no reader process: chunks and pixels handed over in memory;
     # not published: no chunk file, at most two chunks held ahead of the reader
     chunk_bytes = 3 * 16 * 32 * 2
-    builder = LowResBuilder(mosaic.source, spec.bands, lowres, groups, decoded, threads=threads,
+    builder = LowResBuilder(mosaic.reader, spec.bands, lowres, groups, decoded, threads=threads,
                             memory=tiles.chunks if memory else None, publish=publish, pinned_bytes=2 * chunk_bytes)
     frees = [(decoded.release, releases)]
     if not publish:

@@ -187,6 +187,30 @@ def test_mosaic_of_files_equals_the_single_raster(tmp_path, weights):
             assert out.colormap(1)[1][:3] == (21, 83, 174)
 
 
+def test_resampled_mosaic_of_files_equals_the_single_raster(tmp_path, weights):
+    """--resample: file edges that fall between pixels of the model's grid leave no trace in the map."""
+    h, w = 150, 140
+    data = rgb_image(h, w, seed=4)
+    data[:, :12, :20] = 0
+    write_on_grid(tmp_path / "whole.tif", data, nodata=0, res=0.25)
+    tiles_dir = tmp_path / "tiles"
+    tiles_dir.mkdir()
+    splits = [(0, 0, 71, 61), (0, 61, 71, 79), (71, 0, 79, 61), (71, 61, 79, 79)]  # 61 x 0.25 / 0.2 = 76.25 px
+    for r, c, th, tw in splits:
+        write_on_grid(tiles_dir / f"t_{r}_{c}.tif", data[:, r : r + th, c : c + tw], nodata=0, col=c, row=r, res=0.25)
+    run_predict(weights, [tmp_path / "whole.tif"], tmp_path / "whole_cls.tif", resample=True,
+                confidence=tmp_path / "whole_conf.tif")
+    whole = read(tmp_path / "whole_cls.tif")[0]
+    assert whole.shape == (188, 175)
+    for workers in (0, 2):
+        out = tmp_path / f"mosaic_{workers}.tif"
+        res = run_predict(weights, [tiles_dir], out, resample=True, workers=workers, confidence=tmp_path / "conf.tif",
+                          overwrite=True)
+        assert res.context == "prepass"
+        np.testing.assert_array_equal(read(out)[0], whole)
+        np.testing.assert_array_equal(read(tmp_path / "conf.tif")[0], read(tmp_path / "whole_conf.tif")[0])
+
+
 def test_mosaic_inputs_must_agree(tmp_path, weights):
     write_on_grid(tmp_path / "a.tif", rgb_image(64, 64))
     write_on_grid(tmp_path / "b.tif", rgb_image(64, 64), col=64, res=0.4)
