@@ -8,6 +8,7 @@ subprocesses).
 """
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 import rasterio
 
 from caswit_geo.cli import main
-from caswit_geo.core.errors import OutputError
+from caswit_geo.core.errors import ConfigError, OutputError
 from caswit_geo.engine.predict import units as units_module
 from caswit_geo.engine.predict.job import Job
 from caswit_geo.geo.class_raster import read_pam_categories
@@ -146,6 +147,22 @@ def test_ctrl_c_then_resume_redoes_nothing_and_equals_one_run(tmp_path, weights,
                       resume=True)
     assert res.complete and (res.units, res.units_run, res.units_before) == (9, 5, 4)
     assert_same_as_reference(ref, out)
+
+
+def test_resampled_job_of_an_earlier_release_is_not_continued(tmp_path, weights, small, monkeypatch):
+    """Earlier releases let GDAL resample (other pixels) and stored resample: true; those units are not mixed."""
+    tiles, _ = small
+    interrupt_forward_pass(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        run_predict(weights, [tiles], tmp_path / "map.tif", resample=True, unit_size=128, batch_size=1)
+    monkeypatch.undo()
+    plan_file = tmp_path / ".map.tif.caswit-job" / "plan.json"
+    stored = json.loads(plan_file.read_text())
+    assert stored["pixels"]["resample"] == "warp"
+    stored["pixels"]["resample"] = True
+    plan_file.write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match="--resample is 'warp' but the interrupted job used True"):
+        run_predict(weights, [tiles], tmp_path / "map.tif", resample=True, unit_size=128, batch_size=1, resume=True)
 
 
 @pytest.mark.parametrize("lr_ahead", [units_module.LR_AHEAD_BYTES, 1])
