@@ -91,9 +91,8 @@ def workers_for(n: int | None, device: torch.device | None = None) -> int:
 
 
 def _init_reader(worker_id: int) -> None:
-    # Share batches by shared-memory file name rather than by passing descriptors: the descriptor
-    # server thread prints a traceback when an interrupted run stops its readers.
-    torch.multiprocessing.set_sharing_strategy("file_system")
+    # Batches are shared by passing descriptors (torch's default): sharing by file name starts a
+    # torch_shm_manager process beside each reader, 70 MB of memory each.
     release_large_buffers()
 
 
