@@ -616,6 +616,7 @@ class DecodedChunks:
         self.folder = temp_path(Path(os.path.abspath(lowres.folder)) / "DECODED", "")
         self.folder.mkdir()
         self.held = 0
+        self._memory_bytes = 0  # of _arrays
         self._sizes: dict[tuple[int, int], int] = {}
         self._lock = threading.Lock()
 
@@ -630,9 +631,11 @@ class DecodedChunks:
         data = () if canvas is None else (canvas, valid)
         nbytes = sum(a.nbytes for a in data)
         with self._lock:
-            in_memory = sum(a.nbytes for d in self._arrays.values() for a in d) + nbytes <= self.memory
-            if in_memory:
+            # only with a reader in this process (memory > 0): another process sees files alone, even of
+            # a chunk without a valid pixel
+            if self.memory and self._memory_bytes + nbytes <= self.memory:
                 self._arrays[bi, bj] = data
+                self._memory_bytes += nbytes
                 return True
             if self.held + nbytes > self.budget:
                 return False
@@ -655,7 +658,7 @@ class DecodedChunks:
     def release(self, bi: int, bj: int) -> None:
         """The tiles needing chunk (bi, bj)'s pixels are all read: free its file."""
         with self._lock:
-            self._arrays.pop((bi, bj), None)
+            self._memory_bytes -= sum(a.nbytes for a in self._arrays.pop((bi, bj), ()))
             size = self._sizes.pop((bi, bj), None)
             if size is None:
                 return
@@ -690,12 +693,13 @@ class DecodedChunks:
 
     def close(self) -> None:
         self._arrays.clear()
+        self._memory_bytes = 0
         remove_path(self.folder)
 
     def __getstate__(self) -> dict:
         # readers only read: no lock, no accounting; those of another process read files only
         return {"lowres": self.lowres, "budget": self.budget, "memory": 0, "folder": self.folder, "needed": set(),
-                "held": 0, "_sizes": {}, "_arrays": {}, "_lock": None}
+                "held": 0, "_memory_bytes": 0, "_sizes": {}, "_arrays": {}, "_lock": None}
 
 
 def _intersects(window: Window, width: int, height: int) -> bool:

@@ -6,6 +6,7 @@ from the mosaic on its own. Inputs: multi-file mosaics with a missing file
 at another pixel size (--resample).
 """
 
+import pickle
 from types import SimpleNamespace
 
 import numpy as np
@@ -99,10 +100,13 @@ def test_tiles_from_decoded_prepass_equal_per_tile_reads(tmp_path, monkeypatch, 
         builder.join()
     items = []
 
+    # no memory: read as a reader process does, through a copy that sees the files alone
+    reader = tiles if memory else pickle.loads(pickle.dumps(tiles))
+
     def batches():  # read as a DataLoader does, before the batch reaches the model loop
         for s in range(0, len(windows), 3):
             run = list(range(s, min(s + 3, len(windows))))
-            items.extend(tiles.__getitems__(run))
+            items.extend(reader.__getitems__(run))
             yield SimpleNamespace(index=torch.tensor(run))  # releasing() only looks at the positions
 
     for _ in releasing(batches(), frees):
@@ -134,6 +138,7 @@ def test_tiles_from_decoded_prepass_equal_per_tile_reads(tmp_path, monkeypatch, 
         assert tiles.chunks._pinned_bytes == 0  # each chunk released after its last tile
         # held back: never more than the budget plus the chunks the reader was waiting for (one tile row's)
         assert max(pinned) <= 2 * chunk_bytes + 3 * 4 * chunk_bytes
+    reader.close()
     tiles.close()
     builder.close()
     assert not decoded.folder.exists()
