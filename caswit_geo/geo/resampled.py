@@ -62,12 +62,28 @@ def nearest_index(first: int, count: int, origin: float, step: float) -> np.ndar
 
 def _apply(x: np.ndarray, index: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
     """Sum over taps of ``weights`` x the gathered ``x`` along ``axis`` (tap by tap: the same sums in the
-    same order for a pixel whatever the window, so the same bits)."""
-    out = None
+    same order for a pixel whatever the window, so the same bits; a tap of zero weights everywhere adds
+    nothing and is skipped)."""
+    shape = (-1,) + (1,) * (x.ndim - 1 - axis)
+    out = term = None
     for j in range(index.shape[0]):
-        term = np.take(x, index[j], axis=axis) * weights[j].reshape((-1,) + (1,) * (x.ndim - 1 - axis))
-        out = term if out is None else np.add(out, term, out=out)
+        if j and not weights[j].any():
+            continue
+        term = np.take(x, index[j], axis=axis, out=term)
+        term *= weights[j].reshape(shape)
+        if out is None:
+            out, term = term, None
+        else:
+            out += term
     return out
+
+
+def _separable(x: np.ndarray, rows: tuple, cols: tuple, shrink: bool) -> np.ndarray:
+    """Both passes, the one over rows first when shrinking (row gathers are plain copies, and the
+    slower column pass then runs on fewer rows), the one over columns first when enlarging."""
+    if shrink:
+        return _apply(_apply(x, *rows, 1), *cols, 2)
+    return _apply(_apply(x, *cols, 2), *rows, 1)
 
 
 def resample_canvas(
@@ -92,17 +108,20 @@ def resample_canvas(
     rn = nearest_index(r0, h, origin[1], step[1]) - start[1]
     out_valid = valid[np.ix_(rn, cn)]
     all_valid = bool(valid.all())
+    shrink = step[1] >= 1
     for s in range(0, h, STRIP_ROWS):
         rows = slice(s, min(s + STRIP_ROWS, h))
         lo, hi = int(ri[:, rows].min()), int(ri[:, rows].max()) + 1
         part = canvas[:, lo:hi].astype(work)
+        taps = ((ri[:, rows] - lo, rw[:, rows]), (ci, cw))
         if all_valid:
-            value = _apply(_apply(part, ci, cw, 2), ri[:, rows] - lo, rw[:, rows], 1)
+            value = _separable(part, *taps, shrink)
             value /= rw[:, rows].sum(axis=0)[:, None] * cw.sum(axis=0)[None, :]
         else:
             m = valid[lo:hi].astype(work)
-            num = _apply(_apply(part * m, ci, cw, 2), ri[:, rows] - lo, rw[:, rows], 1)
-            den = _apply(_apply(m[None], ci, cw, 2), ri[:, rows] - lo, rw[:, rows], 1)
+            part *= m
+            num = _separable(part, *taps, shrink)
+            den = _separable(m[None], *taps, shrink)
             value = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
         out[:, rows] = _to_dtype(value, dtype)
     return out, out_valid
