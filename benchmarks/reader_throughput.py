@@ -450,8 +450,8 @@ def main() -> None:
             # what the ratio is made of: the JPEG 2000 decoding beyond GeoTIFF's, in full decodes of the files
             extra_cpu = res["jp2-4"]["cpu_s"] - res["gtiff"]["cpu_s"]
             one_decode = decode["jp2-4"]["cpu_s"] - decode["gtiff"]["cpu_s"]
-            lines.append(f"     --resample JP2 beyond GeoTIFF, in full decodes of the files: {extra_cpu / one_decode:.2f} "
-                         f"({extra_cpu:.1f} CPU-s against {one_decode:.1f})")
+            lines.append(f"     --resample JP2 beyond GeoTIFF, in full decodes of the files: "
+                         f"{extra_cpu / one_decode:.2f} ({extra_cpu:.1f} CPU-s against {one_decode:.1f})")
         if "gtiff" in a.formats:
             one = dict(common, batch_size=1, inputs=[str(p) for p in inputs["gtiff"]], workers=0)
             ctx = run_child("read", repeats, **one)
