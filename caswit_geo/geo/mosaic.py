@@ -1,9 +1,9 @@
 """Input rasters of ``predict``: files, folders and globs read as one virtual mosaic.
 
 One raster or several forming one mosaic. Several files become a GDAL VRT
-built here as an XML string, so that
-every reader (DataLoader workers included) opens the same virtual mosaic and
-the LR context crosses file borders. The VRT carries an explicit mask band,
+built here as an XML string, so that every reader (DataLoader workers
+included) opens the same virtual mosaic and the LR context crosses file
+borders. The VRT carries an explicit mask band,
 so gaps between files and each file's own nodata, alpha band or internal
 mask are nodata in the mosaic (see ``masks.py`` for the validity rule).
 Read at another pixel size, the files (or that VRT on their own grid) are
