@@ -34,7 +34,7 @@ from caswit_geo.core.errors import InputError, one_line
 from caswit_geo.geo.georef import check_georeferencing
 from caswit_geo.geo.masks import alpha_holds_data
 from caswit_geo.geo.remote import gdal_name, gdal_remote_options, input_name, is_remote, known_size, mask, mask_text
-from caswit_geo.geo.resampled import ResampledReader, ResampledSource, open_reader
+from caswit_geo.geo.resampled import ResampledReader, ResampledSource, open_reader, overview_for
 from caswit_geo.geo.sources import check_source, vrt_data_rects
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
@@ -61,6 +61,7 @@ class RasterInfo:
     alpha_mask: bool  # that per-dataset mask comes from an alpha band
     block_shape: tuple[int, int]
     overviews: int = 0  # overview levels of band 1 (JPEG 2000 resolution levels count)
+    overview_factors: tuple[int, ...] = ()  # the file's own overviews of band 1, as reduction factors
     driver: str = "GTiff"  # GDAL's short name of the format
     files_bytes: int = 0  # the file and, for a VRT, the files it reads
     alpha_is_data: bool = False  # a band tagged alpha holds more than a mask's values (RGBI's NIR)
@@ -162,6 +163,7 @@ def describe_raster(path: str | Path) -> RasterInfo:
                     alpha_mask=MaskFlags.alpha in flags,
                     block_shape=tuple(src.block_shapes[0]) if src.count else (0, 0),
                     overviews=_overview_levels(src),
+                    overview_factors=tuple(src.overviews(1)) if src.count else (),
                     driver=src.driver,
                     files_bytes=_files_bytes(src),
                     alpha_is_data=MaskFlags.alpha in flags and any(
@@ -260,13 +262,14 @@ class Mosaic:
     # resampled: the files on their own grid (path or VRT), read by .resampled (same pixels whatever the
     # window); None: GDAL resamples ``source`` per read (a web map service)
     native: str | None = None
+    native_overview: int | None = None  # the overview level of ``native`` read from (one file shrunk)
 
     @property
     def reader(self) -> "str | ResampledSource":
         """What readers open (:func:`.resampled.open_reader`): ``source``, or ``native`` resampled."""
         if self.native is None:
             return self.source
-        return ResampledSource(self.native, self.width, self.height, self.transform)
+        return ResampledSource(self.native, self.width, self.height, self.transform, self.native_overview)
 
     @property
     def window_invariant(self) -> bool:
@@ -419,11 +422,15 @@ def open_mosaic(
                       count=min(i.count for i in infos), dtype=first.dtype, crs=first.crs, transform=native_transform,
                       bands=bands, warnings=notes)
     transform, width, height = grid(target_res, target_res)
+    overview = None
     if len(infos) == 1 and not first.alpha_is_data and not first.nodata_given:
-        native = first.path  # one file read resampled: no VRT between
+        native = first.path  # one file read resampled: no VRT between; shrunk from its overviews as gdalwarp
+        if first.driver != "VRT" and target_res > max(first.res):
+            overview = overview_for(max(first.res), first.overview_factors, target_res)
     return Mosaic(
         source=build_vrt_xml(infos, transform, width, height, bands, first.crs, resample),
         native=native,
+        native_overview=overview,
         files=infos,
         width=width,
         height=height,

@@ -31,6 +31,7 @@ from caswit_geo.geo.context import read_canvas
 from caswit_geo.geo.masks import mask_rule
 
 STRIP_ROWS = 256  # output rows resampled at once: bounds the float copies of a large read
+READ_PIXELS = 1 << 23  # native pixels decoded at once: a larger window is read in parts (same values)
 
 
 def axis_taps(first: int, count: int, origin: float, step: float) -> tuple[np.ndarray, np.ndarray]:
@@ -147,18 +148,44 @@ def native_window(window: Window, origin: tuple[float, float], step: tuple[float
     return Window(c_lo, r_lo, c_hi - c_lo, r_hi - r_lo)
 
 
+def read_parts(window: Window, step: tuple[float, float], budget: int | None = None) -> list[Window]:
+    """``window`` cut into parts whose native footprints hold about ``budget`` (default ``READ_PIXELS``)
+    pixels at most (whole rows of the window when they fit): a tenfold shrink reads 100 native pixels
+    per output pixel."""
+    budget = budget or READ_PIXELS
+    c0, r0, w, h = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
+    sx, sy = max(step[0], 1.0), max(step[1], 1.0)
+    pw = w if (w * sx + 2) * (sy + 2) <= budget else max(1, int(math.sqrt(budget / (sx * sy))))
+    ph = max(1, int((budget / (pw * sx + 2) - 2) / sy))
+    return [Window(c, r, min(pw, c0 + w - c), min(ph, r0 + h - r))
+            for r in range(r0, r0 + h, ph) for c in range(c0, c0 + w, pw)]
+
+
+def overview_for(native_res: float, overview_factors: Sequence[int], target_res: float) -> int | None:
+    """The overview level to read ``target_res`` from, as gdalwarp does by default (-ovr AUTO): the
+    coarsest whose pixels are not larger than the target's; None: the full resolution."""
+    level = None
+    for i, factor in enumerate(overview_factors):
+        if native_res * factor <= target_res * (1 + 1e-9):
+            level = i
+    return level
+
+
 @dataclass(frozen=True)
 class ResampledSource:
-    """``native`` (a path or a VRT document) read on the grid ``transform`` (``width`` x ``height``);
-    picklable, so readers in other processes open it themselves."""
+    """``native`` (a path or a VRT document; its ``overview`` level, None for the full resolution) read
+    on the grid ``transform`` (``width`` x ``height``); picklable, so readers in other processes open it
+    themselves."""
 
     native: str
     width: int
     height: int
     transform: Affine
+    overview: int | None = None
 
     def open(self) -> "ResampledReader":
-        return ResampledReader(rasterio.open(self.native), self.width, self.height, self.transform)
+        kwargs = {} if self.overview is None else {"overview_level": self.overview}
+        return ResampledReader(rasterio.open(self.native, **kwargs), self.width, self.height, self.transform)
 
 
 class ResampledReader:
@@ -175,13 +202,24 @@ class ResampledReader:
         self._rule = None
 
     def read_valid(self, bands: Sequence[int], window: Window, rule=None) -> tuple[np.ndarray, np.ndarray]:
-        """(C, h, w) values and (h, w) validity of ``window`` (inside this grid), decoded once."""
-        need = native_window(window, self.origin, self.step)
+        """(C, h, w) values and (h, w) validity of ``window`` (inside this grid), decoded once (in parts
+        of at most ``READ_PIXELS`` native pixels)."""
         if rule is None:
             rule = self._rule = self._rule or mask_rule(self.native, bands)
+        dtype = np.dtype(self.dtypes[bands[0] - 1])
+        parts = read_parts(window, self.step)
+        if len(parts) > 1:
+            out = np.empty((len(bands), int(window.height), int(window.width)), dtype)
+            out_valid = np.empty((int(window.height), int(window.width)), bool)
+            for part in parts:
+                at = (slice(int(part.row_off - window.row_off), int(part.row_off - window.row_off + part.height)),
+                      slice(int(part.col_off - window.col_off), int(part.col_off - window.col_off + part.width)))
+                out[(slice(None), *at)], out_valid[at] = self.read_valid(bands, part, rule)
+            return out, out_valid
+        need = native_window(window, self.origin, self.step)
         canvas, valid = read_canvas(self.native, need, bands, fill=0, with_mask=True, mask=rule)
         return resample_canvas(canvas, valid, self.origin, self.step, window,
-                               (int(need.col_off), int(need.row_off)), np.dtype(self.dtypes[bands[0] - 1]))
+                               (int(need.col_off), int(need.row_off)), dtype)
 
     def read(self, indexes: int | Sequence[int], window: Window | None = None) -> np.ndarray:
         bands = [indexes] if isinstance(indexes, int) else list(indexes)
@@ -207,4 +245,5 @@ def open_reader(source: "str | ResampledSource"):
     return source.open() if isinstance(source, ResampledSource) else rasterio.open(source)
 
 
-__all__ = ["ResampledReader", "ResampledSource", "axis_taps", "native_window", "open_reader", "resample_canvas"]
+__all__ = ["ResampledReader", "ResampledSource", "axis_taps", "native_window", "open_reader", "overview_for",
+           "read_parts", "resample_canvas"]

@@ -8,6 +8,8 @@ GDAL's warper weighs the part inside differently: there the reference is
 the exact area average of the part inside, by brute force in fractions.
 """
 
+import shutil
+import subprocess
 from fractions import Fraction
 
 import numpy as np
@@ -16,9 +18,10 @@ import rasterio
 from rasterio.warp import Resampling, reproject
 from rasterio.windows import Window
 
+from caswit_geo.geo import resampled
 from caswit_geo.geo.context import read_canvas
 from caswit_geo.geo.mosaic import open_mosaic
-from caswit_geo.geo.resampled import ResampledReader, axis_taps, native_window
+from caswit_geo.geo.resampled import ResampledReader, axis_taps, native_window, read_parts
 from tests.helpers import GSD, grid_transform, rgb_image, write_on_grid
 
 H, W = 83, 97
@@ -127,3 +130,53 @@ def test_nodata_pixels_carry_no_weight(tmp_path):
     # the corner of 4 native pixels: floor() takes the lower right one
     np.testing.assert_array_equal(values[0], [[20, 40], [67, 60]])
     np.testing.assert_array_equal(valid, [[False, True], [True, False]])
+
+
+@pytest.mark.parametrize("res, level", [(0.39, None), (0.4, 0), (0.5, 0), (0.9, 1), (1.7, 2)])
+def test_one_file_is_shrunk_from_its_overviews_as_gdalwarp(tmp_path, res, level):
+    """The coarsest overview whose pixels are not larger than the target's (gdalwarp's -ovr AUTO), then the
+    same average: equal to GDAL's warper run on that overview, and to gdalwarp itself when installed."""
+    n = 200
+    path = write_on_grid(tmp_path / "a.tif", rgb_image(n, n, seed=7), tiled=True, blockxsize=64, blockysize=64)
+    with rasterio.open(path, "r+") as dst:
+        dst.build_overviews([2, 4, 8], Resampling.average)
+    mosaic = open_mosaic([path], (1, 2, 3), target_res=res)
+    assert mosaic.native_overview == level
+    with mosaic.open() as src:
+        ours = src.read([1, 2, 3])
+    h, w = ours.shape[1:]
+    inner = (slice(None), slice(0, h - 1), slice(0, w - 1))  # the last row and column: see the module's doc
+    ref = np.zeros_like(ours)
+    with rasterio.open(path, **({} if level is None else {"overview_level": level})) as ovr:
+        reproject(rasterio.band(ovr, [1, 2, 3]), ref, src_transform=ovr.transform, src_crs=ovr.crs,
+                  dst_transform=mosaic.transform, dst_crs=ovr.crs, resampling=Resampling.average)
+    np.testing.assert_array_equal(ours[inner], ref[inner])
+    if shutil.which("gdalwarp"):
+        left, top = mosaic.transform.c, mosaic.transform.f
+        subprocess.run(["gdalwarp", "-q", "-r", "average", "-tr", str(res), str(res), "-te", str(left),
+                        str(top - h * res), str(left + w * res), str(top), str(path), str(tmp_path / "w.tif")],
+                       check=True)
+        with rasterio.open(tmp_path / "w.tif") as warped:
+            np.testing.assert_array_equal(ours[inner], warped.read()[inner])
+
+
+def test_large_reads_are_cut_into_parts_with_the_same_pixels(tmp_path, monkeypatch):
+    data = rgb_image(H, W, seed=9)
+    data[:, 10:20, 30:45] = 0
+    _, parts = write_split(tmp_path, data, nodata=0)
+    mosaic = open_mosaic(parts, (1, 2, 3), target_res=0.26)
+    with mosaic.open() as src:
+        whole = src.read_valid((1, 2, 3), Window(0, 0, src.width, src.height))
+        window = Window(3, 2, src.width - 5, src.height - 4)
+        cut = read_parts(window, src.step, budget=150)
+        covered = np.zeros((src.height, src.width), int)
+        for p in cut:
+            covered[int(p.row_off):int(p.row_off + p.height), int(p.col_off):int(p.col_off + p.width)] += 1
+        assert len(cut) > 4 and covered[2:-2, 3:-2].min() == 1 and covered.sum() == window.width * window.height
+        monkeypatch.setattr(resampled, "READ_PIXELS", 150)
+        reads = []
+        monkeypatch.setattr(resampled, "read_canvas", lambda *a, **k: reads.append(a[1]) or read_canvas(*a, **k))
+        values, valid = src.read_valid((1, 2, 3), window)
+        assert len(reads) == len(cut) and max(r.width * r.height for r in reads) < 400  # the parts, with margins
+    np.testing.assert_array_equal(values, whole[0][:, 2:-2, 3:-2])
+    np.testing.assert_array_equal(valid, whole[1][2:-2, 3:-2])
