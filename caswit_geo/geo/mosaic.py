@@ -422,11 +422,18 @@ def open_mosaic(
                       count=min(i.count for i in infos), dtype=first.dtype, crs=first.crs, transform=native_transform,
                       bands=bands, warnings=notes)
     transform, width, height = grid(target_res, target_res)
+    # shrunk twofold or more: read from the files' overviews (JPEG 2000 resolution levels), as gdalwarp does
+    one_file = len(infos) == 1 and not first.alpha_is_data and not first.nodata_given  # read without a VRT
+    level = shared_overview(infos, native_transform, target_res, in_vrt=not one_file)
     overview = None
-    if len(infos) == 1 and not first.alpha_is_data and not first.nodata_given:
-        native = first.path  # one file read resampled: no VRT between; shrunk from its overviews as gdalwarp
-        if first.driver != "VRT" and target_res > max(first.res):
-            overview = overview_for(max(first.res), first.overview_factors, target_res)
+    if one_file:
+        native, overview = first.path, level
+    elif level is not None:
+        f = first.overview_factors[level]
+        ov_transform, ov_width, ov_height = grid(first.res[0] * f, first.res[1] * f)
+        ov_infos = [dataclasses.replace(i, width=i.width // f, height=i.height // f,
+                                        transform=i.transform * Affine.scale(f)) for i in infos]
+        native = build_vrt_xml(ov_infos, ov_transform, ov_width, ov_height, bands, first.crs, overview=level)
     return Mosaic(
         source=build_vrt_xml(infos, transform, width, height, bands, first.crs, resample),
         native=native,
@@ -442,6 +449,30 @@ def open_mosaic(
         resampled=resample,
         warnings=notes,
     )
+
+
+def shared_overview(infos: Sequence[RasterInfo], native_transform: Affine, target_res: float,
+                    in_vrt: bool = True) -> int | None:
+    """The overview level to read ``target_res`` from (:func:`.resampled.overview_for`), or None.
+
+    Read through our VRT (``in_vrt``), the level must have the same factor in each file, and whole
+    overview pixels (each file's size and place on the mosaic multiples of it), so the overviews form
+    one grid; else a finer level. VRT inputs are read at full resolution (their overviews are their
+    sources')."""
+    first = infos[0]
+    if target_res <= max(first.res) or any(i.driver == "VRT" for i in infos):
+        return None
+    level = overview_for(max(first.res), first.overview_factors, target_res)
+    if not in_vrt:
+        return level
+    while level is not None and level >= 0:
+        f = first.overview_factors[level]
+        offsets = [~native_transform @ (i.transform.c, i.transform.f) for i in infos]
+        if all(len(i.overview_factors) > level and i.overview_factors[level] == f and i.width % f == 0
+               and i.height % f == 0 and all(round(v) % f == 0 for v in off) for i, off in zip(infos, offsets)):
+            return level
+        level -= 1
+    return None
 
 
 def _crs_name(crs: CRS | None) -> str:
@@ -462,6 +493,7 @@ def build_vrt_xml(
     bands: Sequence[int],
     crs: CRS | None,
     resample: bool = False,
+    overview: int | None = None,
 ) -> str:
     """GDAL VRT over ``infos`` on the grid (``transform``, ``width``, ``height``).
 
@@ -474,7 +506,8 @@ def build_vrt_xml(
     mask valid over their footprint (GDAL's all-valid ``mask,1``). Gaps
     between files are nodata.
     When ``resample`` the pixels are averaged (downsampling) or bilinear
-    (upsampling); masks always nearest.
+    (upsampling); masks always nearest. ``overview``: each file's overview
+    level of that number is read (``infos`` describe those overviews).
     """
     root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
     if crs is not None:
@@ -500,6 +533,8 @@ def build_vrt_xml(
         attrs = {"resampling": resampling} if resampling else {}
         src = ET.SubElement(parent, kind, **attrs)
         ET.SubElement(src, "SourceFilename", relativeToVRT="0").text = info.path
+        if overview is not None:
+            ET.SubElement(ET.SubElement(src, "OpenOptions"), "OOI", key="OVERVIEW_LEVEL").text = str(overview)
         ET.SubElement(src, "SourceBand").text = source_band
         ET.SubElement(
             src,

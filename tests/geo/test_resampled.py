@@ -180,3 +180,35 @@ def test_large_reads_are_cut_into_parts_with_the_same_pixels(tmp_path, monkeypat
         assert len(reads) == len(cut) and max(r.width * r.height for r in reads) < 400  # the parts, with margins
     np.testing.assert_array_equal(values, whole[0][:, 2:-2, 3:-2])
     np.testing.assert_array_equal(valid, whole[1][2:-2, 3:-2])
+
+
+def test_mosaic_is_shrunk_from_its_files_overviews_when_they_form_one_grid(tmp_path):
+    """Files cut on multiples of the overview factors: their overviews, read through our VRT, give the whole
+    raster's overview read; cut elsewhere, the files are read at full resolution."""
+    data = rgb_image(160, 200, seed=2)
+    for cut, level in (((80, 100), 0), ((81, 100), None)):
+        folder = tmp_path / f"cut{cut[0]}"
+        folder.mkdir()
+        whole = write_on_grid(folder / "whole.tif", data, tiled=True, blockxsize=64, blockysize=64)
+        parts = []
+        for r0, r1 in ((0, cut[0]), (cut[0], 160)):
+            for c0, c1 in ((0, cut[1]), (cut[1], 200)):
+                parts.append(write_on_grid(folder / f"p{r0}_{c0}.tif", data[:, r0:r1, c0:c1], col=c0, row=r0))
+        for path in [whole, *parts]:
+            with rasterio.open(path, "r+") as dst:
+                dst.build_overviews([2, 4], Resampling.average)
+        mosaic = open_mosaic(parts, (1, 2, 3), target_res=0.5)  # 2.5 px per pixel: the x2 overviews
+        assert ("OVERVIEW_LEVEL" in mosaic.native) == (level is not None)
+        with mosaic.open() as src:
+            ours = src.read([1, 2, 3])
+        if level is None:  # full resolution: the warper's average of the whole
+            ref = np.zeros_like(ours)
+            with rasterio.open(whole) as ws:
+                reproject(rasterio.band(ws, [1, 2, 3]), ref, src_transform=ws.transform, src_crs=ws.crs,
+                          dst_transform=mosaic.transform, dst_crs=ws.crs, resampling=Resampling.average)
+            np.testing.assert_array_equal(ours[:, :-1, :-1], ref[:, :-1, :-1])
+        else:
+            one = open_mosaic([whole], (1, 2, 3), target_res=0.5)
+            assert one.native_overview == level
+            with one.open() as src:
+                np.testing.assert_array_equal(ours, src.read([1, 2, 3]))
