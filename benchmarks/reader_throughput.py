@@ -388,6 +388,8 @@ def main() -> None:
     ap.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--resample-gsd", type=float, default=0.25,
+                    help="the model's GSD of the --resample runs (m; the files are 0.2 m)")
     ap.add_argument("--work", type=Path, default=None, help="folder for the generated files (default: a temporary one)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -406,7 +408,8 @@ def main() -> None:
         t0 = time.perf_counter()
         inputs = make_inputs(work, file_size)
         weights = make_checkpoint(work / "nano.safetensors", GSD)
-        coarse = make_checkpoint(work / "nano-025.safetensors", 0.25)  # --resample: 0.2 m read at 0.25 m
+        # --resample: 0.2 m read at 0.25 m (by default)
+        coarse = make_checkpoint(work / f"nano-{a.resample_gsd:g}.safetensors", a.resample_gsd)
         print(f"inputs written in {time.perf_counter() - t0:.0f} s")
         server, port = serve(work / "http")
         url = f"/vsicurl/http://127.0.0.1:{port}/mosaic.tif"
