@@ -11,9 +11,13 @@ the native pixels are read (decoded once) over the window plus the kernel's
 reach. Shrinking averages the native pixels under the output pixel, weighted
 by the area they cover (GDAL's warper 'average'); enlarging is bilinear
 between the four nearest pixel centres. Both are separable: one pass over
-columns, one over rows. Invalid native pixels (nodata, outside the raster)
+rows, one over columns. Invalid native pixels (nodata, outside the raster)
 carry no weight; an output pixel is valid where the native pixel under its
 centre is (nearest, as masks are resampled).
+
+The native raster may be an overview of the files (``mosaic.py`` picks the
+level as gdalwarp does); a window whose native footprint is larger than
+``READ_PIXELS`` is read in parts, with the same values.
 """
 
 from __future__ import annotations
