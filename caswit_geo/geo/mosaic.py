@@ -259,8 +259,8 @@ class Mosaic:
     bands: tuple[int, ...]
     resampled: bool = False
     warnings: list[str] = field(default_factory=list)
-    # resampled: the files on their own grid (path or VRT), read by .resampled (same pixels whatever the
-    # window); None: GDAL resamples ``source`` per read (a web map service)
+    # resampled: the files (or a web map service) on their own grid (path, VRT or service description),
+    # read by .resampled, the same pixels whatever the window; None: ``source`` is read as it is
     native: str | None = None
     native_overview: int | None = None  # the overview level of ``native`` read from (one file shrunk)
 

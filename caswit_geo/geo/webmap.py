@@ -160,16 +160,17 @@ def open_service(path: str | Path, bands, gsd: float | None, bounds: tuple[float
     width, height = c1 - c0, r1 - r0
     levels = service_levels(info, text)
     level = max((i for i, r in enumerate(levels) if r <= res * (1 + 1e-6)), default=0)
-    resample = not math.isclose(levels[level], res, rel_tol=1e-9) or level > 0
-    # what our VRT asks of GDAL (build_vrt_xml): it then reads from the level above
-    way = ("average" if levels[0] < res else "bilinear") if resample else "none (the level is the GSD)"
+    resample = not math.isclose(levels[level], res, rel_tol=1e-9)
+    # read from that level and resampled by us (geo/resampled.py): the same pixels whatever the window
+    way = ("average" if levels[level] < res else "bilinear") if resample else "none (the level is the GSD)"
     note = (f"{name}: read at {gsd:g} m from the service's level {level} ({levels[level] * factor:.3g} m pixels), "
             f"resampling {way}; {width} x {height} px around the region")
     xml = build_vrt_xml([dataclasses.replace(info, path=text)], transform, width, height, bands, info.crs, resample)
     # the input, as the plan sees it: the service's imagery around the region (not the planet)
     around = dataclasses.replace(info, width=width, height=height, transform=transform, overviews=0)
     mosaic = Mosaic(source=xml, files=[around], width=width, height=height, count=info.count, dtype=info.dtype,
-                    crs=info.crs, transform=transform, bands=tuple(int(b) for b in bands), resampled=True)
+                    crs=info.crs, transform=transform, bands=tuple(int(b) for b in bands), resampled=True,
+                    native=text, native_overview=level - 1 if level > 0 else None)
     return mosaic, [note]
 
 

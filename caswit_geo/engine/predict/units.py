@@ -367,8 +367,8 @@ def prepass_cache_bytes(plan: PredictPlan) -> int:
 
 def decoded_chunks(plan: PredictPlan, lowres, releases: list, in_process: bool = False) -> DecodedChunks | None:
     """Where the pre-pass keeps its decoded pixels for the readers (``in_process``: tiles read in this
-    process, so the first of them held in memory); None for a web map service read resampled by GDAL,
-    whose pixels depend on the window read, so its tiles are read on their own."""
+    process, so the first of them held in memory); None for a mosaic whose pixels would depend on the
+    window read (resampled per read by GDAL: none that open_mosaic or open_service build)."""
     if not plan.mosaic.window_invariant:
         return None
     return DecodedChunks(lowres, DECODED_BUDGET, needed=[c for _, c in releases],

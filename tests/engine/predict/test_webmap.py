@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from rasterio.windows import Window
 
 from caswit_geo.core.errors import ConfigError
 from caswit_geo.engine.predict.config import PredictConfig
 from caswit_geo.engine.predict.plan import plan_predict
+from caswit_geo.geo.webmap import service_text
 from tests.helpers import X0, Y0, rgb_image, run_cli, run_predict, write_on_grid
 from tests.wms_server import WmsServer
 
@@ -87,9 +89,18 @@ def test_a_finer_service_is_read_at_the_model_gsd_from_the_right_level(tmp_path,
         plan = plan_predict(PredictConfig(inputs=[str(xml)], out=str(tmp_path / "map.tif"), weights=str(weights),
                                           bbox=f"{X0 + 20},{Y0 - 60},{X0 + 60},{Y0 - 20}"))
         assert server.requests == 0  # planning reads no pixel
-    # 0.05 m, 0.1, 0.2, 0.4...: the 0.2 m level is read, averaged from it where it does not fall on the grid
+        with plan.mosaic.open() as src:
+            got = src.read([1, 2, 3])
+        # the level's own pixels, unchanged (a step of 1 px): as GDAL reads that window of the level
+        with rasterio.open(service_text(xml), overview_level=1) as level:
+            assert level.width == 2048 // 4  # the 0.2 m level of the 0.05 m raster
+            c0, r0 = (round(v) for v in ~level.transform * (plan.mosaic.transform.c, plan.mosaic.transform.f))
+            h, w = got.shape[1:]
+            np.testing.assert_array_equal(got, level.read([1, 2, 3], window=Window(c0, r0, w, h)))
+    # 0.05 m, 0.1, 0.2, 0.4...: the 0.2 m level is read (its second overview) as it is
     assert plan.mosaic.res == pytest.approx((0.2, 0.2))
-    assert any("from the service's level 2 (0.2 m pixels), resampling average" in n for n in plan.input_notes)
+    assert plan.mosaic.native_overview == 1 and plan.mosaic.window_invariant
+    assert any("from the service's level 2 (0.2 m pixels), resampling none" in n for n in plan.input_notes)
     with pytest.raises(ConfigError, match="checkpoint records no ground sampling"):
         from tests.helpers import PREDICT_CLASSES, save_nano_checkpoint
 
