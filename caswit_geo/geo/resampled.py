@@ -91,6 +91,21 @@ def _separable(x: np.ndarray, rows: tuple, cols: tuple, shrink: bool) -> np.ndar
     return _apply(_apply(x, *cols, 2), *rows, 1)
 
 
+def _unit_weights(rows: np.ndarray, cols: np.ndarray, shrink: bool) -> np.ndarray:
+    """(h, w): what :func:`_separable` gives for a canvas of ones, by the same operations in the same order
+    (bit for bit), without reading one: a pixel's mean is then the same whether its window has nodata
+    somewhere (divided by the resampled mask) or not."""
+    first, second = (rows, cols) if shrink else (cols, rows)
+    total = first[0].copy()
+    for w in first[1:]:
+        total += w
+    out = None
+    for w in second:
+        term = total[:, None] * w[None, :] if shrink else w[:, None] * total[None, :]
+        out = term if out is None else np.add(out, term, out=out)
+    return out
+
+
 def resample_canvas(
     canvas: np.ndarray, valid: np.ndarray, origin: tuple[float, float], step: tuple[float, float],
     window: Window, start: tuple[int, int], dtype: np.dtype,
@@ -121,7 +136,7 @@ def resample_canvas(
         taps = ((ri[:, rows] - lo, rw[:, rows]), (ci, cw))
         if all_valid:
             value = _separable(part, *taps, shrink)
-            value /= rw[:, rows].sum(axis=0)[:, None] * cw.sum(axis=0)[None, :]
+            value /= _unit_weights(rw[:, rows], cw, shrink)
         else:
             m = valid[lo:hi].astype(work)
             part *= m

@@ -212,3 +212,17 @@ def test_mosaic_is_shrunk_from_its_files_overviews_when_they_form_one_grid(tmp_p
             assert one.native_overview == level
             with one.open() as src:
                 np.testing.assert_array_equal(ours, src.read([1, 2, 3]))
+
+
+@pytest.mark.parametrize("step", [1.3, 2.7, 0.7])
+def test_all_valid_weights_equal_the_resampled_mask_bit_for_bit(step):
+    """The divisor of a window without nodata is the resampled mask of ones of a window with some: the same
+    bits, so a pixel's value never depends on nodata elsewhere in the window read."""
+    ri, rw = axis_taps(3, 40, 0.37, step)
+    ci, cw = axis_taps(5, 50, 0.11, step)
+    ri, ci = ri - ri.min(), ci - ci.min()
+    ones = np.ones((1, int(ri.max()) + 1, int(ci.max()) + 1), np.float32)
+    rw, cw = rw.astype(np.float32), cw.astype(np.float32)
+    shrink = step >= 1
+    np.testing.assert_array_equal(resampled._unit_weights(rw, cw, shrink),
+                                  resampled._separable(ones, (ri, rw), (ci, cw), shrink)[0])
