@@ -262,7 +262,8 @@ class Mosaic:
     # resampled: the files (or a web map service) on their own grid (path, VRT or service description),
     # read by .resampled, the same pixels whatever the window; None: ``source`` is read as it is
     native: str | None = None
-    native_overview: int | None = None  # the overview level of ``native`` read from (one file shrunk)
+    native_overview: int | None = None  # the overview level ``native`` is opened at (one file, a web map)
+    native_factor: int = 1  # how many files' pixels a pixel of ``native`` is wide (read from overviews)
 
     @property
     def reader(self) -> "str | ResampledSource":
@@ -270,11 +271,6 @@ class Mosaic:
         if self.native is None:
             return self.source
         return ResampledSource(self.native, self.width, self.height, self.transform, self.native_overview)
-
-    @property
-    def window_invariant(self) -> bool:
-        """True when a window's pixels do not depend on the window read (not GDAL resampling)."""
-        return not self.resampled or self.native is not None
 
     @property
     def is_vrt(self) -> bool:
@@ -416,8 +412,8 @@ def open_mosaic(
         off = ~native_transform @ (info.transform.c, info.transform.f)
         if max(abs(v - round(v)) for v in off) > 0.01:
             notes.append(f"{info.name}: not on the pixel grid of the mosaic; its pixels are snapped to it")
-    native = build_vrt_xml(infos, native_transform, native_width, native_height, bands, first.crs)
     if not resample:
+        native = build_vrt_xml(infos, native_transform, native_width, native_height, bands, first.crs)
         return Mosaic(source=native, files=infos, width=native_width, height=native_height,
                       count=min(i.count for i in infos), dtype=first.dtype, crs=first.crs, transform=native_transform,
                       bands=bands, warnings=notes)
@@ -425,19 +421,20 @@ def open_mosaic(
     # shrunk twofold or more: read from the files' overviews (JPEG 2000 resolution levels), as gdalwarp does
     one_file = len(infos) == 1 and not first.alpha_is_data and not first.nodata_given  # read without a VRT
     level = shared_overview(infos, native_transform, target_res, in_vrt=not one_file)
-    overview = None
+    f = 1 if level is None else first.overview_factors[level]
     if one_file:
         native, overview = first.path, level
-    elif level is not None:
-        f = first.overview_factors[level]
+    else:  # our VRT on the files' grid, or on that of their overviews
         ov_transform, ov_width, ov_height = grid(first.res[0] * f, first.res[1] * f)
-        ov_infos = [dataclasses.replace(i, width=i.width // f, height=i.height // f,
-                                        transform=i.transform * Affine.scale(f)) for i in infos]
+        ov_infos = [i if f == 1 else dataclasses.replace(i, width=i.width // f, height=i.height // f,
+                                                         transform=i.transform * Affine.scale(f)) for i in infos]
         native = build_vrt_xml(ov_infos, ov_transform, ov_width, ov_height, bands, first.crs, overview=level)
+        overview = None
     return Mosaic(
         source=build_vrt_xml(infos, transform, width, height, bands, first.crs, resample),
         native=native,
         native_overview=overview,
+        native_factor=f,
         files=infos,
         width=width,
         height=height,
@@ -465,9 +462,9 @@ def shared_overview(infos: Sequence[RasterInfo], native_transform: Affine, targe
     level = overview_for(max(first.res), first.overview_factors, target_res)
     if not in_vrt:
         return level
+    offsets = [~native_transform @ (i.transform.c, i.transform.f) for i in infos]
     while level is not None and level >= 0:
         f = first.overview_factors[level]
-        offsets = [~native_transform @ (i.transform.c, i.transform.f) for i in infos]
         if all(len(i.overview_factors) > level and i.overview_factors[level] == f and i.width % f == 0
                and i.height % f == 0 and all(round(v) % f == 0 for v in off) for i, off in zip(infos, offsets)):
             return level

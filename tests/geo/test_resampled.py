@@ -45,7 +45,7 @@ def test_mosaic_read_equals_gdal_warp_of_the_whole(tmp_path, res, alg):
     data = rgb_image(H, W, seed=3)
     whole, parts = write_split(tmp_path, data)
     mosaic = open_mosaic(parts, (1, 2, 3), target_res=res)
-    assert mosaic.resampled and mosaic.window_invariant
+    assert mosaic.resampled and mosaic.native is not None
     with mosaic.open() as src:
         ours = src.read([1, 2, 3])
         assert src.read_masks(1).all()
@@ -141,7 +141,7 @@ def test_one_file_is_shrunk_from_its_overviews_as_gdalwarp(tmp_path, res, level)
     with rasterio.open(path, "r+") as dst:
         dst.build_overviews([2, 4, 8], Resampling.average)
     mosaic = open_mosaic([path], (1, 2, 3), target_res=res)
-    assert mosaic.native_overview == level
+    assert mosaic.native_overview == level and mosaic.native_factor == (1 if level is None else 2 ** (level + 1))
     with mosaic.open() as src:
         ours = src.read([1, 2, 3])
     h, w = ours.shape[1:]
@@ -199,6 +199,7 @@ def test_mosaic_is_shrunk_from_its_files_overviews_when_they_form_one_grid(tmp_p
                 dst.build_overviews([2, 4], Resampling.average)
         mosaic = open_mosaic(parts, (1, 2, 3), target_res=0.5)  # 2.5 px per pixel: the x2 overviews
         assert ("OVERVIEW_LEVEL" in mosaic.native) == (level is not None)
+        assert mosaic.native_factor == (1 if level is None else 2) and mosaic.native_overview is None
         with mosaic.open() as src:
             ours = src.read([1, 2, 3])
         if level is None:  # full resolution: the warper's average of the whole

@@ -305,8 +305,7 @@ class Reading:
                          for s, t in zip(starts, tiles)]
             releases = release_order(lowres, windows)
             decoded = decoded_chunks(plan, lowres, releases, in_process=not workers)
-            if decoded is not None:
-                frees.append((decoded.release, releases))
+            frees.append((decoded.release, releases))
         self.dataset = PredictTiles(plan.mosaic.reader, windows, plan.spec, plan.context, lowres, inside=inside,
                                     decoded=decoded)
         if lowres is not None:
@@ -318,7 +317,7 @@ class Reading:
             if in_memory:
                 chunks = self.dataset.chunks
                 frees.append((lambda bi, bj: chunks.release(lowres, bi, bj), lr_release_order(lowres, windows)))
-        rows = block_rows(windows, plan.mosaic.block_height)
+        rows = block_rows(windows, plan.mosaic.block_height) if workers > 1 else None  # used by several readers
         loader = make_loader(self.dataset, [len(t) for t in tiles], batch_size, workers, device, rows)
         if sequential:
             self.builder.start()
@@ -359,18 +358,18 @@ def prepass_cache_bytes(plan: PredictPlan) -> int:
     bh = max(info.block_shape[0] for info in plan.mosaic.files)
     bw = max(info.block_shape[1] for info in plan.mosaic.files)
     width = min(plan.mosaic.width, (plan.unit_width or plan.unit_size) + plan.grid.tile * plan.spec.context_factor)
-    # read resampled by us: the files' pixels, more of them when the mosaic's are larger
-    scale = max(1.0, plan.mosaic.res[0] / plan.mosaic.files[0].res[0]) if plan.mosaic.native else 1.0
+    # read resampled by us: the native pixels (the files' or their overviews'), more of them when the mosaic's
+    # are larger
+    mosaic = plan.mosaic
+    scale = max(1.0, mosaic.res[0] / (mosaic.files[0].res[0] * mosaic.native_factor)) if mosaic.native else 1.0
     itemsize = np.dtype(plan.mosaic.dtype).itemsize
     return int(1.25 * 2 * (bh + scale * plan.grid.tile) * (scale * width + 2 * bw) * plan.mosaic.count * itemsize)
 
 
-def decoded_chunks(plan: PredictPlan, lowres, releases: list, in_process: bool = False) -> DecodedChunks | None:
+def decoded_chunks(plan: PredictPlan, lowres, releases: list, in_process: bool = False) -> DecodedChunks:
     """Where the pre-pass keeps its decoded pixels for the readers (``in_process``: tiles read in this
-    process, so the first of them held in memory); None for a mosaic whose pixels would depend on the
-    window read (resampled per read by GDAL: none that open_mosaic or open_service build)."""
-    if not plan.mosaic.window_invariant:
-        return None
+    process, so the first of them held in memory). A mosaic's pixels never depend on the window read
+    (a resampled one is resampled by geo/resampled.py), so tiles can always be copied from there."""
     return DecodedChunks(lowres, DECODED_BUDGET, needed=[c for _, c in releases],
                          memory=DECODED_MEMORY if in_process else 0)
 

@@ -99,7 +99,7 @@ def test_a_finer_service_is_read_at_the_model_gsd_from_the_right_level(tmp_path,
             np.testing.assert_array_equal(got, level.read([1, 2, 3], window=Window(c0, r0, w, h)))
     # 0.05 m, 0.1, 0.2, 0.4...: the 0.2 m level is read (its second overview) as it is
     assert plan.mosaic.res == pytest.approx((0.2, 0.2))
-    assert plan.mosaic.native_overview == 1 and plan.mosaic.window_invariant
+    assert plan.mosaic.native_overview == 1 and plan.mosaic.native == service_text(xml)
     assert any("from the service's level 2 (0.2 m pixels), resampling none" in n for n in plan.input_notes)
     with pytest.raises(ConfigError, match="checkpoint records no ground sampling"):
         from tests.helpers import PREDICT_CLASSES, save_nano_checkpoint
