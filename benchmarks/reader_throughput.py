@@ -280,7 +280,7 @@ def measure_read(args: dict) -> dict:
     from caswit_geo.engine.predict.config import PredictConfig
     from caswit_geo.engine.predict.job import Job
     from caswit_geo.engine.predict.plan import plan_predict
-    from caswit_geo.engine.predict.source import model_inputs
+    from caswit_geo.engine.predict.source import InputBuffers, model_inputs
     from caswit_geo.runtime.device import CpuThreads
 
     work = Path(args["work"])
@@ -298,8 +298,9 @@ def measure_read(args: dict) -> dict:
         # the model's inputs made as predict's model loop makes them (on the CPU here, with its threads), not run
         with CpuThreads(device, workers) as threads:
             threads.update(int(rest[-1]))  # the pre-pass busy: a core left to it
+            buffers = InputBuffers()
             for batch in batches:
-                model_inputs(batch, plan.spec, device)
+                model_inputs(batch, plan.spec, device, buffers)
                 counted["tiles"] += len(batch.index)
 
     units_module._model_loop = drain

@@ -283,14 +283,16 @@ def block_sums(x: np.ndarray, k: int, dtype: np.dtype) -> np.ndarray:
     """(C, kH, kW) -> (C, H, W) sums over k x k blocks, in ``dtype``.
 
     Strided adds (rows, then columns): ten times faster than a reshape-sum
-    over non-adjacent axes.
+    over non-adjacent axes. The first two terms of each are added into a new
+    array, so no pass zeroes one.
     """
-    c, h, w = x.shape
-    rows = np.zeros((c, h // k, w), dtype)
-    for i in range(k):
+    if k == 1:
+        return x.astype(dtype)
+    rows = np.add(x[:, 0::k, :], x[:, 1::k, :], dtype=dtype)  # (C, H, kW)
+    for i in range(2, k):
         rows += x[:, i::k, :]
-    out = np.zeros((c, h // k, w // k), dtype)
-    for j in range(k):
+    out = np.add(rows[:, :, 0::k], rows[:, :, 1::k])  # (C, H, W)
+    for j in range(2, k):
         out += rows[:, :, j::k]
     return out
 

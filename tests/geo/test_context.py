@@ -21,6 +21,7 @@ from caswit_geo.geo.grid import TileGrid, context_window
 from caswit_geo.geo.lowres import (
     ChunkReader,
     LowResBuilder,
+    block_sums,
     build_lowres,
     chunk_order,
     plan_lowres,
@@ -266,6 +267,20 @@ def test_area_downsample_is_block_mean():
     ref = np.array([[[x[c, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean() for j in range(2)] for i in range(3)]
                     for c in range(2)])
     np.testing.assert_allclose(got, ref)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_block_sums_equal_brute_force_at_the_largest_values(k, dtype):
+    rng = np.random.default_rng(k)
+    vmax = int(np.iinfo(dtype).max)
+    x = rng.integers(vmax - 3, vmax + 1, (2, 3 * k, 5 * k)).astype(dtype)  # near the top: overflow would show
+    out_dtype = sum_dtype(dtype, k)
+    got = block_sums(x, k, out_dtype)
+    ref = np.array([[[int(x[c, k * i : k * i + k, k * j : k * j + k].astype(np.int64).sum()) for j in range(5)]
+                     for i in range(3)] for c in range(2)])
+    assert got.dtype == out_dtype
+    np.testing.assert_array_equal(got, ref)
 
 
 def test_label_context_is_nearest_and_ignore_outside(tmp_path):

@@ -51,18 +51,43 @@ class TileBatch:
         )
 
 
-def model_inputs(batch: TileBatch, spec: InputSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+class InputBuffers:
+    """float32 CPU tensors that the model's inputs are made in, batch after batch.
+
+    A new batch-sized tensor per input and batch is a fresh mapping on the
+    CPU (glibc maps buffers that large on their own, and unmaps them when
+    freed), so every page of it faults in again: that doubled the time to
+    make a batch's inputs. Only for a caller that is done with one batch's
+    inputs before asking for the next (the model loop).
+    """
+
+    def __init__(self) -> None:
+        self._tensors: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: torch.Size) -> torch.Tensor:
+        """A (N, ...) float32 tensor named ``name`` (its content undefined), a view of the largest kept."""
+        kept = self._tensors.get(name)
+        if kept is None or kept.shape[1:] != shape[1:] or kept.shape[0] < shape[0]:
+            kept = self._tensors[name] = torch.empty(shape, dtype=torch.float32)
+        return kept[: shape[0]]
+
+
+def model_inputs(batch: TileBatch, spec: InputSpec, device: torch.device,
+                 buffers: InputBuffers | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(N, C, T, T) float32 HR and LR model inputs of ``batch`` on ``device``: the LR sums divided into
-    means, both normalised: the same values as ``spec.normalize`` and ``lowres.block_means`` give."""
-    hr = _normalized(batch.hr.to(device, non_blocking=True), spec)
+    means, both normalised: the same values as ``spec.normalize`` and ``lowres.block_means`` give.
+    ``buffers``: on the CPU, made in these (valid until the next call), not in new tensors."""
+    reuse = buffers is not None and device.type == "cpu"
+    hr = batch.hr.to(device, non_blocking=True)
+    hr = _normalized(buffers.take("hr", hr.shape).copy_(hr) if reuse else hr, spec, in_place=reuse)
     if batch.lr is None:
         return hr, None
     lr = batch.lr.to(device, non_blocking=True)
     k = batch.lr_factor
     if k == 1:
-        return hr, _normalized(lr, spec)
+        return hr, _normalized(buffers.take("lr", lr.shape).copy_(lr) if reuse else lr, spec, in_place=reuse)
     if means_in_float32(torch.iinfo(lr.dtype).max, k):
-        lr = lr.to(torch.float32).div_(k * k)
+        lr = (buffers.take("lr", lr.shape).copy_(lr) if reuse else lr.to(torch.float32)).div_(k * k)
     else:
         lr = lr.to(torch.float64).div_(k * k).to(torch.float32)
     return hr, _normalized(lr, spec, in_place=True)  # the means are a new tensor already
@@ -218,10 +243,9 @@ class PredictTiles(Dataset):
             if not v.any():
                 items.append((i, None, None, None))
                 continue
-            # a copy of each tile (a run of one tile is its own array already)
-            lr = None if x_lr is None else torch.from_numpy(np.ascontiguousarray(x_lr[:, :, off // k : off // k + t]))
-            items.append((i, torch.from_numpy(np.ascontiguousarray(x_hr[:, :, off : off + t])), lr,
-                          torch.from_numpy(np.ascontiguousarray(v))))
+            # views of the run's arrays: collating the batch is the one copy of each tile
+            lr = None if x_lr is None else torch.from_numpy(x_lr[:, :, off // k : off // k + t])
+            items.append((i, torch.from_numpy(x_hr[:, :, off : off + t]), lr, torch.from_numpy(v)))
         return items
 
 

@@ -41,7 +41,7 @@ from caswit_geo.engine.predict.batches import (
 from caswit_geo.engine.predict.job import Job
 from caswit_geo.engine.predict.plan import PredictPlan, Unit
 from caswit_geo.engine.predict.sink import SinkThread, UnitDone, UnitWriter
-from caswit_geo.engine.predict.source import PredictTiles, TileBatch, model_inputs
+from caswit_geo.engine.predict.source import InputBuffers, PredictTiles, TileBatch, model_inputs
 from caswit_geo.geo.blend import NODATA
 from caswit_geo.geo.lowres import DecodedChunks, LowResBuilder, chunk_groups, plan_lowres
 from caswit_geo.geo.remote import clear_connections_at_forks, gdal_remote_options
@@ -432,6 +432,7 @@ def _model_loop(model, batches, workers, sink_thread, device, precision, spec, t
         # threads changes the last bits of the sums, and a unit must not depend on timing
         threads.update(int(builder_busy))
         job.log("threads", threads=torch.get_num_threads())
+        buffers = InputBuffers()  # on the CPU, each batch's inputs are made in the last one's
         for batch in batches:
             batch: TileBatch
             first, last = int(batch.index[0]), int(batch.index[-1])
@@ -441,7 +442,7 @@ def _model_loop(model, batches, workers, sink_thread, device, precision, spec, t
             results: list = [None] * len(batch.index)  # None: all nodata, not run
             if len(batch.hr):
                 t0 = time.perf_counter()
-                hr, lr = model_inputs(batch, spec, device)  # on the device: the batch holds raw pixels
+                hr, lr = model_inputs(batch, spec, device, buffers)  # on the device: the batch holds raw pixels
                 probs = predict_probabilities(model, hr, lr, precision, tta)  # (N, K, T, T)
                 if soft:
                     host = probs.half().cpu().numpy()

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from caswit_geo.core.spec import InputSpec
-from caswit_geo.engine.predict.source import collate_tiles, model_inputs
-from caswit_geo.geo.lowres import block_means, block_sums, sum_dtype
+from caswit_geo.engine.predict.source import InputBuffers, collate_tiles, model_inputs
+from caswit_geo.geo.lowres import block_means, block_sums, means_in_float32, sum_dtype
 
 CPU = torch.device("cpu")
 
@@ -47,3 +47,31 @@ def test_means_read_per_tile_are_only_normalised():
     _, lr = model_inputs(batch, spec, CPU)
     np.testing.assert_array_equal(lr[0].numpy(), spec.normalize(means))
     np.testing.assert_array_equal(batch.lr[0].numpy(), means)  # not normalised in place
+
+
+@pytest.mark.parametrize("dtype,scale,k", [("uint8", 255.0, 2), ("uint8", 255.0, 1), ("uint8", 255.0, 3), ("uint16", 4095.0, 2)])
+def test_inputs_made_in_reused_buffers_equal_new_ones(dtype, scale, k):
+    """Batches of 3, then 1 (a unit's last), then 3 tiles: the same values as new tensors, the raw batch left
+    as it is, and every batch made in the first one's memory (no new tensor per batch)."""
+    rng = np.random.default_rng(k)
+    spec = InputSpec(tile_size=32, gsd=0.2, scale=scale, context_factor=k)
+    vmax = int(np.iinfo(dtype).max)
+    lr_dtype = sum_dtype(dtype, k) if k > 1 else np.dtype(np.float32)  # per-tile means when k == 1
+    buffers = InputBuffers()
+    pointers = []
+    for n in (3, 1, 3):
+        items = [(i, torch.from_numpy(rng.integers(0, vmax + 1, (3, 32, 32)).astype(dtype)),
+                  torch.from_numpy((rng.random((3, 32, 32)) * vmax * k * k).astype(lr_dtype)),
+                  torch.ones(32, 32, dtype=torch.bool)) for i in range(n)]
+        batch = collate_tiles(items, lr_factor=k)
+        raw_hr, raw_lr = batch.hr.clone(), batch.lr.clone()
+        want_hr, want_lr = model_inputs(batch, spec, CPU)
+        got_hr, got_lr = model_inputs(batch, spec, CPU, buffers)
+        assert torch.equal(got_hr, want_hr) and torch.equal(got_lr, want_lr)
+        assert got_hr.shape == (n, 3, 32, 32) and got_hr.is_contiguous()
+        assert torch.equal(batch.hr, raw_hr) and torch.equal(batch.lr, raw_lr)
+        pointers.append((got_hr.data_ptr(), got_lr.data_ptr()))
+    hr_pointers, lr_pointers = zip(*pointers)
+    assert len(set(hr_pointers)) == 1
+    # the LR means made in the buffer too, unless they are computed in float64 (means_in_float32)
+    assert (len(set(lr_pointers)) == 1) == (k == 1 or means_in_float32(int(np.iinfo(lr_dtype).max), k))
