@@ -443,7 +443,11 @@ def main() -> None:
             for fmt in ("jp2-4", "gtiff"):
                 if fmt in a.formats:
                     speedup = read[fmt, 1]["wall_s"] / read[fmt, 2]["wall_s"]
-                    lines.append(goal(f"{fmt} reader 2 workers vs 1 (speed-up)", speedup, 1.7, at_least=True))
+                    # the 1-worker run already keeps its pre-pass thread, reader and model loop busy together
+                    busy, cores = read[fmt, 1]["cores"], os.cpu_count() or 1
+                    lines.append(goal(f"{fmt} reader 2 workers vs 1 (speed-up)", speedup, 1.7, at_least=True,
+                                      detail=f"the 1-worker run keeps {busy:.2f} of {cores} cores busy: at most "
+                                             f"{cores / busy:.2f}x here"))
         if "jp2-4" in a.formats and "gtiff" in a.formats:
             n = 2 if 2 in workers else workers[0]
             res = {fmt: run_child("read", repeats, inputs=[str(p) for p in inputs[fmt]], workers=n, resample=True,
