@@ -49,6 +49,7 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
+from caswit_geo.core.errors import InputError
 from caswit_geo.geo.context import read_canvas
 from caswit_geo.geo.grid import TileGrid
 from caswit_geo.geo.masks import MaskRule, mask_rule, zero_invalid
@@ -94,6 +95,7 @@ class LowResRaster:
     transform: Affine
     crs: object = None
     chunk: tuple[int, int] = (256, 1024)
+    max_sum: int | None = None  # the largest k x k sum of the source's values (None: not checked)
 
     @property
     def origin(self) -> int:
@@ -133,6 +135,25 @@ class LowResRaster:
             raise ValueError(f"tile offset ({col}, {row}) is not a multiple of the context factor {k}")
         return Window(col // k, row // k, self.tile, self.tile)
 
+    def read_chunk(self, src: rasterio.io.DatasetReader, bi: int, bj: int) -> np.ndarray:
+        """Chunk (bi, bj)'s sums from its open file, checked first: a chunk file is state left on disk (by
+        an earlier run, another shard), so its size, type and values are those of this grid's chunk, or
+        an InputError names it."""
+        out = self.chunk_window(bi, bj)
+        want = _chunk_layout(self.count, self.dtype, int(out.width), int(out.height))
+        found = _chunk_layout(src.count, src.dtypes[0], src.width, src.height)
+        if found != want or len(set(src.dtypes)) != 1:
+            raise self._not_ours(src.name, bi, bj, f"{want} expected, found {found}")
+        data = src.read()
+        top = int(data.max()) if data.size else 0
+        if self.max_sum is not None and top > self.max_sum:
+            raise self._not_ours(src.name, bi, bj, f"sums up to {self.max_sum} expected, found {top}")
+        return data
+
+    def _not_ours(self, path: str, bi: int, bj: int, problem: str) -> InputError:
+        return InputError(f"{path}: not chunk ({bi}, {bj}) of this job's LR pre-pass ({problem}): "
+                          "remove it (it is computed again)")
+
     def chunks_for(self, tile_window: Window) -> list[tuple[int, int]]:
         return self._chunks(self.window_for(tile_window))
 
@@ -164,6 +185,10 @@ class LowResRaster:
                 :, r0 - bi * ch : r1 - bi * ch, c0 - bj * cw : c1 - bj * cw
             ]
         return sums
+
+
+def _chunk_layout(count: int, dtype: str, width: int, height: int) -> str:
+    return f"{count} band{'s' if count != 1 else ''} of {dtype}, {width} x {height} px"
 
 
 def means_in_float32(sums_max: int, k: int) -> bool:
@@ -198,6 +223,7 @@ def plan_lowres(
         height=grid.row_offsets[-1] // k + tile,
         count=len(bands),
         dtype=sum_dtype(src.dtypes[bands[0] - 1], k).name,
+        max_sum=int(np.iinfo(np.dtype(src.dtypes[bands[0] - 1])).max) * k * k,
         # georeferenced like the source: handy to inspect
         transform=src.transform @ Affine.translation(origin, origin) @ Affine.scale(k),
         crs=src.crs,
@@ -531,7 +557,7 @@ class ChunkReader:
                     finally:
                         self._awaited.remove(key)
                     continue
-            data = self._handles.get(path).read()
+            data = lowres.read_chunk(self._handles.get(path), bi, bj)
             self.keep(lowres, bi, bj, data)
             return data
 

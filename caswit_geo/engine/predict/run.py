@@ -65,8 +65,9 @@ def predict(config: PredictConfig) -> PredictResult:
             if not isinstance(e, (errors.DiskFullError, errors.InputError)):
                 raise
             fix = "free some space" if isinstance(e, errors.DiskFullError) else "fix that"
+            reason = errors.user_message(e)[1]  # a reader's error: its own message, not torch's wrapping
             raise type(e)(  # the finished units are work worth keeping: say where and how to go on
-                f"{e}; {done} of {len(plan.units)} units are done and kept in {job.dir}: {fix}, "
+                f"{reason}; {done} of {len(plan.units)} units are done and kept in {job.dir}: {fix}, "
                 "then run the same command with --resume"
             ) from e
         finally:

@@ -247,7 +247,61 @@ PART_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", [c.param() for c in INDIRECT_CASES + GPKG_CASES + PLAN_CASES + PART_CASES])
+def tampered_chunk(edit):
+    """An interrupted job whose readers published their LR pre-pass chunks, the first one then ``edit``ed."""
+    def setup(folder: Path) -> None:
+        interrupted_job(folder, workers=1)
+        chunk = sorted((folder / JOB / "lowres").glob("lr_*.tif"))[0]
+        with rasterio.open(chunk) as src:
+            profile, data = src.profile, src.read()
+        edit(chunk, profile, data)
+    return setup
+
+
+def rewritten(chunk: Path, profile: dict, data, **changes) -> None:
+    profile = {**profile, **changes}
+    with rasterio.open(chunk, "w", **profile) as dst:
+        dst.write(data[: profile["count"], : profile["height"], : profile["width"]].astype(profile["dtype"]))
+
+
+def _fewer_bands(chunk, profile, data):
+    rewritten(chunk, profile, data, count=1)
+
+
+def _half_size(chunk, profile, data):
+    rewritten(chunk, profile, data, width=profile["width"] // 2, height=profile["height"] // 2,
+              blockxsize=16, blockysize=16)
+
+
+def _float_sums(chunk, profile, data):
+    rewritten(chunk, profile, data, dtype="float32")
+
+
+def _impossible_sums(chunk, profile, data):
+    data[:] = 60000  # a 2 x 2 sum of 8-bit values is at most 1020
+    rewritten(chunk, profile, data)
+
+
+RESUME_WITH_A_READER = [a if i == 0 or RESUME[i - 1] != "--workers" else "1" for i, a in enumerate(RESUME)]
+CHUNK = ("lr_00000_00000.tif", "not chunk (0, 0) of this job's LR pre-pass", "remove it")
+
+# a chunk file is state on disk too: a wrong one was read as it came (one band broadcast to three, values cast)
+CHUNK_CASES = [
+    Case("3-lowres-chunk-of-one-band", RESUME, tampered_chunk(_fewer_bands), changes=(JOB,),
+         expect=CHUNK + ("found 1 band of uint16",)),
+    Case("3-lowres-chunk-of-another-size", RESUME, tampered_chunk(_half_size), changes=(JOB,),
+         expect=CHUNK + ("128 x 96 px",)),
+    Case("3-lowres-chunk-of-floats", RESUME, tampered_chunk(_float_sums), changes=(JOB,),
+         expect=CHUNK + ("float32",)),
+    Case("3-lowres-chunk-of-impossible-sums", RESUME, tampered_chunk(_impossible_sums), changes=(JOB,),
+         expect=CHUNK + ("sums up to 1020 expected, found 60000",)),
+    Case("3-lowres-chunk-read-by-a-reader-process", RESUME_WITH_A_READER, tampered_chunk(_fewer_bands),
+         changes=(JOB,), expect=CHUNK + ("found 1 band of uint16", "units are done and kept")),
+]
+
+
+@pytest.mark.parametrize("case", [c.param() for c in
+                                  INDIRECT_CASES + GPKG_CASES + PLAN_CASES + PART_CASES + CHUNK_CASES])
 def test_hostile_job(case, tmp_path, capsys):
     run_case(case, tmp_path / "case", capsys)
 
