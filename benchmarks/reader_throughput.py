@@ -298,7 +298,8 @@ def measure_read(args: dict) -> dict:
         # the model's inputs made as predict's model loop makes them (on the CPU here, with its threads), not run
         with CpuThreads(device, workers) as threads:
             threads.update(int(rest[-1]))  # the pre-pass busy: a core left to it
-            buffers = InputBuffers()
+            # as the model loop does on the CPU; on a GPU the inputs are made on the device, in no host buffer
+            buffers = None if args.get("gpu_host") else InputBuffers()
             for batch in batches:
                 model_inputs(batch, plan.spec, device, buffers)
                 counted["tiles"] += len(batch.index)
