@@ -7,7 +7,9 @@ model. Batches hold the raw pixels (1 or 2 bytes each, not 4) and the LR
 context as k x k sums: :func:`model_inputs` turns them into the model's
 inputs (means, normalised with the checkpoint's statistics, never per tile)
 on the model's device, so readers, shared memory and the host-to-GPU copy
-move a quarter of the bytes.
+move a quarter of the bytes. Adjacent tiles of a row share most of their LR
+window (half of it at k = 2): a batch carries each run's LR strip once, and
+each tile's window is cut from it on the device.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import rasterio
@@ -36,9 +39,10 @@ class TileBatch:
     index: torch.Tensor  # (B,) plan positions
     run: torch.Tensor  # (B,) bool: tile has valid pixels
     hr: torch.Tensor  # (N, C, T, T) raw pixels (the source's type, nodata 0), N = run.sum()
-    lr: torch.Tensor | None  # (N, C, T, T) sums of lr_factor^2 pixels each (raw), None for single-stream models
+    lr: torch.Tensor | None  # (C, T, W) LR strips side by side: sums of lr_factor^2 pixels (raw); None: single-stream
     valid: torch.Tensor  # (N, T, T) bool
     lr_factor: int = 1  # k: LR values are sums of k x k source pixels (the pre-pass); 1: means read per tile
+    lr_cols: torch.Tensor | None = None  # (N,) int64: tile n's LR context is lr[:, :, c:c + T], c = lr_cols[n]
 
     def pin_memory(self) -> "TileBatch":
         return TileBatch(
@@ -48,7 +52,15 @@ class TileBatch:
             None if self.lr is None else self.lr.pin_memory(),
             self.valid.pin_memory(),
             self.lr_factor,
+            self.lr_cols,
         )
+
+
+class LRSlice(NamedTuple):
+    """A tile's LR context as a window of its run's strip: ``strip[:, :, col:col + T]``."""
+
+    strip: torch.Tensor  # (C, T, W)
+    col: int
 
 
 class InputBuffers:
@@ -82,15 +94,29 @@ def model_inputs(batch: TileBatch, spec: InputSpec, device: torch.device,
     hr = _normalized(buffers.take("hr", hr.shape).copy_(hr) if reuse else hr, spec, in_place=reuse)
     if batch.lr is None:
         return hr, None
-    lr = batch.lr.to(device, non_blocking=True)
     k = batch.lr_factor
+    shape = (len(batch.hr), batch.lr.shape[0], batch.lr.shape[1], batch.lr.shape[1])
+    out = buffers.take("lr", torch.Size(shape)) if reuse else None
     if k == 1:
-        return hr, _normalized(buffers.take("lr", lr.shape).copy_(lr) if reuse else lr, spec, in_place=reuse)
-    if means_in_float32(torch.iinfo(lr.dtype).max, k):
-        lr = (buffers.take("lr", lr.shape).copy_(lr) if reuse else lr.to(torch.float32)).div_(k * k)
+        return hr, _normalized(_lr_windows(batch, device, torch.float32, out), spec, in_place=True)
+    if means_in_float32(torch.iinfo(batch.lr.dtype).max, k):
+        lr = _lr_windows(batch, device, torch.float32, out).div_(k * k)
     else:
-        lr = lr.to(torch.float64).div_(k * k).to(torch.float32)
+        lr = _lr_windows(batch, device, torch.float64).div_(k * k).to(torch.float32)
     return hr, _normalized(lr, spec, in_place=True)  # the means are a new tensor already
+
+
+def _lr_windows(batch: TileBatch, device: torch.device, dtype: torch.dtype,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, C, T, T) each tile's LR window cut from the batch's strips, as ``dtype`` (into ``out`` if given)."""
+    strips = batch.lr.to(device, non_blocking=True)  # (C, T, W)
+    c, t = strips.shape[0], strips.shape[1]
+    cols = batch.lr_cols.tolist() if batch.lr_cols is not None else range(0, strips.shape[2], t)
+    if out is None:
+        out = torch.empty((len(batch.hr), c, t, t), dtype=dtype, device=device)
+    for n, col in enumerate(cols):
+        out[n].copy_(strips[:, :, col : col + t])
+    return out
 
 
 def _normalized(x: torch.Tensor, spec: InputSpec, in_place: bool = False) -> torch.Tensor:
@@ -235,39 +261,67 @@ class PredictTiles(Dataset):
             return [(i, None, None, None) for i in run]
         if not valid.all():
             zero_invalid(hr, valid)
-        x_hr, x_lr = hr, lr_sums  # (C, T, span), (C, T, span')
+        offsets = [int(w.col_off) - c0 for w in windows]
+        ran = [valid[:, off : off + t].any() for off in offsets]  # tiles with a valid pixel
+        x_lr = None
+        if lr_sums is not None and any(ran):  # the run's strip, sent once: from its first tile run to its last
+            first = offsets[ran.index(True)] // k
+            last = offsets[len(ran) - 1 - ran[::-1].index(True)] // k
+            x_lr = torch.from_numpy(lr_sums[:, :, first : last + t])  # (C, T, <= span')
         items = []
-        for i, w in zip(run, windows):
-            off = int(w.col_off) - c0
-            v = valid[:, off : off + t]
-            if not v.any():
+        for i, off, r in zip(run, offsets, ran):
+            if not r:
                 items.append((i, None, None, None))
                 continue
             # views of the run's arrays: collating the batch is the one copy of each tile
-            lr = None if x_lr is None else torch.from_numpy(x_lr[:, :, off // k : off // k + t])
-            items.append((i, torch.from_numpy(x_hr[:, :, off : off + t]), lr, torch.from_numpy(v)))
+            lr = None if x_lr is None else LRSlice(x_lr, off // k - first)
+            items.append((i, torch.from_numpy(hr[:, :, off : off + t]), lr, torch.from_numpy(valid[:, off : off + t])))
         return items
 
 
 def collate_tiles(items, lr_factor: int = 1) -> TileBatch:
+    """A batch of ``(index, hr, lr, valid)`` items (hr None: not run). ``lr``: a (C, T, T) tensor, or an
+    :class:`LRSlice` of its run's strip; each strip goes into the batch once (tiles of a run share it)."""
     run = [hr is not None for _, hr, _, _ in items]
     kept = [it for it, r in zip(items, run) if r]
     hr = _stack([it[1] for it in kept]) if kept else torch.empty(0)
     has_lr = bool(kept) and kept[0][2] is not None
-    lr = _stack([it[2] for it in kept]) if has_lr else None
+    lr = lr_cols = None
+    if has_lr:
+        strips: dict[int, tuple[torch.Tensor, int]] = {}  # id of a strip -> (strip, its first column)
+        cols, width = [], 0
+        for it in kept:
+            piece = it[2] if isinstance(it[2], LRSlice) else LRSlice(it[2], 0)
+            if id(piece.strip) not in strips:
+                strips[id(piece.strip)] = (piece.strip, width)
+                width += piece.strip.shape[2]
+            cols.append(strips[id(piece.strip)][1] + piece.col)
+        lr = _stack([strip for strip, _ in strips.values()], axis=2)
+        lr_cols = torch.tensor(cols, dtype=torch.int64)
     valid = _stack([it[3] for it in kept]) if kept else torch.empty(0, dtype=torch.bool)
-    return TileBatch(torch.tensor([it[0] for it in items]), torch.tensor(run), hr, lr, valid, lr_factor)
+    return TileBatch(torch.tensor([it[0] for it in items]), torch.tensor(run), hr, lr, valid, lr_factor, lr_cols)
 
 
-def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """torch.stack of CPU tensors as one plain copy in this thread: torch's own runs on its intra-op
-    threads, which wait on each other whenever a core is busy elsewhere (the LR pre-pass beside the
-    model, with --workers 0: ten times slower there). In a reader process the copy goes straight into
-    shared memory, as torch's default collate does: sending the batch then copies nothing."""
-    first = tensors[0]
+def _stack(tensors: list[torch.Tensor], axis: int | None = None) -> torch.Tensor:
+    """torch.stack of CPU tensors (``axis``: np.concatenate along it instead) as one plain copy in this
+    thread: torch's own runs on its intra-op threads, which wait on each other whenever a core is busy
+    elsewhere (the LR pre-pass beside the model, with --workers 0: ten times slower there). In a reader
+    process the copy goes straight into shared memory, as torch's default collate does: sending the batch
+    then copies nothing."""
+    arrays = [t.numpy() for t in tensors]
+    if axis is None:
+        shape = (len(arrays), *arrays[0].shape)
+    else:
+        shape = list(arrays[0].shape)
+        shape[axis] = sum(a.shape[axis] for a in arrays)
     if get_worker_info() is None:
-        return torch.from_numpy(np.stack([t.numpy() for t in tensors]))
-    storage = first._typed_storage()._new_shared(first.numel() * len(tensors), device=first.device)
-    out = first.new(storage).resize_(len(tensors), *first.shape)
-    np.stack([t.numpy() for t in tensors], out=out.numpy())
+        out = torch.from_numpy(np.empty(shape, arrays[0].dtype))
+    else:
+        first = tensors[0]
+        storage = first._typed_storage()._new_shared(int(np.prod(shape)), device=first.device)
+        out = first.new(storage).resize_(*shape)
+    if axis is None:
+        np.stack(arrays, out=out.numpy())
+    else:
+        np.concatenate(arrays, axis=axis, out=out.numpy())
     return out

@@ -15,7 +15,7 @@ import caswit_geo
 from caswit_geo.core.spec import InputSpec
 from caswit_geo.engine.predict import predict_probabilities
 from caswit_geo.engine.predict import units as predict_module
-from caswit_geo.engine.predict.source import PredictTiles, model_inputs
+from caswit_geo.engine.predict.source import LRSlice, PredictTiles, model_inputs
 from caswit_geo.geo.class_raster import read_pam_categories
 from caswit_geo.geo.grid import TileGrid, context_window
 from caswit_geo.geo.lowres import build_lowres
@@ -447,11 +447,20 @@ def test_batched_reads_equal_tile_reads(tmp_path):
         ds = PredictTiles(str(tmp_path / "in.tif"), windows, spec, "prepass", lowres)
         indices = list(range(len(windows)))
         assert len(ds._runs(indices)) == grid.shape[0]  # one run per tile row
-        for got, i in zip(ds.__getitems__(indices), indices):
+        batched = ds.__getitems__(indices)
+        for got, i in zip(batched, indices):
             want = ds[i]
             assert got[0] == want[0] == i
+            if isinstance(got[2], LRSlice):  # a window of its run's strip, shared with the run's other tiles
+                got = (*got[:2], got[2].strip[:, :, got[2].col : got[2].col + T], got[3])
             for a, b in zip(got[1:], want[1:]):
                 assert (a is None and b is None) or torch.equal(a, b)
+        # collated, each run's strip once: the same model inputs as the tiles collated one by one
+        together = ds.collate(batched)
+        assert together.lr.shape[2] < sum(it[1] is not None for it in batched) * T  # less than a window a tile
+        for a, b in zip(model_inputs(together, spec, torch.device("cpu")),
+                        model_inputs(ds.collate([ds[i] for i in indices]), spec, torch.device("cpu"))):
+            assert torch.equal(a, b)
         ds.close()
 
 
