@@ -49,7 +49,8 @@ def test_means_read_per_tile_are_only_normalised():
     np.testing.assert_array_equal(batch.lr.numpy(), means)  # its strip: the one tile's, not normalised in place
 
 
-@pytest.mark.parametrize("dtype,scale,k", [("uint8", 255.0, 2), ("uint8", 255.0, 1), ("uint8", 255.0, 3), ("uint16", 4095.0, 2)])
+@pytest.mark.parametrize("dtype,scale,k",
+                         [("uint8", 255.0, 2), ("uint8", 255.0, 1), ("uint8", 255.0, 3), ("uint16", 4095.0, 2)])
 def test_inputs_made_in_reused_buffers_equal_new_ones(dtype, scale, k):
     """Batches of 3, then 1 (a unit's last), then 3 tiles: the same values as new tensors, the raw batch left
     as it is, and every batch made in the first one's memory (no new tensor per batch)."""
