@@ -69,10 +69,14 @@ def prepass_supported(tile: int, stride: int, factor: int) -> bool:
     return factor >= 1 and stride % factor == 0 and ((factor - 1) * tile) % 2 == 0
 
 
+def largest_sum(src_dtype: str, factor: int) -> int:
+    """The largest k x k sum of ``src_dtype`` values."""
+    return int(np.iinfo(np.dtype(src_dtype)).max) * factor * factor
+
+
 def sum_dtype(src_dtype: str, factor: int) -> np.dtype:
     """Smallest unsigned type holding a k x k sum of ``src_dtype`` values."""
-    vmax = int(np.iinfo(np.dtype(src_dtype)).max) * factor * factor
-    return np.dtype(np.uint16) if vmax <= np.iinfo(np.uint16).max else np.dtype(np.uint32)
+    return np.dtype(np.uint16) if largest_sum(src_dtype, factor) <= np.iinfo(np.uint16).max else np.dtype(np.uint32)
 
 
 @dataclass(frozen=True)
@@ -223,7 +227,7 @@ def plan_lowres(
         height=grid.row_offsets[-1] // k + tile,
         count=len(bands),
         dtype=sum_dtype(src.dtypes[bands[0] - 1], k).name,
-        max_sum=int(np.iinfo(np.dtype(src.dtypes[bands[0] - 1])).max) * k * k,
+        max_sum=largest_sum(src.dtypes[bands[0] - 1], k),
         # georeferenced like the source: handy to inspect
         transform=src.transform @ Affine.translation(origin, origin) @ Affine.scale(k),
         crs=src.crs,

@@ -94,27 +94,25 @@ def model_inputs(batch: TileBatch, spec: InputSpec, device: torch.device,
     hr = _normalized(buffers.take("hr", hr.shape).copy_(hr) if reuse else hr, spec, in_place=reuse)
     if batch.lr is None:
         return hr, None
-    k = batch.lr_factor
-    shape = (len(batch.hr), batch.lr.shape[0], batch.lr.shape[1], batch.lr.shape[1])
-    out = buffers.take("lr", torch.Size(shape)) if reuse else None
+    k, kept = batch.lr_factor, buffers if reuse else None
     if k == 1:
-        return hr, _normalized(_lr_windows(batch, device, torch.float32, out), spec, in_place=True)
+        return hr, _normalized(_lr_windows(batch, device, torch.float32, kept), spec, in_place=True)
     if means_in_float32(torch.iinfo(batch.lr.dtype).max, k):
-        lr = _lr_windows(batch, device, torch.float32, out).div_(k * k)
+        lr = _lr_windows(batch, device, torch.float32, kept).div_(k * k)
     else:
         lr = _lr_windows(batch, device, torch.float64).div_(k * k).to(torch.float32)
     return hr, _normalized(lr, spec, in_place=True)  # the means are a new tensor already
 
 
 def _lr_windows(batch: TileBatch, device: torch.device, dtype: torch.dtype,
-                out: torch.Tensor | None = None) -> torch.Tensor:
-    """(N, C, T, T) each tile's LR window cut from the batch's strips, as ``dtype`` (into ``out`` if given)."""
+                buffers: InputBuffers | None = None) -> torch.Tensor:
+    """(N, C, T, T) each tile's LR window cut from the batch's strips, as ``dtype`` (float32 in ``buffers``
+    when given)."""
     strips = batch.lr.to(device, non_blocking=True)  # (C, T, W)
     c, t = strips.shape[0], strips.shape[1]
-    cols = batch.lr_cols.tolist() if batch.lr_cols is not None else range(0, strips.shape[2], t)
-    if out is None:
-        out = torch.empty((len(batch.hr), c, t, t), dtype=dtype, device=device)
-    for n, col in enumerate(cols):
+    shape = torch.Size((len(batch.hr), c, t, t))
+    out = buffers.take("lr", shape) if buffers is not None else torch.empty(shape, dtype=dtype, device=device)
+    for n, col in enumerate(batch.lr_cols.tolist()):
         out[n].copy_(strips[:, :, col : col + t])
     return out
 
@@ -264,10 +262,10 @@ class PredictTiles(Dataset):
         offsets = [int(w.col_off) - c0 for w in windows]
         ran = [valid[:, off : off + t].any() for off in offsets]  # tiles with a valid pixel
         x_lr = None
-        if lr_sums is not None and any(ran):  # the run's strip, sent once: from its first tile run to its last
-            first = offsets[ran.index(True)] // k
-            last = offsets[len(ran) - 1 - ran[::-1].index(True)] // k
-            x_lr = torch.from_numpy(lr_sums[:, :, first : last + t])  # (C, T, <= span')
+        run_offsets = [off for off, r in zip(offsets, ran) if r]
+        if lr_sums is not None and run_offsets:  # the run's strip, sent once: from its first tile run to its last
+            first = run_offsets[0] // k
+            x_lr = torch.from_numpy(lr_sums[:, :, first : run_offsets[-1] // k + t])  # (C, T, <= span')
         items = []
         for i, off, r in zip(run, offsets, ran):
             if not r:
