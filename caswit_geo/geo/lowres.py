@@ -29,9 +29,11 @@ its chunks are handed over in memory and no file is written: a file would
 only be read back by this process.
 
 The pixels the pre-pass decodes are kept for the tile readers
-(:class:`DecodedChunks`), so a run decodes each source block once; the
-builder runs in as many threads as there are readers, a group of chunks
-(a unit's) per thread.
+(:class:`DecodedChunks`), so a run decodes each source block once. The
+builder gets as many cores as there are readers: GDAL decodes the source
+blocks of each chunk's read in parallel, and only when a read meets fewer
+blocks than there are cores do more threads take groups of chunks (a
+unit's) of their own (:func:`decoding_threads`).
 """
 
 from __future__ import annotations
@@ -67,6 +69,20 @@ FAILED = "FAILED"  # ...renamed to this when it stops early: readers must not wa
 def prepass_supported(tile: int, stride: int, factor: int) -> bool:
     """True when every tile's context window starts on the pre-pass grid."""
     return factor >= 1 and stride % factor == 0 and ((factor - 1) * tile) % 2 == 0
+
+
+def decoding_threads(cores: int, groups: int, blocks_per_read: int) -> tuple[int, int]:
+    """(threads taking groups of chunks, GDAL decoding threads of each) for a pre-pass given ``cores``.
+
+    Each thread decodes through its own GDAL handle and block cache, so a source block on the edge between
+    two threads' groups is decoded by both (JPEG 2000 at 8192 px with a chunk row that never lines up with
+    its 1024 px codestream tiles: 14-16 CPU-s in two threads, 13 in one). Within one thread GDAL decodes
+    the blocks of a read in parallel (GDAL_NUM_THREADS). So: as few threads as keep the cores busy, given
+    the blocks a chunk's read meets.
+    """
+    cores = max(1, cores)
+    threads = max(1, min(groups, -(-cores // max(1, blocks_per_read))))
+    return threads, -(-cores // threads)
 
 
 def largest_sum(src_dtype: str, factor: int) -> int:
@@ -109,6 +125,17 @@ class LowResRaster:
     @property
     def chunk_grid(self) -> tuple[int, int]:
         return -(-self.height // self.chunk[0]), -(-self.width // self.chunk[1])
+
+    def blocks_per_read(self, block_width: float) -> int:
+        """The most source blocks ``block_width`` pixels wide (from the source's column 0) a chunk's read meets
+        across."""
+        bw, most = max(1.0, block_width), 1
+        for bj in range(self.chunk_grid[1]):
+            w = self.source_window(0, bj)
+            c0, c1 = max(0, int(w.col_off)), int(w.col_off) + int(w.width)
+            if c1 > c0:
+                most = max(most, int((c1 - 1) // bw - c0 // bw + 1))
+        return most
 
     def chunk_path(self, bi: int, bj: int) -> Path:
         return Path(self.folder) / f"lr_{bi:05d}_{bj:05d}.tif"
@@ -359,6 +386,9 @@ class LowResBuilder(threading.Thread):
     The marker is made by renaming one created at the start, because on a
     full disk a new file may not fit (readers would then wait forever).
 
+    ``threads``: the cores it may use, shared between threads taking groups and GDAL's decoding threads
+    (:func:`decoding_threads`, given ``blocks_per_read``).
+
     ``memory``: the chunk reader of the tiles read in this process, handed
     each chunk as soon as it is computed. With ``publish`` False no file is
     written: the chunks are pinned there until the reader releases them
@@ -369,14 +399,14 @@ class LowResBuilder(threading.Thread):
     def __init__(self, source: "str | ResampledSource", bands: Sequence[int], lowres: LowResRaster,
                  order: list[tuple[int, int]] | list[list[tuple[int, int]]], decoded: "DecodedChunks | None" = None,
                  threads: int = 1, memory: "ChunkReader | None" = None, publish: bool = True,
-                 pinned_bytes: int = 32 << 20) -> None:
+                 pinned_bytes: int = 32 << 20, blocks_per_read: int = 1) -> None:
         if not publish and memory is None:
             raise ValueError("chunks that are not published need a chunk reader to hold them")
         super().__init__(name="caswit-lowres", daemon=True)
         self.source, self.bands, self.lowres = source, tuple(bands), lowres
         # groups of chunks, each written by one thread in its order (a flat order: one group)
         self.groups = order if order and isinstance(order[0], list) else [list(order)]
-        self.threads = max(1, threads)
+        self.threads, self.decoders = decoding_threads(threads, len(self.groups), blocks_per_read)
         self.decoded, self.memory = decoded, memory
         self.publish, self.pinned_bytes = publish, pinned_bytes
         self.cancelled = False
@@ -398,7 +428,7 @@ class LowResBuilder(threading.Thread):
                 # more threads take the next groups: each decodes with its own GDAL handle and block
                 # cache, so a group is a region whose source blocks its neighbours share little
                 helpers = [threading.Thread(target=self._work, name=f"caswit-lowres-{i}", daemon=True)
-                           for i in range(1, min(self.threads, len(self.groups)))]
+                           for i in range(1, self.threads)]
                 # the files are written on a thread of their own: compressing and syncing them is a
                 # third of a chunk's time, and the decoding threads need not wait for it
                 writer = threading.Thread(target=self._write, name="caswit-lowres-write", daemon=True)
@@ -425,11 +455,8 @@ class LowResBuilder(threading.Thread):
             self._mark_failed(e)
 
     def _work(self) -> None:
-        # fewer groups than threads (one unit): GDAL decodes the blocks of each read in the spare threads,
-        # so the threads share one handle and block cache rather than decode blocks they both touch
-        decoders = max(1, self.threads // max(1, min(self.threads, len(self.groups))))
         try:
-            with rasterio.Env(GDAL_NUM_THREADS=str(decoders)), open_reader(self.source) as src:
+            with rasterio.Env(GDAL_NUM_THREADS=str(self.decoders)), open_reader(self.source) as src:
                 rule = mask_rule(src, self.bands)
                 while True:
                     with self._lock:

@@ -288,6 +288,11 @@ class Mosaic:
         """Height of the inputs' blocks in mosaic pixels (the tallest; scaled when read at another pixel size)."""
         return max(info.block_shape[0] * abs(info.transform.e) / (self.res[1] or 1.0) for info in self.files)
 
+    @property
+    def block_width(self) -> float:
+        """Width of the inputs' blocks in mosaic pixels (the widest; scaled when read at another pixel size)."""
+        return max(info.block_shape[1] * abs(info.transform.a) / (self.res[0] or 1.0) for info in self.files)
+
     def data_windows(self, info: RasterInfo) -> list[Window]:
         """Where ``info``'s pixels come from, in mosaic pixels: its window, or its VRT source rectangles."""
         window = self.file_window(info)

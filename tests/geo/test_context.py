@@ -7,6 +7,7 @@ copy of the raster. The LR pre-pass must equal the per-tile construction
 bit for bit.
 """
 
+import threading
 import time
 
 import numpy as np
@@ -16,6 +17,7 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+import caswit_geo.geo.lowres as lowres_module
 from caswit_geo.geo.context import area_downsample, read_canvas, read_label_and_context, read_tile_and_context
 from caswit_geo.geo.grid import TileGrid, context_window
 from caswit_geo.geo.lowres import (
@@ -23,7 +25,9 @@ from caswit_geo.geo.lowres import (
     LowResBuilder,
     block_sums,
     build_lowres,
+    chunk_groups,
     chunk_order,
+    decoding_threads,
     plan_lowres,
     prepass_supported,
     sum_dtype,
@@ -195,6 +199,64 @@ def test_background_builder_feeds_waiting_readers(tmp_path):
         reader.close()
     assert builder.error is None
     assert not list((tmp_path / "lr").glob(".*"))  # chunks appear only complete (renamed)
+
+
+@pytest.mark.parametrize("cores, groups, blocks, expected", [
+    (1, 4, 3, (1, 1)),  # one core: one thread, decoding on its own
+    (2, 4, 3, (1, 2)),  # reads meet 3 blocks: GDAL decodes them on both cores, one thread takes every group
+    (2, 4, 1, (2, 1)),  # one block a read: two threads, a group each
+    (2, 1, 1, (1, 2)),  # one group: its thread decodes on both cores
+    (16, 40, 3, (6, 3)),
+    (16, 2, 3, (2, 8)),  # no more threads than groups
+])
+def test_decoding_threads_are_as_few_as_keep_the_cores_busy(cores, groups, blocks, expected):
+    assert decoding_threads(cores, groups, blocks) == expected
+
+
+@pytest.mark.parametrize("block, width, expected", [
+    (1024, 10_000, 3),  # chunk (0, 1) reads source columns 1792-3839: blocks 1-3
+    (512, 10_000, 5),  # 3-7
+    (4096, 10_000, 2),  # chunk (0, 2), columns 3840-5887: blocks 0-1
+    (1000, 1000, 2),  # one chunk, columns -256-1279: blocks 0 (from column 0) and 1
+])
+def test_blocks_per_read_counts_the_source_blocks_a_chunk_meets_across(block, width, expected):
+    lowres = plan_lowres(_FakeSrc(), [1], TileGrid(width, 512, 512), 2, "unused", chunk=(256, 1024))
+    assert lowres.blocks_per_read(block) == expected
+
+
+def test_builder_decodes_in_one_thread_when_its_reads_meet_enough_blocks(tmp_path, monkeypatch):
+    """Groups of chunks in one thread, with GDAL's decoding threads, rather than threads of their own that
+    would decode the blocks on their edges twice; the same chunks either way."""
+    data = np.random.default_rng(5).integers(0, 256, (3, 96, 160)).astype(np.uint8)
+    path = write_raster(tmp_path / "a.tif", data)
+    grid = TileGrid(160, 96, 32)
+    windows = [w for _, _, w in grid.windows()]
+    seen = []
+    real = lowres_module.compute_chunk
+
+    def spy(*args, **kwargs):
+        seen.append((threading.current_thread().name, rasterio.env.get_gdal_config("GDAL_NUM_THREADS")))
+        time.sleep(0.02)  # time for a second thread to take a group
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lowres_module, "compute_chunk", spy)
+    chunks = {}
+    for blocks in (1, 4):
+        seen.clear()
+        with rasterio.open(path) as src:
+            lowres = plan_lowres(src, [1, 2, 3], grid, 2, tmp_path / f"lr{blocks}", chunk=(16, 32))
+        groups = chunk_groups(lowres, [windows[i : i + 5] for i in range(0, len(windows), 5)])
+        builder = LowResBuilder(str(path), [1, 2, 3], lowres, groups, threads=2, blocks_per_read=blocks)
+        builder.start()
+        builder.join()
+        assert builder.error is None and len(groups) >= 2
+        names = {name for name, _ in seen}
+        assert {str(n) for _, n in seen} == {"1" if blocks == 1 else "2"}
+        assert len(names) == (2 if blocks == 1 else 1)
+        chunks[blocks] = {p.name: rasterio.open(p).read() for p in (tmp_path / f"lr{blocks}").glob("lr_*.tif")}
+    assert chunks[1].keys() == chunks[4].keys()
+    for name, sums in chunks[1].items():
+        np.testing.assert_array_equal(sums, chunks[4][name])
 
 
 def test_unpublished_builder_holds_back_until_released_or_awaited(tmp_path):

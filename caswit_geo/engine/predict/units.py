@@ -298,8 +298,8 @@ class Reading:
         if plan.context == "prepass":
             with plan.mosaic.open() as src:
                 lowres = plan_lowres(src, plan.spec.bands, plan.grid, plan.spec.context_factor, lowres_dir)
-            # a unit's chunks written by one thread, as many threads as readers; only the context
-            # of the tiles run
+            # the pre-pass gets as many cores as there are readers (decoding threads, and threads taking a
+            # unit's chunks each when reads meet too few blocks for them); only the context of the tiles run
             starts = np.cumsum([0] + [len(t) for t in tiles])
             run_tiles = [[w for j, (_, w) in enumerate(t) if inside is None or inside[s + j]]
                          for s, t in zip(starts, tiles)]
@@ -312,7 +312,8 @@ class Reading:
             self.builder = LowResBuilder(plan.mosaic.reader, plan.spec.bands, lowres, chunk_groups(lowres, run_tiles),
                                          decoded, threads=workers, publish=not in_memory,
                                          memory=self.dataset.chunks if not workers else None,
-                                         pinned_bytes=LR_AHEAD_BYTES)
+                                         pinned_bytes=LR_AHEAD_BYTES,
+                                         blocks_per_read=lowres.blocks_per_read(plan.mosaic.block_width))
             self.dataset.chunks.failed = self.builder.failed  # readers stop waiting when the builder fails
             if in_memory:
                 chunks = self.dataset.chunks
