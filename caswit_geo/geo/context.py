@@ -34,9 +34,14 @@ def read_canvas(
     ``mask``: the dataset's rule, when the caller keeps it).
     """
     h, w = int(window.height), int(window.width)
-    out = np.full((len(bands), h, w), fill, dtype=src.dtypes[bands[0] - 1])
-    valid = np.zeros((h, w), dtype=bool)
+    shape, dtype = (len(bands), h, w), src.dtypes[bands[0] - 1]
     inside = clip_window(window, src.width, src.height)
+    if (int(inside.width), int(inside.height)) == (w, h) and not hasattr(src, "read_valid"):
+        # wholly inside (most windows): read straight into the canvas, no fill and no copy
+        out = src.read(list(bands), window=inside, out=np.empty(shape, dtype))
+        return (out, valid_mask(src, inside, bands, data=out, rule=mask)) if with_mask else out
+    out = np.full(shape, fill, dtype=dtype)
+    valid = np.zeros((h, w), dtype=bool)
     if inside.width > 0 and inside.height > 0:
         r0 = int(inside.row_off - window.row_off)
         c0 = int(inside.col_off - window.col_off)
@@ -44,8 +49,7 @@ def read_canvas(
         if hasattr(src, "read_valid"):  # read at another pixel size (.resampled.ResampledReader)
             out[(slice(None), *sl)], valid[sl] = src.read_valid(bands, inside, mask)
             return (out, valid) if with_mask else out
-        part = src.read(list(bands), window=inside)
-        out[(slice(None), *sl)] = part
+        part = src.read(list(bands), window=inside, out=out[(slice(None), *sl)])
         if with_mask:
             valid[sl] = valid_mask(src, inside, bands, data=part, rule=mask)
     return (out, valid) if with_mask else out
