@@ -44,7 +44,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import rasterio
@@ -302,16 +302,32 @@ def compute_chunk(
     ``decoded``: where to keep the source pixels read for it (nodata set to 0) and their validity, for
     the tile readers, before the chunk's file is published (a reader that sees the file sees them).
     """
+    return sum_chunk(lowres, bi, bj, decode_chunk(src, bands, lowres, bi, bj, mask), decoded)
+
+
+def decode_chunk(
+    src: rasterio.io.DatasetReader, bands: Sequence[int], lowres: LowResRaster, bi: int, bj: int,
+    mask: MaskRule | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The (C, kh, kw) source pixels summed into chunk (bi, bj) (0 outside the source) and their (kh, kw)
+    validity; None when none is valid."""
     src_win = lowres.source_window(bi, bj)
+    if not _intersects(src_win, src.width, src.height):  # all black
+        return None
+    canvas, valid = read_canvas(src, src_win, bands, fill=0, with_mask=True, mask=mask)
+    return (canvas, valid) if valid.any() else None
+
+
+def sum_chunk(lowres: LowResRaster, bi: int, bj: int, pixels: tuple[np.ndarray, np.ndarray] | None,
+              decoded: "DecodedChunks | None" = None) -> np.ndarray | None:
+    """Chunk (bi, bj)'s sums from its :func:`decode_chunk` pixels, whose invalid ones are set to 0 (in
+    place) and then kept in ``decoded``."""
     canvas = valid = sums = None
-    if _intersects(src_win, src.width, src.height):  # otherwise: all black
-        canvas, valid = read_canvas(src, src_win, bands, fill=0, with_mask=True, mask=mask)
-        if valid.any():
-            if not valid.all():
-                zero_invalid(canvas, valid)
-            sums = block_sums(canvas, lowres.factor, np.dtype(lowres.dtype))
-        else:
-            canvas = valid = None
+    if pixels is not None:
+        canvas, valid = pixels
+        if not valid.all():
+            zero_invalid(canvas, valid)
+        sums = block_sums(canvas, lowres.factor, np.dtype(lowres.dtype))
     if decoded is not None:
         decoded.put(bi, bj, canvas, valid)
     return sums
@@ -387,13 +403,14 @@ class LowResBuilder(threading.Thread):
     full disk a new file may not fit (readers would then wait forever).
 
     ``threads``: the cores it may use, shared between threads taking groups and GDAL's decoding threads
-    (:func:`decoding_threads`, given ``blocks_per_read``).
+    (:func:`decoding_threads`, given ``blocks_per_read``). The chunks they decode are summed, handed
+    over and written by one more thread, so decoding (most of a chunk's time) never waits for the rest.
 
     ``memory``: the chunk reader of the tiles read in this process, handed
     each chunk as soon as it is computed. With ``publish`` False no file is
     written: the chunks are pinned there until the reader releases them
     (:meth:`ChunkReader.release`), and the builder holds back while more than
-    ``pinned_bytes`` are pinned, unless the reader waits for a chunk.
+    ``pinned_bytes`` are pinned or decoded on their way, unless the reader waits for a chunk.
     """
 
     def __init__(self, source: "str | ResampledSource", bands: Sequence[int], lowres: LowResRaster,
@@ -418,7 +435,10 @@ class LowResBuilder(threading.Thread):
         self.running = temp_path(folder / RUNNING, "")
         self.running.touch()
         self.written = 0  # chunks this builder computed (the others existed)
-        self._written: queue.Queue = queue.Queue(maxsize=4)  # computed chunks to write (a few MB each)
+        # decoded chunks to sum and hand over (a few MB each): decoding is most of a chunk's time, and the
+        # decoding threads need not wait for the rest
+        self._decoded: queue.Queue = queue.Queue(maxsize=4)
+        self._coming: dict[tuple[str, int, int], int] = {}  # bytes of the sums of the chunks in it
         self._next = iter(self.groups)
         self._lock = threading.Lock()
 
@@ -429,11 +449,8 @@ class LowResBuilder(threading.Thread):
                 # cache, so a group is a region whose source blocks its neighbours share little
                 helpers = [threading.Thread(target=self._work, name=f"caswit-lowres-{i}", daemon=True)
                            for i in range(1, self.threads)]
-                # the files are written on a thread of their own: compressing and syncing them is a
-                # third of a chunk's time, and the decoding threads need not wait for it
-                writer = threading.Thread(target=self._write, name="caswit-lowres-write", daemon=True)
-                if self.publish:
-                    writer.start()
+                finisher = threading.Thread(target=self._finish, name="caswit-lowres-finish", daemon=True)
+                finisher.start()
                 for h in helpers:
                     h.start()
                 try:
@@ -441,9 +458,8 @@ class LowResBuilder(threading.Thread):
                     for h in helpers:
                         h.join()
                 finally:
-                    if self.publish:
-                        self._written.put(None)
-                        writer.join()
+                    self._decoded.put(None)
+                    finisher.join()
             if self.error is not None:
                 raise self.error
             self.running.unlink(missing_ok=True)  # done: no failure to announce
@@ -455,6 +471,7 @@ class LowResBuilder(threading.Thread):
             self._mark_failed(e)
 
     def _work(self) -> None:
+        """Decode the chunks of the next groups, in order."""
         try:
             with rasterio.Env(GDAL_NUM_THREADS=str(self.decoders)), open_reader(self.source) as src:
                 rule = mask_rule(src, self.bands)
@@ -469,39 +486,53 @@ class LowResBuilder(threading.Thread):
                         if self.lowres.chunk_path(bi, bj).exists():
                             continue
                         if not self.publish:  # bounded memory: no further ahead of the reader than that
-                            self.memory.wait_for_room(self.pinned_bytes, self.stop_event)
-                        sums = compute_chunk(src, self.bands, self.lowres, bi, bj, rule, self.decoded)
-                        if self.memory is not None:  # before the file exists: its reader need not wait for it
-                            self.memory.keep(self.lowres, bi, bj, chunk_or_zeros(self.lowres, bi, bj, sums),
-                                             pinned=not self.publish)
-                        if self.publish:
-                            self._put_written((bi, bj, sums))
-                        else:
-                            with self._lock:
-                                self.written += 1
+                            self.memory.wait_for_room(self.pinned_bytes, self.stop_event, self._on_their_way)
+                        pixels = decode_chunk(src, self.bands, self.lowres, bi, bj, rule)
+                        with self._lock:
+                            self._coming[self.lowres.folder, bi, bj] = self._sums_bytes(bi, bj)
+                        self._put_decoded((bi, bj, pixels))
         except BaseException as e:
             self._fail(e)
 
-    def _put_written(self, item: tuple) -> None:
-        while not self.stop_event.is_set():  # bounded queue: give up when the writer has failed
+    def _sums_bytes(self, bi: int, bj: int) -> int:
+        w = self.lowres.chunk_window(bi, bj)
+        return self.lowres.count * int(w.width) * int(w.height) * np.dtype(self.lowres.dtype).itemsize
+
+    def _on_their_way(self) -> tuple[int, set]:
+        """Bytes and keys of the chunks decoded, not yet handed to the reader."""
+        with self._lock:
+            return sum(self._coming.values()), set(self._coming)
+
+    def _put_decoded(self, item: tuple) -> None:
+        while not self.stop_event.is_set():  # bounded queue: give up when the finishing thread has failed
             try:
-                return self._written.put(item, timeout=0.1)
+                return self._decoded.put(item, timeout=0.1)
             except queue.Full:
                 pass
         raise RuntimeError("pre-pass stopped")
 
-    def _write(self) -> None:
-        """Publish the computed chunks' files, in the order they were computed."""
+    def _finish(self) -> None:
+        """Sum the decoded chunks, keep their pixels for the readers, hand the sums to the reader in this
+        process and publish their files (compressing and syncing a file is a third of a GeoTIFF chunk's
+        time), in the order they were decoded."""
         try:
-            while (item := self._written.get()) is not None:
+            while (item := self._decoded.get()) is not None:
                 if self.stop_event.is_set():
-                    continue  # drain: the computing threads may be blocked on a full queue
-                publish_chunk(self.lowres, *item)
+                    continue  # drain: the decoding threads may be blocked on a full queue
+                bi, bj, pixels = item
+                sums = sum_chunk(self.lowres, bi, bj, pixels, self.decoded)
+                if self.memory is not None:  # before the file exists: its reader need not wait for it
+                    self.memory.keep(self.lowres, bi, bj, chunk_or_zeros(self.lowres, bi, bj, sums),
+                                     pinned=not self.publish)
+                with self._lock:
+                    self._coming.pop((self.lowres.folder, bi, bj), None)
+                if self.publish:
+                    publish_chunk(self.lowres, bi, bj, sums)
                 with self._lock:
                     self.written += 1
         except BaseException as e:
             self._fail(e)
-            while self._written.get() is not None:  # unblock the computing threads until they stop
+            while self._decoded.get() is not None:  # unblock the decoding threads until they stop
                 pass
 
     def _fail(self, e: BaseException) -> None:
@@ -624,12 +655,18 @@ class ChunkReader:
                 self._pinned_bytes -= data.nbytes
                 self._kept.notify_all()
 
-    def wait_for_room(self, budget: int, stop: threading.Event) -> None:
-        """Return once at most ``budget`` bytes are pinned, a reader waits for a chunk not kept yet (the
+    def wait_for_room(self, budget: int, stop: threading.Event,
+                      coming: Callable[[], tuple[int, set]] = lambda: (0, set())) -> None:
+        """Return once at most ``budget`` bytes are pinned or on their way (``coming()``: the bytes and keys
+        of the chunks computed, not kept yet), a reader waits for a chunk neither kept nor on its way (the
         next one computed, as chunks are computed in the order tiles need them) or ``stop`` is set."""
         with self._kept:
-            while (self._pinned_bytes > budget and not stop.is_set()
-                   and all(k in self._pinned or k in self._arrays for k in self._awaited)):
+            while not stop.is_set():
+                nbytes, keys = coming()
+                if (self._pinned_bytes + nbytes <= budget
+                        or any(k not in self._pinned and k not in self._arrays and k not in keys
+                               for k in self._awaited)):
+                    return
                 self._kept.wait(0.1)
 
     def close(self) -> None:

@@ -232,14 +232,14 @@ def test_builder_decodes_in_one_thread_when_its_reads_meet_enough_blocks(tmp_pat
     grid = TileGrid(160, 96, 32)
     windows = [w for _, _, w in grid.windows()]
     seen = []
-    real = lowres_module.compute_chunk
+    real = lowres_module.decode_chunk
 
     def spy(*args, **kwargs):
         seen.append((threading.current_thread().name, rasterio.env.get_gdal_config("GDAL_NUM_THREADS")))
         time.sleep(0.02)  # time for a second thread to take a group
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(lowres_module, "compute_chunk", spy)
+    monkeypatch.setattr(lowres_module, "decode_chunk", spy)
     chunks = {}
     for blocks in (1, 4):
         seen.clear()
