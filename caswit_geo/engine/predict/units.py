@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import os
 import threading
@@ -90,10 +91,15 @@ def workers_for(n: int | None, device: torch.device | None = None) -> int:
     return max(0, min(4, cpus - 1))
 
 
-def _init_reader(worker_id: int) -> None:
+def _init_reader(worker_id: int, cache_bytes: int | None = None) -> None:
     # Batches are shared by passing descriptors (torch's default): sharing by file name starts a
     # torch_shm_manager process beside each reader, 70 MB of memory each.
     release_large_buffers()
+    if cache_bytes is not None:
+        # a reader's own GDAL block cache, not the pre-pass's (the run's process sets that one, and a forked
+        # reader inherits it): a reader decodes few source blocks, and the LR chunk files it reads whole
+        # would otherwise fill it for nothing (its chunk reader keeps their arrays)
+        rasterio.env.set_gdal_config("GDAL_CACHEMAX", cache_bytes)
 
 
 def release_large_buffers() -> None:
@@ -108,9 +114,11 @@ def release_large_buffers() -> None:
 
 
 def make_loader(dataset: PredictTiles, sizes: list[int], batch_size: int, workers: int,
-                device: torch.device, rows: list[tuple[int, int]] | None = None) -> DataLoader:
+                device: torch.device, rows: list[tuple[int, int]] | None = None,
+                cache_bytes: int | None = None) -> DataLoader:
     """The readers' batches. ``rows``: each tile's source block rows; with several readers, each then takes
-    runs of batches sharing block rows (batches.py: the loader's order is not the plan's)."""
+    runs of batches sharing block rows (batches.py: the loader's order is not the plan's). ``cache_bytes``:
+    each reader's GDAL block cache (None: the one it inherits)."""
     sampler = UnitBatches(sizes, batch_size)
     if workers > 1 and rows is not None:
         sampler = ReaderBatches(reader_order(reader_runs(list(sampler), rows), workers))
@@ -122,7 +130,7 @@ def make_loader(dataset: PredictTiles, sizes: list[int], batch_size: int, worker
         pin_memory=device.type == "cuda",
         prefetch_factor=2 if workers else None,
         persistent_workers=False,
-        worker_init_fn=_init_reader if workers else None,
+        worker_init_fn=functools.partial(_init_reader, cache_bytes=cache_bytes) if workers else None,
     )
 
 
@@ -319,7 +327,8 @@ class Reading:
                 chunks = self.dataset.chunks
                 frees.append((lambda bi, bj: chunks.release(lowres, bi, bj), lr_release_order(lowres, windows)))
         rows = block_rows(windows, plan.mosaic.block_height) if workers > 1 else None  # used by several readers
-        loader = make_loader(self.dataset, [len(t) for t in tiles], batch_size, workers, device, rows)
+        loader = make_loader(self.dataset, [len(t) for t in tiles], batch_size, workers, device, rows,
+                             cache_bytes=plan.cache_bytes)
         if sequential:
             self.builder.start()
             self.builder.join()

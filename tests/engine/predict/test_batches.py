@@ -4,6 +4,7 @@ order of them (position p read by reader p % N), and the plan order restored for
 from types import SimpleNamespace
 
 import pytest
+import rasterio
 import torch
 from rasterio.windows import Window
 
@@ -14,6 +15,7 @@ from caswit_geo.engine.predict.batches import (
     reader_order,
     reader_runs,
 )
+from caswit_geo.engine.predict.units import make_loader
 
 T = 512
 
@@ -71,3 +73,25 @@ def test_in_plan_order_restores_the_order_and_drops_empty_batches():
     assert [b.index.tolist() for b in in_plan_order(arrived)] == [[0, 1], [2, 3], [4, 5], [6, 7], [8]]
     with pytest.raises(RuntimeError, match="position 2"):
         list(in_plan_order([batch(0, 1), batch(4, 5)]))
+
+
+class _CacheSeen(torch.utils.data.Dataset):
+    """Each item: the GDAL block cache size where it is read."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> int:
+        return int(rasterio.env.get_gdal_config("GDAL_CACHEMAX"))
+
+    def collate(self, items: list) -> list:
+        return items
+
+
+def test_readers_have_their_own_gdal_cache_not_the_prepass_one():
+    """The run's process sizes GDAL's cache for the pre-pass; a forked reader would inherit it."""
+    with rasterio.Env(GDAL_CACHEMAX=300 << 20):
+        loader = make_loader(_CacheSeen(), [2], 1, 1, torch.device("cpu"), cache_bytes=32 << 20)
+        seen = [x for batch in loader for x in batch]
+        assert int(rasterio.env.get_gdal_config("GDAL_CACHEMAX")) == 300 << 20  # this process keeps its own
+    assert seen == [32 << 20] * 2
