@@ -227,3 +227,14 @@ def test_all_valid_weights_equal_the_resampled_mask_bit_for_bit(step):
     shrink = step >= 1
     np.testing.assert_array_equal(resampled._unit_weights(rw, cw, shrink),
                                   resampled._separable(ones, (ri, rw), (ci, cw), shrink)[0])
+
+
+def test_block_size_in_mosaic_pixels_is_scaled_to_the_pixel_size_read(tmp_path):
+    """The widest and tallest blocks of the files, in pixels of the mosaic as read (here 0.25 m from 0.2 m)."""
+    data = rgb_image(64, 96)
+    paths = [write_on_grid(tmp_path / "a.tif", data, tiled=True, blockxsize=32, blockysize=16),
+             write_on_grid(tmp_path / "b.tif", data, col=96, tiled=True, blockxsize=16, blockysize=32)]
+    native = open_mosaic(paths, (1, 2, 3))
+    assert (native.block_width, native.block_height) == (32, 32)
+    coarse = open_mosaic(paths, (1, 2, 3), target_res=GSD * 1.25)
+    assert (coarse.block_width, coarse.block_height) == pytest.approx((32 / 1.25, 32 / 1.25))
