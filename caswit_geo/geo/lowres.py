@@ -404,7 +404,7 @@ class LowResBuilder(threading.Thread):
 
     ``threads``: the cores it may use, shared between threads taking groups and GDAL's decoding threads
     (:func:`decoding_threads`, given ``blocks_per_read``). The chunks they decode are summed, handed
-    over and written by one more thread, so decoding (most of a chunk's time) never waits for the rest.
+    over and written by as many more threads, so decoding (most of a chunk's time) never waits for the rest.
 
     ``memory``: the chunk reader of the tiles read in this process, handed
     each chunk as soon as it is computed. With ``publish`` False no file is
@@ -449,17 +449,21 @@ class LowResBuilder(threading.Thread):
                 # cache, so a group is a region whose source blocks its neighbours share little
                 helpers = [threading.Thread(target=self._work, name=f"caswit-lowres-{i}", daemon=True)
                            for i in range(1, self.threads)]
-                finisher = threading.Thread(target=self._finish, name="caswit-lowres-finish", daemon=True)
-                finisher.start()
-                for h in helpers:
-                    h.start()
+                # as many finishing threads as decoding ones: summing and writing a chunk (about 9 ms) would
+                # otherwise set the pace of several threads decoding JPEG 2000
+                finishers = [threading.Thread(target=self._finish, name=f"caswit-lowres-finish-{i}", daemon=True)
+                             for i in range(self.threads)]
+                for t in finishers + helpers:
+                    t.start()
                 try:
                     self._work()
                     for h in helpers:
                         h.join()
                 finally:
-                    self._decoded.put(None)
-                    finisher.join()
+                    for f in finishers:
+                        self._decoded.put(None)
+                    for f in finishers:
+                        f.join()
             if self.error is not None:
                 raise self.error
             self.running.unlink(missing_ok=True)  # done: no failure to announce
@@ -514,11 +518,11 @@ class LowResBuilder(threading.Thread):
     def _finish(self) -> None:
         """Sum the decoded chunks, keep their pixels for the readers, hand the sums to the reader in this
         process and publish their files (compressing and syncing a file is a third of a GeoTIFF chunk's
-        time), in the order they were decoded."""
-        try:
-            while (item := self._decoded.get()) is not None:
-                if self.stop_event.is_set():
-                    continue  # drain: the decoding threads may be blocked on a full queue
+        time), until a None (one for each finishing thread)."""
+        while (item := self._decoded.get()) is not None:
+            if self.stop_event.is_set():
+                continue  # drain: the decoding threads may be blocked on a full queue
+            try:
                 bi, bj, pixels = item
                 sums = sum_chunk(self.lowres, bi, bj, pixels, self.decoded)
                 if self.memory is not None:  # before the file exists: its reader need not wait for it
@@ -530,10 +534,8 @@ class LowResBuilder(threading.Thread):
                     publish_chunk(self.lowres, bi, bj, sums)
                 with self._lock:
                     self.written += 1
-        except BaseException as e:
-            self._fail(e)
-            while self._decoded.get() is not None:  # unblock the decoding threads until they stop
-                pass
+            except BaseException as e:
+                self._fail(e)  # stops the decoding threads; the queue is drained until its None
 
     def _fail(self, e: BaseException) -> None:
         with self._lock:

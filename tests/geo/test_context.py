@@ -259,6 +259,35 @@ def test_builder_decodes_in_one_thread_when_its_reads_meet_enough_blocks(tmp_pat
         np.testing.assert_array_equal(sums, chunks[4][name])
 
 
+def test_a_failed_chunk_write_stops_every_thread_of_the_builder(tmp_path, monkeypatch):
+    """Two decoding and two finishing threads: the first failure stops them all, none waits forever."""
+    data = np.random.default_rng(6).integers(0, 256, (3, 96, 160)).astype(np.uint8)
+    path = write_raster(tmp_path / "a.tif", data)
+    grid = TileGrid(160, 96, 32)
+    windows = [w for _, _, w in grid.windows()]
+    with rasterio.open(path) as src:
+        lowres = plan_lowres(src, [1, 2, 3], grid, 2, tmp_path / "lr", chunk=(8, 16))
+    groups = chunk_groups(lowres, [windows[i : i + 3] for i in range(0, len(windows), 3)])
+    calls = []
+    real = lowres_module.publish_chunk
+
+    def publish(*args):
+        calls.append(args[1:3])
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(*args)
+
+    monkeypatch.setattr(lowres_module, "publish_chunk", publish)
+    builder = LowResBuilder(str(path), [1, 2, 3], lowres, groups, threads=2, blocks_per_read=1)
+    assert builder.threads == 2
+    builder.start()
+    builder.join(timeout=30)
+    assert not builder.is_alive()
+    assert isinstance(builder.error, OSError) and builder.failed.exists()
+    assert len(calls) < sum(len(g) for g in groups)  # stopped early
+    assert not any(t.name.startswith("caswit-lowres") for t in threading.enumerate())
+
+
 def test_unpublished_builder_holds_back_until_released_or_awaited(tmp_path):
     """publish=False: no chunk file; the builder stops past its budget of pinned chunks and goes on when
     one is released or when the reader waits for the next; cancel() stops it without an error."""
