@@ -437,7 +437,7 @@ class LowResBuilder(threading.Thread):
         self.written = 0  # chunks this builder computed (the others existed)
         # decoded chunks to sum and hand over (a few MB each): decoding is most of a chunk's time, and the
         # decoding threads need not wait for the rest
-        self._decoded: queue.Queue = queue.Queue(maxsize=4)
+        self._to_finish: queue.Queue = queue.Queue(maxsize=4)
         self._coming: dict[tuple[str, int, int], int] = {}  # bytes of the sums of the chunks in it
         self._next = iter(self.groups)
         self._lock = threading.Lock()
@@ -461,7 +461,7 @@ class LowResBuilder(threading.Thread):
                         h.join()
                 finally:
                     for f in finishers:
-                        self._decoded.put(None)
+                        self._to_finish.put(None)
                     for f in finishers:
                         f.join()
             if self.error is not None:
@@ -510,7 +510,7 @@ class LowResBuilder(threading.Thread):
     def _put_decoded(self, item: tuple) -> None:
         while not self.stop_event.is_set():  # bounded queue: give up when the finishing thread has failed
             try:
-                return self._decoded.put(item, timeout=0.1)
+                return self._to_finish.put(item, timeout=0.1)
             except queue.Full:
                 pass
         raise RuntimeError("pre-pass stopped")
@@ -519,7 +519,7 @@ class LowResBuilder(threading.Thread):
         """Sum the decoded chunks, keep their pixels for the readers, hand the sums to the reader in this
         process and publish their files (compressing and syncing a file is a third of a GeoTIFF chunk's
         time), until a None (one for each finishing thread)."""
-        while (item := self._decoded.get()) is not None:
+        while (item := self._to_finish.get()) is not None:
             if self.stop_event.is_set():
                 continue  # drain: the decoding threads may be blocked on a full queue
             try:

@@ -96,9 +96,9 @@ def _init_reader(worker_id: int, cache_bytes: int | None = None) -> None:
     # torch_shm_manager process beside each reader, 70 MB of memory each.
     release_large_buffers()
     if cache_bytes is not None:
-        # a reader's own GDAL block cache, not the pre-pass's (the run's process sets that one, and a forked
-        # reader inherits it): a reader decodes few source blocks, and the LR chunk files it reads whole
-        # would otherwise fill it for nothing (its chunk reader keeps their arrays)
+        # the plan's per-worker GDAL block cache, not the pre-pass's (the run's process sets that one, sized
+        # to unit-wide rows of source blocks, and a forked reader inherits it): a reader decodes source blocks
+        # only for the tiles whose pixels the pre-pass did not keep
         rasterio.env.set_gdal_config("GDAL_CACHEMAX", cache_bytes)
 
 
