@@ -21,6 +21,8 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 
+from caswit_geo.geo.forks import track
+
 TILE = 256  # WMTS tile side, px
 
 
@@ -78,6 +80,8 @@ class WmsServer:
                 pass
 
             def do_GET(self) -> None:
+                # it renders with GDAL: a fork of the process under test waits until it is gone (geo/forks.py)
+                track(threading.current_thread())
                 # in flight: from the request to its answer's last byte but one; the client cannot send its
                 # next request before that byte, so requests counted together were truly concurrent
                 with server.lock:

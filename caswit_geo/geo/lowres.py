@@ -53,6 +53,7 @@ from rasterio.windows import Window
 
 from caswit_geo.core.errors import InputError
 from caswit_geo.geo.context import read_canvas
+from caswit_geo.geo.forks import track
 from caswit_geo.geo.grid import TileGrid
 from caswit_geo.geo.masks import MaskRule, mask_rule, zero_invalid
 from caswit_geo.geo.profiles import lowres_chunk_profile
@@ -443,6 +444,7 @@ class LowResBuilder(threading.Thread):
         self._lock = threading.Lock()
 
     def run(self) -> None:
+        track(threading.current_thread())  # a fork right after join() waits until its GDAL state is gone
         try:
             with holding(self.lowres.folder):
                 # more threads take the next groups: each decodes with its own GDAL handle and block
@@ -455,6 +457,7 @@ class LowResBuilder(threading.Thread):
                              for i in range(self.threads)]
                 for t in finishers + helpers:
                     t.start()
+                    track(t)
                 try:
                     self._work()
                     for h in helpers:

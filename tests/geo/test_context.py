@@ -259,15 +259,20 @@ def test_builder_decodes_in_one_thread_when_its_reads_meet_enough_blocks(tmp_pat
         np.testing.assert_array_equal(sums, chunks[4][name])
 
 
-def test_a_failed_chunk_write_stops_every_thread_of_the_builder(tmp_path, monkeypatch):
-    """Two decoding and two finishing threads: the first failure stops them all, none waits forever."""
-    data = np.random.default_rng(6).integers(0, 256, (3, 96, 160)).astype(np.uint8)
+def _two_thread_prepass(tmp_path, seed: int):
+    """(source, lowres, groups) of a pre-pass its builder runs in two decoding threads (blocks_per_read=1)."""
+    data = np.random.default_rng(seed).integers(0, 256, (3, 96, 160)).astype(np.uint8)
     path = write_raster(tmp_path / "a.tif", data)
     grid = TileGrid(160, 96, 32)
     windows = [w for _, _, w in grid.windows()]
     with rasterio.open(path) as src:
         lowres = plan_lowres(src, [1, 2, 3], grid, 2, tmp_path / "lr", chunk=(8, 16))
-    groups = chunk_groups(lowres, [windows[i : i + 3] for i in range(0, len(windows), 3)])
+    return path, lowres, chunk_groups(lowres, [windows[i : i + 3] for i in range(0, len(windows), 3)])
+
+
+def test_a_failed_chunk_write_stops_every_thread_of_the_builder(tmp_path, monkeypatch):
+    """Two decoding and two finishing threads: the first failure stops them all, none waits forever."""
+    path, lowres, groups = _two_thread_prepass(tmp_path, 6)
     calls = []
     real = lowres_module.publish_chunk
 
@@ -286,6 +291,19 @@ def test_a_failed_chunk_write_stops_every_thread_of_the_builder(tmp_path, monkey
     assert isinstance(builder.error, OSError) and builder.failed.exists()
     assert len(calls) < sum(len(g) for g in groups)  # stopped early
     assert not any(t.name.startswith("caswit-lowres") for t in threading.enumerate())
+
+
+def test_every_thread_of_the_builder_is_one_forks_wait_for(tmp_path, monkeypatch):
+    """Its threads read and write with GDAL: a fork right after join() must wait until they are gone
+    (geo/forks.py), so each one is tracked."""
+    path, lowres, groups = _two_thread_prepass(tmp_path, 7)
+    tracked = []
+    monkeypatch.setattr(lowres_module, "track", lambda t: tracked.append(t.name))
+    builder = LowResBuilder(str(path), [1, 2, 3], lowres, groups, threads=2, blocks_per_read=1)
+    builder.start()
+    builder.join(timeout=30)
+    assert builder.error is None
+    assert sorted(tracked) == ["caswit-lowres", "caswit-lowres-1", "caswit-lowres-finish-0", "caswit-lowres-finish-1"]
 
 
 def test_unpublished_builder_holds_back_until_released_or_awaited(tmp_path):

@@ -33,6 +33,7 @@ from caswit_geo.engine.predict.job import Job
 from caswit_geo.engine.predict.plan import PredictPlan, Unit
 from caswit_geo.geo.area import row_areas_m2
 from caswit_geo.geo.blend import NODATA, RowBlock, StripAccumulator
+from caswit_geo.geo.forks import track
 from caswit_geo.geo.grid import strips
 from caswit_geo.geo.masks import MaskRule, mask_rule, valid_mask
 from caswit_geo.geo.mosaic import build_vrt_xml
@@ -392,6 +393,7 @@ class SinkThread(threading.Thread):
         self.stop_event = threading.Event()
 
     def run(self) -> None:
+        track(self)  # it writes with GDAL: a later fork waits until its GDAL state is gone
         try:
             while not self.stop_event.is_set():
                 try:
