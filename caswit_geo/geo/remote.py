@@ -55,6 +55,9 @@ CONNECTION_PREFIX = "WMTS:"
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 HTTP_TIMEOUT = 60  # seconds a request may wait for the server (GDAL_HTTP_TIMEOUT unless set)
+# GDAL's disk cache of web map tiles (~/.cache/gdalwmscache, kept 7 days; a WMTS connection string uses it):
+# off unless the user's environment sets GDAL_ENABLE_WMS_CACHE (geo/webmap.py: service_options)
+TILE_CACHE_OFF = {"GDAL_ENABLE_WMS_CACHE": "NO"}
 CONNECT_TIMEOUT = 20  # seconds to connect (GDAL_HTTP_CONNECTTIMEOUT unless set)
 MAX_RETRY = 3  # transient failures retried (GDAL_HTTP_MAX_RETRY unless set)
 RETRY_DELAY = 1.0  # seconds before the first retry, doubled at each (GDAL_HTTP_RETRY_DELAY unless set)
@@ -333,7 +336,8 @@ def gdal_remote_options(names: Sequence[str | Path], open_files: int = 32) -> di
     a URL's "folder" (no sidecar files are looked for when every input is
     remote); the ``/vsicurl/`` cache bounded (``CURL_CACHE_BYTES``), and a
     per-file cache, if the user turns one on (``VSI_CACHE``), a share of it
-    for each of ``open_files``. The GDAL block cache is the run's own
+    for each of ``open_files``; no disk cache of web map tiles
+    (``TILE_CACHE_OFF``). The GDAL block cache is the run's own
     (``GDAL_CACHEMAX``, set by the caller from its budget). A variable the
     user set in the environment wins.
     """
@@ -352,6 +356,7 @@ def gdal_remote_options(names: Sequence[str | Path], open_files: int = 32) -> di
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR" if all_remote else "TRUE",
         "CPL_VSIL_CURL_CACHE_SIZE": str(CURL_CACHE_BYTES),
         "VSI_CACHE_SIZE": str(max(CURL_CACHE_BYTES // max(open_files, 1), 1 << 20)),
+        **TILE_CACHE_OFF,
     }
     return {k: v for k, v in options.items() if k not in os.environ}
 
@@ -429,7 +434,8 @@ def mask_gdal_logs() -> None:
 
 
 __all__ = [
-    "clear_connections_at_forks", "drop_connections", "fetch_bounded", "gdal_name", "gdal_remote_options",
-    "http_url", "input_name", "input_stem", "is_connection_string", "is_remote", "is_url", "known_size", "mask",
-    "mask_gdal_logs", "mask_text", "probe", "remote_identities", "remote_identity", "split_connection_string",
+    "TILE_CACHE_OFF", "clear_connections_at_forks", "drop_connections", "fetch_bounded", "gdal_name",
+    "gdal_remote_options", "http_url", "input_name", "input_stem", "is_connection_string", "is_remote", "is_url",
+    "known_size", "mask", "mask_gdal_logs", "mask_text", "probe", "remote_identities", "remote_identity",
+    "split_connection_string",
 ]

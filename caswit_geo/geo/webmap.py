@@ -13,8 +13,9 @@ GDAL picks the service's level for the pixel size asked (the finest one
 not coarser than it) and resamples from it (average when it shrinks,
 bilinear when it enlarges; none when the level is the GSD itself). Each
 open service makes one request at a time (``MaxConnections`` 1 in a WMS
-description, :data:`SERVICE_OPTIONS` for the others): the readers, one per
-process, bound the requests in flight.
+description, :func:`service_options` for the others): the readers, one per
+process, bound the requests in flight. GDAL's disk cache of a WMTS's tiles
+is off (:func:`service_options`).
 
 GDAL opens a connection string as it is, the same service as the
 ``<GDAL_WMTS>`` description of its URL and options. It is a remote name
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from pathlib import Path
 
@@ -36,15 +38,27 @@ from caswit_geo.core.errors import ConfigError, InputError
 from caswit_geo.core.jsonfile import read_bounded
 from caswit_geo.geo.area import unit_to_m
 from caswit_geo.geo.mosaic import Mosaic, RasterInfo, build_vrt_xml, check_input, describe_raster
-from caswit_geo.geo.remote import is_connection_string, mask, split_connection_string
+from caswit_geo.geo.remote import TILE_CACHE_OFF, is_connection_string, mask, split_connection_string
 
 SERVICE_ROOTS = ("<GDAL_WMS", "<GDAL_WMTS")
 # GDAL's default for a service opened without MaxConnections (a WMTS's own WMS, say): one request at a time
-SERVICE_OPTIONS = {"GDAL_MAX_CONNECTIONS": "1"}
+SERVICE_CONNECTIONS = {"GDAL_MAX_CONNECTIONS": "1"}
 MAX_SERVICE_BYTES = 1 << 20  # a service description is a few hundred bytes
 # the options of GDAL's WMTS connection string, WMTS:URL[,key=value]...
 WMTS_OPTIONS = ("layer", "tilematrixset", "tilematrix", "zoom_level", "style", "extendbeyonddateline")
 _CONNECTIONS = re.compile(r"<MaxConnections>\s*\d+\s*</MaxConnections>")
+
+
+def service_options() -> dict[str, str]:
+    """GDAL settings of reading a web map service: one request at a time per open service, and no disk
+    cache of its tiles unless the user's environment turns it on (GDAL_ENABLE_WMS_CACHE).
+
+    GDAL keeps a WMTS's tiles in ~/.cache/gdalwmscache for 7 days and removes them only past 64 MB of
+    expired ones, so a region's predict would leave gigabytes there, and a later run could read tiles a
+    service has since replaced. Each run decodes every pixel once anyway (the LR pre-pass keeps them for
+    the readers). The cache also starts a thread of GDAL's own that a fork may catch at work.
+    """
+    return {**SERVICE_CONNECTIONS, **{k: v for k, v in TILE_CACHE_OFF.items() if k not in os.environ}}
 
 
 def service_kind(path: str | Path) -> str | None:
@@ -98,11 +112,11 @@ def service_text(path: str | Path) -> str:
     """The description, with one connection at a time per open service (added or replacing the file's);
     a connection string as it is (GDAL opens it)."""
     if is_connection_string(path):
-        return str(path)  # WMTS: its connections follow GDAL_MAX_CONNECTIONS (SERVICE_OPTIONS)
+        return str(path)  # WMTS: its connections follow GDAL_MAX_CONNECTIONS (service_options)
     raw = read_bounded(path, what="the service description", max_bytes=MAX_SERVICE_BYTES)
     text = raw.decode("utf-8", "replace").lstrip("\ufeff \t\r\n")
     if not text.startswith("<GDAL_WMS"):
-        return text  # WMTS: its connections follow GDAL_MAX_CONNECTIONS (SERVICE_OPTIONS)
+        return text  # WMTS: its connections follow GDAL_MAX_CONNECTIONS (service_options)
     head, end, tail = _CONNECTIONS.sub("", text).rpartition("</GDAL_WMS>")
     return head + "<MaxConnections>1</MaxConnections>" + end + tail
 
@@ -174,5 +188,7 @@ def open_service(path: str | Path, bands, gsd: float | None, bounds: tuple[float
     return mosaic, [note]
 
 
-__all__ = ["SERVICE_OPTIONS", "check_connection_string", "open_service", "service_crs", "service_kind", "service_label",
-           "service_text"]
+__all__ = [
+    "SERVICE_CONNECTIONS", "check_connection_string", "open_service", "service_crs", "service_kind", "service_label",
+    "service_options", "service_text",
+]

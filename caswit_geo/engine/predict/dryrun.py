@@ -230,12 +230,13 @@ def calibration(plan: PredictPlan, config: PredictConfig, tiles: int) -> Calibra
     bs = max(1, min(config.batch_size, tiles))
     items = []
     try:
-        for i in range(len(windows)):
-            item = source[i]
-            if item[1] is not None:
-                items.append(item)
-            if len(items) >= tiles + bs:
-                break
+        with reading_env(plan):  # read as the run reads: bounded retries and waits, a service's settings
+            for i in range(len(windows)):
+                item = source[i]
+                if item[1] is not None:
+                    items.append(item)
+                if len(items) >= tiles + bs:
+                    break
     finally:
         source.close()
     if not items:

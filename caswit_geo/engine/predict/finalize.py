@@ -38,7 +38,7 @@ from caswit_geo.geo.profiles import coarse_level_profile
 from caswit_geo.geo.pyramid import level_shape, pack_layout, pyramid
 from caswit_geo.geo.qgis_style import categorized_qml, gradient_qml, paletted_qml, style_path
 from caswit_geo.geo.vectorize import VectorResult, vector_format, vectorize
-from caswit_geo.geo.webmap import SERVICE_OPTIONS
+from caswit_geo.geo.webmap import service_options
 from caswit_geo.safeio.outputs import OutputSet
 from caswit_geo.safeio.writes import atomic_path, write_text
 
@@ -245,7 +245,7 @@ def finalize_job(plan: PredictPlan, job: Job, outputs: OutputSet) -> Finalized:
         window = None if plan.roi is None else first.window  # the input under the region's map
         # the legend's shares are the summary's: counted on every pixel by the units, not on the overview shown
         pixels, _ = class_totals(unit_reports(job, plan, raster=0))
-        with rasterio.Env(**(SERVICE_OPTIONS if plan.web_service else {})):
+        with rasterio.Env(**(service_options() if plan.web_service else {})):
             write_preview(outputs.temp(first.classes), outputs.temp(plan.preview), classes, image=image,
                           bands=plan.spec.bands[:3], title=first.classes.name, class_pixels=pixels, window=window)
         phases["preview"] = time.perf_counter() - t1

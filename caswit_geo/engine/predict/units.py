@@ -47,7 +47,7 @@ from caswit_geo.geo.blend import NODATA
 from caswit_geo.geo.lowres import DecodedChunks, LowResBuilder, chunk_groups, plan_lowres
 from caswit_geo.geo.remote import clear_connections_at_forks, gdal_remote_options
 from caswit_geo.geo.sources import read_error
-from caswit_geo.geo.webmap import SERVICE_OPTIONS
+from caswit_geo.geo.webmap import service_options
 from caswit_geo.model.tta import average_probabilities
 from caswit_geo.runtime.device import CpuThreads, stop_workers
 from caswit_geo.runtime.precision import Precision
@@ -269,9 +269,10 @@ def reading_env(plan: PredictPlan) -> rasterio.Env:
     5% of the RAM, in every process) with room for the pre-pass to decode each source block once, a
     smaller pool of open mosaic files (each costs about 1 MB); for remote inputs bounded retries and
     waits and a bounded /vsicurl/ cache (geo/remote.py); one connection per reader for a web service."""
-    return rasterio.Env(GDAL_CACHEMAX=max(plan.cache_bytes, prepass_cache_bytes(plan)),
-                        GDAL_MAX_DATASET_POOL_SIZE=GDAL_POOL, **gdal_remote_options(plan.inputs, GDAL_POOL),
-                        **(SERVICE_OPTIONS if plan.web_service else {}))
+    options = {"GDAL_CACHEMAX": max(plan.cache_bytes, prepass_cache_bytes(plan)),
+               "GDAL_MAX_DATASET_POOL_SIZE": GDAL_POOL, **gdal_remote_options(plan.inputs, GDAL_POOL),
+               **(service_options() if plan.web_service else {})}  # one dict: both name GDAL_ENABLE_WMS_CACHE
+    return rasterio.Env(**options)
 
 
 class Reading:

@@ -125,9 +125,11 @@ SECRET, FRESH = "s1gned-t0ken-A", "s1gned-t0ken-B"
 
 
 def test_a_wmts_connection_string_maps_as_the_local_file_and_keeps_its_token_secret(tmp_path, weights, ortho,
-                                                                                    capsys):
+                                                                                    capsys, monkeypatch):
     """``WMTS:URL?token=...,layer=...``: the map of the local raster; the token reaches the server but no
-    output; a resume with a fresh token is the same input."""
+    output; a resume with a fresh token is the same input. GDAL keeps no tile on disk (by default it would
+    for a connection string, in ~/.cache/gdalwmscache)."""
+    monkeypatch.setenv("GDAL_DEFAULT_WMS_CACHE_PATH", str(tmp_path / "tile_cache"))
     run_predict(weights, [ortho], tmp_path / "local.tif", confidence=tmp_path / "local_c.tif", bbox=BOX,
                 batch_size=1)
     out = tmp_path / "out"
@@ -161,6 +163,7 @@ def test_a_wmts_connection_string_maps_as_the_local_file_and_keeps_its_token_sec
     assert sum(p.startswith("/wmts/0/") for p in server.paths) > 4
     seen.append(_folder_text(out))
     assert not any(secret in text for text in seen for secret in (SECRET, FRESH))
+    assert not (tmp_path / "tile_cache").exists()
     for a, b in (("local.tif", "out/map.tif"), ("local_c.tif", "out/conf.tif")):
         with rasterio.open(tmp_path / a) as x, rasterio.open(tmp_path / b) as y:
             assert x.transform == y.transform and x.crs == y.crs
