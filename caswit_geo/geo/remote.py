@@ -55,9 +55,6 @@ CONNECTION_PREFIX = "WMTS:"
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 HTTP_TIMEOUT = 60  # seconds a request may wait for the server (GDAL_HTTP_TIMEOUT unless set)
-# GDAL's disk cache of web map tiles (~/.cache/gdalwmscache, kept 7 days; a WMTS connection string uses it):
-# off unless the user's environment sets GDAL_ENABLE_WMS_CACHE (geo/webmap.py: service_options)
-TILE_CACHE_OFF = {"GDAL_ENABLE_WMS_CACHE": "NO"}
 CONNECT_TIMEOUT = 20  # seconds to connect (GDAL_HTTP_CONNECTTIMEOUT unless set)
 MAX_RETRY = 3  # transient failures retried (GDAL_HTTP_MAX_RETRY unless set)
 RETRY_DELAY = 1.0  # seconds before the first retry, doubled at each (GDAL_HTTP_RETRY_DELAY unless set)
@@ -67,6 +64,9 @@ PROBE_THREADS = 8  # inputs probed at once (a list of hundreds of tiles)
 # same blocks at different times: at 32 MB a 4096 px COG travelled 1.5 times, at 128 MB 0.8 times (only
 # what is read). GDAL sizes it once, when a process first reads a URL: one value for every caller.
 CURL_CACHE_BYTES = 128 << 20
+# GDAL's disk cache of web map tiles (~/.cache/gdalwmscache, kept 7 days; a WMTS connection string uses it):
+# off unless the user's environment sets GDAL_ENABLE_WMS_CACHE (geo/webmap.py: service_options)
+TILE_CACHE_OFF = {"GDAL_ENABLE_WMS_CACHE": "NO"}
 MAX_KNOWN_SIZES = 1 << 16  # sizes of probed files remembered for reports (known_size)
 _SIZES: dict[str, int] = {}
 
