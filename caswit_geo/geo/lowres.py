@@ -444,7 +444,7 @@ class LowResBuilder(threading.Thread):
         self._lock = threading.Lock()
 
     def run(self) -> None:
-        track(threading.current_thread())  # a fork right after join() waits until its GDAL state is gone
+        track(self)  # a fork right after join() waits until its GDAL state is gone
         try:
             with holding(self.lowres.folder):
                 # more threads take the next groups: each decodes with its own GDAL handle and block
@@ -463,7 +463,7 @@ class LowResBuilder(threading.Thread):
                     for h in helpers:
                         h.join()
                 finally:
-                    for f in finishers:
+                    for _ in finishers:
                         self._to_finish.put(None)
                     for f in finishers:
                         f.join()

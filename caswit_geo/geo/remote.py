@@ -358,6 +358,11 @@ def gdal_remote_options(names: Sequence[str | Path], open_files: int = 32) -> di
         "VSI_CACHE_SIZE": str(max(CURL_CACHE_BYTES // max(open_files, 1), 1 << 20)),
         **TILE_CACHE_OFF,
     }
+    return unless_set(options)
+
+
+def unless_set(options: dict[str, str]) -> dict[str, str]:
+    """``options`` less the variables the user set in the environment: theirs win."""
     return {k: v for k, v in options.items() if k not in os.environ}
 
 
@@ -437,5 +442,5 @@ __all__ = [
     "TILE_CACHE_OFF", "clear_connections_at_forks", "drop_connections", "fetch_bounded", "gdal_name",
     "gdal_remote_options", "http_url", "input_name", "input_stem", "is_connection_string", "is_remote", "is_url",
     "known_size", "mask", "mask_gdal_logs", "mask_text", "probe", "remote_identities", "remote_identity",
-    "split_connection_string",
+    "split_connection_string", "unless_set",
 ]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from caswit_geo.core.errors import ConfigError, InputError
 from caswit_geo.core.jsonfile import read_bounded
 from caswit_geo.geo.area import unit_to_m
 from caswit_geo.geo.mosaic import Mosaic, RasterInfo, build_vrt_xml, check_input, describe_raster
-from caswit_geo.geo.remote import TILE_CACHE_OFF, is_connection_string, mask, split_connection_string
+from caswit_geo.geo.remote import TILE_CACHE_OFF, is_connection_string, mask, split_connection_string, unless_set
 
 SERVICE_ROOTS = ("<GDAL_WMS", "<GDAL_WMTS")
 # GDAL's default for a service opened without MaxConnections (a WMTS's own WMS, say): one request at a time
@@ -58,7 +57,7 @@ def service_options() -> dict[str, str]:
     service has since replaced. Each run decodes every pixel once anyway (the LR pre-pass keeps them for
     the readers). The cache also starts a thread of GDAL's own that a fork may catch at work.
     """
-    return {**SERVICE_CONNECTIONS, **{k: v for k, v in TILE_CACHE_OFF.items() if k not in os.environ}}
+    return {**SERVICE_CONNECTIONS, **unless_set(TILE_CACHE_OFF)}
 
 
 def service_kind(path: str | Path) -> str | None:
